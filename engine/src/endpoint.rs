@@ -1,0 +1,285 @@
+//! Endpoint normalisation: `method + path` to a template such as `POST /api/orders/{id}/pay`.
+//!
+//! The template a rule sees must be the one the upstream serves, so the path is decoded
+//! and canonicalised first (percent-escapes, dot segments, doubled slashes, `;` params).
+
+use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+/// Paths longer than this, or with more segments, map to one overlong template.
+pub const MAX_PATH_LEN: usize = 2048;
+pub const MAX_SEGMENTS: usize = 32;
+/// A literal segment longer than this is treated as an identifier.
+const MAX_LITERAL_LEN: usize = 64;
+/// The placeholder for an identifier segment.
+pub const ID: &str = "{id}";
+
+/// A template declared in configuration: optional method, segments with `{name}` wildcards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredTemplate {
+    method: Option<String>,
+    segments: Vec<String>,
+    text: String,
+}
+
+impl DeclaredTemplate {
+    /// Parses `"GET /api/users/{name}"` or `"/api/users/{name}"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (method, path) = match text.split_once(' ') {
+            Some((m, p)) => (Some(m.trim().to_ascii_uppercase()), p.trim()),
+            None => (None, text),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("expected a path starting with '/', got {text:?}"));
+        }
+        if method
+            .as_deref()
+            .is_some_and(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+        {
+            return Err(format!("expected METHOD /path, got {text:?}"));
+        }
+        let segments: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(DeclaredTemplate {
+            method,
+            segments,
+            text: path.to_owned(),
+        })
+    }
+
+    fn matches(&self, method: &str, segments: &[Cow<'_, str>]) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+            && self.segments.len() == segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(segments)
+                .all(|(t, s)| is_wildcard(t) || t == s.as_ref())
+    }
+}
+
+fn is_wildcard(segment: &str) -> bool {
+    segment.len() >= 2 && segment.starts_with('{') && segment.ends_with('}')
+}
+
+/// Turns requests into templates. Declared templates win over the built-in classifiers;
+/// learned variable prefixes (`GET /api/users`) turn the segment after them into `{id}`.
+#[derive(Clone, Debug, Default)]
+pub struct Normaliser {
+    declared: Vec<DeclaredTemplate>,
+    variable_prefixes: HashSet<String>,
+}
+
+impl Normaliser {
+    pub fn new(declared: Vec<DeclaredTemplate>, variable_prefixes: HashSet<String>) -> Self {
+        Normaliser {
+            declared,
+            variable_prefixes,
+        }
+    }
+
+    /// Writes the template of `method path` into `out` (cleared first).
+    pub fn normalise(&self, method: &str, path: &str, out: &mut String) {
+        out.clear();
+        let method = canonical_method(method);
+        out.push_str(method);
+        out.push(' ');
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let segments = match canonical_segments(path) {
+            Some(s) => s,
+            None => {
+                out.push_str("/{overlong}");
+                return;
+            }
+        };
+        if let Some(t) = self.declared.iter().find(|t| t.matches(method, &segments)) {
+            out.push_str(&t.text);
+            return;
+        }
+        if segments.is_empty() {
+            out.push('/');
+        }
+        for segment in &segments {
+            let variable = self.variable_prefixes.contains(out.as_str());
+            out.push('/');
+            if variable || is_identifier(segment) {
+                out.push_str(ID);
+            } else {
+                out.push_str(segment);
+            }
+        }
+    }
+}
+
+/// HEAD is served as GET by every HTTP server, so it shares GET's template.
+fn canonical_method(method: &str) -> &str {
+    const KNOWN: [&str; 8] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    if method.eq_ignore_ascii_case("HEAD") {
+        return "GET";
+    }
+    KNOWN
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(method))
+        .unwrap_or("OTHER")
+}
+
+/// Decoded segments with empty and `.` segments dropped and `..` applied; `None` if too long.
+fn canonical_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
+    if path.len() > MAX_PATH_LEN {
+        return None;
+    }
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    for raw in path.split('/') {
+        let raw = raw.split(';').next().unwrap_or("");
+        let segment = percent_decode_str(raw).decode_utf8_lossy();
+        match segment.as_ref() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => {
+                if out.len() == MAX_SEGMENTS {
+                    return None;
+                }
+                out.push(segment);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Whether a path segment is an identifier: a number, a UUID, a long hex or token-like run.
+pub fn is_identifier(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    if digits == bytes.len() {
+        return !bytes.is_empty();
+    }
+    if bytes.len() > MAX_LITERAL_LEN || is_uuid(bytes) {
+        return true;
+    }
+    if bytes.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    let token_like = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.'));
+    let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    bytes.len() >= 20 && token_like && digits > 0 && letters > 0
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Splits a template into its method and the path segments after it.
+pub fn template_parts(template: &str) -> (&str, impl Iterator<Item = &str>) {
+    let (method, path) = template.split_once(' ').unwrap_or(("", template));
+    (method, path.split('/').filter(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn norm(n: &Normaliser, method: &str, path: &str) -> String {
+        let mut out = String::new();
+        n.normalise(method, path, &mut out);
+        out
+    }
+
+    #[test]
+    fn identifiers_become_placeholders() {
+        let n = Normaliser::default();
+        assert_eq!(
+            norm(&n, "post", "/api/orders/42/confirm?x=1"),
+            "POST /api/orders/{id}/confirm"
+        );
+        assert_eq!(
+            norm(&n, "GET", "/api/u/3f2b8c1e-9d4a-4b6e-8f00-123456789abc"),
+            "GET /api/u/{id}"
+        );
+        assert_eq!(norm(&n, "GET", "/t/deadbeefdeadbeef00"), "GET /t/{id}");
+        assert_eq!(norm(&n, "GET", "/t/eyJhbGciOiJIUzI1NiJ9abc"), "GET /t/{id}");
+        assert_eq!(norm(&n, "GET", "/api/v1/menu"), "GET /api/v1/menu");
+        assert_eq!(norm(&n, "GET", ""), "GET /");
+    }
+
+    #[test]
+    fn evasions_land_on_the_same_template() {
+        let n = Normaliser::default();
+        let want = "POST /api/orders/{id}/confirm";
+        for path in [
+            "/api/orders/%31/confirm",
+            "//api//orders/7/confirm/",
+            "/api/cart/../orders/7/confirm",
+            "/api/./orders/7;jsessionid=1/confirm",
+            "/api/orders/7/confirm#frag",
+        ] {
+            assert_eq!(norm(&n, "POST", path), want, "{path}");
+        }
+        assert_eq!(norm(&n, "HEAD", "/a"), norm(&n, "GET", "/a"));
+        assert_eq!(norm(&n, "BREW", "/a"), "OTHER /a");
+    }
+
+    #[test]
+    fn declared_templates_and_learned_prefixes_win() {
+        let declared = vec![
+            DeclaredTemplate::parse("GET /api/users/{name}").unwrap(),
+            DeclaredTemplate::parse("/files/{f}/raw").unwrap(),
+        ];
+        let prefixes = HashSet::from(["GET /api/shops".to_owned()]);
+        let n = Normaliser::new(declared, prefixes);
+        assert_eq!(norm(&n, "GET", "/api/users/alice"), "GET /api/users/{name}");
+        assert_eq!(norm(&n, "PUT", "/api/users/alice"), "PUT /api/users/alice");
+        assert_eq!(norm(&n, "DELETE", "/files/a/raw"), "DELETE /files/{f}/raw");
+        assert_eq!(
+            norm(&n, "GET", "/api/shops/rome/menu"),
+            "GET /api/shops/{id}/menu"
+        );
+        assert!(DeclaredTemplate::parse("api/x").is_err());
+        assert!(DeclaredTemplate::parse("G3T /x").is_err());
+    }
+
+    #[test]
+    fn overlong_paths_are_bounded() {
+        let n = Normaliser::default();
+        let long = "/a".repeat(MAX_SEGMENTS + 1);
+        assert_eq!(norm(&n, "GET", &long), "GET /{overlong}");
+        let huge = format!("/{}", "x".repeat(MAX_PATH_LEN));
+        assert_eq!(norm(&n, "GET", &huge), "GET /{overlong}");
+        assert_eq!(
+            norm(&n, "GET", &format!("/{}", "y".repeat(65))),
+            "GET /{id}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_any_bytes(method in ".{0,8}", bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let path = String::from_utf8_lossy(&bytes);
+            let once = norm(&Normaliser::default(), &method, &path);
+            prop_assert!(once.len() <= MAX_PATH_LEN * 3 + 16);
+        }
+
+        #[test]
+        fn a_template_normalises_to_itself(method in "(GET|POST|head)", path in "[a-z0-9/.;]{0,120}") {
+            let n = Normaliser::default();
+            let once = norm(&n, &method, &path);
+            let (m, rest) = once.split_once(' ').unwrap();
+            prop_assert_eq!(norm(&n, m, rest), once);
+        }
+    }
+}

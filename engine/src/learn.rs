@@ -1,0 +1,460 @@
+//! Learning: counters from normal traffic, and their compilation into a [`Policy`].
+//!
+//! Counters are keyed by registry index (the order in which endpoints were first seen),
+//! are plain sums, and merge by addition: each worker keeps its own and folds them into
+//! the shared copy on tick.
+
+use crate::config::LearningSettings;
+use crate::endpoint::{template_parts, Normaliser};
+use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
+use crate::policy::{EndpointPolicy, LearnedFrom, Policy, Transition, START};
+use crate::slot::{Visit, NO_ENDPOINT};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Counters learned from traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnStats {
+    pub sessions: u64,
+    pub requests: u64,
+    /// Sessions that reached each endpoint.
+    pub reached: BTreeMap<EndpointId, u64>,
+    /// Successful answers of each endpoint.
+    pub succeeded: BTreeMap<EndpointId, u64>,
+    /// `(endpoint, p)`: sessions that reached `endpoint` with `p` already completed.
+    pub prior: BTreeMap<(EndpointId, EndpointId), u64>,
+    /// `(from, to)` call counts; `from` = `NO_ENDPOINT` is the session start.
+    pub transitions: BTreeMap<(EndpointId, EndpointId), u64>,
+}
+
+fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64) {
+    let v = map.entry(key).or_insert(0);
+    *v = v.saturating_add(by);
+}
+
+impl LearnStats {
+    /// Counts a request to `endpoint` described by `visit`.
+    pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit) {
+        self.requests = self.requests.saturating_add(1);
+        if visit.new_session {
+            self.sessions = self.sessions.saturating_add(1);
+        }
+        if visit.first_visit {
+            bump(&mut self.reached, endpoint, 1);
+            for p in visit.completed_before.iter().filter(|p| *p != endpoint) {
+                bump(&mut self.prior, (endpoint, p), 1);
+            }
+        }
+        bump(&mut self.transitions, (visit.previous, endpoint), 1);
+    }
+
+    /// Counts a successful answer of `endpoint`.
+    pub fn observe_success(&mut self, endpoint: EndpointId) {
+        bump(&mut self.succeeded, endpoint, 1);
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &LearnStats) {
+        self.sessions = self.sessions.saturating_add(other.sessions);
+        self.requests = self.requests.saturating_add(other.requests);
+        for (k, v) in &other.reached {
+            bump(&mut self.reached, *k, *v);
+        }
+        for (k, v) in &other.succeeded {
+            bump(&mut self.succeeded, *k, *v);
+        }
+        for (k, v) in &other.prior {
+            bump(&mut self.prior, *k, *v);
+        }
+        for (k, v) in &other.transitions {
+            bump(&mut self.transitions, *k, *v);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.succeeded.is_empty()
+    }
+
+    /// Whether enough traffic was seen to compile a model.
+    pub fn is_ready(&self, s: &LearningSettings) -> bool {
+        self.sessions >= s.min_sessions && self.requests >= s.min_requests
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LearnStats, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// The templates seen while learning, in order of first sight; bounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    templates: Vec<String>,
+    index: HashMap<String, EndpointId>,
+}
+
+impl Registry {
+    pub fn get(&self, template: &str) -> Option<EndpointId> {
+        self.index.get(template).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    pub fn templates(&self) -> &[String] {
+        &self.templates
+    }
+
+    /// Adds `template` unless present or the registry holds `limit` templates already.
+    pub fn add(&mut self, template: &str, limit: u16) -> Option<EndpointId> {
+        if let Some(id) = self.get(template) {
+            return Some(id);
+        }
+        if self.templates.len() >= usize::from(limit).min(MAX_ENDPOINTS) || template.contains('\n')
+        {
+            return None;
+        }
+        let id = EndpointId::try_from(self.templates.len()).ok()?;
+        self.templates.push(template.to_owned());
+        self.index.insert(template.to_owned(), id);
+        Some(id)
+    }
+
+    /// One template a line.
+    pub fn encode(&self) -> Vec<u8> {
+        self.templates.join("\n").into_bytes()
+    }
+
+    /// Decodes what [`Registry::encode`] wrote; bad lines and overflow are dropped.
+    pub fn decode(bytes: &[u8]) -> Registry {
+        let mut r = Registry::default();
+        for line in String::from_utf8_lossy(bytes)
+            .split('\n')
+            .filter(|l| !l.is_empty())
+        {
+            r.add(line, MAX_ENDPOINTS as u16);
+        }
+        r
+    }
+}
+
+/// Template prefixes whose next segment took many literal values: `GET /api/users`.
+pub fn variable_prefixes(templates: &[String], min_distinct: u32) -> BTreeSet<String> {
+    let mut values: HashMap<(String, String), BTreeSet<&str>> = HashMap::new();
+    for t in templates {
+        let (method, segments) = template_parts(t);
+        let segments: Vec<&str> = segments.collect();
+        for (i, seg) in segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.starts_with('{'))
+        {
+            let prefix = format!("{method} {}", join(segments.get(..i).unwrap_or_default()));
+            let suffix = join(segments.get(i + 1..).unwrap_or_default());
+            values.entry((prefix, suffix)).or_default().insert(seg);
+        }
+    }
+    values
+        .into_iter()
+        .filter(|(_, v)| v.len() >= min_distinct as usize)
+        .map(|((prefix, _), _)| prefix)
+        .collect()
+}
+
+fn join(segments: &[&str]) -> String {
+    segments.iter().map(|s| format!("/{s}")).collect()
+}
+
+/// Compiles counters over `registry` into a policy, as of `version`.
+pub fn compile(
+    stats: &LearnStats,
+    registry: &Registry,
+    s: &LearningSettings,
+    version: u64,
+) -> Policy {
+    let prefixes = variable_prefixes(registry.templates(), s.variable_segment_min);
+    let normaliser = Normaliser::new(Vec::new(), prefixes.iter().cloned().collect());
+    // Re-normalise registry templates so learned identifiers merge into one endpoint.
+    let mut merged = Registry::default();
+    let map: Vec<Option<EndpointId>> = registry
+        .templates()
+        .iter()
+        .map(|t| {
+            let (method, path) = t.split_once(' ').unwrap_or(("", t));
+            let mut out = String::new();
+            normaliser.normalise(method, path, &mut out);
+            merged.add(&out, MAX_ENDPOINTS as u16)
+        })
+        .collect();
+    let to_new = |id: EndpointId| -> Option<EndpointId> {
+        if id == NO_ENDPOINT {
+            Some(NO_ENDPOINT)
+        } else {
+            map.get(usize::from(id)).copied().flatten()
+        }
+    };
+
+    let mut m = LearnStats::default();
+    for (k, v) in &stats.reached {
+        if let Some(k) = to_new(*k) {
+            bump(&mut m.reached, k, *v);
+        }
+    }
+    for (k, v) in &stats.succeeded {
+        if let Some(k) = to_new(*k) {
+            bump(&mut m.succeeded, k, *v);
+        }
+    }
+    for ((a, b), v) in &stats.prior {
+        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
+            if a != b {
+                bump(&mut m.prior, (a, b), *v);
+            }
+        }
+    }
+    for ((a, b), v) in &stats.transitions {
+        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
+            bump(&mut m.transitions, (a, b), *v);
+        }
+    }
+
+    let name = |id: EndpointId| {
+        if id == NO_ENDPOINT {
+            START.to_owned()
+        } else {
+            merged
+                .templates()
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let endpoints = merged
+        .templates()
+        .iter()
+        .enumerate()
+        .map(|(i, template)| {
+            let id = EndpointId::try_from(i).unwrap_or(NO_ENDPOINT);
+            let reached = m.reached.get(&id).copied().unwrap_or(0);
+            let prerequisites = if reached >= s.min_support {
+                m.prior
+                    .range((id, 0)..=(id, NO_ENDPOINT))
+                    .filter(|(_, n)| {
+                        (**n).min(reached) as f64 >= s.prerequisite_ratio * reached as f64
+                    })
+                    .map(|((_, p), _)| name(*p))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            EndpointPolicy {
+                template: template.clone(),
+                entry: m
+                    .transitions
+                    .get(&(NO_ENDPOINT, id))
+                    .is_some_and(|n| *n > 0),
+                sessions: reached,
+                successes: m.succeeded.get(&id).copied().unwrap_or(0),
+                prerequisites,
+            }
+        })
+        .collect();
+    let transitions = m
+        .transitions
+        .iter()
+        .filter(|(_, n)| **n >= s.transition_min_count)
+        .map(|((a, b), n)| Transition {
+            from: name(*a),
+            to: name(*b),
+            count: *n,
+        })
+        .collect();
+    Policy {
+        version,
+        learned_from: LearnedFrom {
+            sessions: stats.sessions,
+            requests: stats.requests,
+        },
+        variable_prefixes: prefixes.into_iter().collect(),
+        endpoints,
+        transitions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+    use crate::slot::Slot;
+    use proptest::prelude::*;
+
+    /// Plays `calls` (template, status) as one session through a slot, like the filter does.
+    fn play(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&str, u16)]) {
+        let mut slot = Slot::new(fp, 0, 0);
+        for (t, status) in calls {
+            let id = reg.add(t, 128).unwrap();
+            let visit = slot.record_request(Some(id), 0);
+            stats.observe_request(id, &visit);
+            slot.record_response(id, *status);
+            if crate::slot::is_success(*status) {
+                stats.observe_success(id);
+            }
+        }
+    }
+
+    fn settings() -> LearningSettings {
+        LearningSettings {
+            min_support: 3,
+            ..LearningSettings::default()
+        }
+    }
+
+    #[test]
+    fn learns_that_confirm_needs_a_successful_payment() {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..20u64 {
+            let mut calls = vec![("POST /login", 200), ("GET /menu", 200)];
+            if i % 3 == 0 {
+                calls.push(("POST /orders/{id}/pay", 402));
+            }
+            calls.extend([
+                ("POST /orders/{id}/pay", 200),
+                ("POST /orders/{id}/confirm", 200),
+            ]);
+            if i % 4 == 0 {
+                calls = vec![("POST /login", 200), ("GET /menu", 200)];
+            }
+            play(&mut stats, &mut reg, i + 1, &calls);
+        }
+        let p = compile(&stats, &reg, &settings(), 1);
+        p.validate().unwrap();
+        let confirm = p
+            .endpoints
+            .iter()
+            .find(|e| e.template == "POST /orders/{id}/confirm")
+            .unwrap();
+        assert_eq!(
+            confirm.prerequisites,
+            ["POST /login", "GET /menu", "POST /orders/{id}/pay"]
+        );
+        let login = p
+            .endpoints
+            .iter()
+            .find(|e| e.template == "POST /login")
+            .unwrap();
+        assert!(login.entry && login.prerequisites.is_empty());
+        assert_eq!(
+            p.learned_from,
+            LearnedFrom {
+                sessions: 20,
+                requests: stats.requests
+            }
+        );
+        let m = Model::compile(&p, vec![]).unwrap();
+        let pay = m.endpoint("POST /orders/{id}/pay").unwrap();
+        assert!(
+            m.knows_transition(pay, pay),
+            "a failed payment retried is a learned transition"
+        );
+    }
+
+    #[test]
+    fn a_step_some_sessions_skip_is_no_prerequisite() {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..10u64 {
+            let calls: &[(&str, u16)] = if i % 2 == 0 {
+                &[("GET /menu", 200), ("POST /pay", 200)]
+            } else {
+                &[("POST /pay", 200)]
+            };
+            play(&mut stats, &mut reg, i + 1, calls);
+        }
+        let p = compile(&stats, &reg, &settings(), 1);
+        assert!(p.endpoints.iter().all(|e| e.prerequisites.is_empty()));
+        // Too little support: nothing is required.
+        let strict = LearningSettings {
+            min_support: 50,
+            ..settings()
+        };
+        assert!(compile(&stats, &reg, &strict, 1)
+            .endpoints
+            .iter()
+            .all(|e| e.prerequisites.is_empty()));
+    }
+
+    #[test]
+    fn high_cardinality_segments_merge_into_one_endpoint() {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..20u64 {
+            let user = format!("GET /api/users/user{}x/profile", (b'a' + i as u8) as char);
+            play(
+                &mut stats,
+                &mut reg,
+                i + 1,
+                &[("POST /login", 200), (user.as_str(), 200)],
+            );
+        }
+        let p = compile(
+            &stats,
+            &reg,
+            &LearningSettings {
+                variable_segment_min: 16,
+                ..settings()
+            },
+            1,
+        );
+        assert_eq!(p.variable_prefixes, ["GET /api/users"]);
+        let templates: Vec<_> = p.endpoints.iter().map(|e| e.template.as_str()).collect();
+        assert_eq!(templates, ["POST /login", "GET /api/users/{id}/profile"]);
+        assert_eq!(p.endpoints[1].prerequisites, ["POST /login"]);
+        assert_eq!(p.endpoints[1].sessions, 20);
+    }
+
+    #[test]
+    fn merge_adds_and_codecs_round_trip() {
+        let mut a = LearnStats::default();
+        let mut reg = Registry::default();
+        play(&mut a, &mut reg, 1, &[("GET /a", 200), ("GET /b", 200)]);
+        let mut sum = a.clone();
+        sum.merge(&a);
+        assert_eq!(sum.requests, 4);
+        assert_eq!(sum.transitions.get(&(0, 1)), Some(&2));
+        assert_eq!(LearnStats::decode(&sum.encode()).unwrap(), sum);
+        assert!(LearnStats::decode(&[0xff; 3]).is_err());
+        assert_eq!(Registry::decode(&reg.encode()), reg);
+        assert!(reg.add("GET /c", 2).is_none(), "registry is bounded");
+        assert!(reg.add("GET /a", 2).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn stats_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = LearnStats::decode(&bytes);
+            let _ = Registry::decode(&bytes);
+        }
+
+        #[test]
+        fn compiled_policies_always_validate(seq in proptest::collection::vec((0u8..12, prop_oneof![Just(200u16), Just(402u16)]), 0..60)) {
+            let mut stats = LearnStats::default();
+            let mut reg = Registry::default();
+            let names: Vec<String> = (0..12).map(|i| format!("GET /e{}/x", i % 7)).collect();
+            for (n, chunk) in seq.chunks(5).enumerate() {
+                let calls: Vec<(&str, u16)> = chunk.iter().map(|(e, s)| (names[*e as usize].as_str(), *s)).collect();
+                play(&mut stats, &mut reg, n as u64 + 1, &calls);
+            }
+            let p = compile(&stats, &reg, &LearningSettings { min_support: 1, variable_segment_min: 3, ..settings() }, 1);
+            prop_assert!(p.validate().is_ok());
+        }
+    }
+}

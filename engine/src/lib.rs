@@ -1,0 +1,20 @@
+//! flowguard-engine: the pure decision core of flowguard.
+//!
+//! It knows nothing of proxy-wasm or Envoy: time, storage and header values come in as
+//! arguments, so every decision can be reproduced in a unit test, a benchmark, the
+//! collector or `flowguard replay`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod endpoint;
+pub mod endpoint_set;
+pub mod fingerprint;
+pub mod header_map;
+pub mod learn;
+pub mod model;
+pub mod policy;
+pub mod rule;
+pub mod session;
+pub mod slot;
+pub mod slot_table;
+pub mod verdict;

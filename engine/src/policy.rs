@@ -1,0 +1,243 @@
+//! The versioned policy: what was learned, in a portable JSON form.
+//!
+//! The filter's learner, the collector's fleet learner and `flowguard learn` all produce
+//! this; endpoints are named by template, so a policy moves between proxies.
+
+use crate::endpoint_set::MAX_ENDPOINTS;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// `from` of a transition that starts a session.
+pub const START: &str = "^";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub version: u64,
+    #[serde(default)]
+    pub learned_from: LearnedFrom,
+    /// Template prefixes whose next segment was learned to be an identifier.
+    #[serde(default)]
+    pub variable_prefixes: Vec<String>,
+    pub endpoints: Vec<EndpointPolicy>,
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedFrom {
+    pub sessions: u64,
+    pub requests: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPolicy {
+    /// `METHOD /path/{id}`.
+    pub template: String,
+    /// Whether sessions were seen starting here.
+    #[serde(default)]
+    pub entry: bool,
+    /// Learned sessions that reached this endpoint.
+    #[serde(default)]
+    pub sessions: u64,
+    #[serde(default)]
+    pub successes: u64,
+    /// Endpoints that must have succeeded earlier in the session.
+    #[serde(default)]
+    pub prerequisites: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    /// A template, or `^` for the start of a session.
+    pub from: String,
+    pub to: String,
+    pub count: u64,
+}
+
+/// Why a policy is refused, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+fn bad(key: String, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Policy {
+    /// Parses and fully validates a policy from JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, PolicyError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let p: Policy = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| bad(e.path().to_string(), e.into_inner().to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: sizes, shapes and that every reference resolves.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.version == 0 || self.version > u64::from(u32::MAX) {
+            return Err(bad(
+                "version".into(),
+                format!("expected 1 to {}, got {}", u32::MAX, self.version),
+            ));
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(bad(
+                "endpoints".into(),
+                format!(
+                    "at most {MAX_ENDPOINTS} endpoints, got {}",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        let mut known = HashSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !is_template(&e.template) {
+                return Err(bad(
+                    format!("endpoints[{i}].template"),
+                    format!("expected \"METHOD /path\", got {:?}", e.template),
+                ));
+            }
+            if !known.insert(e.template.as_str()) {
+                return Err(bad(
+                    format!("endpoints[{i}].template"),
+                    format!("duplicate {:?}", e.template),
+                ));
+            }
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            for (j, p) in e.prerequisites.iter().enumerate() {
+                if !known.contains(p.as_str()) || *p == e.template {
+                    return Err(bad(
+                        format!("endpoints[{i}].prerequisites[{j}]"),
+                        format!("{p:?} is not another endpoint of the policy"),
+                    ));
+                }
+            }
+        }
+        for (i, t) in self.transitions.iter().enumerate() {
+            if t.from != START && !known.contains(t.from.as_str()) {
+                return Err(bad(
+                    format!("transitions[{i}].from"),
+                    format!("unknown endpoint {:?}", t.from),
+                ));
+            }
+            if !known.contains(t.to.as_str()) {
+                return Err(bad(
+                    format!("transitions[{i}].to"),
+                    format!("unknown endpoint {:?}", t.to),
+                ));
+            }
+        }
+        for (i, p) in self.variable_prefixes.iter().enumerate() {
+            if p.split_once(' ').is_none() {
+                return Err(bad(
+                    format!("variable_prefixes[{i}]"),
+                    format!("expected \"METHOD /path\", got {p:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_template(t: &str) -> bool {
+    match t.split_once(' ') {
+        Some((m, p)) => {
+            !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && p.starts_with('/')
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(t: &str, pre: &[&str]) -> EndpointPolicy {
+        EndpointPolicy {
+            template: t.into(),
+            prerequisites: pre.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_round_trips_and_validates() {
+        let p = Policy {
+            version: 3,
+            endpoints: vec![ep("POST /pay", &[]), ep("POST /confirm", &["POST /pay"])],
+            transitions: vec![Transition {
+                from: START.into(),
+                to: "POST /pay".into(),
+                count: 4,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(Policy::from_json(p.to_json().as_bytes()), Ok(p));
+    }
+
+    #[test]
+    fn refuses_dangling_references_and_bad_shapes() {
+        let e = |p: Policy| p.validate().unwrap_err().key;
+        let base = |eps: Vec<EndpointPolicy>| Policy {
+            version: 1,
+            endpoints: eps,
+            ..Default::default()
+        };
+        assert_eq!(e(Policy::default()), "version");
+        assert_eq!(
+            e(base(vec![ep("POST /c", &["POST /x"])])),
+            "endpoints[0].prerequisites[0]"
+        );
+        assert_eq!(
+            e(base(vec![ep("POST /c", &["POST /c"])])),
+            "endpoints[0].prerequisites[0]"
+        );
+        assert_eq!(e(base(vec![ep("post /c", &[])])), "endpoints[0].template");
+        assert_eq!(
+            e(base(vec![ep("GET /a", &[]), ep("GET /a", &[])])),
+            "endpoints[1].template"
+        );
+        let many = (0..=MAX_ENDPOINTS)
+            .map(|i| ep(&format!("GET /{i}"), &[]))
+            .collect();
+        assert_eq!(e(base(many)), "endpoints");
+        let t = Policy {
+            transitions: vec![Transition {
+                from: "GET /z".into(),
+                to: "GET /a".into(),
+                count: 1,
+            }],
+            ..base(vec![ep("GET /a", &[])])
+        };
+        assert_eq!(e(t), "transitions[0].from");
+        assert!(Policy::from_json(br#"{"version":1,"endpoints":[],"extra":1}"#).is_err());
+        assert!(Policy::from_json(b"\xff").is_err());
+    }
+}

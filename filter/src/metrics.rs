@@ -1,0 +1,71 @@
+//! Envoy stats the filter reports (under `wasmcustom.flowguard.*` in `/stats`).
+
+use crate::host;
+use flowguard_engine::rule::Rule;
+use proxy_wasm::types::MetricType;
+
+/// Ids of the filter's metrics in this VM; a metric the host refused to define is `None`
+/// and silently not reported.
+pub struct Metrics {
+    pub requests: Option<u32>,
+    pub sessionless: Option<u32>,
+    pub allow: Option<u32>,
+    pub flag: Option<u32>,
+    pub block: Option<u32>,
+    pub local_replies: Option<u32>,
+    pub sessions_new: Option<u32>,
+    pub evictions: Option<u32>,
+    pub slot_conflicts: Option<u32>,
+    pub host_errors: Option<u32>,
+    pub policy_version: Option<u32>,
+    pub learning_sessions: Option<u32>,
+    pub learning_requests: Option<u32>,
+    pub endpoints: Option<u32>,
+    rules: [Option<u32>; Rule::ALL.len()],
+}
+
+fn counter(name: &str) -> Option<u32> {
+    host::define_metric(MetricType::Counter, name).ok()
+}
+
+fn gauge(name: &str) -> Option<u32> {
+    host::define_metric(MetricType::Gauge, name).ok()
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        Metrics {
+            requests: counter("flowguard.requests"),
+            sessionless: counter("flowguard.requests_without_session"),
+            allow: counter("flowguard.verdict.allow"),
+            flag: counter("flowguard.verdict.flag"),
+            block: counter("flowguard.verdict.block"),
+            local_replies: counter("flowguard.local_replies"),
+            sessions_new: counter("flowguard.sessions.new"),
+            evictions: counter("flowguard.slots.evictions"),
+            slot_conflicts: counter("flowguard.slots.conflicts"),
+            host_errors: counter("flowguard.host_errors"),
+            policy_version: gauge("flowguard.policy.version"),
+            learning_sessions: gauge("flowguard.learning.sessions"),
+            learning_requests: gauge("flowguard.learning.requests"),
+            endpoints: gauge("flowguard.endpoints"),
+            rules: Rule::ALL.map(|r| counter(&format!("flowguard.rule.{}", r.id()))),
+        }
+    }
+
+    pub fn inc(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = host::increment_metric(id, 1);
+        }
+    }
+
+    pub fn set(id: Option<u32>, value: u64) {
+        if let Some(id) = id {
+            let _ = host::record_metric(id, value);
+        }
+    }
+
+    pub fn rule(&self, rule: Rule) {
+        Metrics::inc(self.rules.get(rule as usize).copied().flatten());
+    }
+}

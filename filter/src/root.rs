@@ -1,0 +1,99 @@
+//! The root context: configuration at load, periodic work on tick, one HTTP context per
+//! request.
+
+use crate::host;
+use crate::http::Http;
+use crate::shared;
+use crate::tick;
+use crate::worker::Worker;
+use flowguard_engine::config::Settings;
+use flowguard_engine::model::Model;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// This worker's state, shared by the root context and its HTTP contexts (one thread).
+pub type SharedWorker = Rc<RefCell<Option<Worker>>>;
+
+#[derive(Default)]
+pub struct Root {
+    worker: SharedWorker,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match host::buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                host::log(
+                    LogLevel::Critical,
+                    &format!("flowguard: cannot read plugin configuration: {e:?}"),
+                );
+                return false;
+            }
+        };
+        let settings = match Settings::from_json(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                host::log(
+                    LogLevel::Critical,
+                    &format!("flowguard: invalid plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let mut worker = Worker::new(settings);
+        if let Some(policy) = &worker.settings.policy {
+            match Model::compile(policy, worker.settings.endpoints.templates.clone()) {
+                Ok(model) => worker.install(model),
+                Err(e) => {
+                    host::log(
+                        LogLevel::Critical,
+                        &format!("flowguard: invalid plugin configuration: policy.{e}"),
+                    );
+                    return false;
+                }
+            }
+        } else if let Ok((None, _)) = host::shared_get(shared::MODEL_VERSION_KEY) {
+            // Create the probe key, so publishing a model later is a real compare-and-swap.
+            let _ = host::shared_set(shared::MODEL_VERSION_KEY, &0u64.to_le_bytes(), 0);
+        }
+        let period = Duration::from_millis(worker.settings.learning.tick_ms.into());
+        if let Err(e) = host::set_tick_period(period) {
+            host::log(
+                LogLevel::Warn,
+                &format!("flowguard: no tick ({e:?}): learning will not merge"),
+            );
+        }
+        let mode = worker.settings.mode;
+        match self.worker.try_borrow_mut() {
+            Ok(mut slot) => *slot = Some(worker),
+            Err(_) => return false,
+        }
+        host::log(
+            LogLevel::Info,
+            &format!("flowguard: configured, mode {mode:?}"),
+        );
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Ok(mut guard) = self.worker.try_borrow_mut() {
+            if let Some(worker) = guard.as_mut() {
+                tick::run(worker);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(self.worker.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

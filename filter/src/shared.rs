@@ -1,0 +1,55 @@
+//! Typed access to Envoy shared data: what every worker of this VM id sees.
+//!
+//! Keys: `fg/s/<n>` session slots, `fg/reg` the learning registry of templates,
+//! `fg/learn` merged learning counters, `fg/model/v` the active model's version (a cheap
+//! probe for workers' ticks) and `fg/model` its policy JSON.
+
+use crate::host::{self, HostResult, CAS_MISMATCH};
+use flowguard_engine::slot::Slot;
+use std::fmt::Write;
+
+pub const REGISTRY_KEY: &str = "fg/reg";
+pub const STATS_KEY: &str = "fg/learn";
+pub const MODEL_VERSION_KEY: &str = "fg/model/v";
+pub const MODEL_KEY: &str = "fg/model";
+
+/// How often a compare-and-swap is retried before the caller gives up on the write.
+pub const CAS_RETRIES: usize = 4;
+
+/// Writes the key of slot `index` into `out`.
+pub fn slot_key(index: u32, out: &mut String) {
+    out.clear();
+    let _ = write!(out, "fg/s/{index}");
+}
+
+/// A slot and its CAS token; an absent or undecodable record reads as `None` (free).
+pub fn read_slot(key: &str) -> HostResult<(Option<Slot>, u32)> {
+    let (bytes, cas) = host::shared_get(key)?;
+    Ok((bytes.and_then(|b| Slot::decode(&b).ok()), cas))
+}
+
+/// Read-modify-write of `key` under CAS: `f` gets the current bytes and returns the new
+/// ones (or `None` to leave the key alone). Returns whether a write happened.
+pub fn update(key: &str, mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> HostResult<bool> {
+    for _ in 0..CAS_RETRIES {
+        let (bytes, cas) = host::shared_get(key)?;
+        let Some(new) = f(bytes.as_deref()) else {
+            return Ok(false);
+        };
+        match host::shared_set(key, &new, cas) {
+            Ok(()) => return Ok(true),
+            Err(CAS_MISMATCH) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(CAS_MISMATCH)
+}
+
+/// The active model's version in shared data (0: none yet).
+pub fn model_version() -> HostResult<(u64, u32)> {
+    let (bytes, cas) = host::shared_get(MODEL_VERSION_KEY)?;
+    let version = bytes
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes);
+    Ok((version, cas))
+}

