@@ -136,7 +136,7 @@ struct Raw {
     #[serde(default)]
     endpoints: RawEndpoints,
     #[serde(default)]
-    rules: BTreeMap<Rule, Action>,
+    rules: BTreeMap<String, Action>,
     policy: Option<Policy>,
 }
 
@@ -314,7 +314,16 @@ impl TryFrom<Raw> for Settings {
             .collect::<Result<_, _>>()?;
 
         let mut rules = RuleActions::default();
-        for (rule, action) in raw.rules {
+        for (id, action) in raw.rules {
+            let rule = Rule::ALL
+                .into_iter()
+                .find(|r| r.id() == id)
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("rules.{id}"),
+                        "unknown rule id (see DESIGN.md section 4)",
+                    )
+                })?;
             rules.set(rule, action);
         }
 
@@ -410,9 +419,13 @@ mod tests {
         assert!(err(r#"{"session":{"capacity":-3}}"#).contains("got -3"));
         assert!(err(r#"{"learning":{"prerequisite_ratio":1.5}}"#)
             .starts_with("learning.prerequisite_ratio:"));
-        assert!(err(r#"{"rules":{"order.nope":"block"}}"#).starts_with("rules"));
+        assert!(err(r#"{"rules":{"order.nope":"block"}}"#)
+            .starts_with("rules.order.nope: unknown rule id"));
         let e = err(r#"{"rules":{"rate.session":"drop"}}"#);
-        assert!(e.starts_with("rules") && e.contains("drop"), "{e}");
+        assert!(
+            e.starts_with("rules.rate.session:") && e.contains("drop"),
+            "{e}"
+        );
         assert!(
             err(r#"{"endpoints":{"templates":["nope"]}}"#).starts_with("endpoints.templates[0]:")
         );

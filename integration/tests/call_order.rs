@@ -1,0 +1,140 @@
+//! The heart of flowguard in a real Envoy: learn the shop's call order from normal
+//! traffic, then stop sessions that skip a step.
+
+use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{self, Client, Session};
+
+/// Learns fast: thresholds a test's worth of traffic meets in a second or two.
+fn config(mode: &str) -> String {
+    format!(
+        r#"{{"mode":"{mode}","learning":{{"min_sessions":40,"min_requests":200,"min_support":5,"tick_ms":100}},
+            "session":{{"capacity":4096}}}}"#
+    )
+}
+
+fn learned(mode: &str, concurrency: u32) -> (ShopServer, Envoy, Client) {
+    let shop = ShopServer::start().expect("shop starts");
+    let mut cfg = EnvoyConfig::new(&config(mode), shop.addr);
+    cfg.concurrency = concurrency;
+    let envoy = Envoy::start(&cfg).expect("Envoy starts");
+    let client = Client::new(&envoy.url);
+    traffic::play_normal(&client, 60);
+    envoy.wait_for_model().expect("model learned");
+    (shop, envoy, client)
+}
+
+#[test]
+fn confirm_without_successful_payment_is_blocked() {
+    let (_shop, envoy, client) = learned("enforce", 1);
+
+    let mut attacker = Session::new(&client);
+    let reply = traffic::skip_payment(&mut attacker);
+    assert_eq!(reply.status, 403, "skipping payment: {:?}", attacker.calls);
+    assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON body");
+    assert_eq!(body["error"], "request blocked");
+    assert!(
+        body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
+    assert!(
+        !reply.body.contains("order."),
+        "the client is not told which rule fired"
+    );
+    assert_eq!(
+        &attacker.statuses()[..4],
+        [200, 200, 201, 201],
+        "the steps before are allowed"
+    );
+
+    let mut declined = Session::new(&client);
+    let reply = traffic::confirm_after_failed_payment(&mut declined);
+    assert_eq!(
+        reply.status, 403,
+        "confirm after a declined card: {:?}",
+        declined.calls
+    );
+
+    for _ in 0..10 {
+        let mut customer = Session::new(&client);
+        let reply = traffic::normal_order(&mut customer);
+        assert_eq!(
+            reply.status, 200,
+            "a normal order still succeeds: {:?}",
+            customer.calls
+        );
+        assert!(
+            customer.statuses().iter().all(|s| *s < 400 || *s == 402),
+            "{:?}",
+            customer.calls
+        );
+    }
+    assert!(envoy.metric("flowguard.rule.order.missing_prerequisite") >= 2);
+    assert!(envoy.metric("flowguard.local_replies") >= 2);
+}
+
+#[test]
+fn monitor_forwards_the_attack_with_a_block_verdict() {
+    let (_shop, envoy, client) = learned("monitor", 1);
+
+    let mut attacker = Session::new(&client);
+    let reply = traffic::skip_payment(&mut attacker);
+    assert_eq!(reply.status, 200, "monitor never blocks");
+    let verdict = reply
+        .upstream_verdict()
+        .expect("verdict header reached the shop");
+    assert!(
+        verdict.starts_with("block; rules=order.missing_prerequisite"),
+        "upstream saw {verdict:?}"
+    );
+    assert!(
+        reply.upstream.contains("x-flowguard-session="),
+        "{}",
+        reply.upstream
+    );
+
+    let mut customer = Session::new(&client);
+    let reply = traffic::normal_order(&mut customer);
+    assert_eq!(
+        reply.upstream_verdict(),
+        Some("allow"),
+        "{:?}",
+        customer.calls
+    );
+    assert_eq!(envoy.metric("flowguard.local_replies"), 0);
+}
+
+#[test]
+fn one_session_over_many_connections_and_both_workers_keeps_one_flow() {
+    let (_shop, envoy, _) = learned("enforce", 2);
+    // A new TCP connection per request: Envoy spreads them over its two workers.
+    let fresh = Client::fresh_connections(&envoy.url);
+    for _ in 0..5 {
+        let mut customer = Session::new(&fresh);
+        let reply = traffic::normal_order(&mut customer);
+        assert_eq!(reply.status, 200, "{:?}", customer.calls);
+        let mut attacker = Session::new(&fresh);
+        assert_eq!(
+            traffic::skip_payment(&mut attacker).status,
+            403,
+            "{:?}",
+            attacker.calls
+        );
+    }
+    let per_worker = |n: u32| {
+        let stats = envoy
+            .admin_get("/stats?filter=downstream_cx_total")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        stats
+            .lines()
+            .filter(|l| l.contains(&format!(".worker_{n}.downstream_cx_total")))
+            .filter_map(|l| l.rsplit(": ").next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert!(
+        per_worker(0) > 0 && per_worker(1) > 0,
+        "both workers served connections"
+    );
+}
