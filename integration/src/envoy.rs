@@ -126,6 +126,7 @@ pub struct Envoy {
     /// `http://127.0.0.1:PORT` of the proxied listener.
     pub url: String,
     agent: ureq::Agent,
+    keep_files: bool,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
@@ -156,6 +157,7 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log)
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .args(["--file-flush-interval-msec", "100"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -172,6 +174,7 @@ impl Envoy {
             admin: String::new(),
             url: String::new(),
             agent,
+            keep_files: false,
         };
         envoy
             .wait_ready()
@@ -264,6 +267,22 @@ impl Envoy {
             .unwrap_or(0)
     }
 
+    /// Keeps the run directory (config and log) after Envoy stops.
+    pub fn keep_files(&mut self) -> &Path {
+        self.keep_files = true;
+        &self.dir
+    }
+
+    /// The learned policy as the filter logged it when it compiled one.
+    pub fn learned_policy(&self) -> Option<flowguard_engine::policy::Policy> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("flowguard: learned policy version"))?;
+        let json = line.get(line.find("requests: ")? + "requests: ".len()..)?;
+        flowguard_engine::policy::Policy::from_json(json.as_bytes()).ok()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
@@ -275,7 +294,7 @@ impl Drop for Envoy {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- Envoy log ({}) ---\n{}", self.dir.display(), self.log());
-        } else {
+        } else if !self.keep_files {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -295,6 +314,7 @@ pub fn expect_refusal(cfg: &EnvoyConfig) -> Result<String, String> {
 /// Runs `envoy --mode validate` on a YAML file; Ok with its output when valid.
 pub fn validate(yaml: &Path) -> Result<String, String> {
     let out = Command::new(envoy_bin()?)
+        .current_dir(repo_root())
         .args(["--mode", "validate", "-c"])
         .arg(yaml)
         .output()

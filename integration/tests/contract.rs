@@ -82,3 +82,22 @@ fn client_sent_flowguard_headers_never_reach_the_upstream() {
         }
     }
 }
+
+#[test]
+fn every_shipped_envoy_yaml_is_loaded_by_envoy() {
+    let dir = flowguard_integration::envoy::repo_root().join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("envoy/ exists") {
+        let path = entry.expect("readable").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = flowguard_integration::envoy::validate(&path)
+                .unwrap_or_else(|log| panic!("{} does not validate:\n{log}", path.display()));
+            assert!(
+                out.contains("flowguard: configured"),
+                "the filter was configured: {out}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
