@@ -56,6 +56,8 @@ pub struct Settings {
     pub learning: LearningSettings,
     pub endpoints: EndpointSettings,
     pub rules: RuleActions,
+    pub limits: Limits,
+    pub sensitive: SensitiveSettings,
     /// A policy given inline: enforced from the start, with no learning phase.
     pub policy: Option<Policy>,
 }
@@ -78,6 +80,8 @@ pub struct LearningSettings {
     pub variable_segment_min: u32,
     pub max_endpoints: u16,
     pub tick_ms: u32,
+    /// The window of rate and distinct-id counting, in seconds.
+    pub window_s: u32,
 }
 
 impl Default for LearningSettings {
@@ -91,6 +95,7 @@ impl Default for LearningSettings {
             variable_segment_min: 16,
             max_endpoints: MAX_ENDPOINTS as u16,
             tick_ms: 1000,
+            window_s: 10,
         }
     }
 }
@@ -98,6 +103,12 @@ impl Default for LearningSettings {
 #[derive(Clone, Debug, Default)]
 pub struct EndpointSettings {
     pub templates: Vec<DeclaredTemplate>,
+    /// Retired endpoints: `"/api/v1/"` (a prefix, any method) or `"GET /api/old"`.
+    pub deprecated: Vec<String>,
+    /// A learned endpoint unused for this long counts as retired (0: never).
+    pub retire_after_s: u32,
+    /// Query parameters whose values count as identifiers for `rate.enumeration`.
+    pub id_params: Vec<String>,
 }
 
 /// The action of each rule in `enforce`.
@@ -115,9 +126,94 @@ impl RuleActions {
         self.0.get(rule as usize).copied().unwrap_or(Action::Off)
     }
 
-    fn set(&mut self, rule: Rule, action: Action) {
+    pub fn set(&mut self, rule: Rule, action: Action) {
         if let Some(a) = self.0.get_mut(rule as usize) {
             *a = action;
+        }
+    }
+}
+
+/// How a learned threshold is chosen: `max(floor, ceil(p99 x margin))`, unless `limit`
+/// overrides it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    pub margin: f64,
+    pub floor: u32,
+    pub limit: Option<u32>,
+}
+
+impl Threshold {
+    /// The threshold from a learned 99th percentile.
+    pub fn choose(&self, p99: u32) -> u32 {
+        self.limit
+            .unwrap_or_else(|| ((f64::from(p99) * self.margin).ceil() as u32).max(self.floor))
+    }
+}
+
+/// Thresholds and windows of the rules that count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Requests per `learning.window_s`, per session and endpoint.
+    pub rate: Threshold,
+    /// Requests per window, per session over all endpoints.
+    pub session_rate: Threshold,
+    /// Distinct identifiers per window, per session and template.
+    pub enumeration: Threshold,
+    /// 401/403 answers per `auth_window_s`, per session and per client address.
+    pub auth: Threshold,
+    /// 401/403 answers per auth window, per client address over all its sessions (NAT'd
+    /// clients share an address, so its floor is higher).
+    pub address_auth: Threshold,
+    pub auth_window_s: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate: Threshold {
+                margin: 3.0,
+                floor: 20,
+                limit: None,
+            },
+            session_rate: Threshold {
+                margin: 3.0,
+                floor: 60,
+                limit: None,
+            },
+            enumeration: Threshold {
+                margin: 3.0,
+                floor: 15,
+                limit: None,
+            },
+            auth: Threshold {
+                margin: 3.0,
+                floor: 10,
+                limit: None,
+            },
+            address_auth: Threshold {
+                margin: 3.0,
+                floor: 30,
+                limit: None,
+            },
+            auth_window_s: 300,
+        }
+    }
+}
+
+/// Response-body inspection for `response.sensitive_data`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensitiveSettings {
+    /// JSON bodies up to this size are inspected; larger ones are not read at all.
+    pub max_bytes: u32,
+    /// JSON keys whose presence in a response is sensitive.
+    pub fields: Vec<String>,
+}
+
+impl Default for SensitiveSettings {
+    fn default() -> Self {
+        SensitiveSettings {
+            max_bytes: 65_536,
+            fields: vec!["password".into(), "password_hash".into(), "ssn".into()],
         }
     }
 }
@@ -136,7 +232,7 @@ struct Raw {
     #[serde(default)]
     endpoints: RawEndpoints,
     #[serde(default)]
-    rules: BTreeMap<String, Action>,
+    rules: BTreeMap<String, serde_json::Value>,
     policy: Option<Policy>,
 }
 
@@ -160,6 +256,7 @@ struct RawLearning {
     variable_segment_min: Option<i64>,
     max_endpoints: Option<i64>,
     tick_ms: Option<i64>,
+    window_s: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +264,33 @@ struct RawLearning {
 struct RawEndpoints {
     #[serde(default)]
     templates: Vec<String>,
+    #[serde(default)]
+    deprecated: Vec<String>,
+    retire_after_s: Option<i64>,
+    #[serde(default)]
+    id_params: Vec<String>,
+}
+
+/// A rule's configuration: an action, or an object with the action and thresholds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRule {
+    Action(Action),
+    Full(RawRuleFull),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFull {
+    action: Option<Action>,
+    margin: Option<f64>,
+    floor: Option<i64>,
+    limit: Option<i64>,
+    window_s: Option<i64>,
+    session_floor: Option<i64>,
+    address_floor: Option<i64>,
+    max_bytes: Option<i64>,
+    fields: Option<Vec<String>>,
 }
 
 fn int_in(
@@ -300,6 +424,10 @@ impl TryFrom<Raw> for Settings {
                 "learning.tick_ms",
                 int_in("learning.tick_ms", l.tick_ms, 1000, 50, 60_000)?,
             )?,
+            window_s: narrow(
+                "learning.window_s",
+                int_in("learning.window_s", l.window_s, 10, 1, 3600)?,
+            )?,
         };
 
         let templates = raw
@@ -314,17 +442,48 @@ impl TryFrom<Raw> for Settings {
             .collect::<Result<_, _>>()?;
 
         let mut rules = RuleActions::default();
-        for (id, action) in raw.rules {
+        let mut limits = Limits::default();
+        let mut sensitive = SensitiveSettings::default();
+        for (id, value) in raw.rules {
+            let key = format!("rules.{id}");
             let rule = Rule::ALL
                 .into_iter()
                 .find(|r| r.id() == id)
-                .ok_or_else(|| {
-                    invalid(
-                        &format!("rules.{id}"),
-                        "unknown rule id (see DESIGN.md section 4)",
-                    )
-                })?;
-            rules.set(rule, action);
+                .ok_or_else(|| invalid(&key, "unknown rule id (see DESIGN.md section 4)"))?;
+            let full = match serde_json::from_value::<RawRule>(value) {
+                Ok(RawRule::Action(a)) => RawRuleFull { action: Some(a), ..Default::default() },
+                Ok(RawRule::Full(f)) => f,
+                Err(_) => {
+                    return Err(invalid(
+                        &key,
+                        "expected \"block\", \"flag\", \"off\" or {\"action\", \"margin\", \"floor\", \"limit\", \"window_s\"}",
+                    ))
+                }
+            };
+            if let Some(a) = full.action {
+                if rule == Rule::SensitiveData && a == Action::Block {
+                    return Err(invalid(
+                        &format!("{key}.action"),
+                        "response.sensitive_data can only flag (the answer is already on its way)",
+                    ));
+                }
+                rules.set(rule, a);
+            }
+            if rule == Rule::SensitiveData {
+                if full.max_bytes.is_some() {
+                    let k = format!("{key}.max_bytes");
+                    sensitive.max_bytes = narrow(&k, int_in(&k, full.max_bytes, 0, 1, 16 << 20)?)?;
+                }
+                if let Some(fields) = &full.fields {
+                    sensitive.fields = fields.clone();
+                }
+            } else if full.max_bytes.is_some() || full.fields.is_some() {
+                return Err(invalid(
+                    &key,
+                    "max_bytes and fields apply to response.sensitive_data",
+                ));
+            }
+            apply_thresholds(rule, &key, &full, &mut limits)?;
         }
 
         if let Some(p) = &raw.policy {
@@ -332,15 +491,119 @@ impl TryFrom<Raw> for Settings {
                 .map_err(|e| invalid(&format!("policy.{}", e.key), e.message))?;
         }
 
+        let e = raw.endpoints;
+        for (i, d) in e.deprecated.iter().enumerate() {
+            if !d.contains('/') {
+                return Err(invalid(
+                    &format!("endpoints.deprecated[{i}]"),
+                    format!("expected a path prefix or \"METHOD /path\", got {d:?}"),
+                ));
+            }
+        }
+        let endpoints = EndpointSettings {
+            templates,
+            deprecated: e.deprecated,
+            retire_after_s: narrow(
+                "endpoints.retire_after_s",
+                int_in(
+                    "endpoints.retire_after_s",
+                    e.retire_after_s,
+                    0,
+                    0,
+                    365 * 86400,
+                )?,
+            )?,
+            id_params: e.id_params,
+        };
         Ok(Settings {
             mode: raw.mode,
             session,
             learning,
-            endpoints: EndpointSettings { templates },
+            endpoints,
             rules,
+            limits,
+            sensitive,
             policy: raw.policy,
         })
     }
+}
+
+fn apply_thresholds(
+    rule: Rule,
+    key: &str,
+    f: &RawRuleFull,
+    limits: &mut Limits,
+) -> Result<(), ConfigError> {
+    let has_any = f.margin.is_some()
+        || f.floor.is_some()
+        || f.limit.is_some()
+        || f.window_s.is_some()
+        || f.session_floor.is_some();
+    let target = match rule {
+        Rule::RateSession => &mut limits.rate,
+        Rule::RateEnumeration => &mut limits.enumeration,
+        Rule::AuthFailures => &mut limits.auth,
+        _ if has_any => return Err(invalid(key, "this rule takes only an action")),
+        _ => return Ok(()),
+    };
+    if let Some(m) = f.margin {
+        if !(1.0..=1000.0).contains(&m) {
+            return Err(invalid(
+                &format!("{key}.margin"),
+                format!("expected a number from 1 to 1000, got {m}"),
+            ));
+        }
+        target.margin = m;
+    }
+    if f.floor.is_some() {
+        target.floor = narrow(
+            &format!("{key}.floor"),
+            int_in(&format!("{key}.floor"), f.floor, 0, 1, 65_535)?,
+        )?;
+    }
+    if f.limit.is_some() {
+        target.limit = Some(narrow(
+            &format!("{key}.limit"),
+            int_in(&format!("{key}.limit"), f.limit, 0, 1, 65_535)?,
+        )?);
+    }
+    if f.address_floor.is_some() {
+        if rule != Rule::AuthFailures {
+            return Err(invalid(key, "address_floor applies to auth.failures"));
+        }
+        let k = format!("{key}.address_floor");
+        limits.address_auth.floor = narrow(&k, int_in(&k, f.address_floor, 0, 1, 65_535)?)?;
+        limits.address_auth.margin = limits.auth.margin;
+    }
+    match (rule, f.window_s, f.session_floor) {
+        (Rule::AuthFailures, Some(w), None) => {
+            limits.auth_window_s = narrow(
+                &format!("{key}.window_s"),
+                int_in(&format!("{key}.window_s"), Some(w), 0, 1, 86_400)?,
+            )?;
+        }
+        (Rule::RateSession, None, Some(sf)) => {
+            limits.session_rate.floor = narrow(
+                &format!("{key}.session_floor"),
+                int_in(&format!("{key}.session_floor"), Some(sf), 0, 1, 65_535)?,
+            )?;
+            limits.session_rate.margin = limits.rate.margin;
+        }
+        (_, None, None) => {}
+        (Rule::RateSession | Rule::RateEnumeration, Some(_), _) => {
+            return Err(invalid(
+                &format!("{key}.window_s"),
+                "the rate window is learning.window_s",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                key,
+                "session_floor applies to rate.session, window_s to auth.failures",
+            ))
+        }
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -423,7 +686,7 @@ mod tests {
             .starts_with("rules.order.nope: unknown rule id"));
         let e = err(r#"{"rules":{"rate.session":"drop"}}"#);
         assert!(
-            e.starts_with("rules.rate.session:") && e.contains("drop"),
+            e.starts_with("rules.rate.session: expected \"block\""),
             "{e}"
         );
         assert!(
@@ -434,6 +697,85 @@ mod tests {
         let e = err("[1,2]");
         assert_eq!(e, "(top level): expected a JSON object");
         assert!(err("{").contains("EOF"));
+    }
+
+    #[test]
+    fn rule_thresholds_parse_and_are_checked() {
+        let s = Settings::from_json(
+            br#"{"rules":{"rate.session":{"action":"flag","margin":2,"floor":5,"session_floor":30},
+                          "rate.enumeration":{"limit":40},
+                          "auth.failures":{"window_s":60,"floor":3},
+                          "inventory.unknown_endpoint":"block"},
+                 "endpoints":{"deprecated":["/api/v1/"],"retire_after_s":60,"id_params":["page"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.rules.get(Rule::RateSession), Action::Flag);
+        assert_eq!(
+            s.limits.rate,
+            Threshold {
+                margin: 2.0,
+                floor: 5,
+                limit: None
+            }
+        );
+        assert_eq!(s.limits.session_rate.floor, 30);
+        assert_eq!(
+            s.limits.enumeration.choose(99),
+            40,
+            "a fixed limit overrides learning"
+        );
+        assert_eq!((s.limits.auth_window_s, s.limits.auth.floor), (60, 3));
+        assert_eq!(s.rules.get(Rule::UnknownEndpoint), Action::Block);
+        assert_eq!(s.endpoints.retire_after_s, 60);
+        assert_eq!(
+            Threshold {
+                margin: 3.0,
+                floor: 20,
+                limit: None
+            }
+            .choose(4),
+            20
+        );
+        assert_eq!(
+            Threshold {
+                margin: 3.0,
+                floor: 20,
+                limit: None
+            }
+            .choose(9),
+            27
+        );
+
+        assert!(err(r#"{"rules":{"rate.session":{"margin":0.5}}}"#)
+            .starts_with("rules.rate.session.margin:"));
+        assert!(err(r#"{"rules":{"rate.session":{"window_s":5}}}"#)
+            .starts_with("rules.rate.session.window_s:"));
+        assert!(err(r#"{"rules":{"order.unknown_transition":{"floor":5}}}"#)
+            .starts_with("rules.order.unknown_transition:"));
+        assert!(err(r#"{"rules":{"rate.session":{"acton":"block"}}}"#)
+            .starts_with("rules.rate.session:"));
+        assert!(err(r#"{"rules":{"response.sensitive_data":"block"}}"#)
+            .starts_with("rules.response.sensitive_data.action:"));
+        assert!(
+            err(r#"{"endpoints":{"deprecated":["v1"]}}"#).starts_with("endpoints.deprecated[0]:")
+        );
+        let s = Settings::from_json(
+            br#"{"rules":{"response.sensitive_data":{"max_bytes":1024,"fields":["iban"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.sensitive,
+            SensitiveSettings {
+                max_bytes: 1024,
+                fields: vec!["iban".into()]
+            }
+        );
+        assert!(
+            err(r#"{"rules":{"response.sensitive_data":{"max_bytes":0}}}"#)
+                .starts_with("rules.response.sensitive_data.max_bytes:")
+        );
+        assert!(err(r#"{"rules":{"rate.session":{"fields":["x"]}}}"#)
+            .starts_with("rules.rate.session:"));
     }
 
     proptest! {

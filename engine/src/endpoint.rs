@@ -73,6 +73,7 @@ fn is_wildcard(segment: &str) -> bool {
 pub struct Normaliser {
     declared: Vec<DeclaredTemplate>,
     variable_prefixes: HashSet<String>,
+    id_params: Vec<String>,
 }
 
 impl Normaliser {
@@ -80,39 +81,82 @@ impl Normaliser {
         Normaliser {
             declared,
             variable_prefixes,
+            id_params: Vec::new(),
         }
     }
 
-    /// Writes the template of `method path` into `out` (cleared first).
-    pub fn normalise(&self, method: &str, path: &str, out: &mut String) {
+    /// Also treats these query parameters' values as identifiers (`?page=3`).
+    pub fn with_id_params(mut self, params: Vec<String>) -> Self {
+        self.id_params = params;
+        self
+    }
+
+    /// Writes the template of `method path` into `out` (cleared first). Returns a hash of
+    /// the identifier values (the segments that became placeholders, and configured query
+    /// parameters), for counting distinct identifiers.
+    pub fn normalise(&self, method: &str, path: &str, out: &mut String) -> Option<u64> {
         out.clear();
         let method = canonical_method(method);
         out.push_str(method);
         out.push(' ');
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let segments = match canonical_segments(path) {
-            Some(s) => s,
-            None => {
-                out.push_str("/{overlong}");
-                return;
-            }
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let path = path.split('#').next().unwrap_or("");
+        let mut ids = IdHash::default();
+        let Some(segments) = canonical_segments(path) else {
+            out.push_str("/{overlong}");
+            return None;
         };
         if let Some(t) = self.declared.iter().find(|t| t.matches(method, &segments)) {
             out.push_str(&t.text);
-            return;
-        }
-        if segments.is_empty() {
-            out.push('/');
-        }
-        for segment in &segments {
-            let variable = self.variable_prefixes.contains(out.as_str());
-            out.push('/');
-            if variable || is_identifier(segment) {
-                out.push_str(ID);
-            } else {
-                out.push_str(segment);
+            for (t, s) in t.segments.iter().zip(&segments) {
+                if is_wildcard(t) {
+                    ids.add(s);
+                }
+            }
+        } else {
+            if segments.is_empty() {
+                out.push('/');
+            }
+            for segment in &segments {
+                let variable = self.variable_prefixes.contains(out.as_str());
+                out.push('/');
+                if variable || is_identifier(segment) {
+                    out.push_str(ID);
+                    ids.add(segment);
+                } else {
+                    out.push_str(segment);
+                }
             }
         }
+        if !self.id_params.is_empty() {
+            for pair in query.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if self.id_params.iter().any(|p| p == k) {
+                    ids.add(v);
+                }
+            }
+        }
+        ids.finish()
+    }
+}
+
+/// Hash of identifier values, in order.
+#[derive(Default)]
+struct IdHash(Option<siphasher::sip::SipHasher13>);
+
+impl IdHash {
+    fn add(&mut self, value: &str) {
+        use std::hash::Hasher;
+        let h = self
+            .0
+            .get_or_insert_with(|| siphasher::sip::SipHasher13::new_with_keys(7, 11));
+        h.write(value.as_bytes());
+        h.write_u8(0xff);
+    }
+
+    fn finish(self) -> Option<u64> {
+        use std::hash::Hasher;
+        self.0.map(|h| h.finish())
     }
 }
 
@@ -198,6 +242,29 @@ mod tests {
         let mut out = String::new();
         n.normalise(method, path, &mut out);
         out
+    }
+
+    #[test]
+    fn identifier_values_are_hashed() {
+        let n = Normaliser::default().with_id_params(vec!["page".into()]);
+        let mut out = String::new();
+        let a = n.normalise("GET", "/orders/1", &mut out);
+        let b = n.normalise("GET", "/orders/2", &mut out);
+        let a2 = n.normalise("GET", "/orders/1?x=1", &mut out);
+        assert!(a.is_some() && a != b && a == a2);
+        assert_eq!(n.normalise("GET", "/menu", &mut out), None);
+        let p1 = n.normalise("GET", "/list?page=1", &mut out);
+        let p2 = n.normalise("GET", "/list?page=2", &mut out);
+        assert_eq!(out, "GET /list");
+        assert!(p1.is_some() && p1 != p2);
+        let d = Normaliser::new(
+            vec![DeclaredTemplate::parse("/u/{name}").unwrap()],
+            HashSet::new(),
+        );
+        assert_ne!(
+            d.normalise("GET", "/u/ann", &mut out),
+            d.normalise("GET", "/u/bob", &mut out)
+        );
     }
 
     #[test]

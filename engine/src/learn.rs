@@ -4,10 +4,10 @@
 //! are plain sums, and merge by addition: each worker keeps its own and folds them into
 //! the shared copy on tick.
 
-use crate::config::LearningSettings;
+use crate::config::{LearningSettings, Limits, Threshold};
 use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
-use crate::policy::{EndpointPolicy, LearnedFrom, Policy, Transition, START};
+use crate::policy::{EndpointPolicy, LearnedFrom, Limit, Policy, Transition, START};
 use crate::slot::{Visit, NO_ENDPOINT};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,6 +25,18 @@ pub struct LearnStats {
     pub prior: BTreeMap<(EndpointId, EndpointId), u64>,
     /// `(from, to)` call counts; `from` = `NO_ENDPOINT` is the session start.
     pub transitions: BTreeMap<(EndpointId, EndpointId), u64>,
+    /// `(endpoint, k)`: sessions whose requests to `endpoint` in one window reached `k`.
+    pub rate_at_least: BTreeMap<(EndpointId, u8), u64>,
+    /// `(endpoint, k)`: sessions whose distinct ids on `endpoint` in one window reached `k`.
+    pub ids_at_least: BTreeMap<(EndpointId, u8), u64>,
+    /// `k`: sessions whose requests in one window (all endpoints) reached `k`.
+    pub total_at_least: BTreeMap<u8, u64>,
+    /// `k`: sessions whose 401/403 answers in one auth window reached `k`.
+    pub auth_at_least: BTreeMap<u16, u64>,
+    /// 401/403 answers per endpoint.
+    pub auth_failures: BTreeMap<EndpointId, u64>,
+    /// `k`: client addresses whose 401/403 answers in one auth window reached `k`.
+    pub address_auth_at_least: BTreeMap<u16, u64>,
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64) {
@@ -46,11 +58,37 @@ impl LearnStats {
             }
         }
         bump(&mut self.transitions, (visit.previous, endpoint), 1);
+        if let Some(k) = visit.tally.new_peak {
+            bump(&mut self.rate_at_least, (endpoint, k), 1);
+        }
+        if let Some((from, to)) = visit.tally.new_ids_peak {
+            for k in from.saturating_add(1)..=to {
+                bump(&mut self.ids_at_least, (endpoint, k), 1);
+            }
+        }
+        if let Some(k) = visit.total_peak {
+            bump(&mut self.total_at_least, k, 1);
+        }
     }
 
-    /// Counts a successful answer of `endpoint`.
-    pub fn observe_success(&mut self, endpoint: EndpointId) {
-        bump(&mut self.succeeded, endpoint, 1);
+    /// Counts the answer of `endpoint`; `auth_peak` is the session's new auth-failure peak.
+    pub fn observe_response(&mut self, endpoint: EndpointId, status: u16, auth_peak: Option<u16>) {
+        if crate::slot::is_success(status) {
+            bump(&mut self.succeeded, endpoint, 1);
+        }
+        if crate::slot::is_auth_failure(status) {
+            bump(&mut self.auth_failures, endpoint, 1);
+        }
+        if let Some(k) = auth_peak {
+            bump(&mut self.auth_at_least, k.min(1000), 1);
+        }
+    }
+
+    /// Counts a client address's new auth-failure peak.
+    pub fn observe_address_failure(&mut self, peak: Option<u16>) {
+        if let Some(k) = peak {
+            bump(&mut self.address_auth_at_least, k.min(1000), 1);
+        }
     }
 
     /// Adds `other` into `self`.
@@ -69,10 +107,31 @@ impl LearnStats {
         for (k, v) in &other.transitions {
             bump(&mut self.transitions, *k, *v);
         }
+        for (k, v) in &other.rate_at_least {
+            bump(&mut self.rate_at_least, *k, *v);
+        }
+        for (k, v) in &other.ids_at_least {
+            bump(&mut self.ids_at_least, *k, *v);
+        }
+        for (k, v) in &other.total_at_least {
+            bump(&mut self.total_at_least, *k, *v);
+        }
+        for (k, v) in &other.auth_at_least {
+            bump(&mut self.auth_at_least, *k, *v);
+        }
+        for (k, v) in &other.auth_failures {
+            bump(&mut self.auth_failures, *k, *v);
+        }
+        for (k, v) in &other.address_auth_at_least {
+            bump(&mut self.address_auth_at_least, *k, *v);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.succeeded.is_empty()
+        self.requests == 0
+            && self.succeeded.is_empty()
+            && self.auth_failures.is_empty()
+            && self.auth_at_least.is_empty()
     }
 
     /// Whether enough traffic was seen to compile a model.
@@ -146,6 +205,24 @@ impl Registry {
     }
 }
 
+/// The learned percentiles of a distribution given as `at_least(k)` = units that reached
+/// `k`, over `n` units, and the threshold chosen from them.
+pub fn limit_from(at_least: impl Fn(u32) -> u64, n: u64, max_k: u32, t: &Threshold) -> Limit {
+    let quantile = |p: f64| -> u32 {
+        let allowed_above = (1.0 - p) * n as f64;
+        (0..=max_k)
+            .find(|k| at_least(k + 1) as f64 <= allowed_above)
+            .unwrap_or(max_k)
+    };
+    let p99 = quantile(0.99);
+    Limit {
+        p50: quantile(0.50),
+        p90: quantile(0.90),
+        p99,
+        limit: t.choose(p99),
+    }
+}
+
 /// Template prefixes whose next segment took many literal values: `GET /api/users`.
 pub fn variable_prefixes(templates: &[String], min_distinct: u32) -> BTreeSet<String> {
     let mut values: HashMap<(String, String), BTreeSet<&str>> = HashMap::new();
@@ -178,6 +255,7 @@ pub fn compile(
     stats: &LearnStats,
     registry: &Registry,
     s: &LearningSettings,
+    limits: &Limits,
     version: u64,
 ) -> Policy {
     let prefixes = variable_prefixes(registry.templates(), s.variable_segment_min);
@@ -225,6 +303,21 @@ pub fn compile(
             bump(&mut m.transitions, (a, b), *v);
         }
     }
+    for ((e, k), v) in &stats.rate_at_least {
+        if let Some(e) = to_new(*e) {
+            bump(&mut m.rate_at_least, (e, *k), *v);
+        }
+    }
+    for ((e, k), v) in &stats.ids_at_least {
+        if let Some(e) = to_new(*e) {
+            bump(&mut m.ids_at_least, (e, *k), *v);
+        }
+    }
+    for (e, v) in &stats.auth_failures {
+        if let Some(e) = to_new(*e) {
+            bump(&mut m.auth_failures, e, *v);
+        }
+    }
 
     let name = |id: EndpointId| {
         if id == NO_ENDPOINT {
@@ -255,6 +348,14 @@ pub fn compile(
             } else {
                 Vec::new()
             };
+            let rate_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| m.rate_at_least.get(&(id, k)).copied().unwrap_or(0))
+            };
+            let ids_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| m.ids_at_least.get(&(id, k)).copied().unwrap_or(0))
+            };
+            let callers = rate_at(1);
+            let has_ids = template.contains('{');
             EndpointPolicy {
                 template: template.clone(),
                 entry: m
@@ -264,6 +365,11 @@ pub fn compile(
                 sessions: reached,
                 successes: m.succeeded.get(&id).copied().unwrap_or(0),
                 prerequisites,
+                rate: (callers > 0).then(|| limit_from(rate_at, callers, 255, &limits.rate)),
+                distinct_ids: (has_ids && callers > 0)
+                    .then(|| limit_from(ids_at, callers, 255, &limits.enumeration)),
+                auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
+                deprecated: false,
             }
         })
         .collect();
@@ -286,6 +392,27 @@ pub fn compile(
         variable_prefixes: prefixes.into_iter().collect(),
         endpoints,
         transitions,
+        window_s: s.window_s,
+        session_rate: Some(limit_from(
+            |k| u8::try_from(k).map_or(0, |k| stats.total_at_least.get(&k).copied().unwrap_or(0)),
+            stats.sessions,
+            255,
+            &limits.session_rate,
+        )),
+        auth_failures: Some(limit_from(
+            |k| u16::try_from(k).map_or(0, |k| stats.auth_at_least.get(&k).copied().unwrap_or(0)),
+            stats.sessions,
+            1000,
+            &limits.auth,
+        )),
+        address_auth_failures: {
+            let at = |k: u32| {
+                u16::try_from(k).map_or(0, |k| {
+                    stats.address_auth_at_least.get(&k).copied().unwrap_or(0)
+                })
+            };
+            Some(limit_from(at, at(1), 1000, &limits.address_auth))
+        },
     }
 }
 
@@ -299,15 +426,23 @@ mod tests {
     /// Plays `calls` (template, status) as one session through a slot, like the filter does.
     fn play(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&str, u16)]) {
         let mut slot = Slot::new(fp, 0, 0);
-        for (t, status) in calls {
+        for (n, (t, status)) in calls.iter().enumerate() {
             let id = reg.add(t, 128).unwrap();
-            let visit = slot.record_request(Some(id), 0);
+            let now = n as u64 * 1000;
+            let visit = slot.record_request(
+                Some(id),
+                Some((n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                now,
+                10_000,
+            );
             stats.observe_request(id, &visit);
-            slot.record_response(id, *status);
-            if crate::slot::is_success(*status) {
-                stats.observe_success(id);
-            }
+            let peak = slot.record_response(id, *status, now, 300_000);
+            stats.observe_response(id, *status, peak);
         }
+    }
+
+    fn compile(stats: &LearnStats, reg: &Registry, s: &LearningSettings, v: u64) -> Policy {
+        super::compile(stats, reg, s, &Limits::default(), v)
     }
 
     fn settings() -> LearningSettings {
@@ -359,7 +494,7 @@ mod tests {
                 requests: stats.requests
             }
         );
-        let m = Model::compile(&p, vec![]).unwrap();
+        let m = Model::compile(&p, &crate::config::Settings::from_json(b"{}").unwrap()).unwrap();
         let pay = m.endpoint("POST /orders/{id}/pay").unwrap();
         assert!(
             m.knows_transition(pay, pay),
@@ -435,6 +570,85 @@ mod tests {
         assert_eq!(Registry::decode(&reg.encode()), reg);
         assert!(reg.add("GET /c", 2).is_none(), "registry is bounded");
         assert!(reg.add("GET /a", 2).is_some());
+    }
+
+    #[test]
+    fn rates_and_distinct_ids_are_learned_with_their_percentiles() {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..100u64 {
+            // Most sessions look at one or two orders; a few at five.
+            let views = if i % 20 == 0 { 5 } else { 1 + i % 2 };
+            let calls: Vec<(&str, u16)> = std::iter::once(("POST /login", 200))
+                .chain((0..views).map(|_| ("GET /orders/{id}", 200)))
+                .chain(if i % 10 == 0 {
+                    vec![("POST /login", 401)]
+                } else {
+                    vec![]
+                })
+                .collect();
+            play(&mut stats, &mut reg, i + 1, &calls);
+        }
+        let p = compile(&stats, &reg, &settings(), 1);
+        let orders = p
+            .endpoints
+            .iter()
+            .find(|e| e.template == "GET /orders/{id}")
+            .unwrap();
+        let rate = orders.rate.unwrap();
+        assert_eq!((rate.p50, rate.p90, rate.p99), (2, 2, 5), "{rate:?}");
+        assert_eq!(rate.limit, 20, "the floor wins over 5 x 3");
+        let ids = orders.distinct_ids.unwrap();
+        assert!(ids.p99 >= 4 && ids.limit >= 15, "{ids:?}");
+        let login = p
+            .endpoints
+            .iter()
+            .find(|e| e.template == "POST /login")
+            .unwrap();
+        assert!(
+            login.distinct_ids.is_none(),
+            "no identifiers in the template"
+        );
+        assert_eq!(login.auth_failures, 10);
+        let auth = p.auth_failures.unwrap();
+        assert_eq!((auth.p50, auth.p90, auth.p99, auth.limit), (0, 1, 1, 10));
+        assert!(p.session_rate.unwrap().p99 >= 5);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn percentiles_of_an_at_least_distribution() {
+        let t = Threshold {
+            margin: 2.0,
+            floor: 1,
+            limit: None,
+        };
+        // 100 units: everyone reached 1, half reached 2, 5 reached 3, 1 reached 10.
+        let at = |k: u32| match k {
+            0 | 1 => 100,
+            2 => 50,
+            3 => 5,
+            4..=10 => 1,
+            _ => 0,
+        };
+        assert_eq!(
+            limit_from(at, 100, 255, &t),
+            Limit {
+                p50: 1,
+                p90: 2,
+                p99: 3,
+                limit: 6
+            }
+        );
+        assert_eq!(
+            limit_from(|_| 0, 0, 255, &t),
+            Limit {
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                limit: 1
+            }
+        );
     }
 
     proptest! {

@@ -5,6 +5,7 @@
 //! collector or `flowguard replay`.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod config;
 pub mod endpoint;
 pub mod endpoint_set;
@@ -13,7 +14,9 @@ pub mod header_map;
 pub mod learn;
 pub mod model;
 pub mod policy;
+pub mod rate;
 pub mod rule;
+pub mod sensitive;
 pub mod session;
 pub mod slot;
 pub mod slot_table;

@@ -1,8 +1,10 @@
-//! The compiled model: a policy turned into bitsets and hash lookups for the request path.
+//! The compiled model: a policy plus configuration turned into bitsets, limits and hash
+//! lookups for the request path.
 
-use crate::endpoint::{DeclaredTemplate, Normaliser};
+use crate::config::Settings;
+use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, EndpointSet};
-use crate::policy::{Policy, PolicyError, START};
+use crate::policy::{Limit, Policy, PolicyError, START};
 use crate::slot::NO_ENDPOINT;
 use std::collections::{HashMap, HashSet};
 
@@ -11,15 +13,35 @@ use std::collections::{HashMap, HashSet};
 pub struct Model {
     pub version: u64,
     pub normaliser: Normaliser,
+    pub window_ms: u32,
+    pub auth_window_ms: u32,
+    /// Requests per window of one session over all endpoints (0: no limit).
+    pub session_rate: u32,
+    /// 401/403 answers per auth window of a session.
+    pub auth_limit: u32,
+    /// 401/403 answers per auth window of a client address.
+    pub address_auth_limit: u32,
     index: HashMap<String, EndpointId>,
     templates: Vec<String>,
     prerequisites: Vec<EndpointSet>,
     transitions: HashSet<(EndpointId, EndpointId)>,
+    rate_limits: Vec<u32>,
+    ids_limits: Vec<u32>,
+    auth_endpoints: EndpointSet,
+    deprecated: EndpointSet,
+    /// Learned endpoints retired at run time for disuse (`endpoints.retire_after_s`).
+    retired: EndpointSet,
+    deprecated_rules: Vec<(Option<String>, String)>,
+}
+
+fn configured(limit: Option<u32>, learned: Option<Limit>) -> u32 {
+    limit.or(learned.map(|l| l.limit)).unwrap_or(0)
 }
 
 impl Model {
-    /// Validates and compiles `policy`; `declared` are the configured templates.
-    pub fn compile(policy: &Policy, declared: Vec<DeclaredTemplate>) -> Result<Model, PolicyError> {
+    /// Validates and compiles `policy` under `settings` (declared templates, deprecated
+    /// endpoints, and configured limits, which override learned ones).
+    pub fn compile(policy: &Policy, settings: &Settings) -> Result<Model, PolicyError> {
         policy.validate()?;
         let templates: Vec<String> = policy
             .endpoints
@@ -37,6 +59,15 @@ impl Model {
             } else {
                 index.get(t).copied()
             }
+        };
+        let count = templates.len();
+        let set_of = |pred: &dyn Fn(usize) -> bool| {
+            let mut set = EndpointSet::EMPTY;
+            (0..count)
+                .filter(|i| pred(*i))
+                .filter_map(|i| EndpointId::try_from(i).ok())
+                .for_each(|i| set.insert(i));
+            set
         };
         let prerequisites = policy
             .endpoints
@@ -56,14 +87,85 @@ impl Model {
             .filter(|t| t.count > 0)
             .filter_map(|t| Some((id(&t.from)?, id(&t.to)?)))
             .collect();
-        let prefixes = policy.variable_prefixes.iter().cloned().collect();
-        Ok(Model {
+        let limits = &settings.limits;
+        let deprecated_rules: Vec<(Option<String>, String)> = settings
+            .endpoints
+            .deprecated
+            .iter()
+            .map(|d| match d.split_once(' ') {
+                Some((m, p)) => (Some(m.to_ascii_uppercase()), p.to_owned()),
+                None => (None, d.clone()),
+            })
+            .collect();
+        let mut model = Model {
             version: policy.version,
-            normaliser: Normaliser::new(declared, prefixes),
+            normaliser: Normaliser::new(
+                settings.endpoints.templates.clone(),
+                policy.variable_prefixes.iter().cloned().collect(),
+            )
+            .with_id_params(settings.endpoints.id_params.clone()),
+            window_ms: policy.window_s.saturating_mul(1000),
+            auth_window_ms: limits.auth_window_s.saturating_mul(1000),
+            session_rate: configured(limits.session_rate.limit, policy.session_rate),
+            address_auth_limit: limits
+                .address_auth
+                .limit
+                .or(policy.address_auth_failures.map(|l| l.limit))
+                .unwrap_or_else(|| limits.address_auth.choose(0)),
+            auth_limit: limits
+                .auth
+                .limit
+                .or(policy.auth_failures.map(|l| l.limit))
+                .unwrap_or_else(|| limits.auth.choose(0)),
+            rate_limits: policy
+                .endpoints
+                .iter()
+                .map(|e| configured(limits.rate.limit, e.rate))
+                .collect(),
+            ids_limits: policy
+                .endpoints
+                .iter()
+                .map(|e| {
+                    configured(
+                        limits
+                            .enumeration
+                            .limit
+                            .filter(|_| e.template.contains('{')),
+                        e.distinct_ids,
+                    )
+                })
+                .collect(),
+            auth_endpoints: set_of(&|i| {
+                policy.endpoints.get(i).is_some_and(|e| e.auth_failures > 0)
+            }),
+            deprecated: EndpointSet::EMPTY,
+            retired: EndpointSet::EMPTY,
             prerequisites,
             transitions,
             index,
             templates,
+            deprecated_rules,
+        };
+        model.deprecated = set_of(&|i| {
+            policy
+                .endpoints
+                .get(i)
+                .is_some_and(|e| e.deprecated || model.matches_deprecated(&e.template))
+        });
+        Ok(model)
+    }
+
+    /// Whether a template is retired by configuration (`endpoints.deprecated`).
+    pub fn matches_deprecated(&self, template: &str) -> bool {
+        let (method, _) = template_parts(template);
+        let path = template.split_once(' ').map_or(template, |(_, p)| p);
+        self.deprecated_rules.iter().any(|(m, p)| {
+            m.as_deref().is_none_or(|m| m == method)
+                && if p.ends_with('/') {
+                    path.starts_with(p.as_str()) || format!("{path}/") == *p
+                } else {
+                    path == p
+                }
         })
     }
 
@@ -74,6 +176,10 @@ impl Model {
 
     pub fn template(&self, id: EndpointId) -> Option<&str> {
         self.templates.get(usize::from(id)).map(String::as_str)
+    }
+
+    pub fn templates(&self) -> &[String] {
+        &self.templates
     }
 
     pub fn len(&self) -> usize {
@@ -96,6 +202,32 @@ impl Model {
     pub fn knows_transition(&self, from: EndpointId, to: EndpointId) -> bool {
         self.transitions.contains(&(from, to))
     }
+
+    /// Requests per window allowed to one session on `id` (0: no limit).
+    pub fn rate_limit(&self, id: EndpointId) -> u32 {
+        self.rate_limits.get(usize::from(id)).copied().unwrap_or(0)
+    }
+
+    /// Distinct identifiers per window allowed to one session on `id` (0: no limit).
+    pub fn ids_limit(&self, id: EndpointId) -> u32 {
+        self.ids_limits.get(usize::from(id)).copied().unwrap_or(0)
+    }
+
+    /// Whether requests to `endpoint` should also be checked against the client address's
+    /// authentication failures: endpoints that answered 401/403 in learning, and unknown ones.
+    pub fn checks_address(&self, endpoint: Option<EndpointId>) -> bool {
+        endpoint.is_none_or(|e| self.auth_endpoints.contains(e))
+    }
+
+    /// Whether `id` is retired: declared deprecated, or unused for too long.
+    pub fn is_deprecated(&self, id: EndpointId) -> bool {
+        self.deprecated.contains(id) || self.retired.contains(id)
+    }
+
+    /// Marks learned endpoints retired for disuse (computed by the caller on tick).
+    pub fn set_retired(&mut self, retired: EndpointSet) {
+        self.retired = retired;
+    }
 }
 
 #[cfg(test)]
@@ -103,19 +235,40 @@ mod tests {
     use super::*;
     use crate::policy::{EndpointPolicy, Transition};
 
-    #[test]
-    fn compiles_prerequisites_and_transitions() {
-        let p = Policy {
+    fn settings(json: &str) -> Settings {
+        Settings::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
             version: 9,
+            window_s: 10,
             variable_prefixes: vec!["GET /u".into()],
             endpoints: vec![
                 EndpointPolicy {
                     template: "POST /pay".into(),
+                    rate: Some(Limit {
+                        p50: 1,
+                        p90: 1,
+                        p99: 2,
+                        limit: 20,
+                    }),
+                    auth_failures: 3,
                     ..Default::default()
                 },
                 EndpointPolicy {
-                    template: "POST /confirm".into(),
+                    template: "POST /orders/{id}/confirm".into(),
                     prerequisites: vec!["POST /pay".into()],
+                    distinct_ids: Some(Limit {
+                        p50: 1,
+                        p90: 1,
+                        p99: 1,
+                        limit: 15,
+                    }),
+                    ..Default::default()
+                },
+                EndpointPolicy {
+                    template: "GET /api/v1/menu".into(),
                     ..Default::default()
                 },
             ],
@@ -127,15 +280,19 @@ mod tests {
                 },
                 Transition {
                     from: "POST /pay".into(),
-                    to: "POST /confirm".into(),
+                    to: "POST /orders/{id}/confirm".into(),
                     count: 0,
                 },
             ],
             ..Default::default()
-        };
-        let m = Model::compile(&p, vec![]).unwrap();
-        assert_eq!((m.version, m.len()), (9, 2));
-        assert_eq!(m.endpoint("POST /confirm"), Some(1));
+        }
+    }
+
+    #[test]
+    fn compiles_prerequisites_transitions_and_limits() {
+        let m = Model::compile(&policy(), &settings("{}")).unwrap();
+        assert_eq!((m.version, m.len(), m.window_ms), (9, 3, 10_000));
+        assert_eq!(m.endpoint("POST /orders/{id}/confirm"), Some(1));
         assert_eq!(m.prerequisites(1).iter().collect::<Vec<_>>(), [0]);
         assert!(m.prerequisites(7).is_empty());
         assert!(m.knows_transition(NO_ENDPOINT, 0));
@@ -143,8 +300,43 @@ mod tests {
             !m.knows_transition(0, 1),
             "zero-count transitions are unknown"
         );
+        assert_eq!(
+            (m.rate_limit(0), m.rate_limit(1), m.ids_limit(1)),
+            (20, 0, 15)
+        );
+        assert_eq!(
+            m.auth_limit, 10,
+            "the configured floor when the policy has none"
+        );
+        assert!(m.checks_address(Some(0)) && !m.checks_address(Some(1)) && m.checks_address(None));
         let mut out = String::new();
         m.normaliser.normalise("GET", "/u/alice", &mut out);
         assert_eq!(out, "GET /u/{id}");
+    }
+
+    #[test]
+    fn configuration_overrides_and_deprecations_apply() {
+        let s = settings(
+            r#"{"rules":{"rate.session":{"limit":5},"rate.enumeration":{"limit":7},"auth.failures":{"limit":4}},
+                "endpoints":{"deprecated":["/api/v1/","DELETE /pay"]}}"#,
+        );
+        let mut m = Model::compile(&policy(), &s).unwrap();
+        assert_eq!(
+            (
+                m.rate_limit(0),
+                m.rate_limit(1),
+                m.ids_limit(1),
+                m.ids_limit(0)
+            ),
+            (5, 5, 7, 0)
+        );
+        assert_eq!(m.auth_limit, 4);
+        assert!(m.is_deprecated(2) && !m.is_deprecated(0));
+        assert!(m.matches_deprecated("GET /api/v1/orders/{id}"));
+        assert!(m.matches_deprecated("DELETE /pay") && !m.matches_deprecated("POST /pay"));
+        let mut retired = EndpointSet::EMPTY;
+        retired.insert(0);
+        m.set_retired(retired);
+        assert!(m.is_deprecated(0));
     }
 }

@@ -22,6 +22,33 @@ pub struct Policy {
     pub endpoints: Vec<EndpointPolicy>,
     #[serde(default)]
     pub transitions: Vec<Transition>,
+    /// The window of the rate and distinct-id limits, in seconds.
+    #[serde(default = "default_window")]
+    pub window_s: u32,
+    /// Requests per window of one session over all endpoints.
+    #[serde(default)]
+    pub session_rate: Option<Limit>,
+    /// 401/403 answers per auth window of one session or client address.
+    #[serde(default)]
+    pub auth_failures: Option<Limit>,
+    /// 401/403 answers per auth window of one client address (over all its sessions).
+    #[serde(default)]
+    pub address_auth_failures: Option<Limit>,
+}
+
+fn default_window() -> u32 {
+    10
+}
+
+/// A learned limit with the percentiles it was chosen from, so an operator can see why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub p50: u32,
+    pub p90: u32,
+    pub p99: u32,
+    /// The threshold in force: `max(floor, ceil(p99 x margin))` or the configured limit.
+    pub limit: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +74,18 @@ pub struct EndpointPolicy {
     /// Endpoints that must have succeeded earlier in the session.
     #[serde(default)]
     pub prerequisites: Vec<String>,
+    /// Requests per window of one session to this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Limit>,
+    /// Distinct identifiers per window of one session on this template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct_ids: Option<Limit>,
+    /// 401/403 answers seen in learning: where credential stuffing would aim.
+    #[serde(default)]
+    pub auth_failures: u64,
+    /// A retired (zombie) endpoint: calls are flagged.
+    #[serde(default)]
+    pub deprecated: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +139,12 @@ impl Policy {
 
     /// Checks what serde cannot: sizes, shapes and that every reference resolves.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.window_s == 0 || self.window_s > 3600 {
+            return Err(bad(
+                "window_s".into(),
+                format!("expected 1 to 3600, got {}", self.window_s),
+            ));
+        }
         if self.version == 0 || self.version > u64::from(u32::MAX) {
             return Err(bad(
                 "version".into(),
@@ -191,6 +236,7 @@ mod tests {
     fn json_round_trips_and_validates() {
         let p = Policy {
             version: 3,
+            window_s: 10,
             endpoints: vec![ep("POST /pay", &[]), ep("POST /confirm", &["POST /pay"])],
             transitions: vec![Transition {
                 from: START.into(),
@@ -207,10 +253,18 @@ mod tests {
         let e = |p: Policy| p.validate().unwrap_err().key;
         let base = |eps: Vec<EndpointPolicy>| Policy {
             version: 1,
+            window_s: 10,
             endpoints: eps,
             ..Default::default()
         };
-        assert_eq!(e(Policy::default()), "version");
+        assert_eq!(e(Policy::default()), "window_s");
+        assert_eq!(
+            e(Policy {
+                window_s: 10,
+                ..Default::default()
+            }),
+            "version"
+        );
         assert_eq!(
             e(base(vec![ep("POST /c", &["POST /x"])])),
             "endpoints[0].prerequisites[0]"

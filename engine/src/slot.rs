@@ -4,12 +4,16 @@
 //! and no JSON on the request path.
 
 use crate::endpoint_set::{EndpointId, EndpointSet};
+use crate::rate::{RateEntry, Tally, WindowCounter};
 
-/// Encoded size of a slot, in bytes.
-pub const SLOT_SIZE: usize = 64;
-const FORMAT: u8 = 1;
+/// Encoded size of a slot, in bytes (a benchmark target: at most 128).
+pub const SLOT_SIZE: usize = 128;
+const FORMAT: u8 = 2;
+/// Endpoints whose rate a slot tracks at once; the least loaded entry is reused.
+pub const RATE_ENTRIES: usize = 3;
 /// `last_endpoint` when the session has made no request yet, or only to unknown endpoints.
 pub const NO_ENDPOINT: EndpointId = u16::MAX;
+const SEEN: u8 = 1;
 
 /// One session's flow state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,7 +23,8 @@ pub struct Slot {
     /// Seconds since the Unix epoch.
     pub first_seen: u32,
     pub last_seen: u32,
-    pub requests: u32,
+    /// Whether the session has made a request.
+    pub seen: bool,
     pub last_endpoint: EndpointId,
     /// Version of the model whose endpoint indices the sets below use (0: learning registry).
     pub model_version: u32,
@@ -27,6 +32,12 @@ pub struct Slot {
     pub visited: EndpointSet,
     /// Endpoints this session has called with a successful (2xx/3xx) answer.
     pub completed: EndpointSet,
+    /// 401/403 answers in the auth window.
+    pub auth: WindowCounter,
+    /// All requests of the session (`endpoint` and `ids` unused).
+    pub total: RateEntry,
+    /// Per-endpoint rate and distinct-id state.
+    pub rates: [RateEntry; RATE_ENTRIES],
 }
 
 /// Why bytes from shared data are not a slot.
@@ -45,24 +56,33 @@ impl std::fmt::Display for SlotError {
     }
 }
 
-/// What a request changed, for the learner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a request changed, for the learner and the rate rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Visit {
     pub new_session: bool,
     pub first_visit: bool,
     pub previous: EndpointId,
     pub completed_before: EndpointSet,
+    /// The endpoint's window tally (new peaks, distinct ids this window).
+    pub tally: Tally,
+    /// The session's new peak of requests per window, if this request set one.
+    pub total_peak: Option<u8>,
+    /// Which of `rates` holds the endpoint's state.
+    pub entry: Option<usize>,
 }
 
 impl Slot {
     /// A fresh slot for a session first seen at `now`.
     pub fn new(fingerprint: u64, now: u32, model_version: u32) -> Slot {
+        let empty = RateEntry::fresh(NO_ENDPOINT, 0);
         Slot {
             fingerprint,
             first_seen: now,
             last_seen: now,
             last_endpoint: NO_ENDPOINT,
             model_version,
+            total: empty,
+            rates: [empty; RATE_ENTRIES],
             ..Slot::default()
         }
     }
@@ -72,43 +92,106 @@ impl Slot {
         self.fingerprint == 0 || now.saturating_sub(self.last_seen) > idle
     }
 
-    /// Records a request to `endpoint` (or an unknown endpoint) at `now`.
-    pub fn record_request(&mut self, endpoint: Option<EndpointId>, now: u32) -> Visit {
-        let id = endpoint.unwrap_or(NO_ENDPOINT);
-        let visit = Visit {
-            new_session: self.requests == 0,
+    /// Milliseconds since `first_seen`, the clock of the rate state.
+    pub fn clock(&self, now_ms: u64) -> u32 {
+        let since = now_ms.saturating_sub(u64::from(self.first_seen) * 1000);
+        u32::try_from(since).unwrap_or(u32::MAX)
+    }
+
+    /// Records a request to `endpoint` (or an unknown endpoint) at `now_ms`, with the hash
+    /// of its identifier values if it has any.
+    pub fn record_request(
+        &mut self,
+        endpoint: Option<EndpointId>,
+        id: Option<u64>,
+        now_ms: u64,
+        window_ms: u32,
+    ) -> Visit {
+        let now = self.clock(now_ms);
+        let mut visit = Visit {
+            new_session: !self.seen,
             first_visit: endpoint.is_some_and(|e| !self.visited.contains(e)),
             previous: self.last_endpoint,
             completed_before: self.completed,
+            total_peak: self.total.tally(now, window_ms, None).new_peak,
+            ..Visit::default()
         };
         if let Some(e) = endpoint {
             self.visited.insert(e);
+            let i = self.entry_for(e, now);
+            if let Some(entry) = self.rates.get_mut(i) {
+                visit.tally = entry.tally(now, window_ms, id);
+                visit.entry = Some(i);
+            }
         }
-        self.last_endpoint = id;
-        self.last_seen = self.last_seen.max(now);
-        self.requests = self.requests.saturating_add(1);
+        self.seen = true;
+        self.last_endpoint = endpoint.unwrap_or(NO_ENDPOINT);
+        self.last_seen = self
+            .last_seen
+            .max(u32::try_from(now_ms / 1000).unwrap_or(u32::MAX));
         visit
     }
 
-    /// Records the answer to a request: success unlocks what depends on `endpoint`.
-    pub fn record_response(&mut self, endpoint: EndpointId, status: u16) {
+    /// The entry tracking `endpoint`, reusing the least loaded one (the one whose GCRA
+    /// state has drained furthest) so a flooded endpoint keeps its state.
+    fn entry_for(&mut self, endpoint: EndpointId, now: u32) -> usize {
+        if let Some(i) = self.rates.iter().position(|r| r.endpoint == endpoint) {
+            return i;
+        }
+        let i = (0..RATE_ENTRIES)
+            .min_by_key(|i| {
+                self.rates.get(*i).map_or((false, 0), |r| {
+                    (r.endpoint != NO_ENDPOINT, r.tat.max(r.window_start))
+                })
+            })
+            .unwrap_or(0);
+        if let Some(r) = self.rates.get_mut(i) {
+            *r = RateEntry::fresh(endpoint, now);
+        }
+        i
+    }
+
+    /// Records the answer to a request: success unlocks what depends on `endpoint`;
+    /// 401/403 count as authentication failures. Returns a new auth-failure peak.
+    pub fn record_response(
+        &mut self,
+        endpoint: EndpointId,
+        status: u16,
+        now_ms: u64,
+        auth_window_ms: u32,
+    ) -> Option<u16> {
         if is_success(status) {
             self.completed.insert(endpoint);
         }
+        if is_auth_failure(status) {
+            let now = self.clock(now_ms);
+            return self.auth.add(now, auth_window_ms);
+        }
+        None
     }
 
     pub fn encode(&self) -> [u8; SLOT_SIZE] {
         let mut b = [0u8; SLOT_SIZE];
         let mut w = Writer { buf: &mut b, at: 0 };
-        w.put(&[FORMAT, 0]);
+        w.put(&[FORMAT, if self.seen { SEEN } else { 0 }]);
         w.put(&self.fingerprint.to_le_bytes());
         w.put(&self.first_seen.to_le_bytes());
         w.put(&self.last_seen.to_le_bytes());
-        w.put(&self.requests.to_le_bytes());
         w.put(&self.last_endpoint.to_le_bytes());
         w.put(&self.model_version.to_le_bytes());
         w.put(&self.visited.0.to_le_bytes());
         w.put(&self.completed.0.to_le_bytes());
+        w.put(&self.auth.window_start.to_le_bytes());
+        w.put(&self.auth.count.to_le_bytes());
+        w.put(&self.auth.peak.to_le_bytes());
+        w.put(&[self.total.count, self.total.peak]);
+        w.put(&self.total.window_start.to_le_bytes());
+        w.put(&self.total.tat.to_le_bytes());
+        for r in &self.rates {
+            let mut e = [0u8; RateEntry::SIZE];
+            r.encode(&mut e);
+            w.put(&e);
+        }
         b
     }
 
@@ -117,26 +200,50 @@ impl Slot {
             .try_into()
             .map_err(|_| SlotError::Length(bytes.len()))?;
         let mut r = Reader { buf: bytes, at: 0 };
-        let [format, _flags] = r.take::<2>();
+        let [format, flags] = r.take::<2>();
         if format != FORMAT {
             return Err(SlotError::Format(format));
         }
-        Ok(Slot {
+        let mut s = Slot {
+            seen: flags & SEEN != 0,
             fingerprint: u64::from_le_bytes(r.take()),
             first_seen: u32::from_le_bytes(r.take()),
             last_seen: u32::from_le_bytes(r.take()),
-            requests: u32::from_le_bytes(r.take()),
             last_endpoint: u16::from_le_bytes(r.take()),
             model_version: u32::from_le_bytes(r.take()),
             visited: EndpointSet(u128::from_le_bytes(r.take())),
             completed: EndpointSet(u128::from_le_bytes(r.take())),
-        })
+            auth: WindowCounter {
+                window_start: u32::from_le_bytes(r.take()),
+                count: u16::from_le_bytes(r.take()),
+                peak: u16::from_le_bytes(r.take()),
+            },
+            ..Slot::default()
+        };
+        let [count, peak] = r.take::<2>();
+        s.total = RateEntry {
+            endpoint: NO_ENDPOINT,
+            count,
+            peak,
+            window_start: u32::from_le_bytes(r.take()),
+            tat: u32::from_le_bytes(r.take()),
+            ..RateEntry::default()
+        };
+        for e in s.rates.iter_mut() {
+            *e = RateEntry::decode(&r.take::<{ RateEntry::SIZE }>());
+        }
+        Ok(s)
     }
 }
 
 /// 2xx and 3xx complete a step; 1xx, 4xx and 5xx do not.
 pub fn is_success(status: u16) -> bool {
     (200..400).contains(&status)
+}
+
+/// 401 and 403: what credential stuffing and broken access control produce.
+pub fn is_auth_failure(status: u16) -> bool {
+    status == 401 || status == 403
 }
 
 struct Writer<'a> {
@@ -172,22 +279,52 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate::DistinctSketch;
     use proptest::prelude::*;
+
+    const W: u32 = 10_000;
 
     #[test]
     fn visits_and_successes_update_the_flow() {
         let mut s = Slot::new(7, 100, 0);
-        let v = s.record_request(Some(3), 101);
+        let v = s.record_request(Some(3), None, 101_000, W);
         assert!(v.new_session && v.first_visit);
         assert_eq!(v.previous, NO_ENDPOINT);
-        s.record_response(3, 402);
+        s.record_response(3, 402, 101_000, W);
         assert!(!s.completed.contains(3));
-        let v = s.record_request(Some(3), 102);
+        let v = s.record_request(Some(3), None, 102_000, W);
         assert!(!v.new_session && !v.first_visit);
         assert_eq!(v.previous, 3);
-        s.record_response(3, 200);
+        assert_eq!(v.tally.new_peak, Some(2));
+        assert_eq!(v.total_peak, Some(2));
+        s.record_response(3, 200, 102_000, W);
         assert!(s.completed.contains(3));
-        assert_eq!((s.requests, s.last_seen), (2, 102));
+        assert_eq!(s.last_seen, 102);
+    }
+
+    #[test]
+    fn auth_failures_are_counted_in_windows() {
+        let mut s = Slot::new(7, 100, 0);
+        assert_eq!(s.record_response(0, 401, 100_000, W), Some(1));
+        assert_eq!(s.record_response(0, 403, 100_500, W), Some(2));
+        assert_eq!(s.record_response(0, 200, 100_600, W), None);
+        assert_eq!(s.auth.current(s.clock(101_000), W), 2);
+        assert_eq!(s.auth.current(s.clock(111_000), W), 0);
+    }
+
+    #[test]
+    fn a_flooded_endpoint_keeps_its_entry_while_others_rotate() {
+        let mut s = Slot::new(7, 0, 0);
+        for _ in 0..20 {
+            let v = s.record_request(Some(1), None, 0, W);
+            if let Some(i) = v.entry {
+                s.rates[i].tat += 1000; // as GCRA would while admitting
+            }
+        }
+        for e in 2..10 {
+            s.record_request(Some(e), None, 1, W);
+        }
+        assert!(s.rates.iter().any(|r| r.endpoint == 1 && r.count == 20));
     }
 
     #[test]
@@ -197,19 +334,59 @@ mod tests {
         assert!(Slot::default().is_stale(0, 60));
         assert_eq!(Slot::decode(&[1; 3]), Err(SlotError::Length(3)));
         assert_eq!(Slot::decode(&[9; SLOT_SIZE]), Err(SlotError::Format(9)));
+        assert_eq!(Slot::new(1, u32::MAX, 0).clock(0), 0);
+    }
+
+    fn entry() -> impl Strategy<Value = RateEntry> {
+        (
+            any::<u16>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(endpoint, count, peak, ids_peak, window_start, tat, ids)| RateEntry {
+                    endpoint,
+                    count,
+                    peak,
+                    ids_peak,
+                    window_start,
+                    tat,
+                    ids: DistinctSketch(ids),
+                },
+            )
     }
 
     proptest! {
         #[test]
-        fn encode_decode_round_trips(fp: u64, a: u32, b: u32, n: u32, last: u16, mv: u32, v: u128, c: u128) {
-            let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, requests: n, last_endpoint: last,
-                model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c) };
+        fn encode_decode_round_trips(fp: u64, a: u32, b: u32, seen: bool, last: u16, mv: u32, v: u128, c: u128,
+                                     aw: u32, ac: u16, ap: u16, tc: u8, tp: u8, tw: u32, tt: u32,
+                                     rates in proptest::array::uniform3(entry())) {
+            let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, last_endpoint: last,
+                model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c),
+                auth: WindowCounter { window_start: aw, count: ac, peak: ap },
+                total: RateEntry { endpoint: NO_ENDPOINT, count: tc, peak: tp, window_start: tw, tat: tt, ..RateEntry::default() },
+                rates };
             prop_assert_eq!(Slot::decode(&s.encode()), Ok(s));
         }
 
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Slot::decode(&bytes);
+        }
+
+        #[test]
+        fn recording_never_panics(ops in proptest::collection::vec((any::<Option<u16>>(), any::<u64>(), any::<u16>()), 0..50), start: u32) {
+            let mut s = Slot::new(1, start, 0);
+            for (e, t, status) in ops {
+                s.record_request(e, Some(t), t, W);
+                if let Some(e) = e {
+                    s.record_response(e, status, t, W);
+                }
+            }
         }
     }
 }

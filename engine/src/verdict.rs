@@ -1,10 +1,12 @@
-//! The verdict for one request: which rules fire and what that means in `enforce`.
+//! The verdict for one request: record it in the session's slot, decide which rules
+//! fire, and what that means in `enforce`.
 
-use crate::config::RuleActions;
+use crate::config::{RuleActions, Settings};
 use crate::endpoint_set::{EndpointId, EndpointSet};
 use crate::model::Model;
+use crate::rate::gcra;
 use crate::rule::{Action, Rule, RuleSet};
-use crate::slot::Slot;
+use crate::slot::{Slot, Visit};
 use std::fmt::Write;
 
 /// What to do with the request.
@@ -22,6 +24,8 @@ pub struct Verdict {
     pub fired: RuleSet,
     /// For `order.missing_prerequisite`: the steps the session skipped.
     pub missing: EndpointSet,
+    /// For rate rules: seconds until a retry can succeed.
+    pub retry_after_s: u32,
 }
 
 impl Verdict {
@@ -29,6 +33,7 @@ impl Verdict {
         outcome: Outcome::Allow,
         fired: RuleSet::EMPTY,
         missing: EndpointSet::EMPTY,
+        retry_after_s: 0,
     };
 
     /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
@@ -46,26 +51,119 @@ impl Verdict {
     }
 }
 
-/// Decides on a request to `endpoint` (`None`: not in the model) by a session in state
-/// `slot`, as it was before this request.
-pub fn decide(
-    model: &Model,
-    actions: &RuleActions,
-    slot: &Slot,
-    endpoint: Option<EndpointId>,
-) -> Verdict {
+/// One request as the engine sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request {
+    /// The endpoint in the model (or the learning registry); `None`: not in the inventory.
+    pub endpoint: Option<EndpointId>,
+    /// For an endpoint outside the inventory: whether its template is declared retired.
+    pub deprecated_template: bool,
+    /// Hash of the request's identifier values, if its template has any.
+    pub id: Option<u64>,
+    pub now_ms: u64,
+    /// 401/403 answers to the client address in the current auth window (0 if unchecked).
+    pub address_failures: u16,
+}
+
+/// Records `req` in `slot` and decides on it. Without a model (still learning) the
+/// request is only recorded.
+pub fn evaluate(
+    model: Option<&Model>,
+    settings: &Settings,
+    slot: &mut Slot,
+    req: &Request,
+) -> (Visit, Verdict) {
+    let before = *slot;
+    let Some(model) = model else {
+        let window = settings.learning.window_s.saturating_mul(1000);
+        return (
+            slot.record_request(req.endpoint, req.id, req.now_ms, window),
+            Verdict::ALLOW,
+        );
+    };
+    let visit = slot.record_request(req.endpoint, req.id, req.now_ms, model.window_ms);
+    let now = slot.clock(req.now_ms);
     let mut fired = RuleSet::EMPTY;
     let mut missing = EndpointSet::EMPTY;
-    if let Some(e) = endpoint {
-        missing = model.prerequisites(e).difference(slot.completed);
-        if !missing.is_empty() {
-            fired.insert(Rule::MissingPrerequisite);
+    let mut retry_ms = 0u32;
+
+    match req.endpoint {
+        Some(e) => {
+            missing = model.prerequisites(e).difference(before.completed);
+            if !missing.is_empty() {
+                fired.insert(Rule::MissingPrerequisite);
+            }
+            if !model.knows_transition(before.last_endpoint, e) {
+                fired.insert(Rule::UnknownTransition);
+            }
+            if model.is_deprecated(e) {
+                fired.insert(Rule::DeprecatedEndpoint);
+            }
+            let ids_limit = model.ids_limit(e);
+            if ids_limit > 0 && u32::from(visit.tally.distinct) > ids_limit {
+                fired.insert(Rule::RateEnumeration);
+                let window_start = visit
+                    .entry
+                    .and_then(|i| slot.rates.get(i))
+                    .map_or(now, |r| r.window_start);
+                retry_ms = retry_ms.max(
+                    window_start
+                        .saturating_add(model.window_ms)
+                        .saturating_sub(now),
+                );
+            }
+            let limit = model.rate_limit(e);
+            if let (true, Some(entry)) =
+                (limit > 0, visit.entry.and_then(|i| slot.rates.get_mut(i)))
+            {
+                match gcra(entry.tat, now, clamp16(limit), model.window_ms) {
+                    Ok(tat) => entry.tat = tat,
+                    Err(wait) => {
+                        fired.insert(Rule::RateSession);
+                        retry_ms = retry_ms.max(wait);
+                    }
+                }
+            }
         }
-        if !model.knows_transition(slot.last_endpoint, e) {
-            fired.insert(Rule::UnknownTransition);
+        None if req.deprecated_template => fired.insert(Rule::DeprecatedEndpoint),
+        None => fired.insert(Rule::UnknownEndpoint),
+    }
+    if model.session_rate > 0 {
+        match gcra(
+            slot.total.tat,
+            now,
+            clamp16(model.session_rate),
+            model.window_ms,
+        ) {
+            Ok(tat) => slot.total.tat = tat,
+            Err(wait) => {
+                fired.insert(Rule::RateSession);
+                retry_ms = retry_ms.max(wait);
+            }
         }
     }
-    outcome(actions, fired, missing)
+    let by_session = u32::from(before.auth.current(now, model.auth_window_ms));
+    let by_address = u32::from(req.address_failures);
+    if (model.auth_limit > 0 && by_session >= model.auth_limit)
+        || (model.address_auth_limit > 0 && by_address >= model.address_auth_limit)
+    {
+        fired.insert(Rule::AuthFailures);
+        let session_wait = before.auth.remaining(now, model.auth_window_ms);
+        retry_ms = retry_ms.max(if session_wait > 0 {
+            session_wait
+        } else {
+            model.auth_window_ms
+        });
+    }
+    let mut verdict = outcome(&settings.rules, fired, missing);
+    verdict.retry_after_s = retry_ms
+        .div_ceil(1000)
+        .max(u32::from(!fired.is_empty() && retry_ms > 0));
+    (visit, verdict)
+}
+
+fn clamp16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
 
 /// Turns fired rules into an outcome: the first blocking rule decides the status.
@@ -89,17 +187,21 @@ pub fn outcome(actions: &RuleActions, fired: RuleSet, missing: EndpointSet) -> V
         outcome: result,
         fired: kept,
         missing,
+        retry_after_s: 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use crate::policy::{EndpointPolicy, Policy, Transition, START};
+    use crate::policy::{EndpointPolicy, Limit, Policy, Transition, START};
     use crate::slot::NO_ENDPOINT;
 
-    fn shop() -> Model {
+    fn settings(json: &str) -> Settings {
+        Settings::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn shop(s: &Settings) -> Model {
         let ep = |t: &str, pre: &[&str]| EndpointPolicy {
             template: t.into(),
             prerequisites: pre.iter().map(|s| s.to_string()).collect(),
@@ -110,21 +212,52 @@ mod tests {
             to: t.into(),
             count: 5,
         };
+        let lim = |limit| {
+            Some(Limit {
+                p50: 1,
+                p90: 2,
+                p99: 3,
+                limit,
+            })
+        };
+        let mut orders = ep("GET /orders/{id}", &["POST /login"]);
+        orders.rate = lim(30);
+        orders.distinct_ids = lim(5);
+        let mut login = ep("POST /login", &[]);
+        login.auth_failures = 4;
+        login.rate = lim(3);
         let p = Policy {
             version: 1,
+            window_s: 10,
             endpoints: vec![
-                ep("POST /login", &[]),
+                login,
                 ep("POST /pay", &["POST /login"]),
                 ep("POST /confirm", &["POST /login", "POST /pay"]),
+                orders,
             ],
             transitions: vec![
                 tr(START, "POST /login"),
                 tr("POST /login", "POST /pay"),
                 tr("POST /pay", "POST /confirm"),
+                tr("POST /login", "GET /orders/{id}"),
+                tr("GET /orders/{id}", "GET /orders/{id}"),
+                tr("POST /login", "POST /login"),
             ],
+            session_rate: Some(Limit {
+                p50: 1,
+                p90: 1,
+                p99: 1,
+                limit: 100,
+            }),
+            auth_failures: Some(Limit {
+                p50: 0,
+                p90: 0,
+                p99: 1,
+                limit: 3,
+            }),
             ..Default::default()
         };
-        Model::compile(&p, vec![]).unwrap()
+        Model::compile(&p, s).unwrap()
     }
 
     fn header(v: &Verdict) -> String {
@@ -133,14 +266,38 @@ mod tests {
         s
     }
 
+    fn call(
+        m: &Model,
+        s: &Settings,
+        slot: &mut Slot,
+        e: Option<u16>,
+        status: u16,
+        t: u64,
+    ) -> Verdict {
+        let (_, v) = evaluate(
+            Some(m),
+            s,
+            slot,
+            &Request {
+                endpoint: e,
+                id: Some(t),
+                now_ms: t,
+                ..Default::default()
+            },
+        );
+        if let Some(e) = e {
+            slot.record_response(e, status, t, m.auth_window_ms);
+        }
+        v
+    }
+
     #[test]
     fn skipping_payment_is_blocked() {
-        let m = shop();
-        let actions = RuleActions::default();
+        let s = settings("{}");
+        let m = shop(&s);
         let mut slot = Slot::new(1, 0, 1);
-        slot.record_request(Some(0), 0);
-        slot.record_response(0, 200);
-        let v = decide(&m, &actions, &slot, Some(2));
+        call(&m, &s, &mut slot, Some(0), 200, 0);
+        let v = call(&m, &s, &mut slot, Some(2), 200, 1);
         assert_eq!(v.outcome, Outcome::Block { status: 403 });
         assert_eq!(v.missing.iter().collect::<Vec<_>>(), [1]);
         assert_eq!(
@@ -151,44 +308,186 @@ mod tests {
 
     #[test]
     fn failed_payment_does_not_unlock_confirm_but_success_does() {
-        let m = shop();
-        let actions = RuleActions::default();
+        let s = settings("{}");
+        let m = shop(&s);
         let mut slot = Slot::new(1, 0, 1);
-        for (e, status) in [(0, 200), (1, 402)] {
-            slot.record_request(Some(e), 0);
-            slot.record_response(e, status);
-        }
+        call(&m, &s, &mut slot, Some(0), 200, 0);
+        call(&m, &s, &mut slot, Some(1), 402, 1);
+        let mut retry = slot;
         assert_eq!(
-            decide(&m, &actions, &slot, Some(2)).outcome,
+            call(&m, &s, &mut slot, Some(2), 200, 2).outcome,
             Outcome::Block { status: 403 }
         );
-        slot.record_request(Some(1), 0);
-        slot.record_response(1, 200);
-        let v = decide(&m, &actions, &slot, Some(2));
+        call(&m, &s, &mut retry, Some(1), 200, 3);
+        let v = call(&m, &s, &mut retry, Some(2), 200, 4);
         assert_eq!(v, Verdict::ALLOW);
         assert_eq!(header(&v), "allow");
     }
 
     #[test]
-    fn unknown_transitions_flag_and_actions_apply() {
-        let m = shop();
-        let slot = Slot::new(1, 0, 1);
-        assert_eq!(slot.last_endpoint, NO_ENDPOINT);
-        let v = decide(&m, &RuleActions::default(), &slot, Some(0));
-        assert_eq!(v, Verdict::ALLOW);
-        let mut s2 = slot;
-        s2.record_request(Some(0), 0);
-        s2.record_response(0, 200);
-        let v = decide(&m, &RuleActions::default(), &s2, Some(0));
-        assert_eq!(header(&v), "flag; rules=order.unknown_transition");
+    fn unknown_transitions_endpoints_and_actions() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        assert_eq!(call(&m, &s, &mut slot, Some(0), 200, 0), Verdict::ALLOW);
+        assert_eq!(header(&call(&m, &s, &mut slot, Some(1), 200, 1)), "allow");
+        assert_eq!(
+            header(&call(&m, &s, &mut slot, Some(0), 200, 2)),
+            "flag; rules=order.unknown_transition"
+        );
+        assert_eq!(
+            header(&call(&m, &s, &mut slot, None, 200, 3)),
+            "flag; rules=inventory.unknown_endpoint"
+        );
+        let (_, v) = evaluate(
+            Some(&m),
+            &s,
+            &mut slot,
+            &Request {
+                deprecated_template: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(header(&v), "flag; rules=inventory.deprecated_endpoint");
 
-        let off = Settings::from_json(
-            br#"{"rules":{"order.missing_prerequisite":"flag","order.unknown_transition":"off"}}"#,
-        )
-        .unwrap()
-        .rules;
-        let v = decide(&m, &off, &slot, Some(2));
+        let off = settings(
+            r#"{"rules":{"order.missing_prerequisite":"flag","order.unknown_transition":"off"}}"#,
+        );
+        let mut fresh = Slot::new(2, 0, 1);
+        let v = call(&m, &off, &mut fresh, Some(2), 200, 0);
         assert_eq!(header(&v), "flag; rules=order.missing_prerequisite");
-        assert!(decide(&m, &off, &slot, None) == Verdict::ALLOW);
+        assert_eq!(fresh.last_endpoint, 2);
+        assert_eq!(Slot::new(3, 0, 1).last_endpoint, NO_ENDPOINT);
+    }
+
+    #[test]
+    fn a_session_flooding_an_endpoint_is_limited_with_retry_after() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        call(&m, &s, &mut slot, Some(0), 200, 0);
+        let mut blocked = 0;
+        for i in 0..100 {
+            let req = Request {
+                endpoint: Some(3),
+                id: Some(7),
+                now_ms: 1000 + i,
+                ..Default::default()
+            };
+            let (_, v) = evaluate(Some(&m), &s, &mut slot, &req);
+            if let Outcome::Block { status } = v.outcome {
+                assert_eq!(status, 429);
+                assert!(v.fired.contains(Rule::RateSession));
+                assert!((1..=10).contains(&v.retry_after_s), "{}", v.retry_after_s);
+                blocked += 1;
+            }
+        }
+        assert_eq!(blocked, 70, "30 per 10 s window are admitted");
+        let req = Request {
+            endpoint: Some(3),
+            id: Some(7),
+            now_ms: 20_000,
+            ..Default::default()
+        };
+        let later = evaluate(Some(&m), &s, &mut slot, &req).1;
+        assert!(!later.fired.contains(Rule::RateSession), "the limit drains");
+    }
+
+    #[test]
+    fn walking_identifiers_is_enumeration() {
+        let s = settings(r#"{"rules":{"rate.session":"off"}}"#);
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        call(&m, &s, &mut slot, Some(0), 200, 0);
+        let mut first_block = None;
+        for i in 0..30u64 {
+            let id = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let (_, v) = evaluate(
+                Some(&m),
+                &s,
+                &mut slot,
+                &Request {
+                    endpoint: Some(3),
+                    id: Some(id),
+                    now_ms: 100 + i,
+                    ..Default::default()
+                },
+            );
+            if v.fired.contains(Rule::RateEnumeration) && first_block.is_none() {
+                first_block = Some(i);
+                assert_eq!(v.outcome, Outcome::Block { status: 429 });
+            }
+        }
+        let first = first_block.expect("enumeration caught");
+        assert!(
+            (5..12).contains(&first),
+            "caught after about 5 distinct ids: {first}"
+        );
+        // The same few ids, again and again, are no enumeration.
+        let mut calm = Slot::new(2, 0, 1);
+        call(&m, &s, &mut calm, Some(0), 200, 0);
+        for i in 0..20u64 {
+            let (_, v) = evaluate(
+                Some(&m),
+                &s,
+                &mut calm,
+                &Request {
+                    endpoint: Some(3),
+                    id: Some(i % 2 + 1),
+                    now_ms: i,
+                    ..Default::default()
+                },
+            );
+            assert!(!v.fired.contains(Rule::RateEnumeration));
+        }
+    }
+
+    #[test]
+    fn repeated_auth_failures_by_session_or_address_are_blocked() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        for t in 0..3 {
+            let v = call(&m, &s, &mut slot, Some(0), 401, t);
+            assert!(!v.fired.contains(Rule::AuthFailures), "failure {t}");
+        }
+        let v = call(&m, &s, &mut slot, Some(0), 401, 4);
+        assert!(v.fired.contains(Rule::AuthFailures));
+        assert_eq!(v.outcome, Outcome::Block { status: 429 });
+        assert!(v.retry_after_s >= 299, "{}", v.retry_after_s);
+        // A fresh cookie from the same address is still caught by the address count.
+        let mut rotated = Slot::new(2, 0, 1);
+        let req = |n| Request {
+            endpoint: Some(0),
+            address_failures: n,
+            ..Default::default()
+        };
+        assert!(!evaluate(Some(&m), &s, &mut rotated, &req(29))
+            .1
+            .fired
+            .contains(Rule::AuthFailures));
+        assert!(evaluate(Some(&m), &s, &mut rotated, &req(30))
+            .1
+            .fired
+            .contains(Rule::AuthFailures));
+    }
+
+    #[test]
+    fn without_a_model_requests_are_only_recorded() {
+        let s = settings("{}");
+        let mut slot = Slot::new(1, 0, 0);
+        let (visit, v) = evaluate(
+            None,
+            &s,
+            &mut slot,
+            &Request {
+                endpoint: Some(4),
+                now_ms: 5,
+                ..Default::default()
+            },
+        );
+        assert_eq!(v, Verdict::ALLOW);
+        assert!(visit.new_session && visit.first_visit);
+        assert!(slot.visited.contains(4));
     }
 }

@@ -104,12 +104,17 @@ pub fn log(level: LogLevel, message: &str) {
     let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
 }
 
-/// Wall-clock time in whole seconds since the Unix epoch.
-pub fn now_secs() -> HostResult<u32> {
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> HostResult<u64> {
     let mut nanos = 0u64;
     // SAFETY: `nanos` is a valid out-pointer.
     check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
-    Ok(u32::try_from(nanos / 1_000_000_000).unwrap_or(u32::MAX))
+    Ok(nanos / 1_000_000)
+}
+
+/// Wall-clock time in whole seconds since the Unix epoch.
+pub fn now_secs() -> HostResult<u32> {
+    Ok(u32::try_from(now_ms()? / 1000).unwrap_or(u32::MAX))
 }
 
 pub fn set_tick_period(period: Duration) -> HostResult<()> {

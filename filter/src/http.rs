@@ -5,20 +5,25 @@ use crate::metrics::Metrics;
 use crate::root::SharedWorker;
 use crate::shared::{self, CAS_RETRIES};
 use crate::worker::Worker;
+use flowguard_engine::address::AddressSlot;
 use flowguard_engine::config::Mode;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::header_map::decode_pairs;
-use flowguard_engine::session::{self, Source};
-use flowguard_engine::slot::{is_success, Slot};
+use flowguard_engine::rule::{Action as RuleAction, Rule};
+use flowguard_engine::sensitive::Scanner;
+use flowguard_engine::session::{self, address_host, Source};
+use flowguard_engine::slot::{is_auth_failure, is_success, Slot};
 use flowguard_engine::slot_table::Placement;
-use flowguard_engine::verdict::{self, Outcome, Verdict};
+use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use std::fmt::Write;
 
 const VERDICT_HEADER: &str = "x-flowguard-verdict";
 const SESSION_HEADER: &str = "x-flowguard-session";
 const OWN_PREFIX: &[u8] = b"x-flowguard-";
+/// Fingerprint kind of client addresses in the address table.
+const ADDRESS_KIND: u8 = 4;
 
 /// What the response phase needs from the request phase.
 #[derive(Clone, Copy)]
@@ -32,6 +37,7 @@ struct Pending {
 pub struct Http {
     worker: SharedWorker,
     pending: Option<Pending>,
+    scanner: Option<Scanner>,
 }
 
 impl Http {
@@ -39,6 +45,7 @@ impl Http {
         Http {
             worker,
             pending: None,
+            scanner: None,
         }
     }
 }
@@ -68,14 +75,19 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(pending) = self.pending.take() else {
-            return Action::Continue;
-        };
         let Ok(mut guard) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        if let Some(w) = guard.as_mut() {
-            if let Err(e) = on_response(w, pending) {
+        let Some(w) = guard.as_mut() else {
+            return Action::Continue;
+        };
+        let status = host::header(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+            .unwrap_or(0);
+        if let Some(pending) = self.pending.take() {
+            if let Err(e) = on_response(w, pending, status) {
                 Metrics::inc(w.metrics.host_errors);
                 host::log(
                     LogLevel::Debug,
@@ -83,13 +95,73 @@ impl HttpContext for Http {
                 );
             }
         }
+        if should_inspect(w, status) {
+            self.scanner = Some(Scanner::default());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Action::Continue;
+        };
+        let Ok(guard) = self.worker.try_borrow() else {
+            return Action::Continue;
+        };
+        let Some(w) = guard.as_ref() else {
+            return Action::Continue;
+        };
+        let max = usize::try_from(w.settings.sensitive.max_bytes).unwrap_or(usize::MAX);
+        if scanner.scanned.saturating_add(body_size) > max {
+            self.scanner = None; // too large to inspect: let it stream untouched
+            return Action::Continue;
+        }
+        // The chunk streams on unchanged; the scanner keeps only a short tail of it.
+        if let Ok(Some(chunk)) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
+            scanner.feed(&chunk, &w.settings.sensitive.fields, end_of_stream);
+        }
+        if end_of_stream {
+            let findings = scanner.findings;
+            self.scanner = None;
+            if findings.any() {
+                w.metrics.rule(Rule::SensitiveData);
+                Metrics::inc(w.metrics.flag);
+                host::log(
+                    LogLevel::Info,
+                    &format!(
+                        "flowguard: response.sensitive_data on {}: {} e-mail, {} card, {} national id, {} field",
+                        w.scratch.template, findings.emails, findings.cards, findings.national_ids, findings.fields
+                    ),
+                );
+            }
+        }
         Action::Continue
     }
 }
 
+/// JSON answers within the size bound are inspected when the rule is on.
+fn should_inspect(w: &Worker, status: u16) -> bool {
+    if w.settings.rules.get(Rule::SensitiveData) == RuleAction::Off || !(200..300).contains(&status)
+    {
+        return false;
+    }
+    let header = |name| {
+        host::header(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let json = header("content-type")
+        .is_some_and(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
+    let fits = header("content-length")
+        .and_then(|l| std::str::from_utf8(&l).ok()?.trim().parse::<u64>().ok())
+        .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes));
+    json && fits
+}
+
 fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
-    let now = host::now_secs()?;
+    let now_ms = host::now_ms()?;
+    let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
     let bytes = host::header_pairs(MapType::HttpRequestHeaders)?;
     let pairs = decode_pairs(&bytes);
     // Upstreams trust x-flowguard-* headers, so a client may never send one.
@@ -108,15 +180,30 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     };
 
-    let sources = &w.settings.session.sources;
-    let mut key = session::derive(sources, get, None);
-    let address;
-    if key.is_none() && sources.contains(&Source::Address) {
-        address = host::property(&["source", "address"])?;
-        let addr = address.as_deref().and_then(|a| std::str::from_utf8(a).ok());
-        key = session::derive(sources, get, addr);
-    }
-    let Some(key) = key else {
+    let header_key = session::derive(&w.settings.session.sources, get, None);
+    let normaliser = w
+        .model
+        .as_ref()
+        .map_or(&w.base_normaliser, |m| &m.normaliser);
+    let id = normaliser.normalise(
+        get(":method").unwrap_or("GET"),
+        get(":path").unwrap_or("/"),
+        &mut w.scratch.template,
+    );
+    let endpoint = w.endpoint_id()?;
+    let learning = w.model.is_none();
+    let check_address = w.model.as_ref().is_some_and(|m| m.checks_address(endpoint))
+        && w.settings.rules.get(Rule::AuthFailures) != RuleAction::Off;
+    let address = if check_address
+        || (header_key.is_none() && w.settings.session.sources.contains(&Source::Address))
+    {
+        client_address()?
+    } else {
+        None
+    };
+    let addr = address.as_deref().and_then(|a| std::str::from_utf8(a).ok());
+    let Some(key) = header_key.or_else(|| session::derive(&w.settings.session.sources, get, addr))
+    else {
         Metrics::inc(w.metrics.sessionless);
         return Ok(Action::Continue);
     };
@@ -126,27 +213,25 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
         .fingerprinter
         .fingerprint(key.kind, key.value.as_bytes());
 
-    let normaliser = w
-        .model
-        .as_ref()
-        .map_or(&w.base_normaliser, |m| &m.normaliser);
-    normaliser.normalise(
-        get(":method").unwrap_or("GET"),
-        get(":path").unwrap_or("/"),
-        &mut w.scratch.template,
-    );
-    let endpoint = w.endpoint_id()?;
-    let learning = w.model.is_none();
+    let mut request = Request {
+        endpoint,
+        id,
+        now_ms,
+        ..Request::default()
+    };
+    if let Some(model) = &w.model {
+        request.deprecated_template =
+            endpoint.is_none() && model.matches_deprecated(&w.scratch.template);
+    }
+    if check_address {
+        request.address_failures = address_failures(w, address.as_deref(), now)?;
+    }
 
     let mut decided = None;
     for _ in 0..CAS_RETRIES {
         let mut located = w.locate(fingerprint, now)?;
-        let before = located.slot;
-        let visit = located.slot.record_request(endpoint, now);
-        let verdict = match &w.model {
-            Some(model) => verdict::decide(model, &w.settings.rules, &before, endpoint),
-            None => Verdict::ALLOW,
-        };
+        let (visit, verdict) =
+            verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
         match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
             Ok(()) => {}
             Err(CAS_MISMATCH) => continue,
@@ -176,6 +261,11 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
         Metrics::inc(w.metrics.slot_conflicts);
         return Ok(Action::Continue);
     };
+    if let (Some(e), false) = (endpoint, verdict.fired.contains(Rule::DeprecatedEndpoint)) {
+        if let Some(t) = w.last_used.get_mut(usize::from(e)) {
+            *t = now;
+        }
+    }
     if w.settings.mode == Mode::Learn {
         return Ok(Action::Continue);
     }
@@ -190,7 +280,7 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
     if let (Mode::Enforce, Outcome::Block { status }) = (w.settings.mode, verdict.outcome) {
         *pending = None;
         let request_id = get("x-request-id").filter(|id| is_safe_id(id));
-        block(w, status, request_id, fingerprint)?;
+        block(w, status, verdict.retry_after_s, request_id, fingerprint)?;
         return Ok(Action::Pause);
     }
     verdict.write_header(&mut w.scratch.header);
@@ -200,6 +290,35 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
         &w.scratch.header,
     )?;
     Ok(Action::Continue)
+}
+
+fn client_address() -> HostResult<Option<Vec<u8>>> {
+    host::property(&["source", "address"])
+}
+
+fn address_fingerprint(w: &Worker, address: &[u8]) -> Option<u64> {
+    let host_part = address_host(std::str::from_utf8(address).ok()?);
+    Some(
+        w.settings
+            .session
+            .fingerprinter
+            .fingerprint(ADDRESS_KIND, host_part.as_bytes()),
+    )
+}
+
+/// 401/403 answers to this client address in the current auth window.
+fn address_failures(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<u16> {
+    let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
+        return Ok(0);
+    };
+    shared::address_key(
+        AddressSlot::index(fp, w.settings.session.capacity),
+        &mut w.scratch.key,
+    );
+    let (bytes, _) = host::shared_get(&w.scratch.key)?;
+    Ok(bytes.map_or(0, |b| {
+        AddressSlot::decode(&b).current(fp, now, w.settings.limits.auth_window_s)
+    }))
 }
 
 fn record_verdict(w: &Worker, verdict: &Verdict) {
@@ -225,6 +344,7 @@ fn is_safe_id(id: &str) -> bool {
 fn block(
     w: &mut Worker,
     status: u16,
+    retry_after_s: u32,
     request_id: Option<&str>,
     fingerprint: u64,
 ) -> HostResult<()> {
@@ -238,9 +358,10 @@ fn block(
         }
     };
     let body = format!("{{\"error\":\"request blocked\",\"request_id\":\"{id}\"}}");
+    let retry = retry_after_s.max(1).to_string();
     let mut headers = vec![("content-type", "application/json")];
     if status == 429 {
-        headers.push(("retry-after", "60"));
+        headers.push(("retry-after", &retry));
     }
     host::send_response(status.into(), &headers, body.as_bytes())?;
     Metrics::inc(w.metrics.local_replies);
@@ -254,24 +375,45 @@ fn block(
     Ok(())
 }
 
-fn on_response(w: &mut Worker, p: Pending) -> HostResult<()> {
-    let status = host::header(MapType::HttpResponseHeaders, ":status")?
-        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-        .unwrap_or(0);
-    if !is_success(status) {
+fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
+    let auth_failure = is_auth_failure(status);
+    if !is_success(status) && !auth_failure {
         return Ok(());
     }
+    let now_ms = host::now_ms()?;
+    let auth_window_ms = w.settings.limits.auth_window_s.saturating_mul(1000);
     shared::slot_key(p.index, &mut w.scratch.key);
+    let mut peak = None;
     let written = shared::update(&w.scratch.key, |bytes| {
         let mut slot = Slot::decode(bytes?).ok()?;
         if slot.fingerprint != p.fingerprint || slot.model_version != p.epoch {
             return None; // the slot changed hands meanwhile
         }
-        slot.record_response(p.endpoint, status);
+        peak = slot.record_response(p.endpoint, status, now_ms, auth_window_ms);
         Some(slot.encode().to_vec())
     })?;
     if written && w.model.is_none() {
-        w.delta.observe_success(p.endpoint);
+        w.delta.observe_response(p.endpoint, status, peak);
+    }
+    if auth_failure {
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let address = client_address()?;
+        if let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) {
+            let window = w.settings.limits.auth_window_s;
+            shared::address_key(
+                AddressSlot::index(fp, w.settings.session.capacity),
+                &mut w.scratch.key,
+            );
+            let mut peak = None;
+            shared::update(&w.scratch.key, |bytes| {
+                let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+                peak = slot.add(fp, now, window);
+                Some(slot.encode().to_vec())
+            })?;
+            if w.model.is_none() {
+                w.delta.observe_address_failure(peak);
+            }
+        }
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ impl RootContext for Root {
         };
         let mut worker = Worker::new(settings);
         if let Some(policy) = &worker.settings.policy {
-            match Model::compile(policy, worker.settings.endpoints.templates.clone()) {
+            match Model::compile(policy, &worker.settings) {
                 Ok(model) => worker.install(model),
                 Err(e) => {
                     host::log(

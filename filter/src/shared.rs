@@ -1,6 +1,6 @@
 //! Typed access to Envoy shared data: what every worker of this VM id sees.
 //!
-//! Keys: `fg/s/<n>` session slots, `fg/reg` the learning registry of templates,
+//! Keys: `fg/s/<n>` session slots, `fg/a/<n>` client-address failure counts, `fg/reg` the learning registry of templates,
 //! `fg/learn` merged learning counters, `fg/model/v` the active model's version (a cheap
 //! probe for workers' ticks) and `fg/model` its policy JSON.
 
@@ -20,6 +20,12 @@ pub const CAS_RETRIES: usize = 4;
 pub fn slot_key(index: u32, out: &mut String) {
     out.clear();
     let _ = write!(out, "fg/s/{index}");
+}
+
+/// Writes the key of address slot `index` into `out`.
+pub fn address_key(index: u32, out: &mut String) {
+    out.clear();
+    let _ = write!(out, "fg/a/{index}");
 }
 
 /// A slot and its CAS token; an absent or undecodable record reads as `None` (free).

@@ -5,6 +5,7 @@ use crate::host::{self, HostResult};
 use crate::metrics::Metrics;
 use crate::shared;
 use crate::worker::Worker;
+use flowguard_engine::endpoint_set::{EndpointId, EndpointSet};
 use flowguard_engine::learn::{self, LearnStats, Registry};
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
@@ -22,6 +23,7 @@ pub fn run(w: &mut Worker) {
 
 fn step(w: &mut Worker) -> HostResult<()> {
     merge_delta(w)?;
+    retire_unused(w)?;
     if w.settings.policy.is_some() {
         return Ok(());
     }
@@ -63,8 +65,7 @@ fn load_model(w: &mut Worker, version: u64) -> HostResult<()> {
     let Some(bytes) = bytes else {
         return Ok(()); // published version, body not written yet: next tick
     };
-    let compiled = Policy::from_json(&bytes)
-        .and_then(|p| Model::compile(&p, w.settings.endpoints.templates.clone()));
+    let compiled = Policy::from_json(&bytes).and_then(|p| Model::compile(&p, &w.settings));
     match compiled {
         Ok(model) if model.version == version => {
             refresh_registry(w)?;
@@ -90,8 +91,14 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         return Ok(());
     }
     refresh_registry(w)?;
-    let policy = learn::compile(&stats, &w.registry, &w.settings.learning, 1);
-    let model = match Model::compile(&policy, w.settings.endpoints.templates.clone()) {
+    let policy = learn::compile(
+        &stats,
+        &w.registry,
+        &w.settings.learning,
+        &w.settings.limits,
+        1,
+    );
+    let model = match Model::compile(&policy, &w.settings) {
         Ok(m) => m,
         Err(e) => {
             host::log(
@@ -121,5 +128,42 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         ),
     );
     w.install(model);
+    Ok(())
+}
+
+/// Shares when each endpoint was last used normally, and retires those unused for
+/// `endpoints.retire_after_s` (zombie endpoints).
+fn retire_unused(w: &mut Worker) -> HostResult<()> {
+    let retire_after = w.settings.endpoints.retire_after_s;
+    let Some(model) = &mut w.model else {
+        return Ok(());
+    };
+    if retire_after == 0 {
+        return Ok(());
+    }
+    let key = format!("fg/used/{}", model.version);
+    let mine = &w.last_used;
+    let mut merged = mine.clone();
+    shared::update(&key, |bytes| {
+        merged = mine.clone();
+        for (i, chunk) in bytes.unwrap_or_default().chunks_exact(4).enumerate() {
+            let theirs = chunk.try_into().map_or(0, u32::from_le_bytes);
+            if let Some(m) = merged.get_mut(i) {
+                *m = (*m).max(theirs);
+            }
+        }
+        Some(merged.iter().flat_map(|t| t.to_le_bytes()).collect())
+    })?;
+    let now = host::now_secs()?;
+    let mut retired = EndpointSet::EMPTY;
+    for (i, last) in merged.iter().enumerate() {
+        if now.saturating_sub(*last) > retire_after {
+            if let Ok(id) = EndpointId::try_from(i) {
+                retired.insert(id);
+            }
+        }
+    }
+    model.set_retired(retired);
+    w.last_used = merged;
     Ok(())
 }

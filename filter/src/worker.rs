@@ -29,6 +29,9 @@ pub struct Worker {
     pub delta: LearnStats,
     pub scratch: Scratch,
     pub requests_seen: u64,
+    /// When each model endpoint was last called normally here (seconds), for retiring
+    /// endpoints unused for `endpoints.retire_after_s`.
+    pub last_used: Vec<u32>,
 }
 
 /// Buffers reused across requests, so the request path does not allocate for them.
@@ -51,7 +54,8 @@ pub struct Located {
 impl Worker {
     pub fn new(settings: Settings) -> Worker {
         let base_normaliser =
-            Normaliser::new(settings.endpoints.templates.clone(), Default::default());
+            Normaliser::new(settings.endpoints.templates.clone(), Default::default())
+                .with_id_params(settings.endpoints.id_params.clone());
         Worker {
             settings,
             metrics: Metrics::define(),
@@ -62,6 +66,7 @@ impl Worker {
             delta: LearnStats::default(),
             scratch: Scratch::default(),
             requests_seen: 0,
+            last_used: Vec::new(),
         }
     }
 
@@ -74,6 +79,8 @@ impl Worker {
 
     /// Installs a compiled model for this worker.
     pub fn install(&mut self, model: Model) {
+        let now = host::now_secs().unwrap_or(0);
+        self.last_used = vec![now; model.len()];
         self.registry_map = self
             .registry
             .templates()

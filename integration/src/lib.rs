@@ -7,3 +7,4 @@ pub mod patience;
 pub mod shop;
 pub mod shop_server;
 pub mod traffic;
+pub mod world;

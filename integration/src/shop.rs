@@ -3,6 +3,8 @@
 //! `confirm` does not check that the order was paid: the shop trusts the client to call
 //! its steps in order, as the real one did. Every `x-flowguard-*` header the shop
 //! receives is echoed back in `x-upstream-flowguard`, so tests can see what reached it.
+//! It also carries the other classic findings: a retired `/api/v1/` still answering, a
+//! user listing that leaks e-mails and cards, and a forgotten internal export.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -42,6 +44,9 @@ pub fn router() -> Router {
         .route("/api/orders/{id}/pay", post(pay))
         .route("/api/orders/{id}/confirm", post(confirm))
         .route("/api/users/{id}", get(profile))
+        .route("/api/users", get(list_users))
+        .route("/api/v1/menu", get(menu))
+        .route("/api/internal/export", get(export))
         .layer(middleware::from_fn(echo_flowguard_headers))
         .with_state(Arc::new(Shop::default()))
 }
@@ -129,6 +134,23 @@ async fn order_status(State(shop): S, Path(id): Path<u64>) -> Response {
 
 async fn profile(Path(id): Path<u64>, _headers: HeaderMap) -> Json<Value> {
     Json(json!({"id": id, "name": format!("user{id}"), "email": format!("user{id}@example.com")}))
+}
+
+/// A listing that leaks every user's e-mail and card: the sensitive-data finding.
+async fn list_users() -> Json<Value> {
+    Json(json!((1..=20)
+        .map(|i| json!({
+            "id": i,
+            "name": format!("user{i}"),
+            "email": format!("user{i}@example.com"),
+            "card": "4111 1111 1111 1111",
+        }))
+        .collect::<Vec<_>>()))
+}
+
+/// A forgotten internal endpoint nobody's front end calls: a shadow API.
+async fn export() -> Json<Value> {
+    Json(json!({"orders": [], "exported": true}))
 }
 
 fn set_status(shop: &Shop, id: u64, status: &'static str) {

@@ -209,7 +209,15 @@ impl<'c> Session<'c> {
 pub const GOOD_CARD: &str = "4111111111111111";
 
 /// A normal order: browse, fill the cart, pay (a declined card is retried), confirm.
+/// One customer in ten mistypes the password first.
 pub fn normal_order(s: &mut Session) -> Reply {
+    if fastrand::u8(..10) == 0 {
+        s.call(
+            "POST",
+            "/api/login",
+            Some(json!({"user": "alice", "password": "wrong"})),
+        );
+    }
     s.login();
     s.menu();
     for _ in 0..fastrand::usize(1..4) {
@@ -226,6 +234,9 @@ pub fn normal_order(s: &mut Session) -> Reply {
     let reply = s.confirm(order);
     if fastrand::bool() {
         s.order_status(order);
+        if fastrand::bool() {
+            s.order_status(order);
+        }
     }
     reply
 }
@@ -271,4 +282,29 @@ pub fn confirm_after_failed_payment(s: &mut Session) -> Reply {
     let order = s.create_order();
     s.pay(order, crate::shop::DECLINED_CARD);
     s.confirm(order)
+}
+
+/// One session calling one endpoint `n` times as fast as it can. Returns the statuses.
+pub fn flood(s: &mut Session, n: usize) -> Vec<u16> {
+    s.login();
+    (0..n).map(|_| s.menu().status).collect()
+}
+
+/// A real customer who, after one normal order, walks order ids `1..=n` (broken
+/// object-level authorisation, scraping). Returns the statuses of the walk.
+pub fn enumerate_orders(s: &mut Session, n: u64) -> Vec<u16> {
+    normal_order(s);
+    (1..=n).map(|id| s.order_status(id).status).collect()
+}
+
+/// Credential stuffing: `n` login attempts, each from a fresh session cookie, all from
+/// this client's address. Returns the statuses.
+pub fn credential_stuffing(client: &Client, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            let mut s = Session::new(client);
+            let body = json!({"user": format!("victim{i}"), "password": "wrong"});
+            s.call("POST", "/api/login", Some(body)).status
+        })
+        .collect()
 }

@@ -1,0 +1,120 @@
+//! Per-client-address authentication failures, in a second fixed table.
+//!
+//! Credential stuffing rotates session cookies, so failures are also counted by client
+//! address. Like sessions, addresses live in `capacity` fixed slots (one candidate each;
+//! a colliding or idle address takes the slot over), so memory stays bounded.
+
+use crate::rate::WindowCounter;
+
+pub const ADDRESS_SLOT_SIZE: usize = 16;
+
+/// One address's failure count, in seconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressSlot {
+    pub fingerprint: u64,
+    pub failures: WindowCounter,
+}
+
+impl AddressSlot {
+    /// The slot index of an address fingerprint.
+    pub fn index(fingerprint: u64, capacity: u32) -> u32 {
+        u32::try_from(fingerprint.rotate_left(17) % u64::from(capacity.max(1))).unwrap_or(0)
+    }
+
+    /// Failures of `fingerprint` in the window containing `now` (0 if the slot is another's).
+    pub fn current(&self, fingerprint: u64, now: u32, window_s: u32) -> u16 {
+        if self.fingerprint == fingerprint {
+            self.failures.current(now, window_s)
+        } else {
+            0
+        }
+    }
+
+    /// Counts one failure of `fingerprint` at `now`, taking the slot over if needed.
+    /// Returns the address's new peak if this failure set one (for learning).
+    pub fn add(&mut self, fingerprint: u64, now: u32, window_s: u32) -> Option<u16> {
+        if self.fingerprint != fingerprint {
+            *self = AddressSlot {
+                fingerprint,
+                failures: WindowCounter::default(),
+            };
+        }
+        self.failures.add(now, window_s)
+    }
+
+    pub fn encode(&self) -> [u8; ADDRESS_SLOT_SIZE] {
+        let mut b = [0u8; ADDRESS_SLOT_SIZE];
+        let parts: [&[u8]; 4] = [
+            &self.fingerprint.to_le_bytes(),
+            &self.failures.window_start.to_le_bytes(),
+            &self.failures.count.to_le_bytes(),
+            &self.failures.peak.to_le_bytes(),
+        ];
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = b.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        b
+    }
+
+    /// Decodes a record; anything malformed reads as an empty slot.
+    pub fn decode(b: &[u8]) -> AddressSlot {
+        if b.len() != ADDRESS_SLOT_SIZE {
+            return AddressSlot::default();
+        }
+        let u64_at = |i: usize| {
+            b.get(i..i + 8)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let u32_at = |i: usize| {
+            b.get(i..i + 4)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        let u16_at = |i: usize| {
+            b.get(i..i + 2)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u16::from_le_bytes)
+        };
+        AddressSlot {
+            fingerprint: u64_at(0),
+            failures: WindowCounter {
+                window_start: u32_at(8),
+                count: u16_at(12),
+                peak: u16_at(14),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn counts_per_address_and_window() {
+        let mut a = AddressSlot::default();
+        a.add(5, 100, 60);
+        a.add(5, 110, 60);
+        assert_eq!(a.current(5, 120, 60), 2);
+        assert_eq!(a.current(6, 120, 60), 0, "another address reads nothing");
+        assert_eq!(a.current(5, 161, 60), 0, "the window passed");
+        a.add(6, 120, 60);
+        assert_eq!((a.fingerprint, a.current(6, 120, 60)), (6, 1));
+        assert_eq!(AddressSlot::decode(&a.encode()), a);
+        assert_eq!(AddressSlot::decode(&[1, 2]), AddressSlot::default());
+        assert!(AddressSlot::index(u64::MAX, 7) < 7);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = AddressSlot::decode(&bytes);
+        }
+    }
+}

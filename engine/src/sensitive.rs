@@ -1,0 +1,237 @@
+//! Sensitive data in response bodies: e-mail addresses, payment card numbers (Luhn
+//! checked), national identifiers (US SSN form) and configured JSON field names.
+//!
+//! The scanner reads the body in chunks as Envoy streams it, keeping a short tail of the
+//! previous chunk so a match split across chunks is still seen, and never buffers more.
+
+/// Bytes of the previous chunk kept so matches can span chunk boundaries.
+const CARRY: usize = 64;
+
+/// What a scan found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub emails: u32,
+    pub cards: u32,
+    pub national_ids: u32,
+    pub fields: u32,
+}
+
+impl Findings {
+    pub fn any(&self) -> bool {
+        self.emails + self.cards + self.national_ids + self.fields > 0
+    }
+}
+
+/// A streaming scanner for one response body.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    carry: Vec<u8>,
+    pub findings: Findings,
+    pub scanned: usize,
+}
+
+impl Scanner {
+    /// Scans the next chunk; `fields` are JSON keys whose presence is sensitive; `last`
+    /// when the body ends with this chunk.
+    pub fn feed(&mut self, chunk: &[u8], fields: &[String], last: bool) {
+        let mut buf = std::mem::take(&mut self.carry);
+        let fresh_from = buf.len();
+        buf.extend_from_slice(chunk);
+        self.scanned += chunk.len();
+        scan(&buf, fresh_from, last, fields, &mut self.findings);
+        let keep = buf.len().saturating_sub(CARRY);
+        self.carry = buf.split_off(keep);
+    }
+}
+
+/// Scans `buf`, counting matches that end at or after `fresh_from` (earlier ones were
+/// counted with the previous chunk). A match touching the end of `buf` may go on in the
+/// next chunk, so it waits for that one unless this is the `last`.
+fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Findings) {
+    let counts = |end: usize| end >= fresh_from && (end < buf.len() || last);
+    let is_local = |b: u8| b.is_ascii_alphanumeric() || b"._%+-".contains(&b);
+    let is_domain = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-';
+    for (at, _) in buf.iter().enumerate().filter(|(_, b)| **b == b'@') {
+        let local = buf
+            .get(..at)
+            .map_or(0, |s| s.iter().rev().take_while(|b| is_local(**b)).count());
+        let domain: &[u8] = buf.get(at + 1..).map_or(&[], |s| {
+            let n = s.iter().take_while(|b| is_domain(**b)).count();
+            s.get(..n).unwrap_or_default()
+        });
+        let end = at + 1 + domain.len();
+        let dotted = domain
+            .iter()
+            .rposition(|b| *b == b'.')
+            .is_some_and(|d| d > 0 && d + 2 < domain.len() + 1 && d + 1 < domain.len());
+        if local > 0 && dotted && counts(end) {
+            f.emails += 1;
+        }
+    }
+    let mut i = 0;
+    while i < buf.len() {
+        if !buf.get(i).is_some_and(u8::is_ascii_digit)
+            || (i > 0 && buf.get(i - 1).is_some_and(u8::is_ascii_digit))
+        {
+            i += 1;
+            continue;
+        }
+        // A run of digits, allowing single spaces or dashes between groups.
+        let mut digits = Vec::with_capacity(20);
+        let mut j = i;
+        let mut separators = 0;
+        while let Some(b) = buf.get(j) {
+            if b.is_ascii_digit() {
+                digits.push(b - b'0');
+            } else if (*b == b' ' || *b == b'-')
+                && buf.get(j + 1).is_some_and(u8::is_ascii_digit)
+                && digits.len() < 19
+            {
+                separators += 1;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        if counts(j) {
+            if (13..=19).contains(&digits.len()) && luhn(&digits) {
+                f.cards += 1;
+            } else if digits.len() == 9
+                && separators == 2
+                && is_ssn_shape(buf.get(i..j).unwrap_or_default())
+            {
+                f.national_ids += 1;
+            }
+        }
+        i = j.max(i + 1);
+    }
+    for name in fields {
+        let needle = format!("\"{name}\"");
+        let mut from = 0;
+        while let Some(pos) = find(buf.get(from..).unwrap_or_default(), needle.as_bytes()) {
+            let end = from + pos + needle.len();
+            let rest = buf.get(end..).unwrap_or_default();
+            let colon = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
+            if colon && counts(end) {
+                f.fields += 1;
+            }
+            from = end;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `ddd-dd-dddd`.
+fn is_ssn_shape(s: &[u8]) -> bool {
+    s.len() == 11
+        && s.iter().enumerate().all(|(i, b)| match i {
+            3 | 6 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// The Luhn checksum of payment card numbers.
+pub fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d);
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    !digits.is_empty() && sum.is_multiple_of(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan_all(body: &str, fields: &[&str]) -> Findings {
+        let fields: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+        let mut s = Scanner::default();
+        s.feed(body.as_bytes(), &fields, true);
+        s.findings
+    }
+
+    #[test]
+    fn finds_emails_cards_ids_and_fields() {
+        let f = scan_all(
+            r#"[{"id":1,"email":"ann@example.com","card":"4111 1111 1111 1111","ssn":"123-45-6789"},
+                {"id":2,"contact":"bob.smith+x@mail.example.org","password_hash":"x"}]"#,
+            &["password_hash"],
+        );
+        assert_eq!(
+            f,
+            Findings {
+                emails: 2,
+                cards: 1,
+                national_ids: 1,
+                fields: 1
+            }
+        );
+    }
+
+    #[test]
+    fn ordinary_json_is_clean() {
+        let f = scan_all(
+            r#"{"id":4111111111111112,"order":12345678,"at":"2026-11-23","price":1050,"user":"@ann","v":"1.2.3"}"#,
+            &["password_hash"],
+        );
+        assert_eq!(
+            f,
+            Findings::default(),
+            "bad Luhn, dates, handles and versions are not data"
+        );
+    }
+
+    #[test]
+    fn matches_split_across_chunks_count_once() {
+        let body = br#"{"a":"carol@example.com","b":"5555555555554444"}"#;
+        for cut in 0..body.len() {
+            let mut s = Scanner::default();
+            s.feed(&body[..cut], &[], false);
+            s.feed(&body[cut..], &[], true);
+            assert_eq!(
+                (s.findings.emails, s.findings.cards),
+                (1, 1),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn luhn_checks() {
+        assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+        assert!(!luhn(&[]));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_any_bytes(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..5)) {
+            let mut s = Scanner::default();
+            for c in chunks {
+                s.feed(&c, &["x".to_string()], false);
+            }
+            prop_assert!(s.carry.len() <= CARRY);
+        }
+    }
+}
