@@ -1,81 +1,163 @@
 //! `make demo`: a real Envoy with flowguard in `enforce` protecting the demo shop. It
-//! learns from normal sessions, then normal orders and attacks run side by side.
+//! learns from normal sessions, then plays every attack kind beside normal customers and
+//! shows what flowguard allowed, flagged and blocked, with the rule that fired.
 
 use flowguard_engine::rule::Rule;
-use flowguard_integration::envoy::{Envoy, EnvoyConfig};
-use flowguard_integration::shop_server::ShopServer;
-use flowguard_integration::traffic::{self, Client, Reply, Session};
+use flowguard_integration::envoy::Envoy;
+use flowguard_integration::traffic::{self, Session};
+use flowguard_integration::world::World;
 
 const CONFIG: &str = r#"{
   "mode": "enforce",
   "session": { "sources": [{"cookie": "session"}, "bearer", "address"], "capacity": 16384 },
-  "learning": { "min_sessions": 80, "min_requests": 400, "tick_ms": 200 }
+  "learning": { "min_sessions": 80, "min_requests": 400, "tick_ms": 200 },
+  "endpoints": { "deprecated": ["/api/v1/"] },
+  "rules": { "auth.failures": { "window_s": 60 } }
 }"#;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("demo failed: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> Result<(), String> {
-    let shop = ShopServer::start().map_err(|e| format!("shop: {e}"))?;
-    let mut envoy = Envoy::start(&EnvoyConfig::new(CONFIG, shop.addr))?;
+    println!("flowguard demo: starting the demo shop and Envoy 1.40 with flowguard in enforce...");
+    let mut world = World::start(CONFIG, 2);
     println!(
-        "flowguard demo: Envoy 1.40 on {} -> demo shop on {}",
-        envoy.url, shop.addr
+        "Envoy on {} (admin {}) -> demo shop on {}",
+        world.envoy.url, world.envoy.admin, world.shop.addr
     );
     println!("filter configuration:\n{CONFIG}\n");
 
-    let client = Client::new(&envoy.url);
     println!(
-        "1. learning: playing 100 normal sessions (orders, declined cards retried, browsing)..."
+        "1. learning: 100 normal sessions (orders, declined cards retried, typos, browsing)..."
     );
-    traffic::play_normal(&client, 100);
-    let version = envoy.wait_for_model()?;
+    traffic::play_normal(&world.client, 100);
+    let version = match world.envoy.wait_for_model() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("demo failed: {e}\n{}", world.envoy.log());
+            std::process::exit(1);
+        }
+    };
     std::thread::sleep(std::time::Duration::from_millis(300)); // let Envoy flush its log
-    println!("   model version {version} learned and active on every worker.\n");
-    if let Some(policy) = envoy.learned_policy() {
-        println!("   learned prerequisites (what must succeed earlier in the session):");
-        for e in policy
-            .endpoints
-            .iter()
-            .filter(|e| !e.prerequisites.is_empty())
-        {
-            println!("   {:<34} <- {}", e.template, e.prerequisites.join(", "));
+    println!("   model version {version} learned, active on both workers.\n");
+    if let Some(policy) = world.envoy.learned_policy() {
+        println!(
+            "   {:<32} {:>10} {:>12}  must succeed first",
+            "endpoint", "rate/10s", "ids/10s"
+        );
+        for e in &policy.endpoints {
+            let lim = |l: Option<flowguard_engine::policy::Limit>| {
+                l.map_or("-".into(), |l| format!("p99 {} -> {}", l.p99, l.limit))
+            };
+            println!(
+                "   {:<32} {:>10} {:>12}  {}",
+                e.template,
+                lim(e.rate),
+                lim(e.distinct_ids),
+                e.prerequisites.join(", ")
+            );
         }
         println!();
     }
 
-    println!("2. enforcing: normal customers and attackers, side by side\n");
+    println!("2. enforcing: customers and attackers side by side\n");
     println!(
-        "{:<38} {:<34} {:>6}  flowguard",
-        "scenario", "request", "status"
+        "{:<44} {:>8} {:>8} {:>8}  rules that fired",
+        "scenario", "requests", "allowed", "blocked"
     );
-    println!("{}", "-".repeat(96));
-    for round in 0..3 {
-        let mut customer = Session::new(&client);
-        let reply = traffic::normal_order(&mut customer);
-        row("normal order", &customer, &reply);
-        let mut fraud = Session::new(&client);
-        let reply = traffic::skip_payment(&mut fraud);
-        row("confirm without paying (pizza fraud)", &fraud, &reply);
-        let mut declined = Session::new(&client);
-        let reply = traffic::confirm_after_failed_payment(&mut declined);
-        row("confirm after a declined card", &declined, &reply);
-        if round == 0 {
-            let mut browser = Session::new(&client);
-            traffic::browsing(&mut browser);
-            if let Some(last) = browser.calls.last() {
-                row("browsing only", &browser, &last.reply.clone());
+    println!("{}", "-".repeat(110));
+    let client = world.client.clone();
+    scenario(
+        &world.envoy,
+        "normal order",
+        |s| {
+            traffic::normal_order(s);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "confirm without paying (pizza fraud)",
+        |s| {
+            traffic::skip_payment(s);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "confirm after a declined card",
+        |s| {
+            traffic::confirm_after_failed_payment(s);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "flood: 80 menu calls at full speed",
+        |s| {
+            traffic::flood(s, 80);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "scrape: a customer walks order ids 1..150",
+        |s| {
+            traffic::enumerate_orders(s, 150);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "shadow API: GET /api/internal/export",
+        |s| {
+            s.login();
+            s.call("GET", "/api/internal/export", None);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "zombie API: GET /api/v1/menu",
+        |s| {
+            s.login();
+            s.call("GET", "/api/v1/menu", None);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "data leak: GET /api/users (e-mails, cards)",
+        |s| {
+            s.login();
+            s.call("GET", "/api/users", None);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
+        "20 more normal customers",
+        |s| {
+            for _ in 0..20 {
+                let mut c = Session::new(&client);
+                traffic::normal_order(&mut c);
+                s.calls.extend(c.calls);
             }
-        }
-    }
+        },
+        &client,
+    );
+    let before = rule_counts(&world.envoy);
+    let statuses = traffic::credential_stuffing(&client, 60);
+    let blocked = statuses.iter().filter(|s| **s == 429).count();
+    println!(
+        "{:<44} {:>8} {:>8} {:>8}  {}",
+        "credential stuffing: 60 logins, new cookie each",
+        statuses.len(),
+        statuses.len() - blocked,
+        blocked,
+        fired_since(&world.envoy, &before)
+    );
 
     println!(
-        "\n3. what Envoy counted (admin {}/stats?filter=flowguard):",
-        envoy.admin
+        "\n3. Envoy's counters (admin {}/stats?filter=flowguard):",
+        world.envoy.admin
     );
     for name in [
         "requests",
@@ -87,24 +169,25 @@ fn run() -> Result<(), String> {
     ] {
         println!(
             "   flowguard.{name:<40} {}",
-            envoy.metric(&format!("flowguard.{name}"))
+            world.envoy.metric(&format!("flowguard.{name}"))
         );
     }
     for rule in Rule::ALL {
-        let n = envoy.metric(&format!("flowguard.rule.{}", rule.id()));
-        if n > 0 {
-            println!("   flowguard.rule.{:<35} {n}", rule.id());
-        }
+        println!(
+            "   flowguard.rule.{:<35} {}",
+            rule.id(),
+            world.envoy.metric(&format!("flowguard.rule.{}", rule.id()))
+        );
     }
-    let dir = envoy.keep_files().to_path_buf();
+    let dir = world.envoy.keep_files().to_path_buf();
     println!(
-        "\nEnvoy's config and log (with flowguard's learned policy) are in {}",
+        "\nEnvoy's config and log (with the learned policy as JSON) are in {}",
         dir.display()
     );
     if std::env::var_os("DEMO_HOLD").is_some() {
         println!(
             "DEMO_HOLD is set: Envoy keeps running at {} until you press Ctrl-C.",
-            envoy.url
+            world.envoy.url
         );
         loop {
             std::thread::park();
@@ -112,28 +195,52 @@ fn run() -> Result<(), String> {
     }
     println!(
         "Run `DEMO_HOLD=1 make demo` to keep Envoy up and explore {}/stats/prometheus.",
-        envoy.admin
+        world.envoy.admin
     );
-    Ok(())
 }
 
-fn row(scenario: &str, session: &Session, reply: &Reply) {
-    // The step that decides the scenario: the confirm call where there is one.
-    let request = session
+fn rule_counts(envoy: &Envoy) -> Vec<u64> {
+    Rule::ALL
+        .iter()
+        .map(|r| envoy.metric(&format!("flowguard.rule.{}", r.id())))
+        .collect()
+}
+
+fn fired_since(envoy: &Envoy, before: &[u64]) -> String {
+    let now = rule_counts(envoy);
+    let fired: Vec<String> = Rule::ALL
+        .iter()
+        .zip(now.iter().zip(before))
+        .filter(|(_, (n, b))| n > b)
+        .map(|(r, (n, b))| format!("{} x{}", r.id(), n - b))
+        .collect();
+    if fired.is_empty() {
+        "none: allowed untouched".into()
+    } else {
+        fired.join(", ")
+    }
+}
+
+fn scenario(
+    envoy: &Envoy,
+    name: &str,
+    play: impl FnOnce(&mut Session),
+    client: &flowguard_integration::traffic::Client,
+) {
+    let before = rule_counts(envoy);
+    let mut s = Session::new(client);
+    play(&mut s);
+    let blocked = s
         .calls
         .iter()
-        .rev()
-        .find(|c| c.path.ends_with("/confirm"))
-        .or(session.calls.last())
-        .map(|c| format!("{} {}", c.method, c.path))
-        .unwrap_or_default();
-    let verdict = match (reply.status, reply.upstream_verdict()) {
-        (403 | 429, _) if reply.body.contains("request blocked") => "BLOCKED".to_owned(),
-        (_, Some(v)) => v.to_owned(),
-        (_, None) => "-".to_owned(),
-    };
+        .filter(|c| c.reply.body.contains("request blocked"))
+        .count();
     println!(
-        "{scenario:<38} {request:<34} {:>6}  {verdict}",
-        reply.status
+        "{:<44} {:>8} {:>8} {:>8}  {}",
+        name,
+        s.calls.len(),
+        s.calls.len() - blocked,
+        blocked,
+        fired_since(envoy, &before)
     );
 }
