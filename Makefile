@@ -41,7 +41,8 @@ test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WAS
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
 		cargo test -p flowguard-engine --target $(WASM_TARGET)
 
-test-integration: build venv ## real Envoy + real filter + demo shop
+test-integration: build venv ## real Envoy + real filter + demo shop + real collector
+	cargo build -p flowguard-collector
 	cargo test -p flowguard-integration --tests -- --test-threads 2
 
 clean: ## remove build outputs and the virtualenv

@@ -205,6 +205,70 @@ impl Registry {
     }
 }
 
+/// The learning step of one request and its answer, exactly as the filter takes it (in
+/// its request and response phases): the collector and `flowguard learn` call this, so
+/// the fleet's policy comes from the same code as each filter's.
+#[allow(clippy::too_many_arguments)]
+pub fn observe_exchange(
+    stats: &mut LearnStats,
+    slot: &mut crate::slot::Slot,
+    endpoint: EndpointId,
+    id: Option<u64>,
+    now_ms: u64,
+    status: u16,
+    window_ms: u32,
+    auth_window_ms: u32,
+) {
+    let visit = slot.record_request(Some(endpoint), id, now_ms, window_ms);
+    stats.observe_request(endpoint, &visit);
+    let peak = slot.record_response(endpoint, status, now_ms, auth_window_ms);
+    stats.observe_response(endpoint, status, peak);
+}
+
+/// One stored request, as telemetry or an access log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub session: u64,
+    pub time_ms: u64,
+    pub template: String,
+    pub status: u16,
+    pub ids: Option<u64>,
+}
+
+/// Learns from stored requests: each session's requests, in time order, go through a
+/// session slot and [`observe_exchange`], as they went through the filter.
+pub fn learn_from(
+    observations: &mut [Observation],
+    s: &LearningSettings,
+    limits: &Limits,
+) -> (LearnStats, Registry) {
+    observations.sort_by_key(|o| (o.session, o.time_ms));
+    let mut stats = LearnStats::default();
+    let mut registry = Registry::default();
+    let mut slot = crate::slot::Slot::new(0, 0, 0);
+    let window_ms = s.window_s.saturating_mul(1000);
+    let auth_window_ms = limits.auth_window_s.saturating_mul(1000);
+    for o in observations.iter() {
+        if slot.fingerprint != o.session || !slot.seen {
+            let first_seen = u32::try_from(o.time_ms / 1000).unwrap_or(u32::MAX);
+            slot = crate::slot::Slot::new(o.session, first_seen, 0);
+        }
+        if let Some(e) = registry.add(&o.template, s.max_endpoints) {
+            observe_exchange(
+                &mut stats,
+                &mut slot,
+                e,
+                o.ids,
+                o.time_ms,
+                o.status,
+                window_ms,
+                auth_window_ms,
+            );
+        }
+    }
+    (stats, registry)
+}
+
 /// The learned percentiles of a distribution given as `at_least(k)` = units that reached
 /// `k`, over `n` units, and the threshold chosen from them.
 pub fn limit_from(at_least: impl Fn(u32) -> u64, n: u64, max_k: u32, t: &Threshold) -> Limit {
@@ -651,24 +715,69 @@ mod tests {
         );
     }
 
-    proptest! {
-        #[test]
-        fn stats_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = LearnStats::decode(&bytes);
-            let _ = Registry::decode(&bytes);
-        }
-
-        #[test]
-        fn compiled_policies_always_validate(seq in proptest::collection::vec((0u8..12, prop_oneof![Just(200u16), Just(402u16)]), 0..60)) {
-            let mut stats = LearnStats::default();
-            let mut reg = Registry::default();
-            let names: Vec<String> = (0..12).map(|i| format!("GET /e{}/x", i % 7)).collect();
-            for (n, chunk) in seq.chunks(5).enumerate() {
-                let calls: Vec<(&str, u16)> = chunk.iter().map(|(e, s)| (names[*e as usize].as_str(), *s)).collect();
-                play(&mut stats, &mut reg, n as u64 + 1, &calls);
+    #[test]
+    fn the_fleet_learner_equals_the_filters() {
+        // The filter's path: request phase, then response phase, per exchange.
+        let mut filter_stats = LearnStats::default();
+        let mut filter_reg = Registry::default();
+        let mut log = Vec::new();
+        for i in 0..30u64 {
+            let mut slot = Slot::new(i + 1, 1000, 0);
+            let mut calls = vec![
+                ("POST /login", 200u16),
+                ("GET /menu", 200),
+                ("POST /pay", 402),
+                ("POST /pay", 200),
+                ("POST /confirm", 200),
+            ];
+            if i % 5 == 0 {
+                calls.insert(0, ("POST /login", 401));
             }
-            let p = compile(&stats, &reg, &LearningSettings { min_support: 1, variable_segment_min: 3, ..settings() }, 1);
-            prop_assert!(p.validate().is_ok());
+            for (n, (t, status)) in calls.into_iter().enumerate() {
+                let now = 1_000_000 + n as u64 * 700;
+                let id = filter_reg.add(t, 128).unwrap();
+                let visit = slot.record_request(Some(id), None, now, 10_000);
+                filter_stats.observe_request(id, &visit);
+                let peak = slot.record_response(id, status, now, 300_000);
+                filter_stats.observe_response(id, status, peak);
+                log.push(Observation {
+                    session: i + 1,
+                    time_ms: now,
+                    template: t.into(),
+                    status,
+                    ids: None,
+                });
+            }
         }
+        log.reverse(); // stored order does not matter
+        let (fleet_stats, fleet_reg) = learn_from(&mut log, &settings(), &Limits::default());
+        assert_eq!(fleet_stats, filter_stats);
+        assert_eq!(fleet_reg, filter_reg);
+        assert_eq!(
+            compile(&fleet_stats, &fleet_reg, &settings(), 2),
+            compile(&filter_stats, &filter_reg, &settings(), 2)
+        );
     }
+
+    proptest! {
+            #[test]
+            fn stats_decode_never_panics
+    (bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = LearnStats::decode(&bytes);
+                let _ = Registry::decode(&bytes);
+            }
+
+            #[test]
+            fn compiled_policies_always_validate(seq in proptest::collection::vec((0u8..12, prop_oneof![Just(200u16), Just(402u16)]), 0..60)) {
+                let mut stats = LearnStats::default();
+                let mut reg = Registry::default();
+                let names: Vec<String> = (0..12).map(|i| format!("GET /e{}/x", i % 7)).collect();
+                for (n, chunk) in seq.chunks(5).enumerate() {
+                    let calls: Vec<(&str, u16)> = chunk.iter().map(|(e, s)| (names[*e as usize].as_str(), *s)).collect();
+                    play(&mut stats, &mut reg, n as u64 + 1, &calls);
+                }
+                let p = compile(&stats, &reg, &LearningSettings { min_support: 1, variable_segment_min: 3, ..settings() }, 1);
+                prop_assert!(p.validate().is_ok());
+            }
+        }
 }

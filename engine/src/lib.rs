@@ -20,4 +20,5 @@ pub mod sensitive;
 pub mod session;
 pub mod slot;
 pub mod slot_table;
+pub mod telemetry;
 pub mod verdict;

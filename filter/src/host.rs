@@ -78,6 +78,7 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_grpc_cancel(token: u32) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
 
@@ -232,6 +233,12 @@ pub fn define_metric(kind: MetricType, name: &str) -> HostResult<u32> {
     // SAFETY: pointer/length of a live `&str`, valid out-pointer.
     check(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+/// Cancels a gRPC callout still in flight.
+pub fn cancel_grpc_call(token: u32) -> HostResult<()> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_grpc_cancel(token) })
 }
 
 pub fn increment_metric(id: u32, by: i64) -> HostResult<()> {

@@ -14,6 +14,8 @@ use flowguard_engine::sensitive::Scanner;
 use flowguard_engine::session::{self, address_host, Source};
 use flowguard_engine::slot::{is_auth_failure, is_success, Slot};
 use flowguard_engine::slot_table::Placement;
+use flowguard_engine::telemetry::{sampled, Event};
+
 use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -38,6 +40,8 @@ pub struct Http {
     worker: SharedWorker,
     pending: Option<Pending>,
     scanner: Option<Scanner>,
+    /// The telemetry event of this request, completed with the response's status.
+    event: Option<Event>,
 }
 
 impl Http {
@@ -46,6 +50,7 @@ impl Http {
             worker,
             pending: None,
             scanner: None,
+            event: None,
         }
     }
 }
@@ -60,7 +65,7 @@ impl HttpContext for Http {
         let Some(w) = guard.as_mut() else {
             return Action::Continue;
         };
-        match on_request(w, &mut self.pending) {
+        match on_request(w, &mut self.pending, &mut self.event) {
             Ok(action) => action,
             Err(e) => {
                 // Fail open on host errors: the filter must never take the API down.
@@ -94,6 +99,14 @@ impl HttpContext for Http {
                     &format!("flowguard: response: host error {e:?}"),
                 );
             }
+        }
+        if let (Some(mut event), Some(t)) = (self.event.take(), w.telemetry.as_mut()) {
+            let now_ms = host::now_ms().unwrap_or(event.time_ms);
+            event.status = status;
+            event.latency_us =
+                u32::try_from(now_ms.saturating_sub(event.time_ms).saturating_mul(1000))
+                    .unwrap_or(u32::MAX);
+            t.record(event, &w.metrics);
         }
         if should_inspect(w, status) {
             self.scanner = Some(Scanner::default());
@@ -158,7 +171,11 @@ fn should_inspect(w: &Worker, status: u16) -> bool {
     json && fits
 }
 
-fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Action> {
+fn on_request(
+    w: &mut Worker,
+    pending: &mut Option<Pending>,
+    event: &mut Option<Event>,
+) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
     let now_ms = host::now_ms()?;
     let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
@@ -264,6 +281,31 @@ fn on_request(w: &mut Worker, pending: &mut Option<Pending>) -> HostResult<Actio
     if let (Some(e), false) = (endpoint, verdict.fired.contains(Rule::DeprecatedEndpoint)) {
         if let Some(t) = w.last_used.get_mut(usize::from(e)) {
             *t = now;
+        }
+    }
+    let acting = w.settings.mode != Mode::Learn && !learning;
+    let block_status = match (w.settings.mode, verdict.outcome) {
+        (Mode::Enforce, Outcome::Block { status }) if acting => Some(status),
+        _ => None,
+    };
+    if let Some(t) = w.telemetry.as_mut() {
+        if !verdict.fired.is_empty() || sampled(fingerprint, t.settings.sample_rate) {
+            let e = Event {
+                time_ms: now_ms,
+                session: fingerprint,
+                template: w.scratch.template.clone(),
+                status: block_status.unwrap_or(0),
+                outcome: acting.then_some(verdict.outcome),
+                rules: verdict.fired,
+                latency_us: 0,
+                summary: verdict.fired.is_empty(),
+                ids: id,
+            };
+
+            match block_status {
+                Some(_) => t.record(e, &w.metrics),
+                None => *event = Some(e),
+            }
         }
     }
     if w.settings.mode == Mode::Learn {

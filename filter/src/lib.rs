@@ -9,6 +9,7 @@ mod http;
 mod metrics;
 mod root;
 mod shared;
+mod telemetry;
 mod tick;
 mod worker;
 

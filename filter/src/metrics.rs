@@ -21,6 +21,12 @@ pub struct Metrics {
     pub learning_sessions: Option<u32>,
     pub learning_requests: Option<u32>,
     pub endpoints: Option<u32>,
+    pub telemetry_sent: Option<u32>,
+    pub telemetry_dropped: Option<u32>,
+    pub telemetry_failed: Option<u32>,
+    pub policy_updates: Option<u32>,
+    pub policy_refused: Option<u32>,
+    pub policy_failed: Option<u32>,
     rules: [Option<u32>; Rule::ALL.len()],
 }
 
@@ -49,6 +55,12 @@ impl Metrics {
             learning_sessions: gauge("flowguard.learning.sessions"),
             learning_requests: gauge("flowguard.learning.requests"),
             endpoints: gauge("flowguard.endpoints"),
+            telemetry_sent: counter("flowguard.telemetry.sent"),
+            telemetry_dropped: counter("flowguard.telemetry.dropped"),
+            telemetry_failed: counter("flowguard.telemetry.failed"),
+            policy_updates: counter("flowguard.policy.updates"),
+            policy_refused: counter("flowguard.policy.refused"),
+            policy_failed: counter("flowguard.policy.poll_failed"),
             rules: Rule::ALL.map(|r| counter(&format!("flowguard.rule.{}", r.id()))),
         }
     }
@@ -56,6 +68,12 @@ impl Metrics {
     pub fn inc(id: Option<u32>) {
         if let Some(id) = id {
             let _ = host::increment_metric(id, 1);
+        }
+    }
+
+    pub fn add(id: Option<u32>, by: u64) {
+        if let Some(id) = id {
+            let _ = host::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
         }
     }
 

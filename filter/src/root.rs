@@ -22,7 +22,35 @@ pub struct Root {
     worker: SharedWorker,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // Leave no callout pending: Envoy would deliver its answer to a dead VM.
+        if let Ok(mut guard) = self.worker.try_borrow_mut() {
+            if let Some(w) = guard.as_mut() {
+                if let Some(t) = w.telemetry.as_mut() {
+                    t.cancel_all(&w.metrics);
+                }
+            }
+        }
+        true
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Ok(mut guard) = self.worker.try_borrow_mut() {
+            if let Some(w) = guard.as_mut() {
+                if let Some(t) = w.telemetry.as_mut() {
+                    t.on_response(
+                        token_id,
+                        status_code,
+                        response_size,
+                        &w.settings,
+                        &w.metrics,
+                    );
+                }
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {

@@ -23,6 +23,11 @@ pub fn run(w: &mut Worker) {
 
 fn step(w: &mut Worker) -> HostResult<()> {
     merge_delta(w)?;
+    if let Some(t) = w.telemetry.as_mut() {
+        let version = w.model.as_ref().map_or(0, |m| m.version);
+        t.tick(host::now_ms()?, version, &w.metrics);
+    }
+
     retire_unused(w)?;
     if w.settings.policy.is_some() {
         return Ok(());

@@ -6,6 +6,8 @@
 use crate::host::{self, HostResult};
 use crate::metrics::Metrics;
 use crate::shared;
+use crate::telemetry::Telemetry;
+
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::EndpointId;
@@ -32,6 +34,8 @@ pub struct Worker {
     /// When each model endpoint was last called normally here (seconds), for retiring
     /// endpoints unused for `endpoints.retire_after_s`.
     pub last_used: Vec<u32>,
+    /// Telemetry and policy polling, when a collector is configured.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// Buffers reused across requests, so the request path does not allocate for them.
@@ -53,6 +57,8 @@ pub struct Located {
 
 impl Worker {
     pub fn new(settings: Settings) -> Worker {
+        let telemetry = settings.collector.clone().map(Telemetry::new);
+
         let base_normaliser =
             Normaliser::new(settings.endpoints.templates.clone(), Default::default())
                 .with_id_params(settings.endpoints.id_params.clone());
@@ -67,6 +73,7 @@ impl Worker {
             scratch: Scratch::default(),
             requests_seen: 0,
             last_used: Vec::new(),
+            telemetry,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct EnvoyConfig {
     pub filter_json: String,
     pub concurrency: u32,
     pub upstream: SocketAddr,
+    /// The collector's gRPC address, as cluster `flowguard_collector` (HTTP/2).
+    pub collector: Option<SocketAddr>,
 }
 
 impl EnvoyConfig {
@@ -54,6 +56,7 @@ impl EnvoyConfig {
             filter_json: filter_json.to_owned(),
             concurrency: 1,
             upstream,
+            collector: None,
         }
     }
 }
@@ -114,6 +117,27 @@ static_resources:
 "#,
         ip = cfg.upstream.ip(),
         port = cfg.upstream.port(),
+    ) + &cfg.collector.map(collector_cluster).unwrap_or_default()
+}
+
+/// The collector's cluster: gRPC needs HTTP/2 to the upstream.
+fn collector_cluster(addr: SocketAddr) -> String {
+    format!(
+        r#"  - name: flowguard_collector
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: flowguard_collector
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
+"#,
+        addr.ip(),
+        addr.port()
     )
 }
 

@@ -1,0 +1,393 @@
+//! `flowguard`: the collector and its tools. It stores what every filter reports, learns
+//! the fleet's policy with the engine's own learner, serves it back over gRPC, and lets an
+//! operator read, draw and dry-run a policy before enforcing it.
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod fleet;
+mod graph;
+mod replay;
+mod service;
+mod store;
+
+use clap::{Parser, Subcommand};
+use flowguard_engine::config::Settings;
+use flowguard_engine::model::Model;
+use flowguard_engine::policy::Policy;
+use flowguard_proto::v1::policies_server::PoliciesServer;
+use flowguard_proto::v1::telemetry_server::TelemetryServer;
+use service::{now_ms, Collector};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "flowguard",
+    version,
+    about = "flowguard's collector: telemetry in, fleet policy out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC telemetry and policy services on a SQLite store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+        /// The filter's plugin configuration (JSON): learning thresholds and limits.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Learn the fleet policy every this many seconds (0: only with `flowguard learn`).
+        #[arg(long, default_value_t = 30)]
+        learn_interval_s: u64,
+        /// Require `authorization: Bearer <token>` from filters.
+        #[arg(long, env = "FLOWGUARD_TOKEN")]
+        token: Option<String>,
+    },
+    /// Learn a policy now, from the store or from Envoy JSON access logs.
+    Learn {
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+        /// Learn from this Envoy JSON access log instead of stored telemetry.
+        #[arg(long)]
+        envoy_log: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write the policy JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show or draw a policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Dry-run a policy over stored traffic: what it would flag and block.
+    Replay {
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+        /// A policy JSON file (default: the newest stored policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Count stored events and reported drops.
+    Stats {
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Print the newest stored policy (or a file) readably, or as JSON.
+    Show {
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render the learned call graph as SVG.
+    Graph {
+        #[arg(long, default_value = "flowguard.db")]
+        db: PathBuf,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Where to write the SVG (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn settings(config: Option<&Path>) -> Result<Settings, Error> {
+    let bytes = match config {
+        Some(p) => std::fs::read(p).map_err(|e| format!("config {}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
+    Ok(Settings::from_json(&bytes).map_err(|e| format!("config: {e}"))?)
+}
+
+fn open_existing(db: &Path) -> Result<Store, Error> {
+    if !db.exists() {
+        return Err(format!(
+            "database {}: no such file (run `flowguard serve --db {}` first)",
+            db.display(),
+            db.display()
+        )
+        .into());
+    }
+    Ok(Store::open(db)?)
+}
+
+fn load_policy(db: &Path, file: Option<&Path>) -> Result<Policy, Error> {
+    match file {
+        Some(f) => {
+            let bytes = std::fs::read(f).map_err(|e| format!("policy {}: {e}", f.display()))?;
+            Ok(Policy::from_json(&bytes).map_err(|e| format!("policy {}: {e}", f.display()))?)
+        }
+        None => open_existing(db)?.latest_policy()?.ok_or_else(|| {
+            format!(
+                "database {}: no policy learned yet (run `flowguard learn`)",
+                db.display()
+            )
+            .into()
+        }),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            config,
+            learn_interval_s,
+            token,
+        } => serve(listen, &db, config.as_deref(), learn_interval_s, token),
+        Command::Learn {
+            db,
+            envoy_log,
+            config,
+            out,
+        } => {
+            let settings = settings(config.as_deref())?;
+            let policy = match envoy_log {
+                Some(log) => {
+                    let text = std::fs::read_to_string(&log)
+                        .map_err(|e| format!("log {}: {e}", log.display()))?;
+                    let (mut obs, skipped) = access_log::parse(&text);
+                    eprintln!(
+                        "read {} requests from {} ({} lines skipped)",
+                        obs.len(),
+                        log.display(),
+                        skipped
+                    );
+                    fleet::learn_policy(&mut obs, &settings, now_ms() / 1000).map_err(
+                        |(s, r)| format!("not enough traffic: {s} sessions, {r} requests"),
+                    )?
+                }
+                None => {
+                    let store = open_existing(&db)?;
+                    match fleet::learn_and_store(&store, &settings, now_ms())? {
+                        fleet::Outcome::Learned(p) => p,
+                        fleet::Outcome::Unchanged(v) => {
+                            eprintln!("learned the same rules as the stored version {v}");
+                            load_policy(&db, None)?
+                        }
+                        fleet::Outcome::NotReady { sessions, requests } => {
+                            return Err(format!(
+                                "not enough traffic: {sessions} sessions, {requests} requests"
+                            )
+                            .into())
+                        }
+                    }
+                }
+            };
+            if let Some(out) = out {
+                std::fs::write(&out, policy.to_json_pretty())
+                    .map_err(|e| format!("{}: {e}", out.display()))?;
+            }
+            print!("{}", show(&policy));
+            Ok(())
+        }
+        Command::Policy {
+            action: PolicyAction::Show { db, file, json },
+        } => {
+            let policy = load_policy(&db, file.as_deref())?;
+            if json {
+                println!("{}", policy.to_json_pretty());
+            } else {
+                print!("{}", show(&policy));
+            }
+            Ok(())
+        }
+        Command::Policy {
+            action: PolicyAction::Graph { db, file, out },
+        } => {
+            let svg = graph::render(&load_policy(&db, file.as_deref())?);
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, svg).map_err(|e| format!("{}: {e}", out.display()))?
+                }
+                None => print!("{svg}"),
+            }
+            Ok(())
+        }
+        Command::Replay { db, policy, config } => {
+            let settings = settings(config.as_deref())?;
+            let policy = load_policy(&db, policy.as_deref())?;
+            let model = Model::compile(&policy, &settings)?;
+            let mut obs: Vec<_> = open_existing(&db)?
+                .events(false)?
+                .into_iter()
+                .map(|e| e.observation)
+                .collect();
+            print!(
+                "policy version {}: {}",
+                policy.version,
+                replay::replay(&model, &settings, &mut obs).render()
+            );
+            Ok(())
+        }
+        Command::Stats { db } => {
+            let store = open_existing(&db)?;
+            println!(
+                "events {}\ndropped_by_filters {}\npolicy_version {}",
+                store.event_count()?,
+                store.dropped_count()?,
+                store.latest_version()?
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A policy, readably: endpoints with limits and prerequisites.
+fn show(p: &Policy) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "policy version {}: {} endpoints, learned from {} sessions and {} requests (window {} s)",
+        p.version,
+        p.endpoints.len(),
+        p.learned_from.sessions,
+        p.learned_from.requests,
+        p.window_s
+    );
+    for e in &p.endpoints {
+        let lim = |l: Option<flowguard_engine::policy::Limit>| {
+            l.map_or("-".to_owned(), |l| {
+                format!("{} (p50 {} p90 {} p99 {})", l.limit, l.p50, l.p90, l.p99)
+            })
+        };
+        let _ = writeln!(
+            out,
+            "  {}{}",
+            e.template,
+            if e.entry { "   [entry]" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "      rate/window {}   distinct ids/window {}",
+            lim(e.rate),
+            lim(e.distinct_ids)
+        );
+        if !e.prerequisites.is_empty() {
+            let _ = writeln!(out, "      requires {}", e.prerequisites.join(", "));
+        }
+    }
+    if let Some(a) = p.auth_failures {
+        let _ = writeln!(
+            out,
+            "  auth failures per session: limit {} (p99 {})",
+            a.limit, a.p99
+        );
+    }
+    out
+}
+
+fn serve(
+    listen: SocketAddr,
+    db: &Path,
+    config: Option<&Path>,
+    learn_interval_s: u64,
+    token: Option<String>,
+) -> Result<(), Error> {
+    let settings = settings(config)?;
+    let store = Store::open(db)?;
+    let current = Arc::new(RwLock::new(
+        store.latest_policy()?.map(|p| (p.version, p.to_json())),
+    ));
+    let store = Arc::new(Mutex::new(store));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if learn_interval_s > 0 {
+            let (store, current, settings) = (store.clone(), current.clone(), settings.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(learn_interval_s));
+                loop {
+                    every.tick().await;
+                    let (store, current, settings) =
+                        (store.clone(), current.clone(), settings.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        learn_once(&store, &current, &settings)
+                    })
+                    .await;
+                }
+            });
+        }
+        let collector = Collector {
+            store: store.clone(),
+            current: current.clone(),
+            token: token.clone(),
+        };
+        let policies = Collector {
+            store,
+            current,
+            token,
+        };
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!(
+            "flowguard collector listening on {} (db {})",
+            listener.local_addr()?,
+            db.display()
+        );
+        tonic::transport::Server::builder()
+            .add_service(TelemetryServer::new(collector))
+            .add_service(PoliciesServer::new(policies).max_decoding_message_size(1 << 20))
+            .serve_with_incoming_shutdown(tokio_stream_listener(listener), async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn learn_once(store: &Mutex<Store>, current: &service::Current, settings: &Settings) {
+    let Ok(store) = store.lock() else { return };
+    match fleet::learn_and_store(&store, settings, now_ms()) {
+        Ok(fleet::Outcome::Learned(p)) => {
+            eprintln!(
+                "learned fleet policy version {} from {} sessions",
+                p.version, p.learned_from.sessions
+            );
+            if let Ok(mut c) = current.write() {
+                *c = Some((p.version, p.to_json()));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("fleet learning failed: {e}"),
+    }
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+}

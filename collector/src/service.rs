@@ -1,0 +1,97 @@
+//! The gRPC services: telemetry in (acknowledged only once stored), policy out.
+
+use crate::store::Store;
+use flowguard_proto::v1::policies_server::Policies;
+use flowguard_proto::v1::telemetry_server::Telemetry;
+use flowguard_proto::v1::{GetPolicyRequest, GetPolicyResponse, ReportRequest, ReportResponse};
+use std::sync::{Arc, Mutex, RwLock};
+use tonic::{Request, Response, Status};
+
+/// The current policy as served: version and JSON.
+pub type Current = Arc<RwLock<Option<(u64, String)>>>;
+
+pub struct Collector {
+    pub store: Arc<Mutex<Store>>,
+    pub current: Current,
+    /// Required `authorization: Bearer <token>` metadata, when configured.
+    pub token: Option<String>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Collector {
+    fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given.and_then(|v| v.strip_prefix("Bearer ")) == Some(token.as_str()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "flowguard collector: missing or wrong token",
+            ))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Telemetry for Collector {
+    async fn report(
+        &self,
+        req: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        self.authorise(&req)?;
+        let batch = req.into_inner();
+        let store = self.store.clone();
+        // SQLite commits with fsync: keep it off the async workers.
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .lock()
+                .map_err(|_| Status::internal("store lock poisoned"))?;
+            store
+                .insert_batch(&batch, now_ms())
+                .map_err(|e| Status::unavailable(format!("not stored: {e}")))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(ReportResponse { stored }))
+    }
+}
+
+#[tonic::async_trait]
+impl Policies for Collector {
+    async fn get_policy(
+        &self,
+        req: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyResponse>, Status> {
+        self.authorise(&req)?;
+        let known = req.get_ref().known_version;
+        let current = self
+            .current
+            .read()
+            .map_err(|_| Status::internal("lock poisoned"))?;
+        Ok(Response::new(match current.as_ref() {
+            Some((version, _)) if *version == known => GetPolicyResponse {
+                unchanged: true,
+                ..Default::default()
+            },
+            Some((version, json)) => GetPolicyResponse {
+                unchanged: false,
+                version: *version,
+                policy_json: json.clone(),
+            },
+            None => GetPolicyResponse {
+                unchanged: true,
+                ..Default::default()
+            },
+        }))
+    }
+}

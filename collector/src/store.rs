@@ -1,0 +1,250 @@
+//! The collector's SQLite store: telemetry events and versioned policies.
+//!
+//! WAL mode with `synchronous = FULL`: a batch is acknowledged only after its
+//! transaction has committed to disk, so a crash loses nothing acknowledged.
+
+use flowguard_engine::learn::Observation;
+use flowguard_engine::policy::Policy;
+use flowguard_proto::v1;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored policy is invalid: {0}")]
+    Policy(String),
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// A stored event with what replay and reports need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub node: String,
+    pub observation: Observation,
+    pub verdict: i32,
+    pub rules: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS batches (
+                node TEXT NOT NULL, worker INTEGER NOT NULL, batch_id INTEGER NOT NULL,
+                received_ms INTEGER NOT NULL, events INTEGER NOT NULL, dropped INTEGER NOT NULL,
+                PRIMARY KEY (node, worker, batch_id));
+             CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
+                session INTEGER NOT NULL, template TEXT NOT NULL, status INTEGER NOT NULL,
+                verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us INTEGER NOT NULL,
+                summary INTEGER NOT NULL, ids INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
+             CREATE TABLE IF NOT EXISTS policies (
+                version INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, json TEXT NOT NULL);",
+        )
+        .map_err(open_err)?;
+        Ok(Store { conn })
+    }
+
+    /// Stores a batch in one transaction; a batch already stored (same node, worker and
+    /// batch id) is skipped. Returns the events stored.
+    pub fn insert_batch(
+        &mut self,
+        batch: &v1::ReportRequest,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let fresh = tx.execute(
+            "INSERT OR IGNORE INTO batches (node, worker, batch_id, received_ms, events, dropped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                batch.node,
+                batch.worker,
+                batch.batch_id as i64,
+                now_ms as i64,
+                batch.events.len() as i64,
+                batch.dropped as i64
+            ],
+        )?;
+        if fresh == 0 {
+            return Ok(0);
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for e in &batch.events {
+                insert.execute(params![
+                    batch.node,
+                    e.time_ms as i64,
+                    e.session as i64,
+                    e.template,
+                    e.status,
+                    e.verdict,
+                    e.rules.join(","),
+                    e.latency_us,
+                    e.summary,
+                    e.ids as i64,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(batch.events.len() as u64)
+    }
+
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Events dropped by filters, as they reported.
+    pub fn dropped_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(SUM(dropped), 0) FROM batches", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Every stored event, oldest first. `normal_only` keeps what learning may use:
+    /// sampled summaries the filter did not block.
+    pub fn events(&self, normal_only: bool) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = if normal_only {
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+             WHERE summary = 1 AND verdict != 4 ORDER BY time_ms"
+        } else {
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events ORDER BY time_ms"
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| {
+            let ids: i64 = r.get(7)?;
+            Ok(StoredEvent {
+                node: r.get(0)?,
+                observation: Observation {
+                    time_ms: r.get::<_, i64>(1)? as u64,
+                    session: r.get::<_, i64>(2)? as u64,
+                    template: r.get(3)?,
+                    status: r.get::<_, u32>(4)?.try_into().unwrap_or(0),
+                    ids: (ids != 0).then_some(ids as u64),
+                },
+                verdict: r.get(5)?,
+                rules: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps a policy (versions are never overwritten).
+    pub fn save_policy(&self, policy: &Policy, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO policies (version, created_ms, json) VALUES (?1, ?2, ?3)",
+            params![policy.version as i64, now_ms as i64, policy.to_json()],
+        )?;
+        Ok(())
+    }
+
+    /// The newest policy, if any.
+    pub fn latest_policy(&self) -> Result<Option<Policy>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT json FROM policies ORDER BY version DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| Policy::from_json(j.as_bytes()).map_err(|e| StoreError::Policy(e.to_string())))
+            .transpose()
+    }
+
+    pub fn latest_version(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM policies", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: u64, n: usize) -> v1::ReportRequest {
+        v1::ReportRequest {
+            node: "edge".into(),
+            batch_id: id,
+            worker: 1,
+            dropped: 2,
+            events: (0..n)
+                .map(|i| v1::Event {
+                    time_ms: i as u64,
+                    session: 9,
+                    template: "GET /a".into(),
+                    status: 200,
+                    verdict: v1::Verdict::Allow.into(),
+                    rules: vec![],
+                    latency_us: 5,
+                    summary: true,
+                    ids: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn batches_are_stored_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("fg-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(&dir.join("t.db")).unwrap();
+        assert_eq!(s.insert_batch(&batch(1, 3), 0).unwrap(), 3);
+        assert_eq!(
+            s.insert_batch(&batch(1, 3), 0).unwrap(),
+            0,
+            "a duplicate batch is skipped"
+        );
+        assert_eq!(s.insert_batch(&batch(2, 2), 0).unwrap(), 2);
+        assert_eq!(
+            (s.event_count().unwrap(), s.dropped_count().unwrap()),
+            (5, 4)
+        );
+        assert_eq!(s.events(true).unwrap().len(), 5);
+        assert!(s.latest_policy().unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_path_is_a_clear_error() {
+        let e = Store::open(Path::new("/nonexistent/dir/x.db"))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().starts_with("database /nonexistent/dir/x.db:"),
+            "{e}"
+        );
+    }
+}

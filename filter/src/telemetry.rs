@@ -1,0 +1,331 @@
+//! Telemetry and policy over Envoy's gRPC callout, entirely off the request path:
+//! requests append to a bounded buffer; each worker's tick sends at most one batch and
+//! polls for a policy; answers arrive as callbacks on the root context.
+
+use crate::host;
+use crate::metrics::Metrics;
+use crate::shared;
+use flowguard_engine::config::{CollectorSettings, Settings};
+use flowguard_engine::model::Model;
+use flowguard_engine::policy::Policy;
+use flowguard_engine::telemetry::{Event, EventBuffer};
+use flowguard_engine::verdict::Outcome;
+use flowguard_proto::v1;
+use flowguard_proto::Message;
+use proxy_wasm::types::{BufferType, LogLevel};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Policies larger than this are refused unread.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+/// Batches in flight per worker at most; a slow collector makes events wait, then drop.
+const MAX_IN_FLIGHT: usize = 2;
+
+enum Call {
+    Report(usize),
+    Policy,
+}
+
+pub struct Telemetry {
+    pub settings: CollectorSettings,
+    buffer: EventBuffer,
+    in_flight: HashMap<u32, Call>,
+    /// The collector cluster as a serialized `envoy.config.core.v3.GrpcService`.
+    upstream: Vec<u8>,
+    batch_id: u64,
+    worker: u32,
+    last_flush_ms: u64,
+    last_poll_ms: u64,
+    logged_failure: bool,
+}
+
+/// `GrpcService { envoy_grpc: { cluster_name } }`, hand-encoded (two length-delimited
+/// fields). Naming the cluster this way, Envoy checks it when the call starts and reports
+/// a missing one as gRPC status 14 in the callback, rather than refusing the dispatch
+/// with a status the SDK's wrapper would turn into a panic.
+fn grpc_service(cluster: &str) -> Vec<u8> {
+    let mut inner = vec![0x0a];
+    put_varint(&mut inner, cluster.len() as u64);
+    inner.extend_from_slice(cluster.as_bytes());
+    let mut out = vec![0x0a];
+    put_varint(&mut out, inner.len() as u64);
+    out.extend_from_slice(&inner);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn verdict(outcome: Option<Outcome>) -> v1::Verdict {
+    match outcome {
+        None => v1::Verdict::Learning,
+        Some(Outcome::Allow) => v1::Verdict::Allow,
+        Some(Outcome::Flag) => v1::Verdict::Flag,
+        Some(Outcome::Block { .. }) => v1::Verdict::Block,
+    }
+}
+
+impl Telemetry {
+    pub fn new(settings: CollectorSettings) -> Telemetry {
+        use std::hash::BuildHasher;
+        let worker = std::collections::hash_map::RandomState::new().hash_one(0u8) as u32;
+        Telemetry {
+            upstream: grpc_service(&settings.cluster),
+            buffer: EventBuffer::new(settings.buffer_events as usize),
+            settings,
+            in_flight: HashMap::new(),
+            batch_id: 0,
+            worker,
+            last_flush_ms: 0,
+            last_poll_ms: 0,
+            logged_failure: false,
+        }
+    }
+
+    /// Buffers an event; a full buffer drops it and counts the drop.
+    pub fn record(&mut self, event: Event, m: &Metrics) {
+        if !self.buffer.push(event) {
+            Metrics::inc(m.telemetry_dropped);
+        }
+    }
+
+    /// Sends a batch and polls for a policy when their intervals have passed.
+    pub fn tick(&mut self, now_ms: u64, model_version: u64, m: &Metrics) {
+        let flush_due =
+            now_ms.saturating_sub(self.last_flush_ms) >= u64::from(self.settings.flush_interval_ms);
+        if flush_due && !self.buffer.is_empty() && self.reports_in_flight() < MAX_IN_FLIGHT {
+            self.last_flush_ms = now_ms;
+            self.send_batch(m);
+        }
+        let interval = u64::from(self.settings.policy_interval_ms);
+        let polling = self.in_flight.values().any(|c| matches!(c, Call::Policy));
+        if interval > 0 && !polling && now_ms.saturating_sub(self.last_poll_ms) >= interval {
+            self.last_poll_ms = now_ms;
+            self.poll_policy(model_version, m);
+        }
+    }
+
+    fn reports_in_flight(&self) -> usize {
+        self.in_flight
+            .values()
+            .filter(|c| matches!(c, Call::Report(_)))
+            .count()
+    }
+
+    fn send_batch(&mut self, m: &Metrics) {
+        let (events, dropped) = self.buffer.take(self.settings.batch_events as usize);
+        let n = events.len();
+        self.batch_id += 1;
+        let request = v1::ReportRequest {
+            node: self.settings.node.clone(),
+            batch_id: self.batch_id,
+            worker: self.worker,
+            dropped,
+            events: events
+                .into_iter()
+                .map(|e| v1::Event {
+                    time_ms: e.time_ms,
+                    session: e.session,
+                    template: e.template,
+                    status: e.status.into(),
+                    verdict: verdict(e.outcome).into(),
+                    rules: e.rules.iter().map(|r| r.id().to_owned()).collect(),
+                    latency_us: e.latency_us,
+                    summary: e.summary,
+                    ids: e.ids.unwrap_or(0),
+                })
+                .collect(),
+        };
+        match self.dispatch(
+            flowguard_proto::TELEMETRY_SERVICE,
+            flowguard_proto::REPORT_METHOD,
+            &request.encode_to_vec(),
+        ) {
+            Some(token) => {
+                self.in_flight.insert(token, Call::Report(n));
+            }
+            None => {
+                Metrics::add(m.telemetry_failed, n as u64);
+            }
+        }
+    }
+
+    fn poll_policy(&mut self, known_version: u64, m: &Metrics) {
+        let request = v1::GetPolicyRequest {
+            node: self.settings.node.clone(),
+            known_version,
+        };
+        match self.dispatch(
+            flowguard_proto::POLICIES_SERVICE,
+            flowguard_proto::GET_POLICY_METHOD,
+            &request.encode_to_vec(),
+        ) {
+            Some(token) => {
+                self.in_flight.insert(token, Call::Policy);
+            }
+            None => Metrics::inc(m.policy_failed),
+        }
+    }
+
+    fn dispatch(&mut self, service: &str, method: &str, message: &[u8]) -> Option<u32> {
+        // SAFETY of the SDK call: with a serialized GrpcService as upstream, Envoy answers
+        // Ok, ParseFailure or InternalFailure, all of which the wrapper returns.
+        let upstream = String::from_utf8_lossy(&self.upstream).into_owned();
+        let timeout = Duration::from_millis(self.settings.timeout_ms.into());
+        let bearer = self.settings.token.as_ref().map(|t| format!("Bearer {t}"));
+        let metadata: Vec<(&str, &[u8])> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_bytes()))
+            .collect();
+        match proxy_wasm::hostcalls::dispatch_grpc_call(
+            &upstream,
+            service,
+            method,
+            metadata,
+            Some(message),
+            timeout,
+        ) {
+            Ok(token) => Some(token),
+            Err(status) => {
+                self.log_failure(&format!(
+                    "cannot call {service}/{method} on cluster {}: {status:?}",
+                    self.settings.cluster
+                ));
+                None
+            }
+        }
+    }
+
+    fn log_failure(&mut self, what: &str) {
+        // Once per worker until a call succeeds again: a dead collector must not flood logs.
+        if !self.logged_failure {
+            self.logged_failure = true;
+            host::log(LogLevel::Warn, &format!("flowguard: telemetry: {what}"));
+        }
+    }
+
+    /// Handles the answer to a callout: counts reports, installs a new valid policy.
+    pub fn on_response(
+        &mut self,
+        token: u32,
+        status: u32,
+        size: usize,
+        settings: &Settings,
+        m: &Metrics,
+    ) {
+        let Some(call) = self.in_flight.remove(&token) else {
+            return;
+        };
+        if status != 0 {
+            if let Call::Report(n) = call {
+                Metrics::add(m.telemetry_failed, n as u64);
+            } else {
+                Metrics::inc(m.policy_failed);
+            }
+            self.log_failure(&format!(
+                "collector answered gRPC status {status} (cluster {})",
+                self.settings.cluster
+            ));
+            return;
+        }
+        self.logged_failure = false;
+        match call {
+            Call::Report(n) => Metrics::add(m.telemetry_sent, n as u64),
+            Call::Policy => self.on_policy(size, settings, m),
+        }
+    }
+
+    fn on_policy(&mut self, size: usize, settings: &Settings, m: &Metrics) {
+        if size > MAX_POLICY_BYTES {
+            Metrics::inc(m.policy_refused);
+            host::log(
+                LogLevel::Error,
+                &format!("flowguard: refused policy: {size} bytes exceeds {MAX_POLICY_BYTES}"),
+            );
+            return;
+        }
+        let bytes = host::buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let answer = match v1::GetPolicyResponse::decode(bytes.as_slice()) {
+            Ok(a) => a,
+            Err(e) => {
+                Metrics::inc(m.policy_refused);
+                host::log(
+                    LogLevel::Error,
+                    &format!("flowguard: refused policy answer: {e}"),
+                );
+                return;
+            }
+        };
+        if answer.unchanged {
+            return;
+        }
+        let checked = Policy::from_json(answer.policy_json.as_bytes())
+            .and_then(|p| Model::compile(&p, settings).map(|_| p));
+        match checked {
+            Ok(p) if p.version == answer.version => publish(&p, &answer.policy_json, m),
+            Ok(p) => {
+                Metrics::inc(m.policy_refused);
+                host::log(
+                    LogLevel::Error,
+                    &format!(
+                        "flowguard: refused policy: answer says version {} but policy is {}",
+                        answer.version, p.version
+                    ),
+                );
+            }
+            Err(e) => {
+                Metrics::inc(m.policy_refused);
+                host::log(
+                    LogLevel::Error,
+                    &format!("flowguard: refused policy version {}: {e}", answer.version),
+                );
+            }
+        }
+    }
+
+    /// Cancels every callout still pending (VM shutdown) and counts its events as failed.
+    pub fn cancel_all(&mut self, m: &Metrics) {
+        for (token, call) in self.in_flight.drain() {
+            let _ = host::cancel_grpc_call(token);
+            if let Call::Report(n) = call {
+                Metrics::add(m.telemetry_failed, n as u64);
+            }
+        }
+    }
+}
+
+/// Puts a validated policy in shared data; every worker installs it on its next tick.
+fn publish(policy: &Policy, json: &str, m: &Metrics) {
+    let result = host::shared_set(shared::MODEL_KEY, json.as_bytes(), 0).and_then(|()| {
+        shared::update(shared::MODEL_VERSION_KEY, |bytes| {
+            let current = bytes
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes);
+            (current != policy.version).then(|| policy.version.to_le_bytes().to_vec())
+        })
+    });
+    match result {
+        Ok(_) => {
+            Metrics::inc(m.policy_updates);
+            host::log(
+                LogLevel::Info,
+                &format!(
+                    "flowguard: collector policy version {} published to all workers",
+                    policy.version
+                ),
+            );
+        }
+        Err(e) => host::log(
+            LogLevel::Warn,
+            &format!("flowguard: could not publish policy: {e:?}"),
+        ),
+    }
+}
