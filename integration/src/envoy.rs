@@ -48,6 +48,8 @@ pub struct EnvoyConfig {
     pub upstream: SocketAddr,
     /// The collector's gRPC address, as cluster `flowguard_collector` (HTTP/2).
     pub collector: Option<SocketAddr>,
+    /// Write a JSON access log here, in the format `flowguard learn --envoy-log` reads.
+    pub access_log: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -57,6 +59,7 @@ impl EnvoyConfig {
             concurrency: 1,
             upstream,
             collector: None,
+            access_log: None,
         }
     }
 }
@@ -78,7 +81,7 @@ static_resources:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
+          stat_prefix: ingress{access_log}
           normalize_path: true
           merge_slashes: true
           route_config:
@@ -117,7 +120,33 @@ static_resources:
 "#,
         ip = cfg.upstream.ip(),
         port = cfg.upstream.port(),
+        access_log = cfg
+            .access_log
+            .as_deref()
+            .map(access_log)
+            .unwrap_or_default(),
     ) + &cfg.collector.map(collector_cluster).unwrap_or_default()
+}
+
+/// A JSON access log with what `flowguard learn --envoy-log` reads.
+fn access_log(path: &Path) -> String {
+    let path = serde_json::to_string(&path.display().to_string()).unwrap_or_default();
+    format!(
+        r#"
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {path}
+              log_format:
+                json_format:
+                  time_ms: "%START_TIME(%s%3f)%"
+                  method: "%REQ(:METHOD)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                  status: "%RESPONSE_CODE%"
+                  session: "%REQ(X-FLOWGUARD-SESSION)%"
+                  client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%""#
+    )
 }
 
 /// The collector's cluster: gRPC needs HTTP/2 to the upstream.
