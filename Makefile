@@ -25,7 +25,8 @@ $(ENVOY):
 	$(ENVOY) --version
 
 demo: build venv ## a real Envoy protecting the demo shop: learn, then attacks blocked
-	cargo run --release -q -p flowguard-integration --bin demo
+	cargo build --release -q -p flowguard-collector
+	FLOWGUARD_BIN=$(CURDIR)/target/release/flowguard cargo run --release -q -p flowguard-integration --bin demo
 
 test: lint test-unit test-wasi test-integration ## everything CI checks
 

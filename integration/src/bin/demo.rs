@@ -3,8 +3,10 @@
 //! shows what flowguard allowed, flagged and blocked, with the rule that fired.
 
 use flowguard_engine::rule::Rule;
-use flowguard_integration::envoy::Envoy;
-use flowguard_integration::traffic::{self, Session};
+use flowguard_integration::collector::Collector;
+use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{self, Client, Session};
 use flowguard_integration::world::World;
 
 const CONFIG: &str = r#"{
@@ -12,15 +14,31 @@ const CONFIG: &str = r#"{
   "session": { "sources": [{"cookie": "session"}, "bearer", "address"], "capacity": 16384 },
   "learning": { "min_sessions": 80, "min_requests": 400, "tick_ms": 200 },
   "endpoints": { "deprecated": ["/api/v1/"] },
-  "rules": { "auth.failures": { "window_s": 60 } }
+  "rules": { "auth.failures": { "window_s": 60 } },
+  "collector": { "cluster": "flowguard_collector", "node": "demo", "sample_rate": 1.0, "flush_interval_ms": 500 }
 }"#;
 
 fn main() {
-    println!("flowguard demo: starting the demo shop and Envoy 1.40 with flowguard in enforce...");
-    let mut world = World::start(CONFIG, 2);
+    println!("flowguard demo: starting the demo shop, the collector and Envoy 1.40 with flowguard in enforce...");
+    let run_dir = repo_root().join("target/demo");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = std::fs::create_dir_all(&run_dir);
+    let collector = Collector::start(&run_dir.join("flowguard.db"), &["--learn-interval-s", "0"])
+        .unwrap_or_else(|e| fail(&e));
+    let shop = ShopServer::start().unwrap_or_else(|e| fail(&e.to_string()));
+    let mut cfg = EnvoyConfig::new(CONFIG, shop.addr);
+    cfg.concurrency = 2;
+    cfg.collector = Some(collector.addr);
+    let envoy = Envoy::start(&cfg).unwrap_or_else(|e| fail(&e));
+    let client = Client::new(&envoy.url);
+    let mut world = World {
+        envoy,
+        client,
+        shop,
+    };
     println!(
-        "Envoy on {} (admin {}) -> demo shop on {}",
-        world.envoy.url, world.envoy.admin, world.shop.addr
+        "Envoy on {} (admin {}) -> demo shop on {}; collector on {}",
+        world.envoy.url, world.envoy.admin, world.shop.addr, collector.addr
     );
     println!("filter configuration:\n{CONFIG}\n");
 
@@ -179,6 +197,36 @@ fn main() {
             world.envoy.metric(&format!("flowguard.rule.{}", rule.id()))
         );
     }
+    std::thread::sleep(std::time::Duration::from_millis(800)); // the last telemetry batch
+    println!(
+        "\n4. the collector (SQLite {}): {} events stored; the fleet policy learned from them:",
+        collector.db.display(),
+        collector.stats().map(|s| s.0).unwrap_or(0)
+    );
+    match collector.tool(&["learn"]) {
+        Ok(out) => println!("{}", out.lines().next().unwrap_or("")),
+        Err(e) => println!("   (not learned: {e})"),
+    }
+    let svg = run_dir.join("flow.svg");
+    if collector
+        .tool(&[
+            "policy",
+            "graph",
+            "--out",
+            svg.to_str().unwrap_or("flow.svg"),
+        ])
+        .is_ok()
+    {
+        println!(
+            "   the learned call graph (prerequisites in red): {}",
+            svg.display()
+        );
+    }
+    println!("\n5. replay: what that policy would have done to everything the collector stored");
+    match collector.tool(&["replay"]) {
+        Ok(out) => out.lines().for_each(|l| println!("   {l}")),
+        Err(e) => println!("   {e}"),
+    }
     let dir = world.envoy.keep_files().to_path_buf();
     println!(
         "\nEnvoy's config and log (with the learned policy as JSON) are in {}",
@@ -197,6 +245,11 @@ fn main() {
         "Run `DEMO_HOLD=1 make demo` to keep Envoy up and explore {}/stats/prometheus.",
         world.envoy.admin
     );
+}
+
+fn fail(e: &str) -> ! {
+    eprintln!("demo failed: {e}");
+    std::process::exit(1)
 }
 
 fn rule_counts(envoy: &Envoy) -> Vec<u64> {
