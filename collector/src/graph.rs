@@ -107,8 +107,21 @@ pub fn render(policy: &Policy) -> String {
             );
         }
     }
+    // Only direct prerequisites: "confirm needs pay" says enough when pay needs the order.
+    let requires = |t: &str| {
+        policy
+            .endpoints
+            .iter()
+            .find(|e| e.template == t)
+            .map(|e| &e.prerequisites)
+    };
     for e in &policy.endpoints {
-        for p in &e.prerequisites {
+        let implied = |p: &String| {
+            e.prerequisites
+                .iter()
+                .any(|q| q != p && requires(q).is_some_and(|qs| qs.contains(p)))
+        };
+        for p in e.prerequisites.iter().filter(|p| !implied(p)) {
             if let (Some(&a), Some(&b)) = (index.get(p.as_str()), index.get(e.template.as_str())) {
                 edge(
                     &mut svg,
