@@ -6,7 +6,7 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 
-.PHONY: help build venv demo test test-unit test-wasi test-integration lint bench clean
+.PHONY: help build venv demo test test-unit test-wasi test-integration lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,3 +49,6 @@ test-integration: build venv ## real Envoy + real filter + demo shop + real coll
 clean: ## remove build outputs and the virtualenv
 	cargo clean
 	rm -rf $(VENV)
+
+compose-test: build venv ## docker-compose harness: Envoy + filter + shop + collector + attack runner
+	bash integration/compose/compose-test.sh

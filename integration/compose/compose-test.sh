@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# make compose-test: Docker from Debian (installed if missing, dockerd started if not
+# running), images built locally, the stack up, the runner's checks, everything down.
+# Works with docker-compose v1 (Debian's) and `docker compose` v2.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root/integration/compose"
+
+if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose
+fi
+if ! docker info >/dev/null 2>&1; then
+  mkdir -p "$root/target"
+  (dockerd > "$root/target/dockerd.log" 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 "$root/target/dockerd.log"; exit 1; }
+fi
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  compose=(docker-compose)
+else
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose
+  compose=(docker-compose)
+fi
+echo "using: ${compose[*]} ($("${compose[@]}" version 2>/dev/null | head -n 1))"
+
+cargo build --release -q -p flowguard-collector -p flowguard-integration --bin shop --bin compose-check --bin probe
+bash "$root/integration/compose/build-images.sh"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export ENVOY_IMAGE=flowguard-local/envoy:1.40.0 FLOWGUARD_IMAGE=flowguard-local/flowguard:dev
+export FLOWGUARD_WASM=$root/target/flowguard.wasm ENVOY_PORT=$(free_port) ENVOY_ADMIN_PORT=$(free_port)
+project=flowguardtest$$
+run() { "${compose[@]}" -p "$project" "$@"; }
+cleanup() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then run logs --no-color --tail 60 || true; fi
+  run down -v --remove-orphans >/dev/null 2>&1 || true
+  exit $rc
+}
+trap cleanup EXIT
+
+run up -d shop collector envoy
+run run --rm runner
