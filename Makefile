@@ -52,3 +52,6 @@ clean: ## remove build outputs and the virtualenv
 
 compose-test: build venv ## docker-compose harness: Envoy + filter + shop + collector + attack runner
 	bash integration/compose/compose-test.sh
+
+oci: build ## the filter as an OCI image layout for Istio (target/oci/flowguard)
+	cargo run -q -p flowguard-integration --bin oci

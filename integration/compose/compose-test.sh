@@ -29,6 +29,27 @@ echo "using: ${compose[*]} ($("${compose[@]}" version 2>/dev/null | head -n 1))"
 cargo build --release -q -p flowguard-collector -p flowguard-integration --bin shop --bin compose-check --bin probe
 bash "$root/integration/compose/build-images.sh"
 
+# The filter's OCI image for Istio, built by Docker from envoy/oci/Dockerfile, inspected:
+# one layer, plugin.wasm at its root, byte for byte the filter.
+ctx=$(mktemp -d)
+cp "$root/target/flowguard.wasm" "$ctx/"
+docker build -q -f "$root/envoy/oci/Dockerfile" -t flowguard-local/flowguard-wasm:dev "$ctx" >/dev/null
+docker save flowguard-local/flowguard-wasm:dev | tar -x -C "$ctx"
+python3 - "$ctx" "$root/target/flowguard.wasm" <<'PY'
+import hashlib, json, sys, tarfile, os
+ctx, wasm = sys.argv[1], open(sys.argv[2], "rb").read()
+manifest = json.load(open(os.path.join(ctx, "manifest.json")))[0]
+layers = manifest["Layers"]
+assert len(layers) == 1, f"one layer, got {layers}"
+with tarfile.open(os.path.join(ctx, layers[0])) as t:
+    names = [m.name for m in t.getmembers() if m.isfile()]
+    assert names == ["plugin.wasm"], names
+    assert t.extractfile("plugin.wasm").read() == wasm
+image_id = hashlib.sha256(open(os.path.join(ctx, manifest["Config"]), "rb").read()).hexdigest()
+print(f"OCI image: 1 layer, plugin.wasm at the root, image sha256:{image_id}")
+PY
+rm -rf "$ctx"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export ENVOY_IMAGE=flowguard-local/envoy:1.40.0 FLOWGUARD_IMAGE=flowguard-local/flowguard:dev
 export FLOWGUARD_WASM=$root/target/flowguard.wasm ENVOY_PORT=$(free_port) ENVOY_ADMIN_PORT=$(free_port)

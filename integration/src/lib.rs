@@ -4,6 +4,7 @@
 
 pub mod collector;
 pub mod envoy;
+pub mod oci;
 pub mod patience;
 pub mod shop;
 pub mod shop_server;
