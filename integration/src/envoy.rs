@@ -194,22 +194,27 @@ fn run_dir() -> PathBuf {
 impl Envoy {
     /// Starts Envoy and waits until it is ready; on failure, the error carries its log.
     pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
+        Envoy::start_yaml(&bootstrap_yaml(cfg, &wasm_path()?), cfg.concurrency, "info")
+    }
+
+    /// Starts Envoy on a bootstrap of the caller's (its listener first; ports may be 0).
+    pub fn start_yaml(bootstrap: &str, concurrency: u32, log_level: &str) -> Result<Envoy, String> {
         let dir = run_dir();
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let yaml = dir.join("envoy.yaml");
-        std::fs::write(&yaml, bootstrap_yaml(cfg, &wasm_path()?)).map_err(|e| e.to_string())?;
+        std::fs::write(&yaml, bootstrap).map_err(|e| e.to_string())?;
         let admin_file = dir.join("admin.address");
         let log = dir.join("envoy.log");
         let child = Command::new(envoy_bin()?)
             .arg("-c")
             .arg(&yaml)
-            .args(["--concurrency", &cfg.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_file)
             .arg("--log-path")
             .arg(&log)
-            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .args(["-l", log_level])
             .args(["--file-flush-interval-msec", "100"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -296,12 +301,15 @@ impl Envoy {
         self.stat(&format!("wasmcustom.{name}"))
     }
 
-    /// Waits until flowguard has an active model (its policy version gauge is set).
+    /// Waits until flowguard has an active model (its policy version gauge is set by the
+    /// first VM that installs it), then for the other workers' next tick to install it too.
     pub fn wait_for_model(&self) -> Result<u64, String> {
-        eventually("a learned model", || {
+        let version = eventually("a learned model", || {
             let v = self.metric("flowguard.policy.version");
             (v > 0).then_some(v)
-        })
+        })?;
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(version)
     }
 
     /// Resident memory of the Envoy process, in KiB.

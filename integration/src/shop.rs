@@ -47,6 +47,7 @@ pub fn router() -> Router {
         .route("/api/users", get(list_users))
         .route("/api/v1/menu", get(menu))
         .route("/api/internal/export", get(export))
+        .route("/api/catalog/{section}/items/{id}", get(catalog_item))
         .layer(middleware::from_fn(echo_flowguard_headers))
         .with_state(Arc::new(Shop::default()))
 }
@@ -146,6 +147,11 @@ async fn list_users() -> Json<Value> {
             "card": "4111 1111 1111 1111",
         }))
         .collect::<Vec<_>>()))
+}
+
+/// A catalogue of many sections: the benchmark's wide API (60 endpoint templates).
+async fn catalog_item(Path((section, id)): Path<(String, u64)>) -> Json<Value> {
+    Json(json!({"section": section, "id": id, "price": 100 + id % 900}))
 }
 
 /// A forgotten internal endpoint nobody's front end calls: a shadow API.

@@ -1,0 +1,254 @@
+//! `make bench`: flowguard's cost inside Envoy against the floor and the alternatives.
+//!
+//! Every variant runs in its own Envoy (`--concurrency 1`); wrk measures them interleaved
+//! (A B C … A B C …) so drift hits all alike, and the median round is reported with its
+//! ratio to Envoy without any Wasm filter. Results go to bench/results/.
+
+use flowguard_integration::envoy::{repo_root, Envoy};
+use flowguard_integration::shop_server::ShopServer;
+use serde_json::json;
+use std::process::Command;
+
+const ROUNDS: usize = 3;
+const SECONDS: u32 = 4;
+const CONNECTIONS: u32 = 16;
+const ENDPOINTS: usize = 60;
+const SESSIONS: usize = 10_000;
+
+/// A policy of realistic size: 60 templates, every transition known, generous limits.
+fn policy() -> serde_json::Value {
+    let templates: Vec<String> = (0..ENDPOINTS).map(|i| format!("GET /api/catalog/s{i}/items/{{id}}")).collect();
+    let limit = json!({"p50": 1, "p90": 2, "p99": 3, "limit": 100000});
+    let endpoints: Vec<_> = templates
+        .iter()
+        .map(|t| json!({"template": t, "entry": true, "sessions": 100, "successes": 100, "rate": limit, "distinct_ids": limit}))
+        .collect();
+    let mut transitions: Vec<_> = templates.iter().map(|t| json!({"from": "^", "to": t, "count": 10})).collect();
+    for a in &templates {
+        for b in &templates {
+            transitions.push(json!({"from": a, "to": b, "count": 10}));
+        }
+    }
+    json!({"version": 1, "window_s": 10, "endpoints": endpoints, "transitions": transitions,
+           "session_rate": limit, "auth_failures": {"p50": 0, "p90": 0, "p99": 0, "limit": 100000}})
+}
+
+fn flowguard_config(mode: &str) -> String {
+    json!({"mode": mode, "session": {"capacity": 16384}, "policy": policy()}).to_string()
+}
+
+fn wasm_filter(path: &str, config: &str) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: bench
+                root_id: bench
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {}
+                vm_config:
+                  vm_id: bench
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {path} }} }}
+"#,
+        serde_json::to_string(config).unwrap_or_default()
+    )
+}
+
+const RATELIMIT: &str = r#"          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench
+              token_bucket: { max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }
+              filter_enabled: { runtime_key: rl_enabled, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: rl_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
+"#;
+
+fn bootstrap(filters: &str, upstream: Option<std::net::SocketAddr>) -> String {
+    let route = match upstream {
+        Some(_) => "route: { cluster: upstream }".to_owned(),
+        None => r#"direct_response: { status: 200, body: { inline_string: "ok" } }"#.to_owned(),
+    };
+    let cluster = upstream.map_or(String::new(), |a| {
+        format!(
+            r#"  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
+"#,
+            a.ip(),
+            a.port()
+        )
+    });
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                {route}
+          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{cluster}"#
+    )
+}
+
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_latency(s: &str) -> Option<f64> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v,
+        "ms" => v * 1000.0,
+        "s" => v * 1_000_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, seconds: u32) -> Result<Sample, String> {
+    let script = repo_root().join("bench/mix.lua");
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("wrk: {e} (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_owned));
+    let rps = field("Requests/sec:").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no throughput in:\n{text}"))?;
+    let p50 = field("50%").and_then(|v| parse_latency(&v)).ok_or("no p50")?;
+    let p99 = field("99%").and_then(|v| parse_latency(&v)).ok_or("no p99")?;
+    if text.contains("Non-2xx") {
+        eprintln!("  note: {}", text.lines().find(|l| l.contains("Non-2xx")).unwrap_or(""));
+    }
+    Ok(Sample { rps, p50_us: p50, p99_us: p99 })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let root = repo_root();
+    let noop = root.join("target/wasm32-wasip1/release/flowguard_bench_noop.wasm");
+    let fg = root.join("target/flowguard.wasm");
+    for p in [&noop, &fg] {
+        if !p.exists() {
+            return Err(format!("{} missing: run `make bench`", p.display()));
+        }
+    }
+    let (noop, fg) = (noop.display().to_string(), fg.display().to_string());
+    let shop = ShopServer::start().map_err(|e| e.to_string())?;
+    let variants: Vec<(&str, String)> = vec![
+        ("no Wasm filter", String::new()),
+        ("empty Wasm filter", wasm_filter(&noop, "")),
+        ("native local_ratelimit", RATELIMIT.to_owned()),
+        ("flowguard learn", wasm_filter(&fg, &flowguard_config("learn"))),
+        ("flowguard monitor", wasm_filter(&fg, &flowguard_config("monitor"))),
+        ("flowguard enforce", wasm_filter(&fg, &flowguard_config("enforce"))),
+    ];
+    let mut rows = Vec::new();
+    let mut table = format!(
+        "| scenario | variant | requests/s | ratio to no filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|\n"
+    );
+    for (scenario, upstream) in [("direct", None), ("proxied", Some(shop.addr))] {
+        let envoys: Vec<Envoy> = variants
+            .iter()
+            .map(|(_, f)| Envoy::start_yaml(&bootstrap(f, upstream), 1, "warning"))
+            .collect::<Result<_, _>>()?;
+        // Warm up: JIT, connection pools, and 10,000 live sessions in each slot table.
+        for e in &envoys {
+            wrk(&e.url, 2)?;
+        }
+        let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+        for round in 0..ROUNDS {
+            for (i, e) in envoys.iter().enumerate() {
+                let s = wrk(&e.url, SECONDS)?;
+                eprintln!("{scenario} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs", variants[i].0, s.rps, s.p50_us, s.p99_us);
+                samples[i].push(s);
+            }
+        }
+        let meds: Vec<(f64, f64, f64)> = samples
+            .iter()
+            .map(|s| {
+                (
+                    median(s.iter().map(|x| x.rps).collect()),
+                    median(s.iter().map(|x| x.p50_us).collect()),
+                    median(s.iter().map(|x| x.p99_us).collect()),
+                )
+            })
+            .collect();
+        let (base_rps, _, base_p99) = meds[0];
+        for ((name, _), (rps, p50, p99)) in variants.iter().zip(&meds) {
+            let ratio = rps / base_rps;
+            table += &format!(
+                "| {scenario} | {name} | {rps:.0} | {ratio:.2} | {p50:.0} | {p99:.0} | {:+.0} |\n",
+                p99 - base_p99
+            );
+            rows.push(json!({"scenario": scenario, "variant": name, "rps": rps, "ratio": ratio, "p50_us": p50, "p99_us": p99}));
+        }
+        if let Some(e) = envoys.last() {
+            let sessions = e.metric("flowguard.sessions.new");
+            eprintln!("{scenario}: flowguard enforce saw {sessions} sessions ({SESSIONS} in the mix)");
+        }
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let header = format!(
+        "# flowguard benchmark\n\nCommit `{commit}`; Envoy 1.40.0 `--concurrency 1`; `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, {ROUNDS} interleaved rounds, median shown. \
+         Request mix: {ENDPOINTS} endpoint templates × 1000 ids, {SESSIONS} rotating session cookies (`bench/mix.lua`); flowguard runs an inline policy of {ENDPOINTS} endpoints and {} transitions, with {SESSIONS} live sessions in its slot table. \
+         `direct`: Envoy answers itself (only filter cost shows); `proxied`: Envoy forwards to the demo shop on the same 2 cores.\n\n",
+        ENDPOINTS * ENDPOINTS + ENDPOINTS
+    );
+    std::fs::write(dir.join("results.md"), format!("{header}{table}")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json!({"commit": commit, "connections": CONNECTIONS, "rows": rows})).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("{header}{table}");
+    Ok(())
+}
