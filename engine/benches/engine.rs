@@ -11,13 +11,30 @@ use flowguard_engine::verdict::{evaluate, Request};
 use std::hint::black_box;
 
 fn policy() -> Policy {
-    let limit = Some(Limit { p50: 1, p90: 2, p99: 3, limit: 100_000 });
-    let templates: Vec<String> = (0..60).map(|i| format!("GET /api/catalog/s{i}/items/{{id}}")).collect();
-    let mut transitions: Vec<Transition> =
-        templates.iter().map(|t| Transition { from: START.into(), to: t.clone(), count: 1 }).collect();
+    let limit = Some(Limit {
+        p50: 1,
+        p90: 2,
+        p99: 3,
+        limit: 100_000,
+    });
+    let templates: Vec<String> = (0..60)
+        .map(|i| format!("GET /api/catalog/s{i}/items/{{id}}"))
+        .collect();
+    let mut transitions: Vec<Transition> = templates
+        .iter()
+        .map(|t| Transition {
+            from: START.into(),
+            to: t.clone(),
+            count: 1,
+        })
+        .collect();
     for a in &templates {
         for b in &templates {
-            transitions.push(Transition { from: a.clone(), to: b.clone(), count: 1 });
+            transitions.push(Transition {
+                from: a.clone(),
+                to: b.clone(),
+                count: 1,
+            });
         }
     }
     Policy {
@@ -31,7 +48,11 @@ fn policy() -> Policy {
                 entry: true,
                 rate: limit,
                 distinct_ids: limit,
-                prerequisites: if i > 0 { vec![templates[0].clone()] } else { vec![] },
+                prerequisites: if i > 0 {
+                    vec![templates[0].clone()]
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             })
             .collect(),
@@ -49,7 +70,13 @@ fn benches(c: &mut Criterion) {
     let normaliser = Normaliser::default();
     let mut out = String::with_capacity(128);
     c.bench_function("normalise GET /api/catalog/s17/items/4242?x=1", |b| {
-        b.iter(|| normaliser.normalise(black_box("GET"), black_box("/api/catalog/s17/items/4242?x=1"), &mut out))
+        b.iter(|| {
+            normaliser.normalise(
+                black_box("GET"),
+                black_box("/api/catalog/s17/items/4242?x=1"),
+                &mut out,
+            )
+        })
     });
 
     let mut slot = Slot::new(42, 1_700_000_000, 1);
@@ -57,13 +84,20 @@ fn benches(c: &mut Criterion) {
     slot.record_response(0, 200, 1_700_000_000_000, 300_000);
     let bytes = slot.encode();
     c.bench_function("slot encode", |b| b.iter(|| black_box(&slot).encode()));
-    c.bench_function("slot decode", |b| b.iter(|| Slot::decode(black_box(&bytes))));
+    c.bench_function("slot decode", |b| {
+        b.iter(|| Slot::decode(black_box(&bytes)))
+    });
 
     let mut t = 1_700_000_000_100u64;
     c.bench_function("verdict (60-endpoint model, record + decide)", |b| {
         b.iter(|| {
             t += 7;
-            let req = Request { endpoint: Some((t % 60) as u16), id: Some(t), now_ms: t, ..Default::default() };
+            let req = Request {
+                endpoint: Some((t % 60) as u16),
+                id: Some(t),
+                now_ms: t,
+                ..Default::default()
+            };
             let mut s = slot;
             black_box(evaluate(Some(&model), &settings, &mut s, &req))
         })

@@ -34,6 +34,8 @@ struct Pending {
     fingerprint: u64,
     endpoint: EndpointId,
     epoch: u32,
+    /// The endpoint had already succeeded in this session: another success changes nothing.
+    completed: bool,
 }
 
 pub struct Http {
@@ -163,12 +165,12 @@ fn should_inspect(w: &Worker, status: u16) -> bool {
             .ok()
             .flatten()
     };
+    // One header read for most answers; the length only for JSON ones.
     let json = header("content-type")
         .is_some_and(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
-    let fits = header("content-length")
+    json && header("content-length")
         .and_then(|l| std::str::from_utf8(&l).ok()?.trim().parse::<u64>().ok())
-        .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes));
-    json && fits
+        .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes))
 }
 
 fn on_request(
@@ -270,6 +272,7 @@ fn on_request(
             fingerprint,
             endpoint,
             epoch: located.slot.model_version,
+            completed: located.slot.completed.contains(endpoint),
         });
         decided = Some(verdict);
         break;
@@ -419,7 +422,9 @@ fn block(
 
 fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
     let auth_failure = is_auth_failure(status);
-    if !is_success(status) && !auth_failure {
+    // Only a first success or an auth failure changes the slot (learning counts them all).
+    let learning = w.model.is_none();
+    if (!is_success(status) && !auth_failure) || (p.completed && !auth_failure && !learning) {
         return Ok(());
     }
     let now_ms = host::now_ms()?;

@@ -30,6 +30,11 @@ pub struct Metrics {
     rules: [Option<u32>; Rule::ALL.len()],
 }
 
+thread_local! {
+    /// Counter increments not yet reported (a VM is single-threaded; ~30 entries).
+    static PENDING: std::cell::RefCell<Vec<(u32, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn counter(name: &str) -> Option<u32> {
     host::define_metric(MetricType::Counter, name).ok()
 }
@@ -66,15 +71,35 @@ impl Metrics {
     }
 
     pub fn inc(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = host::increment_metric(id, 1);
-        }
+        Metrics::add(id, 1);
     }
 
+    /// Counts locally; `flush` (on tick) hands the sums to Envoy, so the request path
+    /// makes no host call for metrics.
     pub fn add(id: Option<u32>, by: u64) {
-        if let Some(id) = id {
-            let _ = host::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
-        }
+        let Some(id) = id else { return };
+        PENDING.with(|p| {
+            let Ok(mut p) = p.try_borrow_mut() else {
+                return;
+            };
+            match p.iter_mut().find(|(k, _)| *k == id) {
+                Some((_, n)) => *n = n.saturating_add(by),
+                None => p.push((id, by)),
+            }
+        });
+    }
+
+    /// Reports the counts accumulated since the last flush.
+    pub fn flush() {
+        PENDING.with(|p| {
+            let Ok(mut p) = p.try_borrow_mut() else {
+                return;
+            };
+            for (id, n) in p.iter_mut().filter(|(_, n)| *n > 0) {
+                let _ = host::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                *n = 0;
+            }
+        });
     }
 
     pub fn set(id: Option<u32>, value: u64) {

@@ -19,6 +19,7 @@ pub fn run(w: &mut Worker) {
             &format!("flowguard: tick: host error {e:?}"),
         );
     }
+    Metrics::flush();
 }
 
 fn step(w: &mut Worker) -> HostResult<()> {

@@ -296,9 +296,16 @@ impl Envoy {
             .unwrap_or(0)
     }
 
-    /// A flowguard metric (`flowguard.…`), as Envoy names custom Wasm metrics.
+    /// A flowguard metric (`flowguard.…`), as Envoy names custom Wasm metrics, now.
     pub fn metric(&self, name: &str) -> u64 {
         self.stat(&format!("wasmcustom.{name}"))
+    }
+
+    /// A flowguard counter once everything before this call is counted: the filter counts
+    /// per worker and reports on its tick (every `learning.tick_ms`, 100-200 ms in tests).
+    pub fn counter(&self, name: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(350));
+        self.metric(name)
     }
 
     /// Waits until flowguard has an active model (its policy version gauge is set by the

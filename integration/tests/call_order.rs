@@ -70,8 +70,8 @@ fn confirm_without_successful_payment_is_blocked() {
             customer.calls
         );
     }
-    assert!(envoy.metric("flowguard.rule.order.missing_prerequisite") >= 2);
-    assert!(envoy.metric("flowguard.local_replies") >= 2);
+    assert!(envoy.counter("flowguard.rule.order.missing_prerequisite") >= 2);
+    assert!(envoy.counter("flowguard.local_replies") >= 2);
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn monitor_forwards_the_attack_with_a_block_verdict() {
         "{:?}",
         customer.calls
     );
-    assert_eq!(envoy.metric("flowguard.local_replies"), 0);
+    assert_eq!(envoy.counter("flowguard.local_replies"), 0);
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn client_sent_flowguard_headers_never_reach_the_upstream() {
                 "the filter's own verdict replaces the forged one"
             );
             assert_eq!(
-                envoy.metric("flowguard.policy.version"),
+                envoy.counter("flowguard.policy.version"),
                 7,
                 "an inline policy is active at once"
             );

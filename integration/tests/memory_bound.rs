@@ -29,7 +29,7 @@ fn rotate_sessions(url: &str, from: u64, to: u64) {
 fn two_hundred_thousand_session_ids_stay_within_capacity() {
     let shop = ShopServer::start().expect("shop starts");
     let json = format!(
-        r#"{{"mode":"enforce","session":{{"capacity":{CAPACITY}}},
+        r#"{{"mode":"enforce","session":{{"capacity":{CAPACITY}}},"learning":{{"tick_ms":100}},
             "policy":{{"version":1,"endpoints":[{{"template":"GET /api/menu","entry":true}}],
                        "transitions":[{{"from":"^","to":"GET /api/menu","count":1}}]}}}}"#
     );
@@ -42,8 +42,8 @@ fn two_hundred_thousand_session_ids_stay_within_capacity() {
     let rss_end = envoy.rss_kib();
     let elapsed = started.elapsed();
 
-    let new = envoy.metric("flowguard.sessions.new");
-    let evicted = envoy.metric("flowguard.slots.evictions");
+    let new = envoy.counter("flowguard.sessions.new");
+    let evicted = envoy.counter("flowguard.slots.evictions");
     eprintln!(
         "200000 sessions in {elapsed:?}: new {new}, evicted {evicted}, RSS {rss_warm} KiB -> {rss_end} KiB"
     );

@@ -72,7 +72,7 @@ fn every_attack_is_caught_and_normal_traffic_replays_with_zero_false_blocks() {
         caught <= ids_limit + 10,
         "caught after {caught} ids (limit {ids_limit})"
     );
-    assert!(world.envoy.metric("flowguard.rule.rate.enumeration") >= 1);
+    assert!(world.envoy.counter("flowguard.rule.rate.enumeration") >= 1);
 
     // inventory: a shadow endpoint and a retired API version are flagged, not blocked.
     let mut explorer = Session::new(client);
@@ -97,21 +97,27 @@ fn every_attack_is_caught_and_normal_traffic_replays_with_zero_false_blocks() {
     );
 
     // response.sensitive_data: a listing leaking e-mails and cards is flagged and counted.
-    let before = world.envoy.metric("flowguard.rule.response.sensitive_data");
+    let before = world
+        .envoy
+        .counter("flowguard.rule.response.sensitive_data");
     explorer.menu();
     assert_eq!(
-        world.envoy.metric("flowguard.rule.response.sensitive_data"),
+        world
+            .envoy
+            .counter("flowguard.rule.response.sensitive_data"),
         before,
         "the menu is clean"
     );
     assert_eq!(explorer.call("GET", "/api/users", None).status, 200);
     assert_eq!(
-        world.envoy.metric("flowguard.rule.response.sensitive_data"),
+        world
+            .envoy
+            .counter("flowguard.rule.response.sensitive_data"),
         before + 1
     );
 
     // The learned normal traffic, played again: not one request blocked.
-    let blocks_before = world.envoy.metric("flowguard.local_replies");
+    let blocks_before = world.envoy.counter("flowguard.local_replies");
     for i in 0..40 {
         let mut s = Session::new(client);
         if i % 4 == 3 {
@@ -125,7 +131,10 @@ fn every_attack_is_caught_and_normal_traffic_replays_with_zero_false_blocks() {
             s.calls
         );
     }
-    assert_eq!(world.envoy.metric("flowguard.local_replies"), blocks_before);
+    assert_eq!(
+        world.envoy.counter("flowguard.local_replies"),
+        blocks_before
+    );
 }
 
 #[test]
@@ -140,7 +149,7 @@ fn credential_stuffing_rotating_cookies_is_caught_by_address() {
         statuses[caught..].iter().all(|s| *s == 429),
         "stays blocked: {statuses:?}"
     );
-    assert!(world.envoy.metric("flowguard.rule.auth.failures") >= 1);
+    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
 }
 
 #[test]
@@ -173,8 +182,8 @@ fn monitor_forwards_rate_and_enumeration_attacks_with_their_verdicts() {
 
     let statuses = traffic::credential_stuffing(&world.client, 50);
     assert!(statuses.iter().all(|s| *s == 401));
-    assert_eq!(world.envoy.metric("flowguard.local_replies"), 0);
-    assert!(world.envoy.metric("flowguard.rule.auth.failures") >= 1);
+    assert_eq!(world.envoy.counter("flowguard.local_replies"), 0);
+    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
 }
 
 #[test]
@@ -203,7 +212,7 @@ fn a_flood_over_50_connections_and_2_workers_stays_within_the_limit() {
     });
     let secs = started.elapsed().as_secs_f64();
     let budget = limit + (limit as f64 * secs / 10.0).ceil() as usize;
-    let conflicts = world.envoy.metric("flowguard.slots.conflicts");
+    let conflicts = world.envoy.counter("flowguard.slots.conflicts");
     eprintln!("2000 requests in {secs:.2} s: {allowed} allowed, budget {budget}, slot conflicts {conflicts}");
     // Slack: a request whose slot write lost every compare-and-swap is decided but not
     // counted; at most one per conflict.

@@ -46,7 +46,7 @@ fn events_arrive_in_the_collector_and_are_queryable() {
     let envoy = envoy_with(&reporting("monitor", QUICK, ""), &shop, &collector);
     let client = Client::new(&envoy.url);
     traffic::play_normal(&client, 20);
-    let requests = envoy.metric("flowguard.requests");
+    let requests = envoy.counter("flowguard.requests");
     let stored = eventually("every event stored", || {
         let (events, _, _) = collector.stats().ok()?;
         (events >= requests).then_some(events)
@@ -56,9 +56,9 @@ fn events_arrive_in_the_collector_and_are_queryable() {
         stored, requests,
         "sample_rate 1.0 reports each request once"
     );
-    assert_eq!(envoy.metric("flowguard.telemetry.sent"), requests);
+    assert_eq!(envoy.counter("flowguard.telemetry.sent"), requests);
     assert_eq!(
-        envoy.metric("flowguard.telemetry.dropped") + envoy.metric("flowguard.telemetry.failed"),
+        envoy.counter("flowguard.telemetry.dropped") + envoy.counter("flowguard.telemetry.failed"),
         0
     );
 }
@@ -92,7 +92,7 @@ fn two_proxies_learn_one_fleet_policy_and_block_the_same_attack() {
             version > 1_000_000,
             "a collector version (time-based), got {version}"
         );
-        assert_eq!(envoy.metric("flowguard.policy.refused"), 0);
+        assert_eq!(envoy.counter("flowguard.policy.refused"), 0);
         let client = Client::new(&envoy.url);
         let mut attacker = Session::new(&client);
         assert_eq!(
@@ -166,8 +166,8 @@ fn a_dead_collector_costs_requests_nothing_and_reporting_resumes() {
         "median {during:?} with the collector down, {before:?} before"
     );
     let lost = eventually("the outage's events to be counted", || {
-        let n = envoy.metric("flowguard.telemetry.failed")
-            + envoy.metric("flowguard.telemetry.dropped");
+        let n = envoy.counter("flowguard.telemetry.failed")
+            + envoy.counter("flowguard.telemetry.dropped");
         (n > 0).then_some(n)
     })
     .expect("drops counted");
@@ -202,11 +202,11 @@ fn no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_write() {
             }
         });
         eventually("batches to flow", || {
-            (envoy.metric("flowguard.telemetry.sent") > 200).then_some(())
+            (envoy.counter("flowguard.telemetry.sent") > 200).then_some(())
         })
         .expect("telemetry flowing");
         collector.kill(); // SIGKILL while batches are being written
-        let acked = envoy.metric("flowguard.telemetry.sent");
+        let acked = envoy.counter("flowguard.telemetry.sent");
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         acked

@@ -89,18 +89,18 @@ fn corrupt_oversized_and_lying_policies_are_refused_and_the_filter_carries_on() 
         cfg.collector = Some(addr);
         let envoy = Envoy::start(&cfg).expect("Envoy starts");
         eventually(what, || {
-            (envoy.metric("flowguard.policy.refused") > 0).then_some(())
+            (envoy.counter("flowguard.policy.refused") > 0).then_some(())
         })
         .unwrap_or_else(|e| panic!("{what}: {e}\n{}", envoy.log()));
         still_serving(&envoy);
         assert_eq!(
-            envoy.metric("flowguard.policy.updates"),
+            envoy.counter("flowguard.policy.updates"),
             0,
             "{what} was never installed"
         );
-        assert!(envoy.metric("flowguard.policy.version") < 7, "{what}");
+        assert!(envoy.counter("flowguard.policy.version") < 7, "{what}");
         assert!(
-            envoy.metric("flowguard.telemetry.failed") > 0,
+            envoy.counter("flowguard.telemetry.failed") > 0,
             "unstored batches are counted as failed"
         );
     }
@@ -113,8 +113,8 @@ fn an_unknown_collector_cluster_is_counted_not_fatal() {
     let envoy = Envoy::start(&EnvoyConfig::new(&json, shop.addr)).expect("Envoy starts");
     still_serving(&envoy);
     eventually("failures counted", || {
-        (envoy.metric("flowguard.telemetry.failed") > 0
-            && envoy.metric("flowguard.policy.poll_failed") > 0)
+        (envoy.counter("flowguard.telemetry.failed") > 0
+            && envoy.counter("flowguard.policy.poll_failed") > 0)
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));

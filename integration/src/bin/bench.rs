@@ -9,7 +9,7 @@ use flowguard_integration::shop_server::ShopServer;
 use serde_json::json;
 use std::process::Command;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
 const CONNECTIONS: u32 = 16;
 const ENDPOINTS: usize = 60;
@@ -17,13 +17,18 @@ const SESSIONS: usize = 10_000;
 
 /// A policy of realistic size: 60 templates, every transition known, generous limits.
 fn policy() -> serde_json::Value {
-    let templates: Vec<String> = (0..ENDPOINTS).map(|i| format!("GET /api/catalog/s{i}/items/{{id}}")).collect();
+    let templates: Vec<String> = (0..ENDPOINTS)
+        .map(|i| format!("GET /api/catalog/s{i}/items/{{id}}"))
+        .collect();
     let limit = json!({"p50": 1, "p90": 2, "p99": 3, "limit": 100000});
     let endpoints: Vec<_> = templates
         .iter()
         .map(|t| json!({"template": t, "entry": true, "sessions": 100, "successes": 100, "rate": limit, "distinct_ids": limit}))
         .collect();
-    let mut transitions: Vec<_> = templates.iter().map(|t| json!({"from": "^", "to": t, "count": 10})).collect();
+    let mut transitions: Vec<_> = templates
+        .iter()
+        .map(|t| json!({"from": "^", "to": t, "count": 10}))
+        .collect();
     for a in &templates {
         for b in &templates {
             transitions.push(json!({"from": a, "to": b, "count": 10}));
@@ -34,7 +39,7 @@ fn policy() -> serde_json::Value {
 }
 
 fn flowguard_config(mode: &str) -> String {
-    json!({"mode": mode, "session": {"capacity": 16384}, "policy": policy()}).to_string()
+    json!({"mode": mode, "session": {"capacity": 32768}, "policy": policy()}).to_string()
 }
 
 fn wasm_filter(path: &str, config: &str) -> String {
@@ -124,7 +129,9 @@ struct Sample {
 }
 
 fn parse_latency(s: &str) -> Option<f64> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let (num, unit) = s
+        .trim()
+        .split_at(s.trim().find(|c: char| c.is_ascii_alphabetic())?);
     let v: f64 = num.parse().ok()?;
     Some(match unit {
         "us" => v,
@@ -137,20 +144,46 @@ fn parse_latency(s: &str) -> Option<f64> {
 fn wrk(url: &str, seconds: u32) -> Result<Sample, String> {
     let script = repo_root().join("bench/mix.lua");
     let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(&script)
         .arg(url)
         .output()
         .map_err(|e| format!("wrk: {e} (apt-get install wrk)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_owned));
-    let rps = field("Requests/sec:").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no throughput in:\n{text}"))?;
-    let p50 = field("50%").and_then(|v| parse_latency(&v)).ok_or("no p50")?;
-    let p99 = field("99%").and_then(|v| parse_latency(&v)).ok_or("no p99")?;
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no throughput in:\n{text}"))?;
+    let p50 = field("50%")
+        .and_then(|v| parse_latency(&v))
+        .ok_or("no p50")?;
+    let p99 = field("99%")
+        .and_then(|v| parse_latency(&v))
+        .ok_or("no p99")?;
     if text.contains("Non-2xx") {
-        eprintln!("  note: {}", text.lines().find(|l| l.contains("Non-2xx")).unwrap_or(""));
+        eprintln!(
+            "  note: {}",
+            text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("")
+        );
     }
-    Ok(Sample { rps, p50_us: p50, p99_us: p99 })
+    Ok(Sample {
+        rps,
+        p50_us: p50,
+        p99_us: p99,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,9 +213,18 @@ fn run() -> Result<(), String> {
         ("no Wasm filter", String::new()),
         ("empty Wasm filter", wasm_filter(&noop, "")),
         ("native local_ratelimit", RATELIMIT.to_owned()),
-        ("flowguard learn", wasm_filter(&fg, &flowguard_config("learn"))),
-        ("flowguard monitor", wasm_filter(&fg, &flowguard_config("monitor"))),
-        ("flowguard enforce", wasm_filter(&fg, &flowguard_config("enforce"))),
+        (
+            "flowguard learn",
+            wasm_filter(&fg, &flowguard_config("learn")),
+        ),
+        (
+            "flowguard monitor",
+            wasm_filter(&fg, &flowguard_config("monitor")),
+        ),
+        (
+            "flowguard enforce",
+            wasm_filter(&fg, &flowguard_config("enforce")),
+        ),
     ];
     let mut rows = Vec::new();
     let mut table = format!(
@@ -201,7 +243,10 @@ fn run() -> Result<(), String> {
         for round in 0..ROUNDS {
             for (i, e) in envoys.iter().enumerate() {
                 let s = wrk(&e.url, SECONDS)?;
-                eprintln!("{scenario} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs", variants[i].0, s.rps, s.p50_us, s.p99_us);
+                eprintln!(
+                    "{scenario} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs",
+                    variants[i].0, s.rps, s.p50_us, s.p99_us
+                );
                 samples[i].push(s);
             }
         }
@@ -226,7 +271,9 @@ fn run() -> Result<(), String> {
         }
         if let Some(e) = envoys.last() {
             let sessions = e.metric("flowguard.sessions.new");
-            eprintln!("{scenario}: flowguard enforce saw {sessions} sessions ({SESSIONS} in the mix)");
+            eprintln!(
+                "{scenario}: flowguard enforce saw {sessions} sessions ({SESSIONS} in the mix)"
+            );
         }
     }
     let commit = Command::new("git")
@@ -243,10 +290,14 @@ fn run() -> Result<(), String> {
          `direct`: Envoy answers itself (only filter cost shows); `proxied`: Envoy forwards to the demo shop on the same 2 cores.\n\n",
         ENDPOINTS * ENDPOINTS + ENDPOINTS
     );
-    std::fs::write(dir.join("results.md"), format!("{header}{table}")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("results.md"), format!("{header}{table}"))
+        .map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"commit": commit, "connections": CONNECTIONS, "rows": rows})).unwrap_or_default(),
+        serde_json::to_string_pretty(
+            &json!({"commit": commit, "connections": CONNECTIONS, "rows": rows}),
+        )
+        .unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
     println!("{header}{table}");

@@ -177,6 +177,7 @@ fn main() {
         "\n3. Envoy's counters (admin {}/stats?filter=flowguard):",
         world.envoy.admin
     );
+    std::thread::sleep(std::time::Duration::from_millis(450));
     for name in [
         "requests",
         "verdict.allow",
@@ -253,6 +254,8 @@ fn fail(e: &str) -> ! {
 }
 
 fn rule_counts(envoy: &Envoy) -> Vec<u64> {
+    // Counters reach Envoy on the filter's tick (200 ms here).
+    std::thread::sleep(std::time::Duration::from_millis(450));
     Rule::ALL
         .iter()
         .map(|r| envoy.metric(&format!("flowguard.rule.{}", r.id())))
