@@ -227,9 +227,7 @@ fn run() -> Result<(), String> {
         ),
     ];
     let mut rows = Vec::new();
-    let mut table = format!(
-        "| scenario | variant | requests/s | ratio to no filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|\n"
-    );
+    let mut table = "| scenario | variant | requests/s | ratio to no filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|\n".to_string();
     for (scenario, upstream) in [("direct", None), ("proxied", Some(shop.addr))] {
         let envoys: Vec<Envoy> = variants
             .iter()
