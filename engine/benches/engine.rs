@@ -1,7 +1,7 @@
 //! Engine micro-benchmarks: what one request costs flowguard's logic, natively, without
 //! any host call. Targets: the per-request verdict under 1 µs; a slot of at most 128 bytes.
-use criterion::{criterion_group, criterion_main, Criterion};
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // benchmark setup, like a test
+use criterion::{criterion_group, criterion_main, Criterion};
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::learn::LearnStats;
