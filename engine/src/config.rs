@@ -111,6 +111,10 @@ pub struct EndpointSettings {
     pub retire_after_s: u32,
     /// Query parameters whose values count as identifiers for `rate.enumeration`.
     pub id_params: Vec<String>,
+    /// The upstream ignores case in paths: templates are built from the lower-cased path.
+    pub case_insensitive: bool,
+    /// The upstream honours `x-http-method-override`: its value is the method rules see.
+    pub method_override: bool,
 }
 
 /// The action of each rule in `enforce`.
@@ -363,6 +367,10 @@ struct RawEndpoints {
     retire_after_s: Option<i64>,
     #[serde(default)]
     id_params: Vec<String>,
+    #[serde(default)]
+    case_insensitive: bool,
+    #[serde(default)]
+    method_override: bool,
 }
 
 /// A rule's configuration: an action, or an object with the action and thresholds.
@@ -608,6 +616,8 @@ impl TryFrom<Raw> for Settings {
                 )?,
             )?,
             id_params: e.id_params,
+            case_insensitive: e.case_insensitive,
+            method_override: e.method_override,
         };
         Ok(Settings {
             mode: raw.mode,

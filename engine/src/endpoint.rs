@@ -74,6 +74,7 @@ pub struct Normaliser {
     declared: Vec<DeclaredTemplate>,
     variable_prefixes: HashSet<String>,
     id_params: Vec<String>,
+    case_insensitive: bool,
 }
 
 impl Normaliser {
@@ -82,7 +83,14 @@ impl Normaliser {
             declared,
             variable_prefixes,
             id_params: Vec::new(),
+            case_insensitive: false,
         }
+    }
+
+    /// Builds templates from the lower-cased path, for upstreams that ignore case.
+    pub fn case_insensitive(mut self, on: bool) -> Self {
+        self.case_insensitive = on;
+        self
     }
 
     /// Also treats these query parameters' values as identifiers (`?page=3`).
@@ -101,6 +109,13 @@ impl Normaliser {
         out.push(' ');
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let path = path.split('#').next().unwrap_or("");
+        let lowered;
+        let path = if self.case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = path.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            path
+        };
         let mut ids = IdHash::default();
         let Some(segments) = canonical_segments(path) else {
             out.push_str("/{overlong}");
@@ -242,6 +257,17 @@ mod tests {
         let mut out = String::new();
         n.normalise(method, path, &mut out);
         out
+    }
+
+    #[test]
+    fn case_folds_only_when_the_upstream_ignores_case() {
+        let mut out = String::new();
+        Normaliser::default().normalise("GET", "/API/Menu", &mut out);
+        assert_eq!(out, "GET /API/Menu");
+        Normaliser::default()
+            .case_insensitive(true)
+            .normalise("GET", "/API/Menu", &mut out);
+        assert_eq!(out, "GET /api/menu");
     }
 
     #[test]

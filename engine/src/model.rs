@@ -103,7 +103,8 @@ impl Model {
                 settings.endpoints.templates.clone(),
                 policy.variable_prefixes.iter().cloned().collect(),
             )
-            .with_id_params(settings.endpoints.id_params.clone()),
+            .with_id_params(settings.endpoints.id_params.clone())
+            .case_insensitive(settings.endpoints.case_insensitive),
             window_ms: policy.window_s.saturating_mul(1000),
             auth_window_ms: limits.auth_window_s.saturating_mul(1000),
             session_rate: configured(limits.session_rate.limit, policy.session_rate),

@@ -204,11 +204,15 @@ fn on_request(
         .model
         .as_ref()
         .map_or(&w.base_normaliser, |m| &m.normaliser);
-    let id = normaliser.normalise(
-        get(":method").unwrap_or("GET"),
-        get(":path").unwrap_or("/"),
-        &mut w.scratch.template,
-    );
+    // The method the upstream will serve: the override header only if it honours one.
+    let method = get(":method").unwrap_or("GET");
+    let method = match get("x-http-method-override") {
+        Some(m) if w.settings.endpoints.method_override && method.eq_ignore_ascii_case("POST") => {
+            m.trim()
+        }
+        _ => method,
+    };
+    let id = normaliser.normalise(method, get(":path").unwrap_or("/"), &mut w.scratch.template);
     let endpoint = w.endpoint_id()?;
     let learning = w.model.is_none();
     let check_address = w.model.as_ref().is_some_and(|m| m.checks_address(endpoint))

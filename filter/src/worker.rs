@@ -61,7 +61,8 @@ impl Worker {
 
         let base_normaliser =
             Normaliser::new(settings.endpoints.templates.clone(), Default::default())
-                .with_id_params(settings.endpoints.id_params.clone());
+                .with_id_params(settings.endpoints.id_params.clone())
+                .case_insensitive(settings.endpoints.case_insensitive);
         Worker {
             settings,
             metrics: Metrics::define(),

@@ -50,6 +50,8 @@ pub struct EnvoyConfig {
     pub collector: Option<SocketAddr>,
     /// Write a JSON access log here, in the format `flowguard learn --envoy-log` reads.
     pub access_log: Option<PathBuf>,
+    /// Envoy's `normalize_path` and `merge_slashes` (on by default, as the README advises).
+    pub normalize_path: bool,
 }
 
 impl EnvoyConfig {
@@ -60,6 +62,7 @@ impl EnvoyConfig {
             upstream,
             collector: None,
             access_log: None,
+            normalize_path: true,
         }
     }
 }
@@ -82,8 +85,8 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress{access_log}
-          normalize_path: true
-          merge_slashes: true
+          normalize_path: {normalize}
+          merge_slashes: {normalize}
           route_config:
             virtual_hosts:
             - name: api
@@ -120,6 +123,7 @@ static_resources:
 "#,
         ip = cfg.upstream.ip(),
         port = cfg.upstream.port(),
+        normalize = cfg.normalize_path,
         access_log = cfg
             .access_log
             .as_deref()

@@ -220,3 +220,40 @@ fn no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_write() {
         "{acknowledged} events were acknowledged, {stored} survived"
     );
 }
+
+#[test]
+fn the_collector_takes_telemetry_only_from_filters_with_its_token() {
+    let token = "s3cret-token-for-the-fleet";
+    let collector = Collector::start(
+        &scratch_db("token"),
+        &["--learn-interval-s", "0", "--token", token],
+    )
+    .expect("collector");
+    let shop = ShopServer::start().expect("shop");
+    let intruder = envoy_with(
+        &reporting("monitor", QUICK, r#","token":"wrong-token-0123456789""#),
+        &shop,
+        &collector,
+    );
+    let member = envoy_with(
+        &reporting("monitor", QUICK, &format!(r#","token":"{token}""#)),
+        &shop,
+        &collector,
+    );
+    traffic::play_normal(&Client::new(&intruder.url), 5);
+    eventually("the intruder's batches refused", || {
+        (intruder.counter("flowguard.telemetry.failed") > 0).then_some(())
+    })
+    .expect("refused and counted");
+    assert_eq!(
+        collector.stats().expect("stats").0,
+        0,
+        "nothing from a wrong token is stored"
+    );
+    assert_eq!(intruder.counter("flowguard.telemetry.sent"), 0);
+    traffic::play_normal(&Client::new(&member.url), 5);
+    eventually("the member's events stored", || {
+        (collector.stats().ok()?.0 > 0).then_some(())
+    })
+    .expect("stored");
+}

@@ -1,0 +1,133 @@
+//! Evasion: the endpoint a rule sees is the endpoint the upstream serves. Encodings,
+//! slashes, dot segments, path parameters, case, method override, HEAD and HTTP/2 all
+//! land on the same template and the same verdict, with Envoy's path normalisation on
+//! and off.
+
+use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::Client;
+use std::process::Command;
+
+/// An inline policy: confirming needs a successful payment.
+const POLICY: &str = r#""policy":{"version":3,"endpoints":[
+    {"template":"POST /api/orders/{id}/pay","entry":true},
+    {"template":"POST /api/orders/{id}/confirm","prerequisites":["POST /api/orders/{id}/pay"]},
+    {"template":"GET /api/menu","entry":true}],
+    "transitions":[{"from":"^","to":"POST /api/orders/{id}/pay","count":1},
+                   {"from":"^","to":"GET /api/menu","count":1},
+                   {"from":"POST /api/orders/{id}/pay","to":"POST /api/orders/{id}/confirm","count":1}]}"#;
+
+fn start(normalize: bool, extra: &str) -> (ShopServer, Envoy) {
+    let shop = ShopServer::start().expect("shop");
+    let json = format!(
+        r#"{{"mode":"enforce","endpoints":{{"case_insensitive":true,"method_override":true}}{extra},{POLICY}}}"#
+    );
+    let mut cfg = EnvoyConfig::new(&json, shop.addr);
+    cfg.normalize_path = normalize;
+    let envoy = Envoy::start(&cfg).expect("Envoy starts");
+    (shop, envoy)
+}
+
+/// Every spelling of "confirm order 7" a client might try, as (method, path, extra header).
+const CONFIRM_SPELLINGS: [(&str, &str, Option<(&str, &str)>); 7] = [
+    ("POST", "/api/orders/7/confirm", None),
+    ("POST", "/api/orders/%37/confirm", None),
+    ("POST", "//api//orders/7/confirm/", None),
+    ("POST", "/api/cart/../orders/7/confirm", None),
+    ("POST", "/api/orders/7;jsessionid=x/confirm", None),
+    ("POST", "/API/Orders/7/CONFIRM", None),
+    ("POST", "/api/orders/7/confirm?via=query", None),
+];
+
+#[test]
+fn every_spelling_of_a_skipped_step_is_blocked_with_and_without_envoy_normalisation() {
+    for normalize in [true, false] {
+        let (_shop, envoy) = start(normalize, "");
+        let client = Client::new(&envoy.url);
+        for (n, (method, path, header)) in CONFIRM_SPELLINGS.iter().enumerate() {
+            let cookie = format!("session=evader{n}");
+            let mut headers = vec![("cookie", cookie.as_str())];
+            headers.extend(header.iter().copied());
+            let reply = client.send(method, path, &headers, None);
+            assert_eq!(
+                reply.status, 403,
+                "normalize_path={normalize}: {method} {path} got {}",
+                reply.status
+            );
+        }
+        // The disguise: a POST the upstream will serve as confirm, dressed as a menu read.
+        let reply = client.send(
+            "POST",
+            "/api/orders/7/confirm",
+            &[
+                ("cookie", "session=override"),
+                ("x-http-method-override", "POST"),
+            ],
+            None,
+        );
+        assert_eq!(reply.status, 403, "method override");
+        // A legitimate flow still works: pay, then confirm (in another spelling, which the
+        // filter lets through; whether the shop itself accepts `//` is the shop's business).
+        let c = [("cookie", "session=honest")];
+        assert_eq!(
+            client.send("POST", "/api/orders/7/pay", &c, None).status,
+            200
+        );
+        let confirm = client.send("POST", "/api/orders/%37/confirm", &c, None);
+        assert_ne!(
+            confirm.status, 403,
+            "normalize_path={normalize}: {}",
+            confirm.body
+        );
+    }
+}
+
+#[test]
+fn head_and_http2_land_on_the_same_template() {
+    let (_shop, envoy) = start(true, "");
+    let client = Client::new(&envoy.url);
+    let get = client.send("GET", "/api/menu", &[("cookie", "session=h1")], None);
+    assert_eq!(get.upstream_verdict(), Some("allow"));
+    // HEAD is served as GET: no unknown endpoint.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-I",
+            "-H",
+            "cookie: session=head",
+        ])
+        .arg(format!("{}/api/menu", envoy.url))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // HTTP/2 (prior knowledge, h2c): the same verdict as HTTP/1.1.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .args(["-H", "cookie: session=h2"])
+        .arg(format!("{}/api/orders/7/confirm", envoy.url))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 403",
+        "HTTP/2 skip is blocked too"
+    );
+    assert_eq!(
+        envoy.counter("flowguard.rule.inventory.unknown_endpoint"),
+        0,
+        "HEAD was not an unknown endpoint"
+    );
+}
