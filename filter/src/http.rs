@@ -61,6 +61,8 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "crash-switch")]
+        crash_switch();
         let Ok(mut guard) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
@@ -467,4 +469,14 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
         }
     }
     Ok(())
+}
+
+/// Test builds only (`--features crash-switch`): a request carrying
+/// `x-flowguard-test-crash` panics the VM, so tests can watch Envoy's failure policy.
+#[cfg(feature = "crash-switch")]
+#[allow(clippy::panic)]
+fn crash_switch() {
+    if let Ok(Some(_)) = host::header(MapType::HttpRequestHeaders, "x-flowguard-test-crash") {
+        panic!("crash switch pulled");
+    }
 }

@@ -52,6 +52,10 @@ pub struct EnvoyConfig {
     pub access_log: Option<PathBuf>,
     /// Envoy's `normalize_path` and `merge_slashes` (on by default, as the README advises).
     pub normalize_path: bool,
+    /// The Wasm plugin's `failure_policy` (FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD).
+    pub failure_policy: &'static str,
+    /// Another build of the filter (default: target/flowguard.wasm).
+    pub wasm: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -63,6 +67,8 @@ impl EnvoyConfig {
             collector: None,
             access_log: None,
             normalize_path: true,
+            failure_policy: "FAIL_CLOSED",
+            wasm: None,
         }
     }
 }
@@ -101,6 +107,7 @@ static_resources:
               config:
                 name: flowguard
                 root_id: flowguard
+                failure_policy: {failure_policy}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {configuration}
@@ -124,6 +131,7 @@ static_resources:
         ip = cfg.upstream.ip(),
         port = cfg.upstream.port(),
         normalize = cfg.normalize_path,
+        failure_policy = cfg.failure_policy,
         access_log = cfg
             .access_log
             .as_deref()
@@ -198,7 +206,11 @@ fn run_dir() -> PathBuf {
 impl Envoy {
     /// Starts Envoy and waits until it is ready; on failure, the error carries its log.
     pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
-        Envoy::start_yaml(&bootstrap_yaml(cfg, &wasm_path()?), cfg.concurrency, "info")
+        let wasm = match &cfg.wasm {
+            Some(w) => w.clone(),
+            None => wasm_path()?,
+        };
+        Envoy::start_yaml(&bootstrap_yaml(cfg, &wasm), cfg.concurrency, "info")
     }
 
     /// Starts Envoy on a bootstrap of the caller's (its listener first; ports may be 0).
