@@ -39,28 +39,6 @@ pub struct Telemetry {
     logged_failure: bool,
 }
 
-/// `GrpcService { envoy_grpc: { cluster_name } }`, hand-encoded (two length-delimited
-/// fields). Naming the cluster this way, Envoy checks it when the call starts and reports
-/// a missing one as gRPC status 14 in the callback, rather than refusing the dispatch
-/// with a status the SDK's wrapper would turn into a panic.
-fn grpc_service(cluster: &str) -> Vec<u8> {
-    let mut inner = vec![0x0a];
-    put_varint(&mut inner, cluster.len() as u64);
-    inner.extend_from_slice(cluster.as_bytes());
-    let mut out = vec![0x0a];
-    put_varint(&mut out, inner.len() as u64);
-    out.extend_from_slice(&inner);
-    out
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn verdict(outcome: Option<Outcome>) -> v1::Verdict {
     match outcome {
         None => v1::Verdict::Learning,
@@ -75,7 +53,7 @@ impl Telemetry {
         use std::hash::BuildHasher;
         let worker = std::collections::hash_map::RandomState::new().hash_one(0u8) as u32;
         Telemetry {
-            upstream: grpc_service(&settings.cluster),
+            upstream: flowguard_proto::envoy_grpc_service(&settings.cluster),
             buffer: EventBuffer::new(settings.buffer_events as usize),
             settings,
             in_flight: HashMap::new(),
