@@ -44,6 +44,13 @@ fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64) {
     *v = v.saturating_add(by);
 }
 
+/// Adds every count of `from` into `into`.
+fn add_all<K: Ord + Copy>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
+    for (k, v) in from {
+        bump(into, *k, *v);
+    }
+}
+
 impl LearnStats {
     /// Counts a request to `endpoint` described by `visit`.
     pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit) {
@@ -95,43 +102,23 @@ impl LearnStats {
     pub fn merge(&mut self, other: &LearnStats) {
         self.sessions = self.sessions.saturating_add(other.sessions);
         self.requests = self.requests.saturating_add(other.requests);
-        for (k, v) in &other.reached {
-            bump(&mut self.reached, *k, *v);
-        }
-        for (k, v) in &other.succeeded {
-            bump(&mut self.succeeded, *k, *v);
-        }
-        for (k, v) in &other.prior {
-            bump(&mut self.prior, *k, *v);
-        }
-        for (k, v) in &other.transitions {
-            bump(&mut self.transitions, *k, *v);
-        }
-        for (k, v) in &other.rate_at_least {
-            bump(&mut self.rate_at_least, *k, *v);
-        }
-        for (k, v) in &other.ids_at_least {
-            bump(&mut self.ids_at_least, *k, *v);
-        }
-        for (k, v) in &other.total_at_least {
-            bump(&mut self.total_at_least, *k, *v);
-        }
-        for (k, v) in &other.auth_at_least {
-            bump(&mut self.auth_at_least, *k, *v);
-        }
-        for (k, v) in &other.auth_failures {
-            bump(&mut self.auth_failures, *k, *v);
-        }
-        for (k, v) in &other.address_auth_at_least {
-            bump(&mut self.address_auth_at_least, *k, *v);
-        }
+        add_all(&mut self.reached, &other.reached);
+        add_all(&mut self.succeeded, &other.succeeded);
+        add_all(&mut self.prior, &other.prior);
+        add_all(&mut self.transitions, &other.transitions);
+        add_all(&mut self.rate_at_least, &other.rate_at_least);
+        add_all(&mut self.ids_at_least, &other.ids_at_least);
+        add_all(&mut self.total_at_least, &other.total_at_least);
+        add_all(&mut self.auth_at_least, &other.auth_at_least);
+        add_all(&mut self.auth_failures, &other.auth_failures);
+        add_all(
+            &mut self.address_auth_at_least,
+            &other.address_auth_at_least,
+        );
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0
-            && self.succeeded.is_empty()
-            && self.auth_failures.is_empty()
-            && self.auth_at_least.is_empty()
+        *self == LearnStats::default()
     }
 
     /// Whether enough traffic was seen to compile a model.
