@@ -48,6 +48,7 @@ pub fn router() -> Router {
         .route("/api/v1/menu", get(menu))
         .route("/api/internal/export", get(export))
         .route("/api/catalog/{section}/items/{id}", get(catalog_item))
+        .route("/api/reports/big", get(big_report))
         .layer(middleware::from_fn(echo_flowguard_headers))
         .with_state(Arc::new(Shop::default()))
 }
@@ -147,6 +148,21 @@ async fn list_users() -> Json<Value> {
             "card": "4111 1111 1111 1111",
         }))
         .collect::<Vec<_>>()))
+}
+
+/// A 5 MB JSON report with personal data at its end: too large for the body scanner.
+async fn big_report() -> Response {
+    let mut body = String::with_capacity(5 << 20);
+    body.push_str("{\"rows\":[");
+    while body.len() < 5 << 20 {
+        body.push_str("{\"n\":1234567,\"v\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},");
+    }
+    body.push_str("{\"email\":\"leak@example.com\"}]}");
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// A catalogue of many sections: the benchmark's wide API (60 endpoint templates).
