@@ -12,6 +12,10 @@ if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
 fi
 if ! docker info >/dev/null 2>&1; then
   mkdir -p "$root/target"
+  # A dockerd killed with its session leaves pid files that stop a new one from starting.
+  if ! pgrep -x dockerd >/dev/null; then
+    rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
+  fi
   (dockerd > "$root/target/dockerd.log" 2>&1 &)
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 "$root/target/dockerd.log"; exit 1; }
