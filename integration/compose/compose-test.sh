@@ -30,7 +30,8 @@ else
 fi
 echo "using: ${compose[*]} ($("${compose[@]}" version 2>/dev/null | head -n 1))"
 
-cargo build --release -q -p flowguard-collector -p flowguard-integration --bin shop --bin compose-check --bin probe
+cargo build --release -q -p flowguard-collector
+cargo build --release -q -p flowguard-integration --bin shop --bin compose-check --bin probe
 bash "$root/integration/compose/build-images.sh"
 
 # The filter's OCI image for Istio, built by Docker from envoy/oci/Dockerfile, inspected:
