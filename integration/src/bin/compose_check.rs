@@ -89,9 +89,13 @@ fn main() -> ExitCode {
         traffic::enumerate_orders(&mut s, 100).contains(&429),
         &mut failures,
     );
+    // Counters reach Envoy on the filter's tick.
     check(
         "rate.enumeration fired",
-        metric(&args.admin, "flowguard.rule.rate.enumeration") > 0,
+        eventually("the enumeration counter", || {
+            (metric(&args.admin, "flowguard.rule.rate.enumeration") > 0).then_some(())
+        })
+        .is_ok(),
         &mut failures,
     );
     let mut s = Session::new(&client);
