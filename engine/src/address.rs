@@ -4,6 +4,7 @@
 //! address. Like sessions, addresses live in `capacity` fixed slots (one candidate each;
 //! a colliding or idle address takes the slot over), so memory stays bounded.
 
+use crate::le::{Reader, Writer};
 use crate::rate::WindowCounter;
 
 pub const ADDRESS_SLOT_SIZE: usize = 16;
@@ -44,19 +45,11 @@ impl AddressSlot {
 
     pub fn encode(&self) -> [u8; ADDRESS_SLOT_SIZE] {
         let mut b = [0u8; ADDRESS_SLOT_SIZE];
-        let parts: [&[u8]; 4] = [
-            &self.fingerprint.to_le_bytes(),
-            &self.failures.window_start.to_le_bytes(),
-            &self.failures.count.to_le_bytes(),
-            &self.failures.peak.to_le_bytes(),
-        ];
-        let mut at = 0;
-        for p in parts {
-            if let Some(dst) = b.get_mut(at..at + p.len()) {
-                dst.copy_from_slice(p);
-            }
-            at += p.len();
-        }
+        let mut w = Writer::new(&mut b);
+        w.put(&self.fingerprint.to_le_bytes());
+        w.put(&self.failures.window_start.to_le_bytes());
+        w.put(&self.failures.count.to_le_bytes());
+        w.put(&self.failures.peak.to_le_bytes());
         b
     }
 
@@ -65,27 +58,13 @@ impl AddressSlot {
         if b.len() != ADDRESS_SLOT_SIZE {
             return AddressSlot::default();
         }
-        let u64_at = |i: usize| {
-            b.get(i..i + 8)
-                .and_then(|s| s.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        let u32_at = |i: usize| {
-            b.get(i..i + 4)
-                .and_then(|s| s.try_into().ok())
-                .map_or(0, u32::from_le_bytes)
-        };
-        let u16_at = |i: usize| {
-            b.get(i..i + 2)
-                .and_then(|s| s.try_into().ok())
-                .map_or(0, u16::from_le_bytes)
-        };
+        let mut r = Reader::new(b);
         AddressSlot {
-            fingerprint: u64_at(0),
+            fingerprint: u64::from_le_bytes(r.take()),
             failures: WindowCounter {
-                window_start: u32_at(8),
-                count: u16_at(12),
-                peak: u16_at(14),
+                window_start: u32::from_le_bytes(r.take()),
+                count: u16::from_le_bytes(r.take()),
+                peak: u16::from_le_bytes(r.take()),
             },
         }
     }

@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod endpoint_set;
 pub mod fingerprint;
 pub mod header_map;
+pub mod le;
 pub mod learn;
 pub mod model;
 pub mod policy;

@@ -4,6 +4,8 @@
 //! Times are milliseconds since the slot's `first_seen`, as `u32` (49 days); a session
 //! older than that saturates, which only makes its windows longer.
 
+use crate::le::{Reader, Writer};
+
 /// A 32-bit linear-counting sketch of distinct identifiers: bounded, mergeable by OR.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DistinctSketch(pub u32);
@@ -99,41 +101,26 @@ impl RateEntry {
     }
 
     pub fn encode(&self, out: &mut [u8]) {
-        let mut at = 0;
-        for chunk in [
-            &self.endpoint.to_le_bytes()[..],
-            &[self.count, self.peak, self.ids_peak, 0],
-            &self.window_start.to_le_bytes(),
-            &self.tat.to_le_bytes(),
-            &self.ids.0.to_le_bytes(),
-        ] {
-            if let Some(dst) = out.get_mut(at..at + chunk.len()) {
-                dst.copy_from_slice(chunk);
-            }
-            at += chunk.len();
-        }
+        let mut w = Writer::new(out);
+        w.put(&self.endpoint.to_le_bytes());
+        w.put(&[self.count, self.peak, self.ids_peak, 0]);
+        w.put(&self.window_start.to_le_bytes());
+        w.put(&self.tat.to_le_bytes());
+        w.put(&self.ids.0.to_le_bytes());
     }
 
     pub fn decode(b: &[u8]) -> RateEntry {
-        let u16_at = |i: usize| {
-            b.get(i..i + 2)
-                .and_then(|s| s.try_into().ok())
-                .map_or(0, u16::from_le_bytes)
-        };
-        let u32_at = |i: usize| {
-            b.get(i..i + 4)
-                .and_then(|s| s.try_into().ok())
-                .map_or(0, u32::from_le_bytes)
-        };
-        let u8_at = |i: usize| b.get(i).copied().unwrap_or(0);
+        let mut r = Reader::new(b);
+        let endpoint = u16::from_le_bytes(r.take());
+        let [count, peak, ids_peak, _] = r.take::<4>();
         RateEntry {
-            endpoint: u16_at(0),
-            count: u8_at(2),
-            peak: u8_at(3),
-            ids_peak: u8_at(4),
-            window_start: u32_at(6),
-            tat: u32_at(10),
-            ids: DistinctSketch(u32_at(14)),
+            endpoint,
+            count,
+            peak,
+            ids_peak,
+            window_start: u32::from_le_bytes(r.take()),
+            tat: u32::from_le_bytes(r.take()),
+            ids: DistinctSketch(u32::from_le_bytes(r.take())),
         }
     }
 }

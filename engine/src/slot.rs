@@ -4,6 +4,7 @@
 //! and no JSON on the request path.
 
 use crate::endpoint_set::{EndpointId, EndpointSet};
+use crate::le::{Reader, Writer};
 use crate::rate::{RateEntry, Tally, WindowCounter};
 
 /// Encoded size of a slot, in bytes (a benchmark target: at most 128).
@@ -172,7 +173,7 @@ impl Slot {
 
     pub fn encode(&self) -> [u8; SLOT_SIZE] {
         let mut b = [0u8; SLOT_SIZE];
-        let mut w = Writer { buf: &mut b, at: 0 };
+        let mut w = Writer::new(&mut b);
         w.put(&[FORMAT, if self.seen { SEEN } else { 0 }]);
         w.put(&self.fingerprint.to_le_bytes());
         w.put(&self.first_seen.to_le_bytes());
@@ -199,7 +200,7 @@ impl Slot {
         let bytes: &[u8; SLOT_SIZE] = bytes
             .try_into()
             .map_err(|_| SlotError::Length(bytes.len()))?;
-        let mut r = Reader { buf: bytes, at: 0 };
+        let mut r = Reader::new(bytes);
         let [format, flags] = r.take::<2>();
         if format != FORMAT {
             return Err(SlotError::Format(format));
@@ -244,36 +245,6 @@ pub fn is_success(status: u16) -> bool {
 /// 401 and 403: what credential stuffing and broken access control produce.
 pub fn is_auth_failure(status: u16) -> bool {
     status == 401 || status == 403
-}
-
-struct Writer<'a> {
-    buf: &'a mut [u8; SLOT_SIZE],
-    at: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.at..self.at + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-        self.at += bytes.len();
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8; SLOT_SIZE],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        if let Some(src) = self.buf.get(self.at..self.at + N) {
-            out.copy_from_slice(src);
-        }
-        self.at += N;
-        out
-    }
 }
 
 #[cfg(test)]

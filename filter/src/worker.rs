@@ -125,24 +125,20 @@ impl Worker {
         }
         let limit = self.settings.learning.max_endpoints;
         let mut found = None;
+        let mut latest = Registry::default();
         shared::update(shared::REGISTRY_KEY, |bytes| {
-            let mut reg = bytes.map(Registry::decode).unwrap_or_default();
-            if let Some(id) = reg.get(template) {
-                found = Some(id);
+            latest = bytes.map(Registry::decode).unwrap_or_default();
+            found = latest.get(template);
+            if found.is_some() {
                 return None;
             }
-            found = reg.add(template, limit);
-            found.map(|_| reg.encode())
+            found = latest.add(template, limit);
+            found.map(|_| latest.encode())
         })?;
-        // Refresh the local cache from what is now shared (other workers' additions too).
-        let (bytes, _) = host::shared_get(shared::REGISTRY_KEY)?;
-        self.registry = bytes.map(|b| Registry::decode(&b)).unwrap_or_default();
-        Ok(found.filter(|id| {
-            self.registry
-                .templates()
-                .get(usize::from(*id))
-                .is_some_and(|t| t == template)
-        }))
+        // The last attempt saw (and, if it wrote, extended) what is shared: other workers'
+        // additions too. It is the new local cache; no second read.
+        self.registry = latest;
+        Ok(found)
     }
 
     /// Finds the session's slot (its own, a free one, or one to evict) and reads it.
