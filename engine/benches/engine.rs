@@ -114,7 +114,7 @@ fn benches(c: &mut Criterion) {
             let mut s = slot;
             let e = (t % 60) as u16;
             let visit = s.record_request(Some(e), Some(t), t, 10_000);
-            stats.observe_request(e, &visit);
+            stats.observe_request(e, &visit, 60);
             let peak = s.record_response(e, 200, t, 300_000);
             stats.observe_response(e, 200, peak);
         })

@@ -1,19 +1,23 @@
-//! Per-client-address authentication failures, in a second fixed table.
+//! Per-client-address state, in a second fixed table: authentication failures, and the
+//! sessions the address has contributed to learning.
 //!
 //! Credential stuffing rotates session cookies, so failures are also counted by client
-//! address. Like sessions, addresses live in `capacity` fixed slots (one candidate each;
+//! address; learning poisoning rotates them too, so each address's share of the learning
+//! sessions is capped. Like sessions, addresses live in `capacity` fixed slots (one candidate each;
 //! a colliding or idle address takes the slot over), so memory stays bounded.
 
 use crate::le::{Reader, Writer};
 use crate::rate::WindowCounter;
 
-pub const ADDRESS_SLOT_SIZE: usize = 16;
+pub const ADDRESS_SLOT_SIZE: usize = 20;
 
 /// One address's failure count, in seconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddressSlot {
     pub fingerprint: u64,
     pub failures: WindowCounter,
+    /// Sessions this address started while the filter was learning.
+    pub learning_sessions: u32,
 }
 
 impl AddressSlot {
@@ -34,13 +38,24 @@ impl AddressSlot {
     /// Counts one failure of `fingerprint` at `now`, taking the slot over if needed.
     /// Returns the address's new peak if this failure set one (for learning).
     pub fn add(&mut self, fingerprint: u64, now: u32, window_s: u32) -> Option<u16> {
+        self.take(fingerprint);
+        self.failures.add(now, window_s)
+    }
+
+    /// Counts a new learning session of `fingerprint`; returns how many it has started.
+    pub fn start_session(&mut self, fingerprint: u64) -> u32 {
+        self.take(fingerprint);
+        self.learning_sessions = self.learning_sessions.saturating_add(1);
+        self.learning_sessions
+    }
+
+    fn take(&mut self, fingerprint: u64) {
         if self.fingerprint != fingerprint {
             *self = AddressSlot {
                 fingerprint,
-                failures: WindowCounter::default(),
+                ..AddressSlot::default()
             };
         }
-        self.failures.add(now, window_s)
     }
 
     pub fn encode(&self) -> [u8; ADDRESS_SLOT_SIZE] {
@@ -50,6 +65,7 @@ impl AddressSlot {
         w.put(&self.failures.window_start.to_le_bytes());
         w.put(&self.failures.count.to_le_bytes());
         w.put(&self.failures.peak.to_le_bytes());
+        w.put(&self.learning_sessions.to_le_bytes());
         b
     }
 
@@ -66,6 +82,7 @@ impl AddressSlot {
                 count: u16::from_le_bytes(r.take()),
                 peak: u16::from_le_bytes(r.take()),
             },
+            learning_sessions: u32::from_le_bytes(r.take()),
         }
     }
 }
@@ -88,6 +105,17 @@ mod tests {
         assert_eq!(AddressSlot::decode(&a.encode()), a);
         assert_eq!(AddressSlot::decode(&[1, 2]), AddressSlot::default());
         assert!(AddressSlot::index(u64::MAX, 7) < 7);
+    }
+
+    #[test]
+    fn counts_learning_sessions_per_address() {
+        let mut a = AddressSlot::default();
+        a.add(5, 100, 60);
+        assert_eq!((a.start_session(5), a.start_session(5)), (1, 2));
+        assert_eq!(a.current(5, 100, 60), 1, "failures kept");
+        assert_eq!(AddressSlot::decode(&a.encode()), a);
+        assert_eq!(a.start_session(6), 1, "another address starts from zero");
+        assert_eq!(a.current(6, 100, 60), 0);
     }
 
     proptest! {

@@ -84,6 +84,19 @@ pub struct LearningSettings {
     pub tick_ms: u32,
     /// The window of rate and distinct-id counting, in seconds.
     pub window_s: u32,
+    /// Distinct sessions and client addresses an endpoint, a transition or a
+    /// prerequisite's absence needs before it is learned (poisoning resistance).
+    pub min_sessions_per_fact: u32,
+    pub min_addresses: u32,
+    /// Sessions one client address may contribute to learning (0: no cap).
+    pub max_sessions_per_address: u32,
+}
+
+impl LearningSettings {
+    /// Whether learning must look up each new session's client address.
+    pub fn counts_addresses(&self) -> bool {
+        self.min_addresses > 1 || self.max_sessions_per_address > 0
+    }
 }
 
 impl Default for LearningSettings {
@@ -98,6 +111,9 @@ impl Default for LearningSettings {
             max_endpoints: MAX_ENDPOINTS as u16,
             tick_ms: 1000,
             window_s: 10,
+            min_sessions_per_fact: 1,
+            min_addresses: 1,
+            max_sessions_per_address: 0,
         }
     }
 }
@@ -355,6 +371,9 @@ struct RawLearning {
     max_endpoints: Option<i64>,
     tick_ms: Option<i64>,
     window_s: Option<i64>,
+    min_sessions_per_fact: Option<i64>,
+    min_addresses: Option<i64>,
+    max_sessions_per_address: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -410,6 +429,12 @@ fn int_in(
             format!("expected an integer from {min} to {max}, got {v}"),
         )),
     }
+}
+
+/// A support threshold: 1 to what a support sketch can count.
+fn support_in(key: &str, value: Option<i64>) -> Result<u32, ConfigError> {
+    let max = crate::support::MAX_SUPPORT;
+    narrow(key, int_in(key, value, 1, 1, max.into())?)
 }
 
 fn narrow<T: TryFrom<u64>>(key: &str, v: u64) -> Result<T, ConfigError> {
@@ -529,6 +554,21 @@ impl TryFrom<Raw> for Settings {
             window_s: narrow(
                 "learning.window_s",
                 int_in("learning.window_s", l.window_s, 10, 1, 3600)?,
+            )?,
+            min_sessions_per_fact: support_in(
+                "learning.min_sessions_per_fact",
+                l.min_sessions_per_fact,
+            )?,
+            min_addresses: support_in("learning.min_addresses", l.min_addresses)?,
+            max_sessions_per_address: narrow(
+                "learning.max_sessions_per_address",
+                int_in(
+                    "learning.max_sessions_per_address",
+                    l.max_sessions_per_address,
+                    0,
+                    0,
+                    1_000_000,
+                )?,
             )?,
         };
 

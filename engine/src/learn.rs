@@ -9,6 +9,7 @@ use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
 use crate::policy::{EndpointPolicy, LearnedFrom, Limit, Policy, Transition, START};
 use crate::slot::{Visit, NO_ENDPOINT};
+use crate::support::Support;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -37,6 +38,15 @@ pub struct LearnStats {
     pub auth_failures: BTreeMap<EndpointId, u64>,
     /// `k`: client addresses whose 401/403 answers in one auth window reached `k`.
     pub address_auth_at_least: BTreeMap<u16, u64>,
+    /// Who reached each endpoint.
+    pub reached_support: BTreeMap<EndpointId, Support>,
+    /// `(endpoint, p)`: who reached `endpoint` without having completed `p` (the evidence
+    /// that `p` is not a prerequisite).
+    pub lacking: BTreeMap<(EndpointId, EndpointId), Support>,
+    /// Who made each transition.
+    pub transition_support: BTreeMap<(EndpointId, EndpointId), Support>,
+    /// Sessions left out of learning because their address had started its share.
+    pub unlearned_sessions: u64,
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64) {
@@ -51,20 +61,49 @@ fn add_all<K: Ord + Copy>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) 
     }
 }
 
+fn support<K: Ord>(map: &mut BTreeMap<K, Support>, key: K, visit: &Visit) {
+    map.entry(key)
+        .or_default()
+        .add(visit.session_bit, visit.address_bit);
+}
+
+fn merge_all<K: Ord + Copy>(into: &mut BTreeMap<K, Support>, from: &BTreeMap<K, Support>) {
+    for (k, v) in from {
+        into.entry(*k).or_default().merge(*v);
+    }
+}
+
 impl LearnStats {
-    /// Counts a request to `endpoint` described by `visit`.
-    pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit) {
+    /// Counts a request to `endpoint` described by `visit`; `known` endpoints (ids
+    /// `0..known`) are registered so far.
+    pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit, known: usize) {
+        if !visit.learn {
+            if visit.new_session {
+                self.unlearned_sessions = self.unlearned_sessions.saturating_add(1);
+            }
+            return;
+        }
         self.requests = self.requests.saturating_add(1);
         if visit.new_session {
             self.sessions = self.sessions.saturating_add(1);
         }
         if visit.first_visit {
             bump(&mut self.reached, endpoint, 1);
+            support(&mut self.reached_support, endpoint, visit);
             for p in visit.completed_before.iter().filter(|p| *p != endpoint) {
                 bump(&mut self.prior, (endpoint, p), 1);
             }
+            let known = EndpointId::try_from(known.min(MAX_ENDPOINTS)).unwrap_or(0);
+            for p in (0..known).filter(|p| *p != endpoint && !visit.completed_before.contains(*p)) {
+                support(&mut self.lacking, (endpoint, p), visit);
+            }
         }
         bump(&mut self.transitions, (visit.previous, endpoint), 1);
+        support(
+            &mut self.transition_support,
+            (visit.previous, endpoint),
+            visit,
+        );
         if let Some(k) = visit.tally.new_peak {
             bump(&mut self.rate_at_least, (endpoint, k), 1);
         }
@@ -115,6 +154,12 @@ impl LearnStats {
             &mut self.address_auth_at_least,
             &other.address_auth_at_least,
         );
+        merge_all(&mut self.reached_support, &other.reached_support);
+        merge_all(&mut self.lacking, &other.lacking);
+        merge_all(&mut self.transition_support, &other.transition_support);
+        self.unlearned_sessions = self
+            .unlearned_sessions
+            .saturating_add(other.unlearned_sessions);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -200,6 +245,7 @@ pub fn observe_exchange(
     stats: &mut LearnStats,
     slot: &mut crate::slot::Slot,
     endpoint: EndpointId,
+    known: usize,
     id: Option<u64>,
     now_ms: u64,
     status: u16,
@@ -207,9 +253,11 @@ pub fn observe_exchange(
     auth_window_ms: u32,
 ) {
     let visit = slot.record_request(Some(endpoint), id, now_ms, window_ms);
-    stats.observe_request(endpoint, &visit);
+    stats.observe_request(endpoint, &visit, known);
     let peak = slot.record_response(endpoint, status, now_ms, auth_window_ms);
-    stats.observe_response(endpoint, status, peak);
+    if visit.learn {
+        stats.observe_response(endpoint, status, peak);
+    }
 }
 
 /// One stored request, as telemetry or an access log records it.
@@ -245,6 +293,7 @@ pub fn learn_from(
                 &mut stats,
                 &mut slot,
                 e,
+                registry.len(),
                 o.ids,
                 o.time_ms,
                 o.status,
@@ -369,6 +418,35 @@ pub fn compile(
             bump(&mut m.auth_failures, e, *v);
         }
     }
+    for (e, v) in &stats.reached_support {
+        if let Some(e) = to_new(*e) {
+            m.reached_support.entry(e).or_default().merge(*v);
+        }
+    }
+    for ((a, b), v) in &stats.lacking {
+        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
+            m.lacking.entry((a, b)).or_default().merge(*v);
+        }
+    }
+    for ((a, b), v) in &stats.transition_support {
+        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
+            m.transition_support.entry((a, b)).or_default().merge(*v);
+        }
+    }
+    // A fact is learned only with support from enough distinct sessions and addresses.
+    let supported = |support: Option<&Support>| {
+        support
+            .copied()
+            .unwrap_or_default()
+            .meets(s.min_sessions_per_fact, s.min_addresses)
+    };
+    let kept = |id: EndpointId| id == NO_ENDPOINT || supported(m.reached_support.get(&id));
+    let known_transition = |key: &(EndpointId, EndpointId), n: u64| {
+        n >= s.transition_min_count
+            && kept(key.0)
+            && kept(key.1)
+            && supported(m.transition_support.get(key))
+    };
 
     let name = |id: EndpointId| {
         if id == NO_ENDPOINT {
@@ -385,14 +463,21 @@ pub fn compile(
         .templates()
         .iter()
         .enumerate()
-        .map(|(i, template)| {
-            let id = EndpointId::try_from(i).unwrap_or(NO_ENDPOINT);
+        .map(|(i, template)| (EndpointId::try_from(i).unwrap_or(NO_ENDPOINT), template))
+        .filter(|(id, _)| *id != NO_ENDPOINT && kept(*id))
+        .map(|(id, template)| {
             let reached = m.reached.get(&id).copied().unwrap_or(0);
+            // `p` is a prerequisite when (nearly) every session completed it first, or
+            // when those that did not lack the support to count as normal traffic.
             let prerequisites = if reached >= s.min_support {
                 m.prior
                     .range((id, 0)..=(id, NO_ENDPOINT))
-                    .filter(|(_, n)| {
-                        (**n).min(reached) as f64 >= s.prerequisite_ratio * reached as f64
+                    .filter(|((_, p), n)| {
+                        let n = (**n).min(reached);
+                        kept(*p)
+                            && n >= s.min_support
+                            && (n as f64 >= s.prerequisite_ratio * reached as f64
+                                || !supported(m.lacking.get(&(id, *p))))
                     })
                     .map(|((_, p), _)| name(*p))
                     .collect()
@@ -412,7 +497,7 @@ pub fn compile(
                 entry: m
                     .transitions
                     .get(&(NO_ENDPOINT, id))
-                    .is_some_and(|n| *n > 0),
+                    .is_some_and(|n| known_transition(&(NO_ENDPOINT, id), *n)),
                 sessions: reached,
                 successes: m.succeeded.get(&id).copied().unwrap_or(0),
                 prerequisites,
@@ -427,7 +512,7 @@ pub fn compile(
     let transitions = m
         .transitions
         .iter()
-        .filter(|(_, n)| **n >= s.transition_min_count)
+        .filter(|(key, n)| known_transition(key, **n))
         .map(|((a, b), n)| Transition {
             from: name(*a),
             to: name(*b),
@@ -476,7 +561,19 @@ mod tests {
 
     /// Plays `calls` (template, status) as one session through a slot, like the filter does.
     fn play(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&str, u16)]) {
-        let mut slot = Slot::new(fp, 0, 0);
+        play_from(stats, reg, fp, None, calls);
+    }
+
+    /// [`play`] for a session whose client address has support sketch bit `address`.
+    fn play_from(
+        stats: &mut LearnStats,
+        reg: &mut Registry,
+        fp: u64,
+        address: Option<u8>,
+        calls: &[(&str, u16)],
+    ) {
+        let mut slot = Slot::new(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, 0, 0);
+        slot.address_bit = address;
         for (n, (t, status)) in calls.iter().enumerate() {
             let id = reg.add(t, 128).unwrap();
             let now = n as u64 * 1000;
@@ -486,7 +583,7 @@ mod tests {
                 now,
                 10_000,
             );
-            stats.observe_request(id, &visit);
+            stats.observe_request(id, &visit, reg.len());
             let peak = slot.record_response(id, *status, now, 300_000);
             stats.observe_response(id, *status, peak);
         }
@@ -501,6 +598,99 @@ mod tests {
             min_support: 3,
             ..LearningSettings::default()
         }
+    }
+
+    /// 40 customers from their own addresses pay before they confirm; one attacker's
+    /// address plays 12 sessions inside the learning window that skip payment, open
+    /// with confirm and call a hidden endpoint.
+    fn poisoned() -> (LearnStats, Registry) {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..40u64 {
+            let calls = [
+                ("POST /login", 200),
+                ("POST /pay", 200),
+                ("POST /confirm", 200),
+            ];
+            play_from(&mut stats, &mut reg, i, Some((i % 32) as u8), &calls);
+        }
+        for i in 100..112u64 {
+            let calls = [("POST /confirm", 200), ("GET /admin/export", 200)];
+            play_from(&mut stats, &mut reg, i, Some(7), &calls);
+        }
+        (stats, reg)
+    }
+
+    #[test]
+    fn one_address_cannot_teach_an_absence_a_transition_or_an_endpoint() {
+        let (stats, reg) = poisoned();
+        let trusting = compile(&stats, &reg, &settings(), 1);
+        let confirm = trusting.endpoint("POST /confirm").unwrap();
+        assert!(
+            confirm.prerequisites.is_empty(),
+            "without support checks the attacker removes the prerequisite"
+        );
+
+        let s = LearningSettings {
+            min_addresses: 3,
+            min_sessions_per_fact: 3,
+            ..settings()
+        };
+        let p = compile(&stats, &reg, &s, 1);
+        let confirm = p.endpoint("POST /confirm").unwrap();
+        assert_eq!(confirm.prerequisites, ["POST /login", "POST /pay"]);
+        assert!(!confirm.entry, "only the attacker opened with confirm");
+        assert!(
+            p.endpoint("GET /admin/export").is_none(),
+            "one address's endpoint"
+        );
+        assert!(
+            p.transitions.iter().all(|t| t.to != "GET /admin/export"),
+            "no transition into an endpoint left out"
+        );
+        p.validate().expect("the compiled policy is consistent");
+        let m = Model::compile(&p, &crate::config::Settings::from_json(b"{}").unwrap()).unwrap();
+        let (login, pay, confirm) = (
+            m.endpoint("POST /login").unwrap(),
+            m.endpoint("POST /pay").unwrap(),
+            m.endpoint("POST /confirm").unwrap(),
+        );
+        assert!(m.knows_transition(login, pay) && m.knows_transition(pay, confirm));
+        assert!(!m.knows_transition(NO_ENDPOINT, confirm));
+    }
+
+    #[test]
+    fn absences_with_support_are_still_learned() {
+        let (mut stats, mut reg) = poisoned();
+        // Five more addresses' customers really do confirm without paying (a free tier).
+        for i in 200..210u64 {
+            let calls = [("POST /login", 200), ("POST /confirm", 200)];
+            play_from(&mut stats, &mut reg, i, Some((i % 5) as u8 + 20), &calls);
+        }
+        let s = LearningSettings {
+            min_addresses: 3,
+            min_sessions_per_fact: 3,
+            ..settings()
+        };
+        let p = compile(&stats, &reg, &s, 1);
+        assert_eq!(
+            p.endpoint("POST /confirm").unwrap().prerequisites,
+            ["POST /login"]
+        );
+    }
+
+    #[test]
+    fn unlearned_sessions_are_counted_apart() {
+        let mut stats = LearnStats::default();
+        let mut slot = Slot::new(42, 0, 0);
+        slot.unlearned = true;
+        let visit = slot.record_request(Some(0), None, 0, 10_000);
+        stats.observe_request(0, &visit, 1);
+        assert_eq!(
+            (stats.sessions, stats.requests, stats.unlearned_sessions),
+            (0, 0, 1)
+        );
+        assert!(stats.reached.is_empty());
     }
 
     #[test]
@@ -724,7 +914,7 @@ mod tests {
                 let now = 1_000_000 + n as u64 * 700;
                 let id = filter_reg.add(t, 128).unwrap();
                 let visit = slot.record_request(Some(id), None, now, 10_000);
-                filter_stats.observe_request(id, &visit);
+                filter_stats.observe_request(id, &visit, filter_reg.len());
                 let peak = slot.record_response(id, status, now, 300_000);
                 filter_stats.observe_response(id, status, peak);
                 log.push(Observation {

@@ -21,5 +21,6 @@ pub mod sensitive;
 pub mod session;
 pub mod slot;
 pub mod slot_table;
+pub mod support;
 pub mod telemetry;
 pub mod verdict;

@@ -129,6 +129,11 @@ impl Policy {
         Ok(p)
     }
 
+    /// The endpoint with `template`.
+    pub fn endpoint(&self, template: &str) -> Option<&EndpointPolicy> {
+        self.endpoints.iter().find(|e| e.template == template)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }

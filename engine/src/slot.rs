@@ -15,6 +15,10 @@ pub const RATE_ENTRIES: usize = 3;
 /// `last_endpoint` when the session has made no request yet, or only to unknown endpoints.
 pub const NO_ENDPOINT: EndpointId = u16::MAX;
 const SEEN: u8 = 1;
+const UNLEARNED: u8 = 2;
+const HAS_ADDRESS: u8 = 4;
+/// The flags byte keeps the address's sketch bit (0..32) in its top five bits.
+const ADDRESS_SHIFT: u8 = 3;
 
 /// One session's flow state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +30,10 @@ pub struct Slot {
     pub last_seen: u32,
     /// Whether the session has made a request.
     pub seen: bool,
+    /// Left out of learning: its client address had started its share of sessions.
+    pub unlearned: bool,
+    /// The support sketch bit of the session's client address, when learning looked it up.
+    pub address_bit: Option<u8>,
     pub last_endpoint: EndpointId,
     /// Version of the model whose endpoint indices the sets below use (0: learning registry).
     pub model_version: u32,
@@ -70,6 +78,11 @@ pub struct Visit {
     pub total_peak: Option<u8>,
     /// Which of `rates` holds the endpoint's state.
     pub entry: Option<usize>,
+    /// Whether learning counts this request (see [`Slot::unlearned`]).
+    pub learn: bool,
+    /// Support sketch bits of the session and of its client address.
+    pub session_bit: u8,
+    pub address_bit: u8,
 }
 
 impl Slot {
@@ -114,6 +127,12 @@ impl Slot {
             first_visit: endpoint.is_some_and(|e| !self.visited.contains(e)),
             previous: self.last_endpoint,
             completed_before: self.completed,
+            learn: !self.unlearned,
+            session_bit: crate::support::bit_of(self.fingerprint),
+            // Without an address lookup each session stands for its own address.
+            address_bit: self
+                .address_bit
+                .unwrap_or_else(|| crate::support::bit_of(self.fingerprint)),
             total_peak: self.total.tally(now, window_ms, None).new_peak,
             ..Visit::default()
         };
@@ -174,7 +193,7 @@ impl Slot {
     pub fn encode(&self) -> [u8; SLOT_SIZE] {
         let mut b = [0u8; SLOT_SIZE];
         let mut w = Writer::new(&mut b);
-        w.put(&[FORMAT, if self.seen { SEEN } else { 0 }]);
+        w.put(&[FORMAT, self.flags()]);
         w.put(&self.fingerprint.to_le_bytes());
         w.put(&self.first_seen.to_le_bytes());
         w.put(&self.last_seen.to_le_bytes());
@@ -196,6 +215,20 @@ impl Slot {
         b
     }
 
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.seen {
+            flags |= SEEN;
+        }
+        if self.unlearned {
+            flags |= UNLEARNED;
+        }
+        if let Some(bit) = self.address_bit {
+            flags |= HAS_ADDRESS | (bit % 32) << ADDRESS_SHIFT;
+        }
+        flags
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Slot, SlotError> {
         let bytes: &[u8; SLOT_SIZE] = bytes
             .try_into()
@@ -207,6 +240,8 @@ impl Slot {
         }
         let mut s = Slot {
             seen: flags & SEEN != 0,
+            unlearned: flags & UNLEARNED != 0,
+            address_bit: (flags & HAS_ADDRESS != 0).then_some(flags >> ADDRESS_SHIFT),
             fingerprint: u64::from_le_bytes(r.take()),
             first_seen: u32::from_le_bytes(r.take()),
             last_seen: u32::from_le_bytes(r.take()),
@@ -333,10 +368,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encode_decode_round_trips(fp: u64, a: u32, b: u32, seen: bool, last: u16, mv: u32, v: u128, c: u128,
+        fn encode_decode_round_trips(fp: u64, a: u32, b: u32, seen: bool, unlearned: bool, abit in proptest::option::of(0u8..32), last: u16, mv: u32, v: u128, c: u128,
                                      aw: u32, ac: u16, ap: u16, tc: u8, tp: u8, tw: u32, tt: u32,
                                      rates in proptest::array::uniform3(entry())) {
-            let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, last_endpoint: last,
+            let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, unlearned, address_bit: abit, last_endpoint: last,
                 model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c),
                 auth: WindowCounter { window_start: aw, count: ac, peak: ap },
                 total: RateEntry { endpoint: NO_ENDPOINT, count: tc, peak: tp, window_start: tw, tat: tt, ..RateEntry::default() },

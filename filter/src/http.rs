@@ -14,6 +14,7 @@ use flowguard_engine::sensitive::Scanner;
 use flowguard_engine::session::{self, address_host, Source};
 use flowguard_engine::slot::{is_auth_failure, is_success, Slot};
 use flowguard_engine::slot_table::Placement;
+use flowguard_engine::support;
 use flowguard_engine::telemetry::{sampled, Event};
 
 use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
@@ -253,8 +254,18 @@ fn on_request(
     }
 
     let mut decided = None;
+    let mut share = None;
     for _ in 0..CAS_RETRIES {
         let mut located = w.locate(fingerprint, now)?;
+        if learning && located.placement != Placement::Own && w.settings.learning.counts_addresses()
+        {
+            let (bit, unlearned) = match share {
+                Some(s) => s,
+                None => *share.insert(learning_share(w, address.as_deref())?),
+            };
+            located.slot.address_bit = bit;
+            located.slot.unlearned = unlearned;
+        }
         let (visit, verdict) =
             verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
         match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
@@ -271,7 +282,7 @@ fn on_request(
             }
         }
         if let (true, Some(e)) = (learning, endpoint) {
-            w.delta.observe_request(e, &visit);
+            w.delta.observe_request(e, &visit, w.registry.len());
         }
         *pending = endpoint.map(|endpoint| Pending {
             index: located.index,
@@ -357,6 +368,39 @@ fn address_fingerprint(w: &Worker, address: &[u8]) -> Option<u64> {
     )
 }
 
+/// A new learning session's address sketch bit, and whether its address has already
+/// contributed `learning.max_sessions_per_address` sessions (then it is not learned from).
+fn learning_share(w: &mut Worker, address: Option<&[u8]>) -> HostResult<(Option<u8>, bool)> {
+    let looked_up;
+    let address = match address {
+        Some(a) => Some(a),
+        None => {
+            looked_up = client_address()?;
+            looked_up.as_deref()
+        }
+    };
+    let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
+        return Ok((None, false));
+    };
+    let cap = w.settings.learning.max_sessions_per_address;
+    let mut started = 0;
+    if cap > 0 {
+        shared::address_key(
+            AddressSlot::index(fp, w.settings.session.capacity),
+            &mut w.scratch.address_key,
+        );
+        match shared::update(&w.scratch.address_key, |bytes| {
+            let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+            started = slot.start_session(fp);
+            Some(slot.encode().to_vec())
+        }) {
+            Ok(_) | Err(CAS_MISMATCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((Some(support::bit_of(fp)), cap > 0 && started > cap))
+}
+
 /// 401/403 answers to this client address in the current auth window.
 fn address_failures(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<u16> {
     let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
@@ -437,15 +481,17 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
     let auth_window_ms = w.settings.limits.auth_window_s.saturating_mul(1000);
     shared::slot_key(p.index, &mut w.scratch.key);
     let mut peak = None;
+    let mut unlearned = false;
     let written = shared::update(&w.scratch.key, |bytes| {
         let mut slot = Slot::decode(bytes?).ok()?;
         if slot.fingerprint != p.fingerprint || slot.model_version != p.epoch {
             return None; // the slot changed hands meanwhile
         }
+        unlearned = slot.unlearned;
         peak = slot.record_response(p.endpoint, status, now_ms, auth_window_ms);
         Some(slot.encode().to_vec())
     })?;
-    if written && w.model.is_none() {
+    if written && learning && !unlearned {
         w.delta.observe_response(p.endpoint, status, peak);
     }
     if auth_failure {

@@ -93,6 +93,7 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         .unwrap_or_default();
     Metrics::set(w.metrics.learning_sessions, stats.sessions);
     Metrics::set(w.metrics.learning_requests, stats.requests);
+    Metrics::set(w.metrics.learning_unlearned, stats.unlearned_sessions);
     if !stats.is_ready(&w.settings.learning) {
         return Ok(());
     }

@@ -44,6 +44,8 @@ pub struct Scratch {
     pub template: String,
     pub key: String,
     pub header: String,
+    /// An address slot's key, while `key` holds a session slot's.
+    pub address_key: String,
 }
 
 /// The slot a request landed in.

@@ -56,6 +56,10 @@ pub struct EnvoyConfig {
     pub failure_policy: &'static str,
     /// Another build of the filter (default: target/flowguard.wasm).
     pub wasm: Option<PathBuf>,
+    /// Take the client address from this request header, as behind a trusted load
+    /// balancer (Envoy's custom-header original IP detection): lets one test host play
+    /// many client addresses.
+    pub client_ip_header: Option<&'static str>,
 }
 
 impl EnvoyConfig {
@@ -69,6 +73,7 @@ impl EnvoyConfig {
             normalize_path: true,
             failure_policy: "FAIL_CLOSED",
             wasm: None,
+            client_ip_header: None,
         }
     }
 }
@@ -92,7 +97,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress{access_log}
           normalize_path: {normalize}
-          merge_slashes: {normalize}
+          merge_slashes: {normalize}{client_ip}
           route_config:
             virtual_hosts:
             - name: api
@@ -132,12 +137,24 @@ static_resources:
         port = cfg.upstream.port(),
         normalize = cfg.normalize_path,
         failure_policy = cfg.failure_policy,
+        client_ip = cfg.client_ip_header.map(client_ip).unwrap_or_default(),
         access_log = cfg
             .access_log
             .as_deref()
             .map(access_log)
             .unwrap_or_default(),
     ) + &cfg.collector.map(collector_cluster).unwrap_or_default()
+}
+
+fn client_ip(header: &str) -> String {
+    format!(
+        r#"
+          original_ip_detection_extensions:
+          - name: envoy.http.original_ip_detection.custom_header
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig
+              header_name: {header}"#
+    )
 }
 
 /// A JSON access log with what `flowguard learn --envoy-log` reads.

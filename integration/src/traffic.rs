@@ -123,6 +123,8 @@ pub struct Call {
 pub struct Session<'c> {
     client: &'c Client,
     cookie: String,
+    /// The client address header, for an Envoy that takes the address from it.
+    address: Option<(&'static str, String)>,
     pub calls: Vec<Call>,
 }
 
@@ -135,14 +137,25 @@ impl<'c> Session<'c> {
         Session {
             client,
             cookie: format!("session={id}"),
+            address: None,
             calls: Vec::new(),
         }
     }
 
+    /// A new session whose requests say they come from `ip` in `header`.
+    pub fn from_address(client: &'c Client, header: &'static str, ip: &str) -> Session<'c> {
+        Session {
+            address: Some((header, ip.to_owned())),
+            ..Session::new(client)
+        }
+    }
+
     pub fn call(&mut self, method: &'static str, path: &str, body: Option<Value>) -> Reply {
-        let reply = self
-            .client
-            .send(method, path, &[("cookie", &self.cookie)], body.as_ref());
+        let mut headers = vec![("cookie", self.cookie.as_str())];
+        if let Some((name, ip)) = &self.address {
+            headers.push((name, ip));
+        }
+        let reply = self.client.send(method, path, &headers, body.as_ref());
         self.calls.push(Call {
             method,
             path: path.to_owned(),
