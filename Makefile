@@ -6,7 +6,7 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 
-.PHONY: help build venv demo test test-unit test-wasi test-integration lint bench clean compose-test oci
+.PHONY: help build venv demo test test-unit test-wasi test-integration test-fuzz fuzz lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,7 +32,7 @@ demo: build venv ## a real Envoy protecting the demo shop: learn, then attacks b
 	cargo build --release -q -p flowguard-collector
 	FLOWGUARD_BIN=$(CURDIR)/target/release/flowguard cargo run --release -q -p flowguard-integration --bin demo
 
-test: lint test-unit test-wasi test-integration ## everything CI checks
+test: lint test-unit test-wasi test-integration test-fuzz ## everything CI checks
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
@@ -49,6 +49,27 @@ test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WAS
 test-integration: build build-crash venv ## real Envoy + real filter + demo shop + real collector
 	cargo build -p flowguard-collector
 	cargo test -p flowguard-integration --tests -- --test-threads 2
+
+# cargo fuzz needs -Z sanitizer flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
+FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_TARGETS = config request records policy collector_report collector_access_log
+FUZZ_SECONDS ?= 5
+
+test-fuzz: ## replay the fuzz corpus, then fuzz each target for FUZZ_SECONDS (ASan)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	$(FUZZ) build -O
+	set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-new/$$t; log=target/fuzz-$$t.log; \
+	  if ! ( ($(FUZZ) run -O $$t corpus/$$t -- -runs=0 -malloc_limit_mb=128) \
+	        && ($(FUZZ) run -O $$t ../target/fuzz-new/$$t corpus/$$t -- \
+	           -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=128) ) >$$log 2>&1; then \
+	    tail -40 $$log; echo "fuzz target $$t failed (artifact in fuzz/artifacts/$$t)"; exit 1; \
+	  fi; \
+	  echo "$$t: corpus replayed, $$(grep -E '^Done' $$log | tail -1)"; \
+	done
+
+fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
+	$(MAKE) test-fuzz FUZZ_SECONDS=300
 
 bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> bench/results/
 	command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)

@@ -3,14 +3,8 @@
 //! operator read, draw and dry-run a policy before enforcing it.
 #![forbid(unsafe_code)]
 
-mod access_log;
-mod fleet;
-mod graph;
-mod replay;
-mod service;
-mod store;
-
 use clap::{Parser, Subcommand};
+use flowguard_collector::{access_log, fleet, graph, replay, service, store};
 use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
@@ -53,6 +47,8 @@ enum Command {
         /// Require `authorization: Bearer <token>` from filters.
         #[arg(long, env = "FLOWGUARD_TOKEN")]
         token: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Learn a policy now, from the store or from Envoy JSON access logs.
     Learn {
@@ -87,6 +83,36 @@ enum Command {
         #[arg(long, default_value = "flowguard.db")]
         db: PathBuf,
     },
+}
+
+/// TLS for `serve`: a certificate and key make it TLS-only; a client CA makes it mutual
+/// TLS (only filters holding a certificate that CA signed can connect).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM certificate chain the collector presents.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that must have signed every client's certificate (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[derive(Subcommand)]
@@ -168,7 +194,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             config,
             learn_interval_s,
             token,
-        } => serve(listen, &db, config.as_deref(), learn_interval_s, token),
+            tls,
+        } => serve(
+            listen,
+            &db,
+            config.as_deref(),
+            learn_interval_s,
+            token,
+            tls.config()?,
+        ),
         Command::Learn {
             db,
             envoy_log,
@@ -318,6 +352,7 @@ fn serve(
     config: Option<&Path>,
     learn_interval_s: u64,
     token: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), Error> {
     let settings = settings(config)?;
     let store = Store::open(db)?;
@@ -354,11 +389,19 @@ fn serve(
         };
         let listener = tokio::net::TcpListener::bind(listen).await?;
         eprintln!(
-            "flowguard collector listening on {} (db {})",
+            "flowguard collector listening on {} (db {}{})",
             listener.local_addr()?,
-            db.display()
+            db.display(),
+            match &tls {
+                Some(_) => ", TLS",
+                None => "",
+            }
         );
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        server
             .add_service(TelemetryServer::new(collector))
             .add_service(PoliciesServer::new(policies).max_decoding_message_size(1 << 20))
             .serve_with_incoming_shutdown(tokio_stream_listener(listener), async {

@@ -1,0 +1,10 @@
+//! The collector's parts, as a library so the `flowguard` binary and the fuzz targets
+//! share them: stored telemetry, fleet learning, the gRPC services and the tools.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod fleet;
+pub mod graph;
+pub mod replay;
+pub mod service;
+pub mod store;
