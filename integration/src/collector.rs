@@ -22,6 +22,17 @@ pub fn collector_bin() -> Result<PathBuf, String> {
     Err("no flowguard binary: run `cargo build -p flowguard-collector` first".into())
 }
 
+/// A fresh database path under `target/collector-runs` for test `name`.
+pub fn scratch_db(name: &str) -> Result<PathBuf, String> {
+    let dir = repo_root().join("target/collector-runs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let db = dir.join(format!("{name}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    Ok(db)
+}
+
 pub struct Collector {
     child: Child,
     pub addr: SocketAddr,
@@ -70,6 +81,11 @@ impl Collector {
             db: db.to_owned(),
             args,
         })
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the process at once (SIGKILL): nothing is flushed or closed cleanly.

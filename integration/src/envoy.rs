@@ -60,6 +60,17 @@ pub struct EnvoyConfig {
     /// balancer (Envoy's custom-header original IP detection): lets one test host play
     /// many client addresses.
     pub client_ip_header: Option<&'static str>,
+    /// TLS (and, with a client certificate, mutual TLS) to the collector.
+    pub collector_tls: Option<CollectorTls>,
+}
+
+/// How Envoy's `flowguard_collector` cluster speaks TLS: the CA it trusts (the collector
+/// must present a certificate for [`crate::pki::COLLECTOR_NAME`] signed by it) and the
+/// client certificate and key it presents.
+#[derive(Clone, Debug)]
+pub struct CollectorTls {
+    pub ca: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl EnvoyConfig {
@@ -74,6 +85,7 @@ impl EnvoyConfig {
             failure_policy: "FAIL_CLOSED",
             wasm: None,
             client_ip_header: None,
+            collector_tls: None,
         }
     }
 }
@@ -143,7 +155,10 @@ static_resources:
             .as_deref()
             .map(access_log)
             .unwrap_or_default(),
-    ) + &cfg.collector.map(collector_cluster).unwrap_or_default()
+    ) + &cfg
+        .collector
+        .map(|addr| collector_cluster(addr, cfg.collector_tls.as_ref()))
+        .unwrap_or_default()
 }
 
 fn client_ip(header: &str) -> String {
@@ -179,7 +194,37 @@ fn access_log(path: &Path) -> String {
 }
 
 /// The collector's cluster: gRPC needs HTTP/2 to the upstream.
-fn collector_cluster(addr: SocketAddr) -> String {
+fn collector_cluster(addr: SocketAddr, tls: Option<&CollectorTls>) -> String {
+    let file = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+    let transport_socket = tls.map_or(String::new(), |tls| {
+        let client = tls.client.as_ref().map_or(String::new(), |(cert, key)| {
+            format!(
+                r#"
+          tls_certificates:
+          - certificate_chain: {{ filename: {} }}
+            private_key: {{ filename: {} }}"#,
+                file(cert),
+                file(key)
+            )
+        });
+        format!(
+            r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {name}
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context:
+            trusted_ca: {{ filename: {ca} }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: {name} }}{client}
+"#,
+            name = crate::pki::COLLECTOR_NAME,
+            ca = file(&tls.ca),
+        )
+    });
     format!(
         r#"  - name: flowguard_collector
     type: STATIC
@@ -193,7 +238,7 @@ fn collector_cluster(addr: SocketAddr) -> String {
       endpoints:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
-"#,
+{transport_socket}"#,
         addr.ip(),
         addr.port()
     )

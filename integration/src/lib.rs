@@ -6,6 +6,7 @@ pub mod collector;
 pub mod envoy;
 pub mod oci;
 pub mod patience;
+pub mod pki;
 pub mod shop;
 pub mod shop_server;
 pub mod traffic;

@@ -10,13 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn scratch_db(name: &str) -> PathBuf {
-    let dir = flowguard_integration::envoy::repo_root().join("target/collector-runs");
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let db = dir.join(format!("{name}-{}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    db
+    flowguard_integration::collector::scratch_db(name).expect("scratch database")
 }
 
 /// A filter that reports every session (sample 1.0) and flushes often.
