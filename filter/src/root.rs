@@ -89,6 +89,11 @@ impl RootContext for Root {
         } else if let Ok((None, _)) = host::shared_get(shared::MODEL_VERSION_KEY) {
             // Create the probe key, so publishing a model later is a real compare-and-swap.
             let _ = host::shared_set(shared::MODEL_VERSION_KEY, &0u64.to_le_bytes(), 0);
+        } else if let Err(e) = crate::tick::adopt_published(&mut worker) {
+            host::log(
+                LogLevel::Warn,
+                &format!("flowguard: published model not read ({e:?}): next tick"),
+            );
         }
         let period = Duration::from_millis(worker.settings.learning.tick_ms.into());
         if let Err(e) = host::set_tick_period(period) {

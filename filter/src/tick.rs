@@ -65,6 +65,19 @@ fn refresh_registry(w: &mut Worker) -> HostResult<()> {
     Ok(())
 }
 
+/// Installs the model already published in shared data, if any, so that a VM started
+/// (or restarted, or reloaded with a listener update) after learning enforces from its
+/// first request rather than from its first tick.
+pub fn adopt_published(w: &mut Worker) -> HostResult<()> {
+    if w.settings.policy.is_some() {
+        return Ok(());
+    }
+    match shared::model_version()? {
+        (0, _) => Ok(()),
+        (version, _) => load_model(w, version),
+    }
+}
+
 /// Installs the policy another worker published; a bad one is refused and reported.
 fn load_model(w: &mut Worker, version: u64) -> HostResult<()> {
     let (bytes, _) = host::shared_get(shared::MODEL_KEY)?;
