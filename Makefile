@@ -6,7 +6,7 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 
-.PHONY: help build venv demo test test-unit test-wasi test-integration test-fuzz fuzz lint bench clean compose-test oci
+.PHONY: help build venv demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -67,6 +67,10 @@ test-fuzz: ## replay the fuzz corpus, then fuzz each target for FUZZ_SECONDS (AS
 	  fi; \
 	  echo "$$t: corpus replayed, $$(grep -E '^Done' $$log | tail -1)"; \
 	done
+
+soak: build venv ## the soak test for 5 minutes (make test runs it for 60 s)
+	cargo build -p flowguard-collector
+	FLOWGUARD_SOAK_S=300 cargo test -p flowguard-integration --test soak -- --nocapture
 
 fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
 	$(MAKE) test-fuzz FUZZ_SECONDS=300

@@ -116,7 +116,9 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream }}
+                # An upstream keep-alive connection can close just as Envoy reuses it;
+                # production configs retry that reset, and so does the harness.
+                route: {{ cluster: upstream, retry_policy: {{ retry_on: reset, num_retries: 2 }} }}
           http_filters:
           - name: envoy.filters.http.wasm
             typed_config:

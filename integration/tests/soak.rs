@@ -1,0 +1,188 @@
+//! Soak: minutes of load on loopback through a real Envoy (two workers) with attacks mixed
+//! into normal traffic. Envoy's memory stays flat, nothing fails, every attack is caught
+//! and every customer is served. `FLOWGUARD_SOAK_S` sets the length (CI: 60 s; `make
+//! soak`: 300 s).
+
+use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{self, Client, Session};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CLIENT_IP: &str = "x-client-ip";
+
+const CONFIG: &str = r#"{"mode":"enforce",
+    "learning":{"min_sessions":60,"min_requests":300,"min_support":5,"tick_ms":100},
+    "session":{"capacity":16384,"idle_timeout_s":2},
+    "endpoints":{"deprecated":["/api/v1/"],"templates":["GET /api/users/{id}"]},
+    "rules":{"inventory.unknown_endpoint":"block","inventory.deprecated_endpoint":"block",
+             "auth.failures":{"window_s":30}}}"#;
+
+fn address() -> String {
+    format!(
+        "10.{}.{}.{}",
+        fastrand::u8(1..200),
+        fastrand::u8(..),
+        fastrand::u8(1..255)
+    )
+}
+
+fn refused(status: u16) -> bool {
+    status == 403 || status == 429
+}
+
+/// One attack from a fresh session and address; whether flowguard stopped it.
+fn attack(client: &Client, kind: usize) -> (&'static str, bool) {
+    let mut s = Session::from_address(client, CLIENT_IP, &address());
+    match kind % 6 {
+        0 => (
+            "skip payment",
+            refused(traffic::skip_payment(&mut s).status),
+        ),
+        1 => (
+            "confirm after a declined card",
+            refused(traffic::confirm_after_failed_payment(&mut s).status),
+        ),
+        2 => (
+            "flood",
+            traffic::flood(&mut s, 150).into_iter().any(|x| x == 429),
+        ),
+        3 => (
+            "enumeration",
+            traffic::enumerate_orders(&mut s, 150)
+                .into_iter()
+                .any(refused),
+        ),
+        4 => {
+            let ip = address();
+            let caught = (0..60).any(|i| {
+                let mut s = Session::from_address(client, CLIENT_IP, &ip);
+                let body = json!({"user": format!("victim{i}"), "password": "wrong"});
+                s.call("POST", "/api/login", Some(body)).status == 429
+            });
+            ("credential stuffing", caught)
+        }
+        _ => {
+            s.login();
+            let shadow = s.call("GET", "/api/internal/export", None).status;
+            let zombie = s.call("GET", "/api/v1/menu", None).status;
+            (
+                "shadow and zombie endpoints",
+                refused(shadow) && refused(zombie),
+            )
+        }
+    }
+}
+
+/// The session table is sized for the load, as the README advises: about 1,000 sessions
+/// start per idle timeout (2 s), a sixteenth of the capacity, so a customer is never
+/// displaced mid-order; the table's 16,384 slots (about 4 MiB of shared data) fill as
+/// the run goes and bound its memory.
+#[test]
+fn minutes_of_load_with_attacks_mixed_in() {
+    let seconds: u64 = std::env::var("FLOWGUARD_SOAK_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let shop = ShopServer::start().expect("shop");
+    let mut cfg = EnvoyConfig::new(CONFIG, shop.addr);
+    cfg.concurrency = 2;
+    cfg.client_ip_header = Some(CLIENT_IP);
+    let envoy = Envoy::start(&cfg).expect("Envoy starts");
+    let client = Client::new(&envoy.url);
+    for i in 0..120 {
+        let mut s = Session::from_address(&client, CLIENT_IP, &address());
+        if i % 4 == 3 {
+            traffic::browsing(&mut s);
+        } else {
+            traffic::normal_order(&mut s);
+        }
+    }
+    envoy
+        .wait_for_model()
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+
+    let stop = AtomicBool::new(false);
+    let (served, sessions) = (AtomicU64::new(0), AtomicU64::new(0));
+    let wronged = Mutex::new(Vec::new());
+    let missed = Mutex::new(Vec::new());
+    let attacks = AtomicU64::new(0);
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let client = Client::new(&envoy.url);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut customer = Session::from_address(&client, CLIENT_IP, &address());
+                    if fastrand::u8(..4) == 0 {
+                        traffic::browsing(&mut customer);
+                    } else {
+                        traffic::normal_order(&mut customer);
+                    }
+                    sessions.fetch_add(1, Ordering::Relaxed);
+                    let statuses = customer.statuses();
+                    served.fetch_add(statuses.len() as u64, Ordering::Relaxed);
+                    if statuses.iter().any(|x| *x == 0 || *x >= 500 || refused(*x)) {
+                        if let Ok(mut w) = wronged.lock() {
+                            w.push(format!("{:?}", customer.calls));
+                        }
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            let client = Client::new(&envoy.url);
+            let mut kind = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (what, caught) = attack(&client, kind);
+                attacks.fetch_add(1, Ordering::Relaxed);
+                if !caught {
+                    if let Ok(mut m) = missed.lock() {
+                        m.push(what);
+                    }
+                }
+                kind += 1;
+            }
+        });
+        // Envoy's resident memory every few seconds, after a tenth of the run to warm up
+        // (the session table fills in the first seconds).
+        while started.elapsed() < Duration::from_secs(seconds) {
+            std::thread::sleep(Duration::from_secs(2));
+            if started.elapsed() > Duration::from_secs(seconds / 10) {
+                rss.push(envoy.rss_kib());
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let (served, sessions, attacks) = (
+        served.into_inner(),
+        sessions.into_inner(),
+        attacks.into_inner(),
+    );
+    let (first, last) = (rss[0], rss[rss.len() - 1]);
+    let peak = rss.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "soak {elapsed:.0} s: {served} customer requests ({:.0}/s) in {sessions} sessions, \
+         {attacks} attacks; Envoy RSS {first} KiB -> {last} KiB (peak {peak} KiB)",
+        served as f64 / elapsed
+    );
+    let wronged = wronged.into_inner().unwrap_or_default();
+    assert!(
+        wronged.is_empty(),
+        "{} customer sessions failed or were blocked, first: {}",
+        wronged.len(),
+        wronged[0]
+    );
+    let missed = missed.into_inner().unwrap_or_default();
+    assert!(missed.is_empty(), "attacks not caught: {missed:?}");
+    assert!(attacks >= 12, "every kind of attack ran at least twice");
+    assert!(
+        peak <= first + 16 * 1024,
+        "Envoy's memory grew from {first} KiB to {peak} KiB"
+    );
+}
