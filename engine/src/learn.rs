@@ -440,6 +440,10 @@ pub fn compile(
             .unwrap_or_default()
             .meets(s.min_sessions_per_fact, s.min_addresses)
     };
+    // Without thresholds every violator is evidence enough: the plain ratio rule.
+    let thresholds = s.min_sessions_per_fact > 1 || s.min_addresses > 1;
+    let absence_unsupported =
+        |key: &(EndpointId, EndpointId)| thresholds && !supported(m.lacking.get(key));
     let kept = |id: EndpointId| id == NO_ENDPOINT || supported(m.reached_support.get(&id));
     let known_transition = |key: &(EndpointId, EndpointId), n: u64| {
         n >= s.transition_min_count
@@ -477,7 +481,7 @@ pub fn compile(
                         kept(*p)
                             && n >= s.min_support
                             && (n as f64 >= s.prerequisite_ratio * reached as f64
-                                || !supported(m.lacking.get(&(id, *p))))
+                                || absence_unsupported(&(id, *p)))
                     })
                     .map(|((_, p), _)| name(*p))
                     .collect()

@@ -46,8 +46,10 @@ pub fn choose(
             return (i, Placement::Free);
         }
     }
-    let last_seen = |s: Option<&Slot>| s.map_or(0, |s| s.last_seen);
-    let i = usize::from(last_seen(b) < last_seen(a));
+    // Least recently seen; within the same second, the older session: a session that
+    // started this second is most likely a client in the middle of its flow.
+    let age = |s: Option<&Slot>| s.map_or((0, 0), |s| (s.last_seen, s.first_seen));
+    let i = usize::from(age(b) < age(a));
     (i, Placement::Evict)
 }
 
@@ -77,6 +79,13 @@ mod tests {
         assert_eq!(
             choose(5, [Some(&other), Some(&old)], 100, 60),
             (1, Placement::Evict)
+        );
+        let mut veteran = Slot::new(8, 40, 0);
+        veteran.last_seen = 100;
+        assert_eq!(
+            choose(5, [Some(&other), Some(&veteran)], 100, 60),
+            (1, Placement::Evict),
+            "seen in the same second: the session that started this second stays"
         );
     }
 
