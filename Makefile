@@ -54,14 +54,16 @@ test-integration: build build-crash venv ## real Envoy + real filter + demo shop
 FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
 FUZZ_TARGETS = config request records policy collector_report collector_access_log
 FUZZ_SECONDS ?= 5
+# Unoptimised with overflow checks for the short CI run (builds in half the time); -O for long runs.
+FUZZ_BUILD ?= --dev
 
 test-fuzz: ## replay the fuzz corpus, then fuzz each target for FUZZ_SECONDS (ASan)
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	$(FUZZ) build -O
+	$(FUZZ) build $(FUZZ_BUILD)
 	set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p target/fuzz-new/$$t; log=target/fuzz-$$t.log; \
-	  if ! ( ($(FUZZ) run -O $$t corpus/$$t -- -runs=0 -malloc_limit_mb=128) \
-	        && ($(FUZZ) run -O $$t ../target/fuzz-new/$$t corpus/$$t -- \
+	  if ! ( ($(FUZZ) run $(FUZZ_BUILD) $$t corpus/$$t -- -runs=0 -malloc_limit_mb=128) \
+	        && ($(FUZZ) run $(FUZZ_BUILD) $$t ../target/fuzz-new/$$t corpus/$$t -- \
 	           -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=128) ) >$$log 2>&1; then \
 	    tail -40 $$log; echo "fuzz target $$t failed (artifact in fuzz/artifacts/$$t)"; exit 1; \
 	  fi; \
@@ -73,7 +75,7 @@ soak: build venv ## the soak test for 5 minutes (make test runs it for 60 s)
 	FLOWGUARD_SOAK_S=300 cargo test -p flowguard-integration --test soak -- --nocapture
 
 fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
-	$(MAKE) test-fuzz FUZZ_SECONDS=300
+	$(MAKE) test-fuzz FUZZ_SECONDS=300 FUZZ_BUILD=-O
 
 bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> bench/results/
 	command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
