@@ -182,6 +182,10 @@ fn on_request(
     event: &mut Option<Event>,
 ) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
+    if w.model.is_none() {
+        // Another worker may have published the model since this one's last tick.
+        crate::tick::adopt_published(w)?;
+    }
     let now_ms = host::now_ms()?;
     let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
     let bytes = host::header_pairs(MapType::HttpRequestHeaders)?;

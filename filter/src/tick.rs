@@ -35,7 +35,7 @@ fn step(w: &mut Worker) -> HostResult<()> {
     }
     let (version, cas) = shared::model_version()?;
     if version != 0 && version != u64::from(w.epoch()) {
-        return load_model(w, version);
+        return load_model(w, version).map(|_| ());
     }
     if w.model.is_none() {
         learn_or_wait(w, cas)?;
@@ -67,36 +67,46 @@ fn refresh_registry(w: &mut Worker) -> HostResult<()> {
 
 /// Installs the model already published in shared data, if any, so that a VM started
 /// (or restarted, or reloaded with a listener update) after learning enforces from its
-/// first request rather than from its first tick.
+/// first request, and every worker from the first request after another published it,
+/// rather than from their next tick. One probe read per call; a version already tried
+/// (installed or refused) is not parsed again.
 pub fn adopt_published(w: &mut Worker) -> HostResult<()> {
     if w.settings.policy.is_some() {
         return Ok(());
     }
-    match shared::model_version()? {
-        (0, _) => Ok(()),
-        (version, _) => load_model(w, version),
+    let (version, _) = shared::model_version()?;
+    if version == 0 || version == w.tried_version {
+        return Ok(());
     }
+    if load_model(w, version)? {
+        w.tried_version = version;
+    }
+    Ok(())
 }
 
 /// Installs the policy another worker published; a bad one is refused and reported.
-fn load_model(w: &mut Worker, version: u64) -> HostResult<()> {
+/// Returns whether the version was settled (installed or refused).
+fn load_model(w: &mut Worker, version: u64) -> HostResult<bool> {
     let (bytes, _) = host::shared_get(shared::MODEL_KEY)?;
     let Some(bytes) = bytes else {
-        return Ok(()); // published version, body not written yet: next tick
+        return Ok(false); // published version, body not written yet: next tick
     };
     let compiled = Policy::from_json(&bytes).and_then(|p| Model::compile(&p, &w.settings));
     match compiled {
         Ok(model) if model.version == version => {
             refresh_registry(w)?;
             w.install(model);
+            Ok(true)
         }
-        Ok(_) => {}
-        Err(e) => host::log(
-            LogLevel::Error,
-            &format!("flowguard: refused policy version {version}: {e}"),
-        ),
+        Ok(_) => Ok(false), // the body is of another version: mid-publication
+        Err(e) => {
+            host::log(
+                LogLevel::Error,
+                &format!("flowguard: refused policy version {version}: {e}"),
+            );
+            Ok(true)
+        }
     }
-    Ok(())
 }
 
 fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {

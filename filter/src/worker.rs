@@ -25,6 +25,8 @@ pub struct Worker {
     pub model: Option<Model>,
     /// Learning registry cache; its indices are what slots use before a model exists.
     pub registry: Registry,
+    /// The published model version this worker last installed or refused.
+    pub tried_version: u64,
     /// Registry index to model index, for slots recorded while learning.
     registry_map: Vec<Option<EndpointId>>,
     /// Learning counters not yet merged into shared data.
@@ -71,6 +73,7 @@ impl Worker {
             base_normaliser,
             model: None,
             registry: Registry::default(),
+            tried_version: 0,
             registry_map: Vec::new(),
             delta: LearnStats::default(),
             scratch: Scratch::default(),
