@@ -93,6 +93,12 @@ pub struct LearningSettings {
 }
 
 impl LearningSettings {
+    /// Whether a fact needs more than one session or address (else the learner need not
+    /// keep the evidence of absences: any violator is enough).
+    pub fn has_support_thresholds(&self) -> bool {
+        self.min_sessions_per_fact > 1 || self.min_addresses > 1
+    }
+
     /// Whether learning must look up each new session's client address.
     pub fn counts_addresses(&self) -> bool {
         self.min_addresses > 1 || self.max_sessions_per_address > 0

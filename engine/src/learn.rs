@@ -74,8 +74,10 @@ fn merge_all<K: Ord + Copy>(into: &mut BTreeMap<K, Support>, from: &BTreeMap<K, 
 }
 
 impl LearnStats {
-    /// Counts a request to `endpoint` described by `visit`; `known` endpoints (ids
-    /// `0..known`) are registered so far.
+    /// Counts a request to `endpoint` described by `visit`; the absence of endpoints
+    /// `0..known` before it is recorded as evidence (pass 0 without support thresholds).
+    /// Pass the registered count as `known` only when
+    /// [`LearningSettings::has_support_thresholds`].
     pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit, known: usize) {
         if !visit.learn {
             if visit.new_session {
@@ -293,7 +295,11 @@ pub fn learn_from(
                 &mut stats,
                 &mut slot,
                 e,
-                registry.len(),
+                if s.has_support_thresholds() {
+                    registry.len()
+                } else {
+                    0
+                },
                 o.ids,
                 o.time_ms,
                 o.status,
@@ -441,7 +447,7 @@ pub fn compile(
             .meets(s.min_sessions_per_fact, s.min_addresses)
     };
     // Without thresholds every violator is evidence enough: the plain ratio rule.
-    let thresholds = s.min_sessions_per_fact > 1 || s.min_addresses > 1;
+    let thresholds = s.has_support_thresholds();
     let absence_unsupported =
         |key: &(EndpointId, EndpointId)| thresholds && !supported(m.lacking.get(key));
     let kept = |id: EndpointId| id == NO_ENDPOINT || supported(m.reached_support.get(&id));
@@ -918,7 +924,7 @@ mod tests {
                 let now = 1_000_000 + n as u64 * 700;
                 let id = filter_reg.add(t, 128).unwrap();
                 let visit = slot.record_request(Some(id), None, now, 10_000);
-                filter_stats.observe_request(id, &visit, filter_reg.len());
+                filter_stats.observe_request(id, &visit, 0); // as the filter, without thresholds
                 let peak = slot.record_response(id, status, now, 300_000);
                 filter_stats.observe_response(id, status, peak);
                 log.push(Observation {

@@ -286,7 +286,12 @@ fn on_request(
             }
         }
         if let (true, Some(e)) = (learning, endpoint) {
-            w.delta.observe_request(e, &visit, w.registry.len());
+            let known = if w.settings.learning.has_support_thresholds() {
+                w.registry.len()
+            } else {
+                0 // absences are only evidence against thresholds
+            };
+            w.delta.observe_request(e, &visit, known);
         }
         *pending = endpoint.map(|endpoint| Pending {
             index: located.index,

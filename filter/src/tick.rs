@@ -35,7 +35,7 @@ fn step(w: &mut Worker) -> HostResult<()> {
     }
     let (version, cas) = shared::model_version()?;
     if version != 0 && version != u64::from(w.epoch()) {
-        return load_model(w, version).map(|_| ());
+        return adopt(w, version);
     }
     if w.model.is_none() {
         learn_or_wait(w, cas)?;
@@ -74,11 +74,16 @@ pub fn adopt_published(w: &mut Worker) -> HostResult<()> {
     if w.settings.policy.is_some() {
         return Ok(());
     }
-    let (version, _) = shared::model_version()?;
-    if version == 0 || version == w.tried_version {
-        return Ok(());
+    match shared::model_version()? {
+        (0, _) => Ok(()),
+        (version, _) => adopt(w, version),
     }
-    if load_model(w, version)? {
+}
+
+/// Loads published `version` unless this worker already installed or refused it (so a
+/// refused policy is parsed and logged once, not on every tick or request).
+fn adopt(w: &mut Worker, version: u64) -> HostResult<()> {
+    if version != w.tried_version && load_model(w, version)? {
         w.tried_version = version;
     }
     Ok(())
