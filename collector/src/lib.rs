@@ -6,5 +6,6 @@ pub mod access_log;
 pub mod fleet;
 pub mod graph;
 pub mod replay;
+#[cfg(feature = "server")]
 pub mod service;
 pub mod store;

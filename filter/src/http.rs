@@ -43,6 +43,9 @@ pub struct Http {
     worker: SharedWorker,
     pending: Option<Pending>,
     scanner: Option<Scanner>,
+    /// The endpoint whose response is being scanned (the worker's scratch template belongs
+    /// to whichever request it handled last, on any stream).
+    scanned_endpoint: Option<EndpointId>,
     /// The telemetry event of this request, completed with the response's status.
     event: Option<Event>,
 }
@@ -53,6 +56,7 @@ impl Http {
             worker,
             pending: None,
             scanner: None,
+            scanned_endpoint: None,
             event: None,
         }
     }
@@ -96,7 +100,9 @@ impl HttpContext for Http {
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
-        if let Some(pending) = self.pending.take() {
+        let pending = self.pending.take();
+        self.scanned_endpoint = pending.map(|p| p.endpoint);
+        if let Some(pending) = pending {
             if let Err(e) = on_response(w, pending, status) {
                 Metrics::inc(w.metrics.host_errors);
                 host::log(
@@ -148,7 +154,10 @@ impl HttpContext for Http {
                     LogLevel::Info,
                     &format!(
                         "flowguard: response.sensitive_data on {}: {} e-mail, {} card, {} national id, {} field",
-                        w.scratch.template, findings.emails, findings.cards, findings.national_ids, findings.fields
+                        self.scanned_endpoint
+                            .and_then(|e| w.template(e))
+                            .unwrap_or("an unknown endpoint"),
+                        findings.emails, findings.cards, findings.national_ids, findings.fields
                     ),
                 );
             }

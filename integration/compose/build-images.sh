@@ -30,6 +30,7 @@ envoy_bin=$(ls "$root"/.venv/lib/python3*/site-packages/envoy/_bin/envoy | head 
 rootfs_with "$out/envoy/rootfs" "$envoy_bin"
 image "$out/envoy" flowguard-local/envoy:1.40.0
 
-release=$root/target/release
-rootfs_with "$out/flowguard/rootfs" "$release/flowguard" "$release/shop" "$release/compose-check" "$release/probe"
+# FLOWGUARD_PROFILE: the cargo profile the binaries were built with (release by default).
+bins=$root/target/${FLOWGUARD_PROFILE:-release}
+rootfs_with "$out/flowguard/rootfs" "$bins/flowguard" "$bins/shop" "$bins/compose-check" "$bins/probe"
 image "$out/flowguard" flowguard-local/flowguard:dev

@@ -30,8 +30,12 @@ else
 fi
 echo "using: ${compose[*]} ($("${compose[@]}" version 2>/dev/null | head -n 1))"
 
-cargo build --release -q -p flowguard-collector
-cargo build --release -q -p flowguard-integration --bin shop --bin compose-check --bin probe
+# The harness checks the wiring, not speed: the debug builds `make test` has already made
+# serve (a release build here cost CI minutes). FLOWGUARD_PROFILE=release for real images.
+export FLOWGUARD_PROFILE=${FLOWGUARD_PROFILE:-debug}
+profile_flag=(); [ "$FLOWGUARD_PROFILE" = release ] && profile_flag=(--release)
+cargo build "${profile_flag[@]}" -q -p flowguard-collector
+cargo build "${profile_flag[@]}" -q -p flowguard-integration --bin shop --bin compose-check --bin probe
 bash "$root/integration/compose/build-images.sh"
 
 # The filter's OCI image for Istio, built by Docker from envoy/oci/Dockerfile, inspected:

@@ -436,12 +436,24 @@ impl Envoy {
     }
 }
 
+/// Lines of Envoy's log a failed test prints.
+const LOG_TAIL_LINES: usize = 40;
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- Envoy log ({}) ---\n{}", self.dir.display(), self.log());
+            // The tail only: CI shows the end of a failed run's output, and a whole log
+            // would push the assertion's message out of it. The file stays for the rest.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            eprintln!(
+                "--- last {} lines of the Envoy log ({}/envoy.log) ---",
+                tail.len(),
+                self.dir.display()
+            );
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
         } else if !self.keep_files {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -1,6 +1,7 @@
 //! Rate, enumeration, credential-stuffing, shadow/zombie and data-leak rules in a real
 //! Envoy, learned from normal traffic like the call order.
 
+use flowguard_integration::patience::eventually;
 use flowguard_integration::traffic::{self, Client, Session};
 use flowguard_integration::world::{quick_learning, World};
 use std::time::Instant;
@@ -115,6 +116,13 @@ fn every_attack_is_caught_and_normal_traffic_replays_with_zero_false_blocks() {
             .counter("flowguard.rule.response.sensitive_data"),
         before + 1
     );
+    // The log names the endpoint whose answer leaked: a learned profile by its template.
+    assert_eq!(explorer.call("GET", "/api/users/7", None).status, 200);
+    for named in ["an unknown endpoint", "GET /api/users/{id}"] {
+        let line = format!("response.sensitive_data on {named}: ");
+        eventually(&line, || world.envoy.log().contains(&line).then_some(()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 
     // The learned normal traffic, played again: not one request blocked.
     let blocks_before = world.envoy.counter("flowguard.local_replies");
