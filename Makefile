@@ -5,6 +5,10 @@ WASM := target/flowguard.wasm
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
+# Every native build selects the same packages, so cargo resolves their features once:
+# building per package (`-p`) would compile the shared dependencies again with other
+# features (minutes of CI).
+NATIVE := --workspace --exclude flowguard-filter
 
 .PHONY: help build venv demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
@@ -31,8 +35,8 @@ $(ENVOY):
 	$(ENVOY) --version
 
 demo: build venv ## a real Envoy protecting the demo shop: learn, then attacks blocked
-	cargo build --release -q -p flowguard-collector
-	FLOWGUARD_BIN=$(CURDIR)/target/release/flowguard cargo run --release -q -p flowguard-integration --bin demo
+	cargo build --release -q $(NATIVE) --bins
+	FLOWGUARD_BIN=$(CURDIR)/target/release/flowguard target/release/demo
 
 test: lint test-unit test-wasi test-integration test-fuzz ## everything CI checks
 
@@ -42,15 +46,15 @@ lint: ## rustfmt and clippy, warnings are errors
 	cargo clippy -p flowguard-filter --target $(WASM_TARGET) -q -- -D warnings
 
 test-unit: ## engine and harness unit tests, natively
-	cargo test --workspace --exclude flowguard-filter --lib --bins
+	cargo test $(NATIVE) --lib --bins
 
 test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WASI
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
 		cargo test -p flowguard-engine --target $(WASM_TARGET)
 
 test-integration: build build-crash venv ## real Envoy + real filter + demo shop + real collector
-	cargo build -p flowguard-collector
-	cargo test -p flowguard-integration --tests -- --test-threads 2
+	cargo build $(NATIVE) --bins --tests
+	cargo test $(NATIVE) --test '*' -- --test-threads 2
 
 # cargo fuzz needs -Z sanitizer flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
 FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
@@ -73,8 +77,8 @@ test-fuzz: ## replay the fuzz corpus, then fuzz each target for FUZZ_SECONDS (AS
 	done
 
 soak: build venv ## the soak test for 5 minutes (make test runs it for 60 s)
-	cargo build -p flowguard-collector
-	FLOWGUARD_SOAK_S=300 cargo test -p flowguard-integration --test soak -- --nocapture
+	cargo build $(NATIVE) --bins --tests
+	FLOWGUARD_SOAK_S=300 cargo test $(NATIVE) --test soak -- --nocapture
 
 fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
 	$(MAKE) test-fuzz FUZZ_SECONDS=300 FUZZ_BUILD=-O

@@ -33,9 +33,11 @@ echo "using: ${compose[*]} ($("${compose[@]}" version 2>/dev/null | head -n 1))"
 # The harness checks the wiring, not speed: the debug builds `make test` has already made
 # serve (a release build here cost CI minutes). FLOWGUARD_PROFILE=release for real images.
 export FLOWGUARD_PROFILE=${FLOWGUARD_PROFILE:-debug}
-profile_flag=(); [ "$FLOWGUARD_PROFILE" = release ] && profile_flag=(--release)
-cargo build "${profile_flag[@]}" -q -p flowguard-collector
-cargo build "${profile_flag[@]}" -q -p flowguard-integration --bin shop --bin compose-check --bin probe
+if [ "$FLOWGUARD_PROFILE" = release ]; then
+  cargo build --release -q --workspace --exclude flowguard-filter --bins
+else # exactly what `make test` built (its features too), so nothing compiles again
+  cargo build -q --workspace --exclude flowguard-filter --bins --tests
+fi
 bash "$root/integration/compose/build-images.sh"
 
 # The filter's OCI image for Istio, built by Docker from envoy/oci/Dockerfile, inspected:

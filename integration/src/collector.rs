@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The `flowguard` binary built by `cargo build -p flowguard-collector`.
+/// The `flowguard` binary built by `make test` (or `cargo build -p flowguard-collector`).
 pub fn collector_bin() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("FLOWGUARD_BIN") {
         return Ok(PathBuf::from(p));
