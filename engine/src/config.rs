@@ -99,6 +99,17 @@ impl LearningSettings {
         self.min_sessions_per_fact > 1 || self.min_addresses > 1
     }
 
+    /// How many of the `registered` endpoints a request records as absent before it (the
+    /// `known` of [`crate::learn::LearnStats::observe_request`]): all of them against
+    /// support thresholds, none without.
+    pub fn absences_to_record(&self, registered: usize) -> usize {
+        if self.has_support_thresholds() {
+            registered
+        } else {
+            0
+        }
+    }
+
     /// Whether learning must look up each new session's client address.
     pub fn counts_addresses(&self) -> bool {
         self.min_addresses > 1 || self.max_sessions_per_address > 0

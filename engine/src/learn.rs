@@ -75,9 +75,8 @@ fn merge_all<K: Ord + Copy>(into: &mut BTreeMap<K, Support>, from: &BTreeMap<K, 
 
 impl LearnStats {
     /// Counts a request to `endpoint` described by `visit`; the absence of endpoints
-    /// `0..known` before it is recorded as evidence (pass 0 without support thresholds).
-    /// Pass the registered count as `known` only when
-    /// [`LearningSettings::has_support_thresholds`].
+    /// `0..known` before it is recorded as evidence
+    /// ([`LearningSettings::absences_to_record`] says how many).
     pub fn observe_request(&mut self, endpoint: EndpointId, visit: &Visit, known: usize) {
         if !visit.learn {
             if visit.new_session {
@@ -295,11 +294,7 @@ pub fn learn_from(
                 &mut stats,
                 &mut slot,
                 e,
-                if s.has_support_thresholds() {
-                    registry.len()
-                } else {
-                    0
-                },
+                s.absences_to_record(registry.len()),
                 o.ids,
                 o.time_ms,
                 o.status,
@@ -924,7 +919,9 @@ mod tests {
                 let now = 1_000_000 + n as u64 * 700;
                 let id = filter_reg.add(t, 128).unwrap();
                 let visit = slot.record_request(Some(id), None, now, 10_000);
-                filter_stats.observe_request(id, &visit, 0); // as the filter, without thresholds
+                let known = settings().absences_to_record(filter_reg.len());
+                assert_eq!(known, 0, "without thresholds no absence is recorded");
+                filter_stats.observe_request(id, &visit, known); // as the filter
                 let peak = slot.record_response(id, status, now, 300_000);
                 filter_stats.observe_response(id, status, peak);
                 log.push(Observation {

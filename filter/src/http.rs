@@ -101,7 +101,6 @@ impl HttpContext for Http {
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
         let pending = self.pending.take();
-        self.scanned_endpoint = pending.map(|p| p.endpoint);
         if let Some(pending) = pending {
             if let Err(e) = on_response(w, pending, status) {
                 Metrics::inc(w.metrics.host_errors);
@@ -121,6 +120,7 @@ impl HttpContext for Http {
         }
         if should_inspect(w, status) {
             self.scanner = Some(Scanner::default());
+            self.scanned_endpoint = pending.map(|p| p.endpoint);
         }
         Action::Continue
     }
@@ -295,11 +295,7 @@ fn on_request(
             }
         }
         if let (true, Some(e)) = (learning, endpoint) {
-            let known = if w.settings.learning.has_support_thresholds() {
-                w.registry.len()
-            } else {
-                0 // absences are only evidence against thresholds
-            };
+            let known = w.settings.learning.absences_to_record(w.registry.len());
             w.delta.observe_request(e, &visit, known);
         }
         *pending = endpoint.map(|endpoint| Pending {

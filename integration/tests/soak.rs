@@ -7,6 +7,7 @@ use flowguard_integration::envoy::{Envoy, EnvoyConfig};
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::{self, Client, Session};
 use serde_json::json;
+use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,27 +21,28 @@ const CONFIG: &str = r#"{"mode":"enforce",
     "rules":{"inventory.unknown_endpoint":"block","inventory.deprecated_endpoint":"block",
              "auth.failures":{"window_s":30}}}"#;
 
-/// A customer's address. Attackers come from another range: a customer sharing an
-/// attacker's address (a NAT) is refused at login by design, and with random addresses from
-/// one range that happened often enough to fail CI (tens of thousands of customers against
-/// the hundreds of addresses an attacker fails logins from within one auth window).
-fn address() -> String {
+/// A random host address in `first.{second}.x.y`.
+fn address_in(first: u8, second: impl RangeBounds<u8>) -> String {
     format!(
-        "10.{}.{}.{}",
-        fastrand::u8(..),
+        "{first}.{}.{}.{}",
+        fastrand::u8(second),
         fastrand::u8(..),
         fastrand::u8(1..255)
     )
 }
 
+/// A customer's address (10.0.0.0/8). Attackers come from another range: a customer
+/// sharing an attacker's address (a NAT) is refused at login by design, and with random
+/// addresses from one range that happened often enough to fail CI (tens of thousands of
+/// customers against the hundreds of addresses an attacker fails logins from within one
+/// auth window).
+fn address() -> String {
+    address_in(10, ..)
+}
+
 /// An attacker's address (172.16.0.0/12), never a customer's.
 fn attacker_address() -> String {
-    format!(
-        "172.{}.{}.{}",
-        fastrand::u8(16..32),
-        fastrand::u8(..),
-        fastrand::u8(1..255)
-    )
+    address_in(172, 16..32)
 }
 
 fn refused(status: u16) -> bool {
