@@ -40,7 +40,9 @@ demo: build venv ## a real Envoy protecting the demo shop: learn, then attacks b
 
 test: lint test-unit test-wasi test-integration test-fuzz ## everything CI checks
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors), no tracked file reaching outside the repository
+	python3 scripts/check-repo-paths.py --self-test
+	python3 scripts/check-repo-paths.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
 	cargo clippy -p flowguard-filter --target $(WASM_TARGET) -q -- -D warnings

@@ -19,7 +19,7 @@ fn yaml_docs(path: &std::path::Path) -> Vec<Value> {
 }
 
 fn wasmplugin_schema() -> Value {
-    let crd = repo_root().join("../shared/istio/wasmplugin-crd.yaml");
+    let crd = repo_root().join("integration/testdata/istio/wasmplugin-crd.yaml");
     let doc = yaml_docs(&crd).into_iter().next().expect("the CRD");
     doc["spec"]["versions"]
         .as_array()
