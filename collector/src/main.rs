@@ -335,6 +335,9 @@ fn show(p: &Policy) -> String {
         if !e.prerequisites.is_empty() {
             let _ = writeln!(out, "      requires {}", e.prerequisites.join(", "));
         }
+        if let Some(ev) = &e.evidence {
+            let _ = writeln!(out, "      {}", ev.describe());
+        }
     }
     if let Some(a) = p.auth_failures {
         let _ = writeln!(

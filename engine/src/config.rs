@@ -78,6 +78,10 @@ pub struct LearningSettings {
     pub min_requests: u64,
     pub min_support: u64,
     pub prerequisite_ratio: f64,
+    /// Confidence at which the data must show `prerequisite_ratio` (exact binomial bound).
+    pub confidence: f64,
+    /// Distinct routes into a step before an order rule is learned for it.
+    pub min_routes: u32,
     pub transition_min_count: u64,
     pub variable_segment_min: u32,
     pub max_endpoints: u16,
@@ -123,6 +127,8 @@ impl Default for LearningSettings {
             min_requests: 500,
             min_support: 5,
             prerequisite_ratio: 0.98,
+            confidence: 0.99,
+            min_routes: 2,
             transition_min_count: 1,
             variable_segment_min: 16,
             max_endpoints: MAX_ENDPOINTS as u16,
@@ -383,6 +389,8 @@ struct RawLearning {
     min_requests: Option<i64>,
     min_support: Option<i64>,
     prerequisite_ratio: Option<f64>,
+    confidence: Option<f64>,
+    min_routes: Option<i64>,
     transition_min_count: Option<i64>,
     variable_segment_min: Option<i64>,
     max_endpoints: Option<i64>,
@@ -508,10 +516,18 @@ impl TryFrom<Raw> for Settings {
         let l = raw.learning;
         let d = LearningSettings::default();
         let ratio = l.prerequisite_ratio.unwrap_or(d.prerequisite_ratio);
-        if !(ratio > 0.0 && ratio <= 1.0) {
+        // No sample shows a share of exactly 1: a ratio of 1 could never be asserted.
+        if !(ratio > 0.0 && ratio < 1.0) {
             return Err(invalid(
                 "learning.prerequisite_ratio",
-                format!("expected a number in (0, 1], got {ratio}"),
+                format!("expected a number in (0, 1), got {ratio}"),
+            ));
+        }
+        let confidence = l.confidence.unwrap_or(d.confidence);
+        if !(0.5..1.0).contains(&confidence) {
+            return Err(invalid(
+                "learning.confidence",
+                format!("expected a number in [0.5, 1), got {confidence}"),
             ));
         }
         let learning = LearningSettings {
@@ -537,6 +553,17 @@ impl TryFrom<Raw> for Settings {
                 u32::MAX.into(),
             )?,
             prerequisite_ratio: ratio,
+            confidence,
+            min_routes: narrow(
+                "learning.min_routes",
+                int_in(
+                    "learning.min_routes",
+                    l.min_routes,
+                    d.min_routes.into(),
+                    1,
+                    crate::evidence::MAX_ROUTES as u64,
+                )?,
+            )?,
             transition_min_count: int_in(
                 "learning.transition_min_count",
                 l.transition_min_count,
@@ -818,7 +845,7 @@ mod tests {
         let s = Settings::from_json(
             br#"{"mode":"enforce","session":{"sources":[{"header":"X-Session"},"bearer","address"],
                  "capacity":1000,"idle_timeout_s":60,"hash_key":"0123456789abcdef"},
-                 "learning":{"min_sessions":3,"min_requests":10,"prerequisite_ratio":1.0,"tick_ms":100},
+                 "learning":{"min_sessions":3,"min_requests":10,"prerequisite_ratio":0.99,"tick_ms":100},
                  "endpoints":{"templates":["GET /u/{name}"]},
                  "rules":{"order.unknown_transition":"off"}}"#,
         )

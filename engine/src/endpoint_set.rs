@@ -19,6 +19,12 @@ impl EndpointSet {
         }
     }
 
+    pub fn remove(&mut self, id: EndpointId) {
+        if usize::from(id) < MAX_ENDPOINTS {
+            self.0 &= !(1u128 << id);
+        }
+    }
+
     pub fn contains(self, id: EndpointId) -> bool {
         usize::from(id) < MAX_ENDPOINTS && self.0 & (1u128 << id) != 0
     }

@@ -9,6 +9,7 @@ pub mod address;
 pub mod config;
 pub mod endpoint;
 pub mod endpoint_set;
+pub mod evidence;
 pub mod fingerprint;
 pub mod header_map;
 pub mod le;

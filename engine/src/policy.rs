@@ -86,6 +86,9 @@ pub struct EndpointPolicy {
     /// A retired (zombie) endpoint: calls are flagged.
     #[serde(default)]
     pub deprecated: bool,
+    /// What the learned order rules of this endpoint stand on (learned policies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::Evidence>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use flowguard_integration::traffic::{self, Client, Session};
 /// Learns fast: thresholds a test's worth of traffic meets in a second or two.
 fn config(mode: &str) -> String {
     format!(
-        r#"{{"mode":"{mode}","learning":{{"min_sessions":40,"min_requests":200,"min_support":5,"tick_ms":100}},
+        r#"{{"mode":"{mode}","learning":{{"min_sessions":40,"min_requests":200,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100}},
             "session":{{"capacity":4096}}}}"#
     )
 }

@@ -16,7 +16,7 @@ fn config(defended: bool) -> String {
         ""
     };
     format!(
-        r#"{{"mode":"enforce","learning":{{"min_sessions":40,"min_requests":150,"min_support":5,"tick_ms":100{support}}},
+        r#"{{"mode":"enforce","learning":{{"min_sessions":40,"min_requests":150,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100{support}}},
             "session":{{"capacity":4096}},"rules":{{"inventory.unknown_endpoint":"block"}}}}"#
     )
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const CLIENT_IP: &str = "x-client-ip";
 
 const CONFIG: &str = r#"{"mode":"enforce",
-    "learning":{"min_sessions":60,"min_requests":300,"min_support":5,"tick_ms":100},
+    "learning":{"min_sessions":60,"min_requests":300,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100},
     "session":{"capacity":32768,"idle_timeout_s":10},
     "endpoints":{"deprecated":["/api/v1/"],"templates":["GET /api/users/{id}"]},
     "rules":{"inventory.unknown_endpoint":"block","inventory.deprecated_endpoint":"block",

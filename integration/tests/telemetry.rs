@@ -22,7 +22,7 @@ fn reporting(mode: &str, learning: &str, extra: &str) -> String {
     )
 }
 
-const QUICK: &str = r#"{"min_sessions":40,"min_requests":200,"min_support":5,"tick_ms":100}"#;
+const QUICK: &str = r#"{"min_sessions":40,"min_requests":200,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100}"#;
 /// Thresholds no test reaches: the filter cannot learn by itself.
 const NEVER: &str = r#"{"min_sessions":1000000,"min_requests":1000000,"tick_ms":100}"#;
 

@@ -49,7 +49,7 @@ fn serve(liar: Liar) -> (SocketAddr, tokio::runtime::Runtime) {
     (addr, rt)
 }
 
-const CONFIG: &str = r#"{"mode":"enforce","learning":{"min_sessions":40,"min_requests":200,"tick_ms":100},
+const CONFIG: &str = r#"{"mode":"enforce","learning":{"min_sessions":40,"min_requests":200,"prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100},
     "collector":{"cluster":"flowguard_collector","sample_rate":1.0,"flush_interval_ms":100,"policy_interval_ms":200}}"#;
 
 fn still_serving(envoy: &Envoy) {

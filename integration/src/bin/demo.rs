@@ -12,7 +12,7 @@ use flowguard_integration::world::World;
 const CONFIG: &str = r#"{
   "mode": "enforce",
   "session": { "sources": [{"cookie": "session"}, "bearer", "address"], "capacity": 16384 },
-  "learning": { "min_sessions": 80, "min_requests": 400, "tick_ms": 200 },
+  "learning": { "min_sessions": 340, "min_requests": 2000, "tick_ms": 200 },
   "endpoints": { "deprecated": ["/api/v1/"] },
   "rules": { "auth.failures": { "window_s": 60 } },
   "collector": { "cluster": "flowguard_collector", "node": "demo", "sample_rate": 1.0, "flush_interval_ms": 500 }
@@ -43,9 +43,9 @@ fn main() {
     println!("filter configuration:\n{CONFIG}\n");
 
     println!(
-        "1. learning: 100 normal sessions (orders, declined cards retried, typos, browsing)..."
+        "1. learning: 360 normal sessions (orders, declined cards retried, typos, browsing)..."
     );
-    traffic::play_normal(&world.client, 100);
+    traffic::play_normal(&world.client, 360);
     let version = match world.envoy.wait_for_model() {
         Ok(v) => v,
         Err(e) => {
@@ -57,19 +57,23 @@ fn main() {
     println!("   model version {version} learned, active on both workers.\n");
     if let Some(policy) = world.envoy.learned_policy() {
         println!(
-            "   {:<32} {:>10} {:>12}  must succeed first",
+            "   {:<32} {:>10} {:>12}  must succeed first (or why nothing is enforced)",
             "endpoint", "rate/10s", "ids/10s"
         );
         for e in &policy.endpoints {
             let lim = |l: Option<flowguard_engine::policy::Limit>| {
                 l.map_or("-".into(), |l| format!("p99 {} -> {}", l.p99, l.limit))
             };
+            let order = match (&e.evidence, e.prerequisites.is_empty()) {
+                (Some(ev), true) => format!("- ({})", ev.describe()),
+                _ => e.prerequisites.join(", "),
+            };
             println!(
                 "   {:<32} {:>10} {:>12}  {}",
                 e.template,
                 lim(e.rate),
                 lim(e.distinct_ids),
-                e.prerequisites.join(", ")
+                order
             );
         }
         println!();
