@@ -214,7 +214,12 @@ fn canonical_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
     Some(out)
 }
 
-/// Whether a path segment is an identifier: a number, a UUID, a long hex or token-like run.
+/// Whether a path segment is an identifier by its shape alone: a number, a UUID, long
+/// hex (Mongo ObjectIds included), a token-like run, an e-mail address, a date or time,
+/// or letters mixed with at least four digits (`user00017`, `ord-2024-0042`). Short
+/// mixes such as `v2`, `oauth2` or `sha256` stay literal: they name API versions and
+/// features. Names without digits (`alice`) are learned instead, from how many values
+/// their position takes.
 pub fn is_identifier(segment: &str) -> bool {
     let bytes = segment.as_bytes();
     let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
@@ -227,11 +232,39 @@ pub fn is_identifier(segment: &str) -> bool {
     if bytes.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit) {
         return true;
     }
+    if is_email(bytes) {
+        return true;
+    }
+    let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    let separators = bytes.len() - digits - letters;
+    // Dates and times: 2024-01-31, 2024-01-31T10:00:00Z, 10:30.
+    if digits >= 4
+        && letters <= 2
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_' | b'+'))
+    {
+        return true;
+    }
     let token_like = bytes
         .iter()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.'));
-    let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
-    bytes.len() >= 20 && token_like && digits > 0 && letters > 0
+    if !token_like || letters == 0 || digits == 0 {
+        return false;
+    }
+    bytes.len() >= 20 || (digits >= 4 && separators <= 2)
+}
+
+/// `local@domain.tld`, loosely: identifiers, not validation.
+fn is_email(b: &[u8]) -> bool {
+    let Some(at) = b.iter().position(|c| *c == b'@') else {
+        return false;
+    };
+    let (local, domain) = (
+        b.get(..at).unwrap_or_default(),
+        b.get(at + 1..).unwrap_or_default(),
+    );
+    !local.is_empty() && domain.len() >= 3 && domain.contains(&b'.') && !domain.contains(&b'@')
 }
 
 fn is_uuid(b: &[u8]) -> bool {
@@ -308,6 +341,27 @@ mod tests {
         assert_eq!(norm(&n, "GET", "/t/eyJhbGciOiJIUzI1NiJ9abc"), "GET /t/{id}");
         assert_eq!(norm(&n, "GET", "/api/v1/menu"), "GET /api/v1/menu");
         assert_eq!(norm(&n, "GET", ""), "GET /");
+        // Shapes of identifiers seen on real APIs.
+        for id in [
+            "user00017",
+            "507f1f77bcf86cd799439011",
+            "alice@example.com",
+            "bob%40example.org",
+            "2024-01-31",
+            "2024-01-31T10:00:00Z",
+            "ord-2024-0042",
+            "INV20240042",
+        ] {
+            let path = format!("/users/v1/{id}/email");
+            assert_eq!(norm(&n, "PUT", &path), "PUT /users/v1/{id}/email", "{id}");
+        }
+        // Versions, features and words stay literal.
+        for word in [
+            "v1", "v2beta1", "oauth2", "sha256", "ipv4", "s3", "alice", "me", "2fa",
+        ] {
+            let path = format!("/api/{word}");
+            assert_eq!(norm(&n, "GET", &path), format!("GET /api/{word}"), "{word}");
+        }
     }
 
     #[test]

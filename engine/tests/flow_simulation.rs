@@ -1,0 +1,242 @@
+//! Learned models on randomly generated APIs: how many held-out normal sessions they
+//! block, and how many step-skipping attacks they catch.
+//!
+//! Each generated API is a flow graph: steps with true dependencies, optional steps
+//! (taken by 30 to 80 % of sessions), repeated steps, failures that are retried, and a
+//! per-object chain (create, act, finish) walked for one to three objects per session,
+//! each session taking its own topological order. The model learns from one sample of
+//! sessions through the engine's own learner, then judges sessions it never saw. The
+//! promise of `learning.prerequisite_ratio` at `learning.confidence` is that a learned rule
+//! blocks at most `1 - ratio` of normal sessions; the test holds the measured rate to it
+//! and also demands that real dependencies are caught, so a model that learns nothing
+//! fails too.
+
+use flowguard_engine::config::Settings;
+use flowguard_engine::learn::{self, Observation};
+use flowguard_engine::model::Model;
+use flowguard_engine::slot::Slot;
+use flowguard_engine::verdict::{self, Outcome, Request};
+
+/// A small deterministic generator (xorshift64*): the test is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+struct Step {
+    template: String,
+    /// Indices of steps that must have succeeded first.
+    needs: Vec<usize>,
+    /// Probability that a session takes the step when it can.
+    taken: f64,
+    /// Probability that an answer fails (and is retried once).
+    fails: f64,
+    repeats: bool,
+}
+
+struct Api {
+    steps: Vec<Step>,
+    /// The per-object chain: create (answers the id), act on it, finish it.
+    chain: [String; 3],
+}
+
+fn generate(rng: &mut Rng, n: usize) -> Api {
+    let mut steps: Vec<Step> = Vec::new();
+    let verbs = ["GET", "POST", "PUT"];
+    for i in 0..n {
+        let mut needs = Vec::new();
+        if i > 0 && rng.chance(0.4) {
+            needs.push(rng.below(i as u64) as usize);
+        }
+        steps.push(Step {
+            template: format!(
+                "{} /api/r{}/s{i}",
+                verbs[rng.below(3) as usize],
+                rng.below(4)
+            ),
+            needs,
+            taken: if rng.chance(0.4) {
+                1.0
+            } else {
+                0.3 + rng.below(50) as f64 / 100.0
+            },
+            fails: if rng.chance(0.2) { 0.1 } else { 0.0 },
+            repeats: rng.chance(0.2),
+        });
+    }
+    Api {
+        steps,
+        chain: [
+            "POST /api/things".into(),
+            "POST /api/things/{id}/act".into(),
+            "POST /api/things/{id}/finish".into(),
+        ],
+    }
+}
+
+type Call = (String, u16);
+
+/// One normal session: steps in a random order that respects dependencies, optional
+/// steps taken or not, failures retried; the object chain for one to three objects.
+/// `skip` leaves a step out and calls the first of its dependents anyway (the attack).
+fn session(api: &Api, rng: &mut Rng, skip: Option<usize>) -> Vec<Call> {
+    let n = api.steps.len();
+    let mut done = vec![false; n];
+    let mut decided = vec![false; n];
+    let mut calls = Vec::new();
+    loop {
+        // Steps whose dependencies are decided; pick one at random.
+        let ready: Vec<usize> = (0..n)
+            .filter(|i| !decided[*i] && api.steps[*i].needs.iter().all(|d| decided[*d]))
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        let i = ready[rng.below(ready.len() as u64) as usize];
+        decided[i] = true;
+        let step = &api.steps[i];
+        let attacked = skip.is_some_and(|s| step.needs.contains(&s));
+        let can = attacked || step.needs.iter().all(|d| done[*d]);
+        if Some(i) == skip || !can || !(attacked || rng.chance(step.taken)) {
+            continue;
+        }
+        if rng.chance(step.fails) {
+            calls.push((step.template.clone(), 402));
+        }
+        calls.push((step.template.clone(), 200));
+        if step.repeats && rng.chance(0.5) {
+            calls.push((step.template.clone(), 200));
+        }
+        done[i] = true;
+        if attacked {
+            return calls; // the attack's target: nothing after it matters
+        }
+    }
+    if skip.is_none() {
+        for _ in 0..1 + rng.below(3) {
+            calls.push((api.chain[0].clone(), 201));
+            calls.push((api.chain[1].clone(), 200));
+            if rng.chance(0.7) {
+                calls.push((api.chain[2].clone(), 200));
+            }
+        }
+    }
+    calls
+}
+
+/// Whether the model blocks any call of `calls`, played as one session.
+fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool {
+    let version = u32::try_from(model.version).unwrap_or(0);
+    let mut slot = Slot::new(fp, 1_000, version);
+    for (n, (template, status)) in calls.iter().enumerate() {
+        let now_ms = 1_000_000 + n as u64 * 2_000;
+        let endpoint = model.endpoint(template);
+        let req = Request {
+            endpoint,
+            id: template.contains('{').then_some(fp ^ n as u64),
+            now_ms,
+            ..Request::default()
+        };
+        let (_, v) = verdict::evaluate(Some(model), settings, &mut slot, &req);
+        if matches!(v.outcome, Outcome::Block { .. }) {
+            return true;
+        }
+        if let Some(e) = endpoint {
+            slot.record_response(e, *status, now_ms, 300_000);
+        }
+    }
+    false
+}
+
+fn learned(api: &Api, rng: &mut Rng, sessions: u64, settings: &Settings) -> Model {
+    let mut observations = Vec::new();
+    for s in 0..sessions {
+        for (n, (template, status)) in session(api, rng, None).into_iter().enumerate() {
+            observations.push(Observation {
+                session: s.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+                time_ms: 1_000_000 + s * 100_000 + n as u64 * 2_000,
+                template,
+                status,
+                ids: None,
+            });
+        }
+    }
+    let (stats, registry) =
+        learn::learn_from(&mut observations, &settings.learning, &settings.limits);
+    let policy = learn::compile(&stats, &registry, &settings.learning, &settings.limits, 1);
+    Model::compile(&policy, settings).expect("a learned policy compiles")
+}
+
+/// Learns each generated API from `learning` sessions; returns (held-out normal sessions,
+/// of them blocked, attacks, of them blocked).
+fn measure(settings: &Settings, learning: u64) -> (u64, u64, u64, u64) {
+    let mut rng = Rng(0x5eed_f10e_6a4d_0001);
+    let (mut normal, mut false_blocks, mut attacks, mut caught) = (0u64, 0u64, 0u64, 0u64);
+    for graph in 0..12 {
+        let api = generate(&mut rng, 8 + graph % 8);
+        let model = learned(&api, &mut rng, learning, settings);
+        for h in 0..500u64 {
+            let calls = session(&api, &mut rng, None);
+            normal += 1;
+            false_blocks += u64::from(blocked(&model, settings, &calls, 0xabc0_0000 + h));
+        }
+        for (i, _) in api.steps.iter().enumerate() {
+            if !api.steps.iter().any(|s| s.needs.contains(&i)) {
+                continue;
+            }
+            for a in 0..20u64 {
+                let calls = session(&api, &mut rng, Some(i));
+                let skips = calls.last().is_some_and(|(t, _)| {
+                    api.steps
+                        .iter()
+                        .any(|s| &s.template == t && s.needs.contains(&i))
+                });
+                if skips {
+                    attacks += 1;
+                    caught += u64::from(blocked(&model, settings, &calls, 0xdead_0000 + a));
+                }
+            }
+        }
+    }
+    (normal, false_blocks, attacks, caught)
+}
+
+#[test]
+fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
+    let settings = Settings::from_json(br#"{"mode":"enforce"}"#).expect("defaults");
+    let promise = 1.0 - settings.learning.prerequisite_ratio;
+    for learning in [60, 1_000] {
+        let (normal, false_blocks, attacks, caught) = measure(&settings, learning);
+        let rate = false_blocks as f64 / normal as f64;
+        let catch = caught as f64 / attacks.max(1) as f64;
+        println!(
+            "learned from {learning} sessions: held-out normal sessions blocked {false_blocks} \
+             of {normal} ({:.3} %); step-skipping attacks caught {caught} of {attacks} ({:.1} %)",
+            rate * 100.0,
+            catch * 100.0
+        );
+        assert!(
+            rate <= promise,
+            "false-block rate {rate} above the promised {promise}"
+        );
+        assert!(attacks > 100, "too few attacks to judge: {attacks}");
+        if learning >= 1_000 {
+            assert!(
+                catch >= 0.5,
+                "real dependencies went unlearned: caught {catch}"
+            );
+        }
+    }
+}
