@@ -10,8 +10,8 @@
 //! blocks at most `1 - ratio` of normal sessions; the test holds the measured rate to it
 //! and also demands that real dependencies are caught, so a model that learns nothing
 //! fails too.
-// Test code fails loudly; the helpers outside #[test] index the graph they built.
-#![allow(clippy::indexing_slicing)]
+// Test code fails loudly: the helpers outside #[test] index the graph they built and expect.
+#![allow(clippy::indexing_slicing, clippy::expect_used)]
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::learn::{self, Observation};
