@@ -173,6 +173,83 @@ impl LearnStats {
         }
     }
 
+    /// The same counters with every endpoint mapped through `map` (learning registry to
+    /// merged templates, or to a model's ids); endpoints mapped to `None` drop out, and
+    /// counters of endpoints that merge add up. The session start stays itself.
+    pub fn remap(&self, map: impl Fn(EndpointId) -> Option<EndpointId>) -> LearnStats {
+        let to = |id: EndpointId| {
+            if id == NO_ENDPOINT {
+                Some(NO_ENDPOINT)
+            } else {
+                map(id)
+            }
+        };
+        let one = |from: &BTreeMap<EndpointId, u64>| {
+            let mut out = BTreeMap::new();
+            for (k, v) in from {
+                if let Some(k) = to(*k) {
+                    bump(&mut out, k, *v);
+                }
+            }
+            out
+        };
+        let pairs = |from: &BTreeMap<(EndpointId, EndpointId), u64>, self_pairs: bool| {
+            let mut out = BTreeMap::new();
+            for ((a, b), v) in from {
+                if let (Some(a), Some(b)) = (to(*a), to(*b)) {
+                    if self_pairs || a != b {
+                        bump(&mut out, (a, b), *v);
+                    }
+                }
+            }
+            out
+        };
+        let with_k = |from: &BTreeMap<(EndpointId, u8), u64>| {
+            let mut out = BTreeMap::new();
+            for ((e, k), v) in from {
+                if let Some(e) = to(*e) {
+                    bump(&mut out, (e, *k), *v);
+                }
+            }
+            out
+        };
+        let support_pairs = |from: &BTreeMap<(EndpointId, EndpointId), Support>| {
+            let mut out: BTreeMap<(EndpointId, EndpointId), Support> = BTreeMap::new();
+            for ((a, b), v) in from {
+                if let (Some(a), Some(b)) = (to(*a), to(*b)) {
+                    out.entry((a, b)).or_default().merge(*v);
+                }
+            }
+            out
+        };
+        let mut reached_support: BTreeMap<EndpointId, Support> = BTreeMap::new();
+        for (e, v) in &self.reached_support {
+            if let Some(e) = to(*e) {
+                reached_support.entry(e).or_default().merge(*v);
+            }
+        }
+        let mut routes: BTreeMap<EndpointId, Routes> = BTreeMap::new();
+        for (e, r) in &self.routes {
+            if let Some(e) = to(*e) {
+                routes.entry(e).or_default().merge(&r.remap(to));
+            }
+        }
+        LearnStats {
+            reached: one(&self.reached),
+            succeeded: one(&self.succeeded),
+            prior: pairs(&self.prior, false),
+            transitions: pairs(&self.transitions, true),
+            rate_at_least: with_k(&self.rate_at_least),
+            ids_at_least: with_k(&self.ids_at_least),
+            auth_failures: one(&self.auth_failures),
+            reached_support,
+            lacking: support_pairs(&self.lacking),
+            transition_support: support_pairs(&self.transition_support),
+            routes,
+            ..self.clone()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == LearnStats::default()
     }
@@ -383,72 +460,9 @@ pub fn compile(
             merged.add(&out, MAX_ENDPOINTS as u16)
         })
         .collect();
-    let to_new = |id: EndpointId| -> Option<EndpointId> {
-        if id == NO_ENDPOINT {
-            Some(NO_ENDPOINT)
-        } else {
-            map.get(usize::from(id)).copied().flatten()
-        }
-    };
+    let to_new = |id: EndpointId| map.get(usize::from(id)).copied().flatten();
 
-    let mut m = LearnStats::default();
-    for (k, v) in &stats.reached {
-        if let Some(k) = to_new(*k) {
-            bump(&mut m.reached, k, *v);
-        }
-    }
-    for (k, v) in &stats.succeeded {
-        if let Some(k) = to_new(*k) {
-            bump(&mut m.succeeded, k, *v);
-        }
-    }
-    for ((a, b), v) in &stats.prior {
-        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
-            if a != b {
-                bump(&mut m.prior, (a, b), *v);
-            }
-        }
-    }
-    for ((a, b), v) in &stats.transitions {
-        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
-            bump(&mut m.transitions, (a, b), *v);
-        }
-    }
-    for ((e, k), v) in &stats.rate_at_least {
-        if let Some(e) = to_new(*e) {
-            bump(&mut m.rate_at_least, (e, *k), *v);
-        }
-    }
-    for ((e, k), v) in &stats.ids_at_least {
-        if let Some(e) = to_new(*e) {
-            bump(&mut m.ids_at_least, (e, *k), *v);
-        }
-    }
-    for (e, v) in &stats.auth_failures {
-        if let Some(e) = to_new(*e) {
-            bump(&mut m.auth_failures, e, *v);
-        }
-    }
-    for (e, v) in &stats.reached_support {
-        if let Some(e) = to_new(*e) {
-            m.reached_support.entry(e).or_default().merge(*v);
-        }
-    }
-    for ((a, b), v) in &stats.lacking {
-        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
-            m.lacking.entry((a, b)).or_default().merge(*v);
-        }
-    }
-    for ((a, b), v) in &stats.transition_support {
-        if let (Some(a), Some(b)) = (to_new(*a), to_new(*b)) {
-            m.transition_support.entry((a, b)).or_default().merge(*v);
-        }
-    }
-    for (e, r) in &stats.routes {
-        if let Some(e) = to_new(*e) {
-            m.routes.entry(e).or_default().merge(&r.remap(to_new));
-        }
-    }
+    let m = stats.remap(to_new);
     let needed = evidence::sessions_needed(s.prerequisite_ratio, s.confidence);
     // A fact is learned only with support from enough distinct sessions and addresses.
     let supported = |support: Option<&Support>| {
@@ -607,7 +621,61 @@ pub fn compile(
             };
             Some(limit_from(at, at(1), 1000, &limits.address_auth))
         },
+        layout_since: 0,
     }
+}
+
+/// Sessions the active model must have grown by before it is learned again.
+pub fn relearn_due(current: &Policy, stats: &LearnStats, s: &LearningSettings) -> bool {
+    let since = current.learned_from.sessions;
+    stats.sessions >= since.saturating_add((since / 4).max(s.min_sessions))
+}
+
+/// The active policy learned again from `stats`, counted in its own endpoint ids since it
+/// was installed (from sessions no rule fired on): order rules that have their evidence
+/// now are added, with the evidence notes. It only tightens: no prerequisite, limit or
+/// endpoint goes, and the endpoint list (so every session's progress) stays as it is.
+pub fn relearn(
+    current: &Policy,
+    stats: &LearnStats,
+    s: &LearningSettings,
+    limits: &Limits,
+) -> Policy {
+    let mut registry = Registry::default();
+    for e in &current.endpoints {
+        registry.add(&e.template, MAX_ENDPOINTS as u16);
+    }
+    let version = current.version.saturating_add(1);
+    let fresh = compile(stats, &registry, s, limits, version);
+    let mut next = current.clone();
+    next.version = version;
+    next.layout_since = current.layout();
+    next.learned_from = fresh.learned_from;
+    for e in &mut next.endpoints {
+        let Some(learned) = fresh.endpoint(&e.template) else {
+            continue;
+        };
+        for p in &learned.prerequisites {
+            if !e.prerequisites.contains(p) {
+                e.prerequisites.push(p.clone());
+            }
+        }
+        e.sessions = e.sessions.max(learned.sessions);
+        e.evidence = learned.evidence.clone();
+        if let Some(ev) = e.evidence.as_mut().filter(|_| !e.prerequisites.is_empty()) {
+            ev.note = None; // a rule kept from before stands, whatever this sample says
+        }
+    }
+    for t in fresh.transitions {
+        let known = next
+            .transitions
+            .iter()
+            .any(|k| k.from == t.from && k.to == t.to);
+        if !known {
+            next.transitions.push(t);
+        }
+    }
+    next
 }
 
 #[cfg(test)]
@@ -872,6 +940,69 @@ mod tests {
             user.evidence.as_ref().unwrap().describe(),
             "order evidence: 228 sessions (needs 228), 2 routes (needs 2)"
         );
+    }
+
+    #[test]
+    fn relearning_adds_rules_once_evidence_arrives_and_keeps_ids() {
+        let shop = |stats: &mut LearnStats, reg: &mut Registry, n: u64| {
+            for i in 0..n {
+                let mut calls = vec![("POST /login", 200)];
+                if i % 2 == 0 {
+                    calls.push(("GET /menu", 200));
+                }
+                calls.extend([("POST /pay", 200), ("POST /confirm", 200)]);
+                play(stats, reg, 1000 + i, &calls);
+            }
+        };
+        let s = LearningSettings::default();
+        let (mut stats, mut reg) = (LearnStats::default(), Registry::default());
+        shop(&mut stats, &mut reg, 60);
+        let first = compile(&stats, &reg, &s, 1);
+        assert!(first.endpoints.iter().all(|e| e.prerequisites.is_empty()));
+        assert!(!relearn_due(&first, &stats, &s));
+
+        // The model's own ids: a registry in the policy's endpoint order.
+        let mut model_reg = Registry::default();
+        for e in &first.endpoints {
+            model_reg.add(&e.template, 128);
+        }
+        let mut since = stats.remap(|id| model_reg.get(reg.templates().get(usize::from(id))?));
+        shop(&mut since, &mut model_reg, 240);
+        assert_eq!(model_reg.len(), first.endpoints.len(), "no new endpoint");
+        assert!(relearn_due(&first, &since, &s));
+        let next = relearn(&first, &since, &s, &Limits::default());
+        assert_eq!(
+            (next.version, next.layout(), next.learned_from.sessions),
+            (2, 1, 300)
+        );
+        let templates = |p: &Policy| {
+            p.endpoints
+                .iter()
+                .map(|e| e.template.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(templates(&next), templates(&first));
+        assert_eq!(
+            next.endpoint("POST /confirm").unwrap().prerequisites,
+            ["POST /login", "POST /pay"]
+        );
+        next.validate().unwrap();
+        // Relearning never loosens: a sample without the rule keeps it.
+        let mut none = LearnStats::default();
+        for i in 0..400 {
+            play(
+                &mut none,
+                &mut model_reg,
+                5000 + i,
+                &[("POST /confirm", 200)],
+            );
+        }
+        let again = relearn(&next, &none, &s, &Limits::default());
+        assert_eq!(
+            again.endpoint("POST /confirm").unwrap().prerequisites,
+            ["POST /login", "POST /pay"]
+        );
+        assert_eq!(again.layout(), 1);
     }
 
     #[test]

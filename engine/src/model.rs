@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 #[derive(Clone, Debug)]
 pub struct Model {
     pub version: u64,
+    /// The first version with this model's endpoint ids ([`Policy::layout`]).
+    pub layout: u64,
     pub normaliser: Normaliser,
     pub window_ms: u32,
     pub auth_window_ms: u32,
@@ -99,6 +101,7 @@ impl Model {
             .collect();
         let mut model = Model {
             version: policy.version,
+            layout: policy.layout(),
             normaliser: Normaliser::new(
                 settings.endpoints.templates.clone(),
                 policy.variable_prefixes.iter().cloned().collect(),

@@ -34,6 +34,15 @@ pub struct Policy {
     /// 401/403 answers per auth window of one client address (over all its sessions).
     #[serde(default)]
     pub address_auth_failures: Option<Limit>,
+    /// The first version with this exact endpoint list (0: this version). Sessions
+    /// recorded under any version since keep their completed steps when this one is
+    /// installed: a policy relearned with more evidence must not reset customers mid-flow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layout_since: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn default_window() -> u32 {
@@ -130,6 +139,15 @@ impl Policy {
             .map_err(|e| bad(e.path().to_string(), e.into_inner().to_string()))?;
         p.validate()?;
         Ok(p)
+    }
+
+    /// The first version whose endpoint ids this policy keeps.
+    pub fn layout(&self) -> u64 {
+        if self.layout_since == 0 || self.layout_since > self.version {
+            self.version
+        } else {
+            self.layout_since
+        }
     }
 
     /// The endpoint with `template`.

@@ -37,6 +37,8 @@ struct Pending {
     epoch: u32,
     /// The endpoint had already succeeded in this session: another success changes nothing.
     completed: bool,
+    /// Learning counts this exchange (no rule fired on it).
+    learn: bool,
 }
 
 pub struct Http {
@@ -281,6 +283,11 @@ fn on_request(
         }
         let (visit, verdict) =
             verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
+        // Learning after the model counts only sessions no rule ever fired on.
+        let learns = (learning || w.relearns()) && verdict.fired.is_empty();
+        if !learning && !verdict.fired.is_empty() {
+            located.slot.unlearned = true;
+        }
         match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
             Ok(()) => {}
             Err(CAS_MISMATCH) => continue,
@@ -294,8 +301,9 @@ fn on_request(
                 Metrics::inc(w.metrics.evictions);
             }
         }
-        if let (true, Some(e)) = (learning, endpoint) {
-            let known = w.settings.learning.absences_to_record(w.registry.len());
+        if let (true, Some(e)) = (learns, endpoint) {
+            let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
+            let known = w.settings.learning.absences_to_record(registered);
             w.delta.observe_request(e, &visit, known);
         }
         *pending = endpoint.map(|endpoint| Pending {
@@ -304,6 +312,7 @@ fn on_request(
             endpoint,
             epoch: located.slot.model_version,
             completed: located.slot.completed.contains(endpoint),
+            learn: learns && visit.learn,
         });
         decided = Some(verdict);
         break;
@@ -505,7 +514,7 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
         peak = slot.record_response(p.endpoint, status, now_ms, auth_window_ms);
         Some(slot.encode().to_vec())
     })?;
-    if written && learning && !unlearned {
+    if written && p.learn && !unlearned {
         w.delta.observe_response(p.endpoint, status, peak);
     }
     if auth_failure {

@@ -5,6 +5,7 @@
 //! probe for workers' ticks) and `fg/model` its policy JSON.
 
 use crate::host::{self, HostResult, CAS_MISMATCH};
+use flowguard_engine::learn::LearnStats;
 use flowguard_engine::slot::Slot;
 use std::fmt::Write;
 
@@ -49,6 +50,25 @@ pub fn update(key: &str, mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) ->
         }
     }
     Err(CAS_MISMATCH)
+}
+
+/// Learning counters as shared: the endpoint-id space they count in (0: the learning
+/// registry; else the first model version of that endpoint list), then the counters.
+/// Undecodable bytes read as empty counters of the registry.
+pub fn decode_stats(bytes: Option<&[u8]>) -> (u64, LearnStats) {
+    let Some((space, rest)) = bytes.and_then(|b| b.split_first_chunk::<8>()) else {
+        return (0, LearnStats::default());
+    };
+    match LearnStats::decode(rest) {
+        Ok(stats) => (u64::from_le_bytes(*space), stats),
+        Err(_) => (0, LearnStats::default()),
+    }
+}
+
+pub fn encode_stats(space: u64, stats: &LearnStats) -> Vec<u8> {
+    let mut out = space.to_le_bytes().to_vec();
+    out.extend(stats.encode());
+    out
 }
 
 /// The active model's version in shared data (0: none yet).

@@ -39,6 +39,8 @@ fn step(w: &mut Worker) -> HostResult<()> {
     }
     if w.model.is_none() {
         learn_or_wait(w, cas)?;
+    } else if w.relearns() {
+        relearn_or_wait(w, cas)?;
     }
     Ok(())
 }
@@ -47,13 +49,15 @@ fn merge_delta(w: &mut Worker) -> HostResult<()> {
     if w.delta.is_empty() {
         return Ok(());
     }
-    let delta = &w.delta;
+    let (delta, space) = (&w.delta, w.delta_space);
     shared::update(shared::STATS_KEY, |bytes| {
-        let mut stats = bytes
-            .and_then(|b| LearnStats::decode(b).ok())
-            .unwrap_or_default();
+        let (shared_space, mut stats) = shared::decode_stats(bytes);
+        if shared_space != space {
+            // Counted in another model's ids (a publication is under way): dropped.
+            return None;
+        }
         stats.merge(delta);
-        Some(stats.encode())
+        Some(shared::encode_stats(space, &stats))
     })?;
     w.delta = LearnStats::default();
     Ok(())
@@ -116,9 +120,10 @@ fn load_model(w: &mut Worker, version: u64) -> HostResult<bool> {
 
 fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
     let (bytes, _) = host::shared_get(shared::STATS_KEY)?;
-    let stats = bytes
-        .and_then(|b| LearnStats::decode(&b).ok())
-        .unwrap_or_default();
+    let (space, stats) = shared::decode_stats(bytes.as_deref());
+    if space != 0 {
+        return Ok(()); // a model was published: its adoption is this tick's job
+    }
     Metrics::set(w.metrics.learning_sessions, stats.sessions);
     Metrics::set(w.metrics.learning_requests, stats.requests);
     Metrics::set(w.metrics.learning_unlearned, stats.unlearned_sessions);
@@ -153,17 +158,87 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         Err(host::CAS_MISMATCH) => return Ok(()),
         Err(e) => return Err(e),
     }
+    publish(w, &policy, model, stats.sessions, stats.requests)?;
+    if w.relearns() {
+        // Learning goes on in the model's ids: carry what was counted over into them.
+        let map: Vec<Option<EndpointId>> = (0..w.registry.len())
+            .map(|i| EndpointId::try_from(i).ok().and_then(|i| w.model_id_of(i)))
+            .collect();
+        let carried = stats.remap(|id| map.get(usize::from(id)).copied().flatten());
+        let layout = policy.layout();
+        shared::update(shared::STATS_KEY, |_| {
+            Some(shared::encode_stats(layout, &carried))
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes a policy whose version this worker has claimed, logs it and installs it.
+fn publish(
+    w: &mut Worker,
+    policy: &Policy,
+    model: Model,
+    sessions: u64,
+    requests: u64,
+) -> HostResult<()> {
     let json = policy.to_json();
     host::shared_set(shared::MODEL_KEY, json.as_bytes(), 0)?;
     host::log(
         LogLevel::Info,
         &format!(
             "flowguard: learned policy version {} from {} sessions, {} requests: {}",
-            policy.version, stats.sessions, stats.requests, json
+            policy.version, sessions, requests, json
         ),
     );
     w.install(model);
     Ok(())
+}
+
+/// Learning after the model is active: once the sessions no rule fired on have grown
+/// enough, the policy is learned again (adding only the rules that now have their
+/// evidence) and published as a new version with the same endpoint ids.
+fn relearn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
+    let Some(layout) = w.model.as_ref().map(|m| m.layout) else {
+        return Ok(());
+    };
+    let (bytes, _) = host::shared_get(shared::STATS_KEY)?;
+    let (space, stats) = shared::decode_stats(bytes.as_deref());
+    if space != layout {
+        return Ok(());
+    }
+    Metrics::set(w.metrics.learning_sessions, stats.sessions);
+    Metrics::set(w.metrics.learning_requests, stats.requests);
+    let (bytes, _) = host::shared_get(shared::MODEL_KEY)?;
+    let Some(current) = bytes.and_then(|b| Policy::from_json(&b).ok()) else {
+        return Ok(());
+    };
+    if current.version != w.model.as_ref().map_or(0, |m| m.version)
+        || !learn::relearn_due(&current, &stats, &w.settings.learning)
+    {
+        return Ok(());
+    }
+    let policy = learn::relearn(&current, &stats, &w.settings.learning, &w.settings.limits);
+    let model = match Model::compile(&policy, &w.settings) {
+        Ok(m) => m,
+        Err(e) => {
+            host::log(
+                LogLevel::Error,
+                &format!("flowguard: relearned policy is invalid: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    match host::shared_set(
+        shared::MODEL_VERSION_KEY,
+        &policy.version.to_le_bytes(),
+        version_cas,
+    ) {
+        Ok(()) => {}
+        Err(host::CAS_MISMATCH) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    w.tried_version = policy.version;
+    publish(w, &policy, model, stats.sessions, stats.requests)
 }
 
 /// Shares when each endpoint was last used normally, and retires those unused for

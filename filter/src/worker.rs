@@ -29,8 +29,10 @@ pub struct Worker {
     pub tried_version: u64,
     /// Registry index to model index, for slots recorded while learning.
     registry_map: Vec<Option<EndpointId>>,
-    /// Learning counters not yet merged into shared data.
+    /// Learning counters not yet merged into shared data, and the endpoint-id space they
+    /// count in (see [`crate::shared::decode_stats`]).
     pub delta: LearnStats,
+    pub delta_space: u64,
     pub scratch: Scratch,
     pub requests_seen: u64,
     /// When each model endpoint was last called normally here (seconds), for retiring
@@ -76,6 +78,7 @@ impl Worker {
             tried_version: 0,
             registry_map: Vec::new(),
             delta: LearnStats::default(),
+            delta_space: 0,
             scratch: Scratch::default(),
             requests_seen: 0,
             last_used: Vec::new(),
@@ -90,8 +93,27 @@ impl Worker {
             .map_or(0, |m| u32::try_from(m.version).unwrap_or(u32::MAX))
     }
 
+    /// Whether learning goes on once a model is active: for a model this filter learned
+    /// itself (a configured policy is the operator's; with a collector, the fleet learns).
+    pub fn relearns(&self) -> bool {
+        self.settings.policy.is_none() && self.settings.collector.is_none()
+    }
+
+    /// The model id of a learning-registry id (for counters recorded while learning).
+    pub fn model_id_of(&self, registry_id: EndpointId) -> Option<EndpointId> {
+        self.registry_map
+            .get(usize::from(registry_id))
+            .copied()
+            .flatten()
+    }
+
     /// Installs a compiled model for this worker.
     pub fn install(&mut self, model: Model) {
+        if self.delta_space != model.layout {
+            // Counters of another id space cannot be merged into this one's.
+            self.delta = LearnStats::default();
+            self.delta_space = model.layout;
+        }
         let now = host::now_secs().unwrap_or(0);
         self.last_used = vec![now; model.len()];
         self.registry_map = self
@@ -212,7 +234,11 @@ impl Worker {
         if slot.model_version == epoch {
             return;
         }
-        if slot.model_version == 0 {
+        let layout = self.model.as_ref().map_or(0, |m| m.layout);
+        let version = u64::from(slot.model_version);
+        if layout > 0 && version >= layout && version < u64::from(epoch) {
+            // Recorded under a version with the same endpoint ids: its progress stands.
+        } else if slot.model_version == 0 {
             let map = |id: EndpointId| self.registry_map.get(usize::from(id)).copied().flatten();
             slot.visited = slot.visited.remap(map);
             slot.completed = slot.completed.remap(map);

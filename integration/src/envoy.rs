@@ -421,11 +421,12 @@ impl Envoy {
         &self.dir
     }
 
-    /// The learned policy as the filter logged it when it compiled one.
+    /// The learned policy as the filter last logged it (it logs each version it learns).
     pub fn learned_policy(&self) -> Option<flowguard_engine::policy::Policy> {
         let log = self.log();
         let line = log
             .lines()
+            .rev()
             .find(|l| l.contains("flowguard: learned policy version"))?;
         let json = line.get(line.find("requests: ")? + "requests: ".len()..)?;
         flowguard_engine::policy::Policy::from_json(json.as_bytes()).ok()

@@ -74,6 +74,78 @@ fn confirm_without_successful_payment_is_blocked() {
     assert!(envoy.counter("flowguard.local_replies") >= 2);
 }
 
+/// With the default evidence (0.98 at 0.99: 228 clean sessions reaching a step) the first
+/// model, learned from 60 sessions, may not block anyone; learning goes on, and once the
+/// evidence is there the rule is published as a new version, with the same endpoint ids,
+/// so a customer half-way through an order when it lands still finishes it.
+#[test]
+fn a_rule_is_enforced_once_its_evidence_arrives_and_customers_keep_their_progress() {
+    let shop = ShopServer::start().expect("shop starts");
+    // Every test client shares 127.0.0.1, and one customer in ten mistypes a password:
+    // 400 sessions would exceed the per-address failure floor (a NAT's trade-off, not
+    // this test's subject).
+    let config = r#"{"mode":"enforce","learning":{"min_sessions":40,"min_requests":200,"tick_ms":100},
+                     "session":{"capacity":8192},"rules":{"auth.failures":{"address_floor":500}}}"#;
+    let mut cfg = EnvoyConfig::new(config, shop.addr);
+    cfg.concurrency = 2;
+    let envoy = Envoy::start(&cfg).expect("Envoy starts");
+    let client = Client::new(&envoy.url);
+    traffic::play_normal(&client, 60);
+    let first = envoy.wait_for_model().expect("model learned");
+    let policy = envoy.learned_policy().expect("policy logged");
+    let confirm = policy
+        .endpoint("POST /api/orders/{id}/confirm")
+        .expect("confirm learned");
+    assert!(confirm.prerequisites.is_empty(), "{confirm:?}");
+    let note = confirm.evidence.as_ref().and_then(|e| e.note.clone());
+    assert!(
+        note.as_deref()
+            .is_some_and(|n| n.starts_with("order not enforced yet")),
+        "{note:?}"
+    );
+    let mut early = Session::new(&client);
+    assert_eq!(
+        traffic::skip_payment(&mut early).status,
+        200,
+        "no rule without evidence: the first model does not block"
+    );
+
+    // A customer gets as far as paying, then the traffic that brings the evidence.
+    let mut customer = Session::new(&client);
+    customer.login();
+    customer.menu();
+    customer.add_to_cart(1);
+    let order = customer.create_order();
+    assert_eq!(customer.pay(order, traffic::GOOD_CARD).status, 200);
+    traffic::play_normal(&client, 300);
+    let relearned = flowguard_integration::patience::eventually("a relearned rule", || {
+        let p = envoy.learned_policy()?;
+        let c = p.endpoint("POST /api/orders/{id}/confirm")?;
+        c.prerequisites
+            .iter()
+            .any(|p| p == "POST /api/orders/{id}/pay")
+            .then_some(p.version)
+    })
+    .expect("the rule is learned once the evidence is there");
+    assert!(relearned > first);
+    std::thread::sleep(std::time::Duration::from_millis(600)); // every worker installs it
+
+    let reply = customer.confirm(order);
+    assert_eq!(reply.status, 200, "mid-flow customer: {:?}", customer.calls);
+    let mut attacker = Session::new(&client);
+    let reply = traffic::skip_payment(&mut attacker);
+    assert_eq!(reply.status, 403, "{:?}", attacker.calls);
+    for _ in 0..20 {
+        let mut c = Session::new(&client);
+        traffic::normal_order(&mut c);
+        assert!(
+            c.statuses().iter().all(|s| *s != 403 && *s != 429),
+            "{:?}",
+            c.calls
+        );
+    }
+}
+
 #[test]
 fn monitor_forwards_the_attack_with_a_block_verdict() {
     let (_shop, envoy, client) = learned("monitor", 1);
