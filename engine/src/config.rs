@@ -578,7 +578,7 @@ impl TryFrom<Raw> for Settings {
                     l.variable_segment_min,
                     16,
                     2,
-                    1 << 16,
+                    crate::registry::MAX_DISTINCT.into(),
                 )?,
             )?,
             max_endpoints: narrow(

@@ -9,6 +9,7 @@ use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
 use crate::evidence::{self, Evidence, Routes};
 use crate::policy::{EndpointPolicy, LearnedFrom, Limit, Policy, Transition, START};
+pub use crate::registry::Registry;
 use crate::slot::{Visit, NO_ENDPOINT};
 use crate::support::Support;
 use serde::{Deserialize, Serialize};
@@ -268,63 +269,6 @@ impl LearnStats {
     }
 }
 
-/// The templates seen while learning, in order of first sight; bounded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Registry {
-    templates: Vec<String>,
-    index: HashMap<String, EndpointId>,
-}
-
-impl Registry {
-    pub fn get(&self, template: &str) -> Option<EndpointId> {
-        self.index.get(template).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.templates.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.templates.is_empty()
-    }
-
-    pub fn templates(&self) -> &[String] {
-        &self.templates
-    }
-
-    /// Adds `template` unless present or the registry holds `limit` templates already.
-    pub fn add(&mut self, template: &str, limit: u16) -> Option<EndpointId> {
-        if let Some(id) = self.get(template) {
-            return Some(id);
-        }
-        if self.templates.len() >= usize::from(limit).min(MAX_ENDPOINTS) || template.contains('\n')
-        {
-            return None;
-        }
-        let id = EndpointId::try_from(self.templates.len()).ok()?;
-        self.templates.push(template.to_owned());
-        self.index.insert(template.to_owned(), id);
-        Some(id)
-    }
-
-    /// One template a line.
-    pub fn encode(&self) -> Vec<u8> {
-        self.templates.join("\n").into_bytes()
-    }
-
-    /// Decodes what [`Registry::encode`] wrote; bad lines and overflow are dropped.
-    pub fn decode(bytes: &[u8]) -> Registry {
-        let mut r = Registry::default();
-        for line in String::from_utf8_lossy(bytes)
-            .split('\n')
-            .filter(|l| !l.is_empty())
-        {
-            r.add(line, MAX_ENDPOINTS as u16);
-        }
-        r
-    }
-}
-
 /// The learning step of one request and its answer, exactly as the filter takes it (in
 /// its request and response phases): the collector and `flowguard learn` call this, so
 /// the fleet's policy comes from the same code as each filter's.
@@ -376,7 +320,7 @@ pub fn learn_from(
             let first_seen = u32::try_from(o.time_ms / 1000).unwrap_or(u32::MAX);
             slot = crate::slot::Slot::new(o.session, first_seen, 0);
         }
-        if let Some(e) = registry.add(&o.template, s.max_endpoints) {
+        if let Some(e) = registry.learn(&o.template, s.max_endpoints, s.variable_segment_min) {
             observe_exchange(
                 &mut stats,
                 &mut slot,
@@ -446,7 +390,8 @@ pub fn compile(
     limits: &Limits,
     version: u64,
 ) -> Policy {
-    let prefixes = variable_prefixes(registry.templates(), s.variable_segment_min);
+    let mut prefixes = variable_prefixes(registry.templates(), s.variable_segment_min);
+    prefixes.extend(registry.variable_prefixes().iter().cloned());
     let normaliser = Normaliser::new(Vec::new(), prefixes.iter().cloned().collect());
     // Re-normalise registry templates so learned identifiers merge into one endpoint.
     let mut merged = Registry::default();
@@ -1179,7 +1124,7 @@ mod tests {
             }
             for (n, (t, status)) in calls.into_iter().enumerate() {
                 let now = 1_000_000 + n as u64 * 700;
-                let id = filter_reg.add(t, 128).unwrap();
+                let id = filter_reg.learn(t, 128, 16).unwrap();
                 let visit = slot.record_request(Some(id), None, now, 10_000);
                 let known = settings().absences_to_record(filter_reg.len());
                 assert_eq!(known, 0, "without thresholds no absence is recorded");

@@ -17,6 +17,7 @@ pub mod learn;
 pub mod model;
 pub mod policy;
 pub mod rate;
+pub mod registry;
 pub mod rule;
 pub mod sensitive;
 pub mod session;

@@ -66,6 +66,7 @@ fn merge_delta(w: &mut Worker) -> HostResult<()> {
 fn refresh_registry(w: &mut Worker) -> HostResult<()> {
     let (bytes, _) = host::shared_get(shared::REGISTRY_KEY)?;
     w.registry = bytes.map(|b| Registry::decode(&b)).unwrap_or_default();
+    w.sync_normaliser();
     Ok(())
 }
 

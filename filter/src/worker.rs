@@ -20,8 +20,10 @@ use proxy_wasm::types::LogLevel;
 pub struct Worker {
     pub settings: Settings,
     pub metrics: Metrics,
-    /// Normalises while learning (declared templates only).
+    /// Normalises while learning (declared templates and learned variable positions).
     pub base_normaliser: Normaliser,
+    /// How many learned variable prefixes `base_normaliser` holds.
+    learned_prefixes: usize,
     pub model: Option<Model>,
     /// Learning registry cache; its indices are what slots use before a model exists.
     pub registry: Registry,
@@ -73,6 +75,7 @@ impl Worker {
             settings,
             metrics: Metrics::define(),
             base_normaliser,
+            learned_prefixes: 0,
             model: None,
             registry: Registry::default(),
             tried_version: 0,
@@ -153,7 +156,9 @@ impl Worker {
     }
 
     /// The endpoint id of `scratch.template`: the model's, or the learning registry's
-    /// (adding the template to the shared registry if it is new and there is room).
+    /// (adding the template, generalised by the positions learned so far, to the shared
+    /// registry if it is new and there is room). `scratch.template` becomes the template
+    /// the id stands for.
     pub fn endpoint_id(&mut self) -> HostResult<Option<EndpointId>> {
         let template = self.scratch.template.as_str();
         if let Some(model) = &self.model {
@@ -163,21 +168,40 @@ impl Worker {
             return Ok(Some(id));
         }
         let limit = self.settings.learning.max_endpoints;
+        let min_distinct = self.settings.learning.variable_segment_min;
         let mut found = None;
         let mut latest = Registry::default();
         shared::update(shared::REGISTRY_KEY, |bytes| {
             latest = bytes.map(Registry::decode).unwrap_or_default();
-            found = latest.get(template);
-            if found.is_some() {
-                return None;
-            }
-            found = latest.add(template, limit);
-            found.map(|_| latest.encode())
+            let before = latest.encode();
+            found = latest.learn(template, limit, min_distinct);
+            let after = latest.encode();
+            (after != before).then_some(after)
         })?;
         // The last attempt saw (and, if it wrote, extended) what is shared: other workers'
         // additions too. It is the new local cache; no second read.
         self.registry = latest;
+        if let Some(t) = found.and_then(|id| self.registry.templates().get(usize::from(id))) {
+            self.scratch.template.clone_from(t);
+        }
+        self.sync_normaliser();
         Ok(found)
+    }
+
+    /// Learning normalises with the registry's learned variable positions, so identifier
+    /// values there are counted as identifiers (distinct ids per window) from the start.
+    pub fn sync_normaliser(&mut self) {
+        let learned = self.registry.variable_prefixes();
+        if learned.len() == self.learned_prefixes {
+            return;
+        }
+        self.learned_prefixes = learned.len();
+        self.base_normaliser = Normaliser::new(
+            self.settings.endpoints.templates.clone(),
+            learned.iter().cloned().collect(),
+        )
+        .with_id_params(self.settings.endpoints.id_params.clone())
+        .case_insensitive(self.settings.endpoints.case_insensitive);
     }
 
     /// Finds the session's slot (its own, a free one, or one to evict) and reads it.

@@ -65,7 +65,8 @@ fn a_policy_learned_offline_from_envoy_access_logs_blocks_the_attack() {
         );
         cfg.access_log = Some(log.clone());
         let envoy = Envoy::start(&cfg).expect("Envoy starts");
-        traffic::play_normal(&Client::new(&envoy.url), 80);
+        // 240 of them order: enough for a prerequisite at the default evidence (228).
+        traffic::play_normal(&Client::new(&envoy.url), 320);
         std::thread::sleep(std::time::Duration::from_millis(400)); // flush
     }
     let (code, out, err) = flowguard(&[
