@@ -4,6 +4,8 @@
 
 pub mod collector;
 pub mod envoy;
+pub mod library;
+pub mod library_traffic;
 pub mod oci;
 pub mod patience;
 pub mod pki;

@@ -74,7 +74,11 @@ impl Client {
                 req.call()
             }
             _ => {
-                let mut req = self.agent.post(&url);
+                let mut req = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }

@@ -1,0 +1,237 @@
+//! Clients of the library API: readers as its front end would drive them, and attacks.
+
+use crate::library::{returning_readers, BOOKS, DECLINED_CARD};
+use crate::traffic::{Client, Reply};
+use serde_json::{json, Value};
+
+/// Where the test harness's Envoy takes the client address from.
+pub const CLIENT_IP: &str = "x-client-ip";
+
+/// One reader: their own address, and the token once logged in.
+pub struct Reader<'c> {
+    client: &'c Client,
+    ip: String,
+    token: Option<String>,
+    /// Every answer: (method, path, status, blocked by flowguard).
+    pub calls: Vec<(String, String, u16, bool)>,
+}
+
+impl<'c> Reader<'c> {
+    pub fn new(client: &'c Client, ip: &str) -> Reader<'c> {
+        Reader {
+            client,
+            ip: ip.to_owned(),
+            token: None,
+            calls: Vec::new(),
+        }
+    }
+
+    pub fn call(&mut self, method: &'static str, path: &str, body: Option<Value>) -> Reply {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![(CLIENT_IP, self.ip.as_str())];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        let reply = self.client.send(method, path, &headers, body.as_ref());
+        let blocked = is_block(&reply);
+        self.calls
+            .push((method.to_owned(), path.to_owned(), reply.status, blocked));
+        reply
+    }
+
+    /// Whether flowguard refused any of this reader's calls.
+    pub fn was_blocked(&self) -> bool {
+        self.calls.iter().any(|c| c.3)
+    }
+
+    pub fn register(&mut self, name: &str) -> Reply {
+        self.call(
+            "POST",
+            "/api/v2/users/register",
+            Some(json!({"username": name, "password": "secret"})),
+        )
+    }
+
+    pub fn login(&mut self, name: &str, password: &str) -> Reply {
+        let reply = self.call(
+            "POST",
+            "/api/v2/users/login",
+            Some(json!({"username": name, "password": password})),
+        );
+        if let Some(t) = serde_json::from_str::<Value>(&reply.body)
+            .ok()
+            .and_then(|v| v["auth_token"].as_str().map(str::to_owned))
+        {
+            self.token = Some(t);
+        }
+        reply
+    }
+
+    /// Borrows a book; the loan id, or 0 if refused.
+    pub fn borrow(&mut self, slug: &str) -> u64 {
+        let reply = self.call("POST", "/api/v2/loans", Some(json!({"book": slug})));
+        serde_json::from_str::<Value>(&reply.body)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn deposit(&mut self, loan: u64, card: &str) -> Reply {
+        let path = format!("/api/v2/loans/{loan}/deposit");
+        self.call("POST", &path, Some(json!({"card": card})))
+    }
+
+    pub fn pickup(&mut self, loan: u64) -> Reply {
+        self.call("POST", &format!("/api/v2/loans/{loan}/pickup"), None)
+    }
+}
+
+/// flowguard's own refusal (not the API's 401/402/409): its JSON body.
+pub fn is_block(reply: &Reply) -> bool {
+    matches!(reply.status, 403 | 429) && reply.body.contains("request blocked")
+}
+
+/// A generator of reader names: first and last names, letters only, as people pick them.
+pub fn new_name(rng: &mut fastrand::Rng) -> String {
+    const FIRST: [&str; 16] = [
+        "amelia", "bruno", "chiara", "dmitri", "elena", "farid", "greta", "hugo", "ines", "jonas",
+        "kaito", "lena", "mateo", "nora", "oskar", "priya",
+    ];
+    const LAST: [&str; 16] = [
+        "brook",
+        "castell",
+        "dunmore",
+        "everly",
+        "fairweather",
+        "garrow",
+        "holm",
+        "iverson",
+        "jansen",
+        "kowal",
+        "lindqvist",
+        "moreau",
+        "novak",
+        "okafor",
+        "pereira",
+        "quill",
+    ];
+    let suffix: String = (0..3).map(|_| rng.lowercase()).collect();
+    format!(
+        "{}_{}_{suffix}",
+        FIRST[rng.usize(..FIRST.len())],
+        LAST[rng.usize(..LAST.len())]
+    )
+}
+
+/// One normal reader's visit: a new reader registers (60 %), a returning one only logs
+/// in; one in ten mistypes the password first. Then, each optional: the catalogue (70 %),
+/// one to three books (60 %), their profile (50 %), a new e-mail (30 %); one to three
+/// loans, each with a deposit (one card in ten declined, then another), picked up (80 %)
+/// and returned (half of those); a look at a loan (40 %).
+pub fn normal_visit(r: &mut Reader, rng: &mut fastrand::Rng) {
+    let name = if rng.u8(..10) < 6 {
+        let name = new_name(rng);
+        r.register(&name);
+        name
+    } else {
+        let readers = returning_readers();
+        readers[rng.usize(..readers.len())].clone()
+    };
+    if rng.u8(..10) == 0 {
+        r.login(&name, "wrong");
+    }
+    r.login(&name, "secret");
+    if rng.u8(..10) < 7 {
+        r.call("GET", "/api/v2/books", None);
+    }
+    if rng.u8(..10) < 6 {
+        for _ in 0..rng.usize(1..4) {
+            r.call(
+                "GET",
+                &format!("/api/v2/books/{}", BOOKS[rng.usize(..BOOKS.len())]),
+                None,
+            );
+        }
+    }
+    if rng.bool() {
+        r.call("GET", &format!("/api/v2/users/{name}"), None);
+    }
+    if rng.u8(..10) < 3 {
+        r.call(
+            "PUT",
+            &format!("/api/v2/users/{name}/email"),
+            Some(json!({"email": "new@mail.example"})),
+        );
+    }
+    let mut last = 0;
+    for _ in 0..rng.usize(1..4) {
+        let loan = r.borrow(BOOKS[rng.usize(..BOOKS.len())]);
+        if rng.u8(..10) == 0 {
+            r.deposit(loan, DECLINED_CARD);
+        }
+        r.deposit(loan, "4111111111111111");
+        if rng.u8(..10) < 8 {
+            r.pickup(loan);
+            if rng.bool() {
+                r.call("POST", &format!("/api/v2/loans/{loan}/return"), None);
+            }
+        }
+        last = loan;
+    }
+    if rng.u8(..10) < 4 {
+        r.call("GET", &format!("/api/v2/loans/{last}"), None);
+    }
+}
+
+/// A distinct client address for reader `i`.
+pub fn address(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+/// The library's attacks; each returns the answers of its decisive calls.
+pub mod attacks {
+    use super::*;
+
+    /// Picks a loan up without paying its deposit.
+    pub fn pickup_without_deposit(r: &mut Reader, rng: &mut fastrand::Rng) -> Vec<Reply> {
+        let name = new_name(rng);
+        r.register(&name);
+        r.login(&name, "secret");
+        let loan = r.borrow(BOOKS[0]);
+        vec![r.pickup(loan)]
+    }
+
+    /// Pays with a declined card, then picks up anyway.
+    pub fn pickup_after_declined_deposit(r: &mut Reader, rng: &mut fastrand::Rng) -> Vec<Reply> {
+        let name = new_name(rng);
+        r.register(&name);
+        r.login(&name, "secret");
+        let loan = r.borrow(BOOKS[1]);
+        r.deposit(loan, DECLINED_CARD);
+        vec![r.pickup(loan)]
+    }
+
+    /// A logged-in reader walks loan ids 1..=n (broken object-level authorisation).
+    pub fn walk_loans(r: &mut Reader, n: u64) -> Vec<Reply> {
+        r.login("reader_a", "secret");
+        (1..=n)
+            .map(|id| r.call("GET", &format!("/api/v2/loans/{id}"), None))
+            .collect()
+    }
+
+    /// Scrapes the catalogue as fast as it can.
+    pub fn flood_books(r: &mut Reader, n: usize) -> Vec<Reply> {
+        r.login("reader_b", "secret");
+        (0..n)
+            .map(|_| r.call("GET", "/api/v2/books", None))
+            .collect()
+    }
+
+    /// Credential stuffing from one address: `n` logins of other readers' names.
+    pub fn stuffing(r: &mut Reader, n: usize) -> Vec<Reply> {
+        let readers = returning_readers();
+        (0..n)
+            .map(|i| r.login(&readers[i % readers.len()], "hunter2"))
+            .collect()
+    }
+}
