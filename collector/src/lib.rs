@@ -5,6 +5,8 @@
 pub mod access_log;
 pub mod fleet;
 pub mod graph;
+#[cfg(feature = "server")]
+pub mod openapi;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod service;

@@ -83,6 +83,19 @@ enum Command {
         #[arg(long, default_value = "flowguard.db")]
         db: PathBuf,
     },
+    /// Print the endpoint templates an OpenAPI 3.0/3.1 spec (JSON or YAML) declares, as
+    /// the plugin configuration's `endpoints`, or merged into a configuration.
+    Openapi {
+        /// The spec file.
+        spec: PathBuf,
+        /// A plugin configuration (JSON) to merge the templates into; the merged
+        /// configuration is validated and printed.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The path prefix the proxy sees, instead of the spec's `servers` URL path.
+        #[arg(long)]
+        base_path: Option<String>,
+    },
 }
 
 /// TLS for `serve`: a certificate and key make it TLS-only; a client CA makes it mutual
@@ -186,8 +199,41 @@ fn load_policy(db: &Path, file: Option<&Path>) -> Result<Policy, Error> {
     }
 }
 
+/// `flowguard openapi`: the spec's templates, alone or merged into a configuration.
+fn openapi(spec: &Path, config: Option<&Path>, base_path: Option<&str>) -> Result<(), Error> {
+    let text =
+        std::fs::read_to_string(spec).map_err(|e| format!("spec {}: {e}", spec.display()))?;
+    let doc = flowguard_collector::openapi::parse(&text)
+        .map_err(|e| format!("spec {}: {e}", spec.display()))?;
+    let imported = flowguard_collector::openapi::import(&doc, base_path)
+        .map_err(|e| format!("spec {}: {e}", spec.display()))?;
+    let mut out = match config {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("config {}: {e}", p.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| format!("config {}: {e}", p.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    flowguard_collector::openapi::merge_into(&mut out, &imported)?;
+    let json = serde_json::to_string_pretty(&out)?;
+    Settings::from_json(json.as_bytes()).map_err(|e| format!("the merged configuration: {e}"))?;
+    println!("{json}");
+    eprintln!(
+        "flowguard: {} templates ({} deprecated) from {}",
+        imported.templates.len(),
+        imported.deprecated.len(),
+        spec.display()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
+        Command::Openapi {
+            spec,
+            config,
+            base_path,
+        } => openapi(&spec, config.as_deref(), base_path.as_deref()),
         Command::Serve {
             listen,
             db,

@@ -35,7 +35,8 @@ pub struct Slot {
     /// The support sketch bit of the session's client address, when learning looked it up.
     pub address_bit: Option<u8>,
     pub last_endpoint: EndpointId,
-    /// Version of the model whose endpoint indices the sets below use (0: learning registry).
+    /// The layout (first model version with these endpoint ids) whose indices the sets
+    /// below use (0: learning registry).
     pub model_version: u32,
     /// Endpoints this session has called.
     pub visited: EndpointSet,

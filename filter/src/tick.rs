@@ -34,7 +34,7 @@ fn step(w: &mut Worker) -> HostResult<()> {
         return Ok(());
     }
     let (version, cas) = shared::model_version()?;
-    if version != 0 && version != u64::from(w.epoch()) {
+    if version != 0 && version != w.model_version() {
         return adopt(w, version);
     }
     if w.model.is_none() {

@@ -89,11 +89,19 @@ impl Worker {
         }
     }
 
-    /// The model version slots are written under (0 while learning).
+    /// The tag slots are written under: the model's layout, the first version with its
+    /// endpoint ids (0 while learning). A relearned model keeps its predecessor's ids and
+    /// so its tag: workers that have installed it and workers still on the previous
+    /// version agree on what every session has completed.
     pub fn epoch(&self) -> u32 {
         self.model
             .as_ref()
-            .map_or(0, |m| u32::try_from(m.version).unwrap_or(u32::MAX))
+            .map_or(0, |m| u32::try_from(m.layout).unwrap_or(u32::MAX))
+    }
+
+    /// The installed model's version (0: none).
+    pub fn model_version(&self) -> u64 {
+        self.model.as_ref().map_or(0, |m| m.version)
     }
 
     /// Whether learning goes on once a model is active: for a model this filter learned
@@ -258,11 +266,7 @@ impl Worker {
         if slot.model_version == epoch {
             return;
         }
-        let layout = self.model.as_ref().map_or(0, |m| m.layout);
-        let version = u64::from(slot.model_version);
-        if layout > 0 && version >= layout && version < u64::from(epoch) {
-            // Recorded under a version with the same endpoint ids: its progress stands.
-        } else if slot.model_version == 0 {
+        if slot.model_version == 0 {
             let map = |id: EndpointId| self.registry_map.get(usize::from(id)).copied().flatten();
             slot.visited = slot.visited.remap(map);
             slot.completed = slot.completed.remap(map);
