@@ -10,7 +10,7 @@ ENVOY_VERSION := 1.40.0
 # features (minutes of CI).
 NATIVE := --workspace --exclude flowguard-filter
 
-.PHONY: help build venv demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
+.PHONY: help build venv npm-testdata demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -54,7 +54,14 @@ test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WAS
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
 		cargo test -p flowguard-engine --target $(WASM_TARGET)
 
-test-integration: build build-crash venv ## real Envoy + real filter + demo shop + real collector
+# A real, published OpenAPI spec for the import tests: npm's @readme/oas-examples.
+OAS_EXAMPLES := target/npm/node_modules/@readme/oas-examples/package.json
+npm-testdata: $(OAS_EXAMPLES) ## install the OpenAPI examples the tests import (npm)
+$(OAS_EXAMPLES):
+	mkdir -p target/npm
+	npm install --silent --no-audit --no-fund --prefix target/npm @readme/oas-examples@8.2.2
+
+test-integration: build build-crash venv npm-testdata ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
 	cargo test $(NATIVE) --test '*' -- --test-threads 2
 

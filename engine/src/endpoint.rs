@@ -52,6 +52,11 @@ impl DeclaredTemplate {
         })
     }
 
+    fn literal_segments(&self) -> usize {
+        self.segments.iter().filter(|s| !is_wildcard(s)).count()
+            + usize::from(self.method.is_some())
+    }
+
     fn matches(&self, method: &str, segments: &[Cow<'_, str>]) -> bool {
         self.method.as_deref().is_none_or(|m| m == method)
             && self.segments.len() == segments.len()
@@ -78,7 +83,10 @@ pub struct Normaliser {
 }
 
 impl Normaliser {
-    pub fn new(declared: Vec<DeclaredTemplate>, variable_prefixes: HashSet<String>) -> Self {
+    pub fn new(mut declared: Vec<DeclaredTemplate>, variable_prefixes: HashSet<String>) -> Self {
+        // The most specific template wins: `/pet/findByStatus` before `/pet/{petId}`,
+        // whatever order a spec lists them in (the first match is taken).
+        declared.sort_by_key(|t| std::cmp::Reverse(t.literal_segments()));
         Normaliser {
             declared,
             variable_prefixes,
@@ -398,6 +406,28 @@ mod tests {
         );
         assert!(DeclaredTemplate::parse("api/x").is_err());
         assert!(DeclaredTemplate::parse("G3T /x").is_err());
+    }
+
+    #[test]
+    fn the_most_specific_declared_template_wins() {
+        let declared = [
+            "GET /pet/{petId}",
+            "GET /pet/findByStatus",
+            "/pet/{petId}/{x}",
+        ]
+        .into_iter()
+        .map(|t| DeclaredTemplate::parse(t).unwrap())
+        .collect();
+        let n = Normaliser::new(declared, HashSet::new());
+        assert_eq!(
+            norm(&n, "GET", "/pet/findByStatus"),
+            "GET /pet/findByStatus"
+        );
+        assert_eq!(norm(&n, "GET", "/pet/42"), "GET /pet/{petId}");
+        assert_eq!(
+            norm(&n, "POST", "/pet/42/uploadImage"),
+            "POST /pet/{petId}/{x}"
+        );
     }
 
     #[test]
