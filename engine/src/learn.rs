@@ -10,6 +10,7 @@ use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
 use crate::evidence::{self, Evidence, Routes};
 use crate::policy::{EndpointPolicy, LearnedFrom, Limit, Policy, Transition, START};
 pub use crate::registry::Registry;
+use crate::sensitive::{Baseline, Findings};
 use crate::slot::{Visit, NO_ENDPOINT};
 use crate::support::Support;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,8 @@ pub struct LearnStats {
     /// The distinct routes (steps completed before) on which sessions first reached each
     /// endpoint: one route is a script, not evidence of order.
     pub routes: BTreeMap<EndpointId, Routes>,
+    /// The sensitive values each endpoint's answers carried at most.
+    pub sensitive: BTreeMap<EndpointId, Baseline>,
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64) {
@@ -139,6 +142,14 @@ impl LearnStats {
         }
     }
 
+    /// Counts what a scanned answer of `endpoint` carried.
+    pub fn observe_sensitive(&mut self, endpoint: EndpointId, findings: &Findings) {
+        self.sensitive
+            .entry(endpoint)
+            .or_default()
+            .observe(findings);
+    }
+
     /// Counts a client address's new auth-failure peak.
     pub fn observe_address_failure(&mut self, peak: Option<u16>) {
         if let Some(k) = peak {
@@ -171,6 +182,9 @@ impl LearnStats {
             .saturating_add(other.unlearned_sessions);
         for (e, r) in &other.routes {
             self.routes.entry(*e).or_default().merge(r);
+        }
+        for (e, b) in &other.sensitive {
+            self.sensitive.entry(*e).or_default().merge(b);
         }
     }
 
@@ -235,7 +249,14 @@ impl LearnStats {
                 routes.entry(e).or_default().merge(&r.remap(to));
             }
         }
+        let mut sensitive: BTreeMap<EndpointId, Baseline> = BTreeMap::new();
+        for (e, b) in &self.sensitive {
+            if let Some(e) = to(*e) {
+                sensitive.entry(e).or_default().merge(b);
+            }
+        }
         LearnStats {
+            sensitive,
             reached: one(&self.reached),
             succeeded: one(&self.succeeded),
             prior: pairs(&self.prior, false),
@@ -523,6 +544,7 @@ pub fn compile(
                 auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
                 deprecated: false,
                 evidence: Some(evidence),
+                sensitive: m.sensitive.get(&id).copied().filter(|b| !b.is_empty()),
             }
         })
         .collect();
@@ -606,6 +628,11 @@ pub fn relearn(
             }
         }
         e.sessions = e.sessions.max(learned.sessions);
+        // What answers normally carry is learned on: a larger normal is not a looser rule
+        // on anyone's access, only fewer flags.
+        if let Some(b) = learned.sensitive {
+            e.sensitive.get_or_insert_with(Baseline::default).merge(&b);
+        }
         e.evidence = learned.evidence.clone();
         if let Some(ev) = e.evidence.as_mut().filter(|_| !e.prerequisites.is_empty()) {
             ev.note = None; // a rule kept from before stands, whatever this sample says

@@ -5,6 +5,7 @@ use crate::config::Settings;
 use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, EndpointSet};
 use crate::policy::{Limit, Policy, PolicyError, START};
+use crate::sensitive::{Baseline, Findings};
 use crate::slot::NO_ENDPOINT;
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +35,8 @@ pub struct Model {
     /// Learned endpoints retired at run time for disuse (`endpoints.retire_after_s`).
     retired: EndpointSet,
     deprecated_rules: Vec<(Option<String>, String)>,
+    /// What each endpoint's answers normally carry.
+    sensitive: Vec<Baseline>,
 }
 
 fn configured(limit: Option<u32>, learned: Option<Limit>) -> u32 {
@@ -149,6 +152,11 @@ impl Model {
             index,
             templates,
             deprecated_rules,
+            sensitive: policy
+                .endpoints
+                .iter()
+                .map(|e| e.sensitive.unwrap_or_default())
+                .collect(),
         };
         model.deprecated = set_of(&|i| {
             policy
@@ -171,6 +179,16 @@ impl Model {
                     path == p
                 }
         })
+    }
+
+    /// Whether a scanned answer of `endpoint` (unknown: `None`) carries more sensitive
+    /// data than its answers normally do.
+    pub fn sensitive_beyond_normal(&self, endpoint: Option<EndpointId>, f: &Findings) -> bool {
+        let normal = endpoint
+            .and_then(|e| self.sensitive.get(usize::from(e)))
+            .copied()
+            .unwrap_or_default();
+        f.beyond(&normal)
     }
 
     /// The id of a template, if the model knows it.

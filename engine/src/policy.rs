@@ -98,6 +98,9 @@ pub struct EndpointPolicy {
     /// What the learned order rules of this endpoint stand on (learned policies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<crate::evidence::Evidence>,
+    /// The sensitive values this endpoint's answers normally carry (none: any is flagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitive: Option<crate::sensitive::Baseline>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,56 @@ impl Findings {
     pub fn any(&self) -> bool {
         self.emails + self.cards + self.national_ids + self.fields > 0
     }
+
+    /// Whether an answer carries kinds or amounts beyond what `normal` allows: a kind
+    /// never seen in the endpoint's normal answers, or more than twice its normal peak
+    /// plus one (a profile carries its user's e-mail; a listing of fifty does not).
+    pub fn beyond(&self, normal: &Baseline) -> bool {
+        let over = |found: u32, usual: u32| {
+            found > 0 && (usual == 0 || found > usual.saturating_mul(2).saturating_add(1))
+        };
+        over(self.emails, normal.emails)
+            || over(self.cards, normal.cards)
+            || over(self.national_ids, normal.national_ids)
+            || over(self.fields, normal.fields)
+    }
+}
+
+/// The sensitive values an endpoint's answers normally carry: the peak count of each
+/// kind in one answer while learning. Merges by maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    #[serde(default)]
+    pub emails: u32,
+    #[serde(default)]
+    pub cards: u32,
+    #[serde(default)]
+    pub national_ids: u32,
+    #[serde(default)]
+    pub fields: u32,
+}
+
+impl Baseline {
+    pub fn observe(&mut self, f: &Findings) {
+        self.emails = self.emails.max(f.emails);
+        self.cards = self.cards.max(f.cards);
+        self.national_ids = self.national_ids.max(f.national_ids);
+        self.fields = self.fields.max(f.fields);
+    }
+
+    pub fn merge(&mut self, other: &Baseline) {
+        self.observe(&Findings {
+            emails: other.emails,
+            cards: other.cards,
+            national_ids: other.national_ids,
+            fields: other.fields,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Baseline::default()
+    }
 }
 
 /// A streaming scanner for one response body.
@@ -162,6 +212,33 @@ pub fn luhn(digits: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_normal_for_an_endpoint_is_not_flagged() {
+        let mut profile = Baseline::default();
+        profile.observe(&Findings {
+            emails: 1,
+            ..Findings::default()
+        });
+        let one = Findings {
+            emails: 1,
+            ..Findings::default()
+        };
+        let fifty = Findings {
+            emails: 50,
+            ..Findings::default()
+        };
+        let card = Findings {
+            emails: 1,
+            cards: 1,
+            ..Findings::default()
+        };
+        assert!(!one.beyond(&profile), "its user's own e-mail");
+        assert!(fifty.beyond(&profile), "a listing of e-mails");
+        assert!(card.beyond(&profile), "a card where none ever was");
+        assert!(one.beyond(&Baseline::default()), "no baseline: any finding");
+        assert!(!Findings::default().beyond(&Baseline::default()));
+    }
     use proptest::prelude::*;
 
     fn scan_all(body: &str, fields: &[&str]) -> Findings {

@@ -48,6 +48,8 @@ pub struct Http {
     /// The endpoint whose response is being scanned (the worker's scratch template belongs
     /// to whichever request it handled last, on any stream).
     scanned_endpoint: Option<EndpointId>,
+    /// Whether learning counts what the scanned answer carries.
+    scanned_learn: bool,
     /// The telemetry event of this request, completed with the response's status.
     event: Option<Event>,
 }
@@ -59,6 +61,7 @@ impl Http {
             pending: None,
             scanner: None,
             scanned_endpoint: None,
+            scanned_learn: false,
             event: None,
         }
     }
@@ -123,6 +126,7 @@ impl HttpContext for Http {
         if should_inspect(w, status) {
             self.scanner = Some(Scanner::default());
             self.scanned_endpoint = pending.map(|p| p.endpoint);
+            self.scanned_learn = pending.is_some_and(|p| p.learn);
         }
         Action::Continue
     }
@@ -131,10 +135,10 @@ impl HttpContext for Http {
         let Some(scanner) = self.scanner.as_mut() else {
             return Action::Continue;
         };
-        let Ok(guard) = self.worker.try_borrow() else {
+        let Ok(mut guard) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        let Some(w) = guard.as_ref() else {
+        let Some(w) = guard.as_mut() else {
             return Action::Continue;
         };
         let max = usize::try_from(w.settings.sensitive.max_bytes).unwrap_or(usize::MAX);
@@ -149,19 +153,18 @@ impl HttpContext for Http {
         if end_of_stream {
             let findings = scanner.findings;
             self.scanner = None;
-            if findings.any() {
+            if let (true, Some(e)) = (self.scanned_learn, self.scanned_endpoint) {
+                w.delta.observe_sensitive(e, &findings); // what this endpoint normally carries
+            }
+            // Judged against what the endpoint's answers normally carry; counted, not
+            // logged per answer (telemetry and the counter carry it).
+            let beyond = w
+                .model
+                .as_ref()
+                .is_some_and(|m| m.sensitive_beyond_normal(self.scanned_endpoint, &findings));
+            if beyond {
                 w.metrics.rule(Rule::SensitiveData);
                 Metrics::inc(w.metrics.flag);
-                host::log(
-                    LogLevel::Info,
-                    &format!(
-                        "flowguard: response.sensitive_data on {}: {} e-mail, {} card, {} national id, {} field",
-                        self.scanned_endpoint
-                            .and_then(|e| w.template(e))
-                            .unwrap_or("an unknown endpoint"),
-                        findings.emails, findings.cards, findings.national_ids, findings.fields
-                    ),
-                );
             }
         }
         Action::Continue

@@ -151,18 +151,6 @@ impl Worker {
         self.model = Some(model);
     }
 
-    /// The template of an endpoint id: the model's, or the learning registry's.
-    pub fn template(&self, id: EndpointId) -> Option<&str> {
-        match &self.model {
-            Some(model) => model.template(id),
-            None => self
-                .registry
-                .templates()
-                .get(usize::from(id))
-                .map(String::as_str),
-        }
-    }
-
     /// The endpoint id of `scratch.template`: the model's, or the learning registry's
     /// (adding the template, generalised by the positions learned so far, to the shared
     /// registry if it is new and there is room). `scratch.template` becomes the template

@@ -61,10 +61,7 @@ fn huge_inputs_and_template_floods_stay_within_bounds() {
         "RSS {rss_before} -> {rss_after} KiB"
     );
     assert_eq!(envoy.counter("flowguard.host_errors"), 0);
-    assert_eq!(
-        envoy.counter("flowguard.rule.response.sensitive_data"),
-        0,
-        "the 5 MB body was not read"
-    );
+    // That the body past max_bytes is not read is tested where a model judges answers
+    // (rules.rs): this filter never leaves learning, and learning flags nothing.
     assert!(!envoy.log().contains("panic"));
 }

@@ -70,6 +70,9 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
         }
     }
 
+    // Their profile answers carry their own e-mail: normal for that endpoint, not flagged.
+    let sensitive_flags = envoy.counter("flowguard.rule.response.sensitive_data");
+
     let mut caught = Vec::new();
     let attacker = |n: usize| Reader::new(&client, &lib::address(50_000 + n));
     let any_block =
@@ -119,6 +122,7 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
         println!("  {attack:<34} {}", if *hit { "caught" } else { "MISSED" });
     }
     assert!(blocked.is_empty(), "held-out readers blocked: {blocked:#?}");
+    assert_eq!(sensitive_flags, 0, "normal answers flagged as leaks");
     let missed: Vec<_> = caught.iter().filter(|(_, hit)| !hit).collect();
     assert!(missed.is_empty(), "attacks missed: {missed:?}");
 }
