@@ -272,8 +272,25 @@ pub fn browsing(s: &mut Session) {
 
 /// Plays `n` normal sessions: about one in four only browses.
 pub fn play_normal(client: &Client, n: usize) {
+    play_normal_as(n, |_| Session::new(client));
+}
+
+/// [`play_normal`], each customer from their own address `10.0.x.y` (`first` onwards)
+/// in `header`, as behind a load balancer that says who the client is.
+pub fn play_normal_from(client: &Client, n: usize, header: &'static str, first: usize) {
+    play_normal_as(n, |i| {
+        Session::from_address(client, header, &numbered_address(first + i))
+    });
+}
+
+/// The `i`th customer address, `10.x.y.z`.
+pub fn numbered_address(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+fn play_normal_as<'c>(n: usize, session: impl Fn(usize) -> Session<'c>) {
     for i in 0..n {
-        let mut s = Session::new(client);
+        let mut s = session(i);
         if i % 4 == 3 {
             browsing(&mut s);
         } else {
@@ -317,9 +334,23 @@ pub fn enumerate_orders(s: &mut Session, n: u64) -> Vec<u16> {
 /// Credential stuffing: `n` login attempts, each from a fresh session cookie, all from
 /// this client's address. Returns the statuses.
 pub fn credential_stuffing(client: &Client, n: usize) -> Vec<u16> {
+    credential_stuffing_as(n, || Session::new(client))
+}
+
+/// [`credential_stuffing`] from address `ip` in `header`.
+pub fn credential_stuffing_from(
+    client: &Client,
+    n: usize,
+    header: &'static str,
+    ip: &str,
+) -> Vec<u16> {
+    credential_stuffing_as(n, || Session::from_address(client, header, ip))
+}
+
+fn credential_stuffing_as<'c>(n: usize, session: impl Fn() -> Session<'c>) -> Vec<u16> {
     (0..n)
         .map(|i| {
-            let mut s = Session::new(client);
+            let mut s = session();
             let body = json!({"user": format!("victim{i}"), "password": "wrong"});
             s.call("POST", "/api/login", Some(body)).status
         })

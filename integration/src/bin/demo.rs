@@ -9,6 +9,9 @@ use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::{self, Client, Session};
 use flowguard_integration::world::World;
 
+/// The header Envoy takes the client address from (the demo's load balancer).
+const CLIENT_IP: &str = "x-client-ip";
+
 const CONFIG: &str = r#"{
   "mode": "enforce",
   "session": { "sources": [{"cookie": "session"}, "bearer", "address"], "capacity": 16384 },
@@ -29,6 +32,9 @@ fn main() {
     let mut cfg = EnvoyConfig::new(CONFIG, shop.addr);
     cfg.concurrency = 2;
     cfg.collector = Some(collector.addr);
+    // Envoy takes each client's address from a header, as behind a load balancer: every
+    // customer of the demo has their own address, as real ones do.
+    cfg.client_ip_header = Some(CLIENT_IP);
     let envoy = Envoy::start(&cfg).unwrap_or_else(|e| fail(&e));
     let client = Client::new(&envoy.url);
     let mut world = World {
@@ -45,7 +51,7 @@ fn main() {
     println!(
         "1. learning: 360 normal sessions (orders, declined cards retried, typos, browsing)..."
     );
-    traffic::play_normal(&world.client, 360);
+    traffic::play_normal_from(&world.client, 360, CLIENT_IP, 1);
     let version = match world.envoy.wait_for_model() {
         Ok(v) => v,
         Err(e) => {
@@ -157,8 +163,9 @@ fn main() {
         &world.envoy,
         "20 more normal customers",
         |s| {
-            for _ in 0..20 {
-                let mut c = Session::new(&client);
+            for i in 0..20 {
+                let ip = traffic::numbered_address(5_000 + i);
+                let mut c = Session::from_address(&client, CLIENT_IP, &ip);
                 traffic::normal_order(&mut c);
                 s.calls.extend(c.calls);
             }
@@ -166,7 +173,7 @@ fn main() {
         &client,
     );
     let before = rule_counts(&world.envoy);
-    let statuses = traffic::credential_stuffing(&client, 60);
+    let statuses = traffic::credential_stuffing_from(&client, 60, CLIENT_IP, "172.16.0.9");
     let blocked = statuses.iter().filter(|s| **s == 429).count();
     println!(
         "{:<44} {:>8} {:>8} {:>8}  {}",
@@ -232,6 +239,8 @@ fn main() {
         Ok(out) => out.lines().for_each(|l| println!("   {l}")),
         Err(e) => println!("   {e}"),
     }
+    library_demo();
+
     let dir = world.envoy.keep_files().to_path_buf();
     println!(
         "\nEnvoy's config and log (with the learned policy as JSON) are in {}",
@@ -250,6 +259,84 @@ fn main() {
         "Run `DEMO_HOLD=1 make demo` to keep Envoy up and explore {}/stats/prometheus.",
         world.envoy.admin
     );
+}
+
+/// Part 6: the same filter, default settings, in front of an API built unlike the shop.
+fn library_demo() {
+    use flowguard_integration::library_traffic::{self as lib, attacks, Reader};
+    println!("\n6. a second API flowguard was not built around: a lending library");
+    println!("   (user names and book slugs in paths, /api/v2, register then log in for a");
+    println!(
+        "   bearer token, optional steps, several loans per reader; pickup trusts the client)"
+    );
+    let library = ShopServer::library().unwrap_or_else(|e| fail(&e.to_string()));
+    let config = r#"{"mode":"enforce","learning":{"min_sessions":700,"min_requests":4000,"tick_ms":200},
+                     "endpoints":{"deprecated":["/api/v1/"]}}"#;
+    let mut cfg = EnvoyConfig::new(config, library.addr);
+    cfg.concurrency = 2;
+    cfg.client_ip_header = Some(lib::CLIENT_IP);
+    let envoy = Envoy::start(&cfg).unwrap_or_else(|e| fail(&e));
+    let client = Client::new(&envoy.url);
+    let mut rng = fastrand::Rng::with_seed(7);
+    println!("   learning from 400 readers, default evidence and session sources...");
+    for i in 0..400 {
+        lib::normal_visit(&mut Reader::new(&client, &lib::address(i)), &mut rng);
+    }
+    if let Err(e) = envoy.wait_for_model() {
+        fail(&format!("{e}\n{}", envoy.log()));
+    }
+    if let Some(policy) = envoy.learned_policy() {
+        println!(
+            "   {} endpoints learned, among them:",
+            policy.endpoints.len()
+        );
+        for e in policy.endpoints.iter().filter(|e| e.template.contains('{')) {
+            let order = match (&e.evidence, e.prerequisites.is_empty()) {
+                (Some(ev), true) => format!("({})", ev.describe()),
+                _ => format!("needs {}", e.prerequisites.join(", ")),
+            };
+            println!("     {:<36} {order}", e.template);
+        }
+    }
+    let mut wronged = 0;
+    for i in 0..200 {
+        let mut r = Reader::new(&client, &lib::address(10_000 + i));
+        lib::normal_visit(&mut r, &mut rng);
+        wronged += usize::from(r.was_blocked());
+    }
+    println!("   200 readers it never learned from: {wronged} blocked");
+    let blocked = |replies: Vec<flowguard_integration::traffic::Reply>| {
+        let n = replies.iter().filter(|r| lib::is_block(r)).count();
+        format!("{n} of {} decisive calls blocked", replies.len())
+    };
+    let reader = |n: usize| Reader::new(&client, &lib::address(50_000 + n));
+    for (name, outcome) in [
+        (
+            "pickup without deposit",
+            blocked(attacks::pickup_without_deposit(&mut reader(1), &mut rng)),
+        ),
+        (
+            "pickup after a declined card",
+            blocked(attacks::pickup_after_declined_deposit(
+                &mut reader(2),
+                &mut rng,
+            )),
+        ),
+        (
+            "walk loan ids 1..150",
+            blocked(attacks::walk_loans(&mut reader(3), 150)),
+        ),
+        (
+            "flood the catalogue (100 calls)",
+            blocked(attacks::flood_books(&mut reader(4), 100)),
+        ),
+        (
+            "credential stuffing (60 logins)",
+            blocked(attacks::stuffing(&mut reader(5), 60)),
+        ),
+    ] {
+        println!("   {name:<34} {outcome}");
+    }
 }
 
 fn fail(e: &str) -> ! {
@@ -287,8 +374,10 @@ fn scenario(
     play: impl FnOnce(&mut Session),
     client: &flowguard_integration::traffic::Client,
 ) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(9_000);
     let before = rule_counts(envoy);
-    let mut s = Session::new(client);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut s = Session::from_address(client, CLIENT_IP, &traffic::numbered_address(n));
     play(&mut s);
     let blocked = s
         .calls
