@@ -1,0 +1,246 @@
+//! Compiling counters into a policy: endpoints, the evidence behind order rules, limits.
+
+use super::LearnStats;
+use crate::config::{LearningSettings, Limits, Threshold};
+use crate::endpoint::{template_parts, Normaliser};
+use crate::endpoint_set::{EndpointId, MAX_ENDPOINTS};
+use crate::evidence::{self, Evidence};
+use crate::policy::{EndpointPolicy, LearnedFrom, Limit, Policy, Transition, START};
+use crate::registry::Registry;
+use crate::slot::NO_ENDPOINT;
+use crate::support::Support;
+use std::collections::{BTreeSet, HashMap};
+
+/// The learned percentiles of a distribution given as `at_least(k)` = units that reached
+/// `k`, over `n` units, and the threshold chosen from them.
+pub fn limit_from(at_least: impl Fn(u32) -> u64, n: u64, max_k: u32, t: &Threshold) -> Limit {
+    let quantile = |p: f64| -> u32 {
+        let allowed_above = (1.0 - p) * n as f64;
+        (0..=max_k)
+            .find(|k| at_least(k + 1) as f64 <= allowed_above)
+            .unwrap_or(max_k)
+    };
+    let p99 = quantile(0.99);
+    Limit {
+        p50: quantile(0.50),
+        p90: quantile(0.90),
+        p99,
+        limit: t.choose(p99),
+    }
+}
+
+/// Template prefixes whose next segment took many literal values: `GET /api/users`.
+pub fn variable_prefixes(templates: &[String], min_distinct: u32) -> BTreeSet<String> {
+    let mut values: HashMap<(String, String), BTreeSet<&str>> = HashMap::new();
+    for t in templates {
+        let (method, segments) = template_parts(t);
+        let segments: Vec<&str> = segments.collect();
+        for (i, seg) in segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.starts_with('{'))
+        {
+            let prefix = format!("{method} {}", join(segments.get(..i).unwrap_or_default()));
+            let suffix = join(segments.get(i + 1..).unwrap_or_default());
+            values.entry((prefix, suffix)).or_default().insert(seg);
+        }
+    }
+    values
+        .into_iter()
+        .filter(|(_, v)| v.len() >= min_distinct as usize)
+        .map(|((prefix, _), _)| prefix)
+        .collect()
+}
+
+fn join(segments: &[&str]) -> String {
+    segments.iter().map(|s| format!("/{s}")).collect()
+}
+
+/// Compiles counters over `registry` into a policy, as of `version`.
+pub fn compile(
+    stats: &LearnStats,
+    registry: &Registry,
+    s: &LearningSettings,
+    limits: &Limits,
+    version: u64,
+) -> Policy {
+    let mut prefixes = variable_prefixes(registry.templates(), s.variable_segment_min);
+    prefixes.extend(registry.variable_prefixes().iter().cloned());
+    let normaliser = Normaliser::new(Vec::new(), prefixes.iter().cloned().collect());
+    // Re-normalise registry templates so learned identifiers merge into one endpoint.
+    let mut merged = Registry::default();
+    let map: Vec<Option<EndpointId>> = registry
+        .templates()
+        .iter()
+        .map(|t| {
+            let (method, path) = t.split_once(' ').unwrap_or(("", t));
+            let mut out = String::new();
+            normaliser.normalise(method, path, &mut out);
+            merged.add(&out, MAX_ENDPOINTS as u16)
+        })
+        .collect();
+    let to_new = |id: EndpointId| map.get(usize::from(id)).copied().flatten();
+
+    let m = stats.remap(to_new);
+    let needed = evidence::sessions_needed(s.prerequisite_ratio, s.confidence);
+    // A fact is learned only with support from enough distinct sessions and addresses.
+    let supported = |support: Option<&Support>| {
+        support
+            .copied()
+            .unwrap_or_default()
+            .meets(s.min_sessions_per_fact, s.min_addresses)
+    };
+    // Without thresholds every violator is evidence enough: the plain ratio rule.
+    let thresholds = s.has_support_thresholds();
+    let absence_unsupported =
+        |key: &(EndpointId, EndpointId)| thresholds && !supported(m.lacking.get(key));
+    let kept = |id: EndpointId| id == NO_ENDPOINT || supported(m.reached_support.get(&id));
+    let known_transition = |key: &(EndpointId, EndpointId), n: u64| {
+        n >= s.transition_min_count
+            && kept(key.0)
+            && kept(key.1)
+            && supported(m.transition_support.get(key))
+    };
+
+    let name = |id: EndpointId| {
+        if id == NO_ENDPOINT {
+            START.to_owned()
+        } else {
+            merged
+                .templates()
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let endpoints = merged
+        .templates()
+        .iter()
+        .enumerate()
+        .map(|(i, template)| (EndpointId::try_from(i).unwrap_or(NO_ENDPOINT), template))
+        .filter(|(id, _)| *id != NO_ENDPOINT && kept(*id))
+        .map(|(id, template)| {
+            let reached = m.reached.get(&id).copied().unwrap_or(0);
+            let routes = m.routes.get(&id).map_or(0, |r| {
+                let mut r = r.clone();
+                r.drop_member(id);
+                r.len()
+            });
+            let varied = routes >= s.min_routes as usize;
+            // `p` is a prerequisite when the data show, at `confidence`, that at least
+            // `prerequisite_ratio` of the sessions reaching this step completed `p` first
+            // (violators lacking the support to count as normal traffic are discounted),
+            // and sessions came here by several routes: one route is a script, not order.
+            let shown =
+                |n: u64| evidence::share_at_least(n, reached, s.prerequisite_ratio, s.confidence);
+            let prerequisites = if reached >= s.min_support && varied {
+                m.prior
+                    .range((id, 0)..=(id, NO_ENDPOINT))
+                    .filter(|((_, p), n)| {
+                        let n = (**n).min(reached);
+                        kept(*p)
+                            && n >= s.min_support
+                            && (shown(n)
+                                || (absence_unsupported(&(id, *p))
+                                    && evidence::share_at_least(
+                                        n,
+                                        n,
+                                        s.prerequisite_ratio,
+                                        s.confidence,
+                                    )))
+                    })
+                    .map(|((_, p), _)| name(*p))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let note = if routes < s.min_routes as usize {
+                Some(format!(
+                    "no evidence of order: {routes} route{} seen, {} needed",
+                    if routes == 1 { "" } else { "s" },
+                    s.min_routes
+                ))
+            } else if reached < needed {
+                Some(format!(
+                    "order not enforced yet: {reached} of {needed} sessions"
+                ))
+            } else {
+                None
+            };
+            let evidence = Evidence {
+                sessions: reached,
+                sessions_needed: needed,
+                routes: u32::try_from(routes).unwrap_or(u32::MAX),
+                routes_needed: s.min_routes,
+                note,
+            };
+            let rate_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| m.rate_at_least.get(&(id, k)).copied().unwrap_or(0))
+            };
+            let ids_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| m.ids_at_least.get(&(id, k)).copied().unwrap_or(0))
+            };
+            let callers = rate_at(1);
+            let has_ids = template.contains('{');
+            EndpointPolicy {
+                template: template.clone(),
+                entry: m
+                    .transitions
+                    .get(&(NO_ENDPOINT, id))
+                    .is_some_and(|n| known_transition(&(NO_ENDPOINT, id), *n)),
+                sessions: reached,
+                successes: m.succeeded.get(&id).copied().unwrap_or(0),
+                prerequisites,
+                rate: (callers > 0).then(|| limit_from(rate_at, callers, 255, &limits.rate)),
+                distinct_ids: (has_ids && callers > 0)
+                    .then(|| limit_from(ids_at, callers, 255, &limits.enumeration)),
+                auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
+                deprecated: false,
+                evidence: Some(evidence),
+                sensitive: m.sensitive.get(&id).copied().filter(|b| !b.is_empty()),
+            }
+        })
+        .collect();
+    let transitions = m
+        .transitions
+        .iter()
+        .filter(|(key, n)| known_transition(key, **n))
+        .map(|((a, b), n)| Transition {
+            from: name(*a),
+            to: name(*b),
+            count: *n,
+        })
+        .collect();
+    Policy {
+        version,
+        learned_from: LearnedFrom {
+            sessions: stats.sessions,
+            requests: stats.requests,
+        },
+        variable_prefixes: prefixes.into_iter().collect(),
+        endpoints,
+        transitions,
+        window_s: s.window_s,
+        session_rate: Some(limit_from(
+            |k| u8::try_from(k).map_or(0, |k| stats.total_at_least.get(&k).copied().unwrap_or(0)),
+            stats.sessions,
+            255,
+            &limits.session_rate,
+        )),
+        auth_failures: Some(limit_from(
+            |k| u16::try_from(k).map_or(0, |k| stats.auth_at_least.get(&k).copied().unwrap_or(0)),
+            stats.sessions,
+            1000,
+            &limits.auth,
+        )),
+        address_auth_failures: {
+            let at = |k: u32| {
+                u16::try_from(k).map_or(0, |k| {
+                    stats.address_auth_at_least.get(&k).copied().unwrap_or(0)
+                })
+            };
+            Some(limit_from(at, at(1), 1000, &limits.address_auth))
+        },
+        layout_since: 0,
+    }
+}

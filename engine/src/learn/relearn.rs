@@ -1,0 +1,66 @@
+//! Learning an active policy again as evidence arrives: it only ever tightens.
+
+use super::{compile, LearnStats};
+use crate::config::{LearningSettings, Limits};
+use crate::endpoint_set::MAX_ENDPOINTS;
+use crate::policy::Policy;
+use crate::registry::Registry;
+use crate::sensitive::Baseline;
+
+/// Sessions the active model must have grown by before it is learned again.
+pub fn relearn_due(current: &Policy, stats: &LearnStats, s: &LearningSettings) -> bool {
+    let since = current.learned_from.sessions;
+    stats.sessions >= since.saturating_add((since / 4).max(s.min_sessions))
+}
+
+/// The active policy learned again from `stats`, counted in its own endpoint ids since it
+/// was installed (from sessions no rule fired on): order rules that have their evidence
+/// now are added, with the evidence notes. It only tightens: no prerequisite, limit or
+/// endpoint goes, and the endpoint list (so every session's progress) stays as it is.
+pub fn relearn(
+    current: &Policy,
+    stats: &LearnStats,
+    s: &LearningSettings,
+    limits: &Limits,
+) -> Policy {
+    let mut registry = Registry::default();
+    for e in &current.endpoints {
+        registry.add(&e.template, MAX_ENDPOINTS as u16);
+    }
+    let version = current.version.saturating_add(1);
+    let fresh = compile(stats, &registry, s, limits, version);
+    let mut next = current.clone();
+    next.version = version;
+    next.layout_since = current.layout();
+    next.learned_from = fresh.learned_from;
+    for e in &mut next.endpoints {
+        let Some(learned) = fresh.endpoint(&e.template) else {
+            continue;
+        };
+        for p in &learned.prerequisites {
+            if !e.prerequisites.contains(p) {
+                e.prerequisites.push(p.clone());
+            }
+        }
+        e.sessions = e.sessions.max(learned.sessions);
+        // What answers normally carry is learned on: a larger normal is not a looser rule
+        // on anyone's access, only fewer flags.
+        if let Some(b) = learned.sensitive {
+            e.sensitive.get_or_insert_with(Baseline::default).merge(&b);
+        }
+        e.evidence = learned.evidence.clone();
+        if let Some(ev) = e.evidence.as_mut().filter(|_| !e.prerequisites.is_empty()) {
+            ev.note = None; // a rule kept from before stands, whatever this sample says
+        }
+    }
+    for t in fresh.transitions {
+        let known = next
+            .transitions
+            .iter()
+            .any(|k| k.from == t.from && k.to == t.to);
+        if !known {
+            next.transitions.push(t);
+        }
+    }
+    next
+}

@@ -1,0 +1,550 @@
+//! The learner's behaviour, from sessions played through slots as the filter plays them.
+
+use super::*;
+use crate::config::{LearningSettings, Limits, Threshold};
+use crate::model::Model;
+use crate::policy::{LearnedFrom, Limit, Policy};
+use crate::slot::{Slot, NO_ENDPOINT};
+use proptest::prelude::*;
+
+/// Plays `calls` (template, status) as one session through a slot, like the filter does.
+fn play(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&str, u16)]) {
+    play_from(stats, reg, fp, None, calls);
+}
+
+/// [`play`] for a session whose client address has support sketch bit `address`.
+fn play_from(
+    stats: &mut LearnStats,
+    reg: &mut Registry,
+    fp: u64,
+    address: Option<u8>,
+    calls: &[(&str, u16)],
+) {
+    let mut slot = Slot::new(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, 0, 0);
+    slot.address_bit = address;
+    for (n, (t, status)) in calls.iter().enumerate() {
+        let id = reg.add(t, 128).unwrap();
+        let now = n as u64 * 1000;
+        let visit = slot.record_request(
+            Some(id),
+            Some((n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            now,
+            10_000,
+        );
+        stats.observe_request(id, &visit, reg.len());
+        let peak = slot.record_response(id, *status, now, 300_000);
+        stats.observe_response(id, *status, peak);
+    }
+}
+
+fn compile(stats: &LearnStats, reg: &Registry, s: &LearningSettings, v: u64) -> Policy {
+    super::compile(stats, reg, s, &Limits::default(), v)
+}
+
+/// Small samples for tests: 22 sessions without a violation show a share of 0.9 at
+/// 0.9 confidence.
+fn settings() -> LearningSettings {
+    LearningSettings {
+        min_support: 3,
+        prerequisite_ratio: 0.9,
+        confidence: 0.9,
+        ..LearningSettings::default()
+    }
+}
+
+/// 40 customers from their own addresses pay before they confirm; one attacker's
+/// address plays 12 sessions inside the learning window that skip payment, open
+/// with confirm and call a hidden endpoint.
+fn poisoned() -> (LearnStats, Registry) {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..40u64 {
+        let mut calls = vec![("POST /login", 200), ("POST /pay", 200)];
+        if i % 2 == 1 {
+            calls.insert(1, ("GET /menu", 200)); // two routes into confirm
+        }
+        calls.push(("POST /confirm", 200));
+        play_from(&mut stats, &mut reg, i, Some((i % 32) as u8), &calls);
+    }
+    for i in 100..112u64 {
+        let calls = [("POST /confirm", 200), ("GET /admin/export", 200)];
+        play_from(&mut stats, &mut reg, i, Some(7), &calls);
+    }
+    (stats, reg)
+}
+
+#[test]
+fn one_address_cannot_teach_an_absence_a_transition_or_an_endpoint() {
+    let (stats, reg) = poisoned();
+    let trusting = compile(&stats, &reg, &settings(), 1);
+    let confirm = trusting.endpoint("POST /confirm").unwrap();
+    assert!(
+        confirm.prerequisites.is_empty(),
+        "without support checks the attacker removes the prerequisite"
+    );
+
+    let s = LearningSettings {
+        min_addresses: 3,
+        min_sessions_per_fact: 3,
+        ..settings()
+    };
+    let p = compile(&stats, &reg, &s, 1);
+    let confirm = p.endpoint("POST /confirm").unwrap();
+    assert_eq!(confirm.prerequisites, ["POST /login", "POST /pay"]);
+    assert!(!confirm.entry, "only the attacker opened with confirm");
+    assert!(
+        p.endpoint("GET /admin/export").is_none(),
+        "one address's endpoint"
+    );
+    assert!(
+        p.transitions.iter().all(|t| t.to != "GET /admin/export"),
+        "no transition into an endpoint left out"
+    );
+    p.validate().expect("the compiled policy is consistent");
+    let m = Model::compile(&p, &crate::config::Settings::from_json(b"{}").unwrap()).unwrap();
+    let (login, pay, confirm) = (
+        m.endpoint("POST /login").unwrap(),
+        m.endpoint("POST /pay").unwrap(),
+        m.endpoint("POST /confirm").unwrap(),
+    );
+    assert!(m.knows_transition(login, pay) && m.knows_transition(pay, confirm));
+    assert!(!m.knows_transition(NO_ENDPOINT, confirm));
+}
+
+#[test]
+fn absences_with_support_are_still_learned() {
+    let (mut stats, mut reg) = poisoned();
+    // Five more addresses' customers really do confirm without paying (a free tier).
+    for i in 200..210u64 {
+        let calls = [("POST /login", 200), ("POST /confirm", 200)];
+        play_from(&mut stats, &mut reg, i, Some((i % 5) as u8 + 20), &calls);
+    }
+    let s = LearningSettings {
+        min_addresses: 3,
+        min_sessions_per_fact: 3,
+        ..settings()
+    };
+    let p = compile(&stats, &reg, &s, 1);
+    assert_eq!(
+        p.endpoint("POST /confirm").unwrap().prerequisites,
+        ["POST /login"]
+    );
+}
+
+#[test]
+fn unlearned_sessions_are_counted_apart() {
+    let mut stats = LearnStats::default();
+    let mut slot = Slot::new(42, 0, 0);
+    slot.unlearned = true;
+    let visit = slot.record_request(Some(0), None, 0, 10_000);
+    stats.observe_request(0, &visit, 1);
+    assert_eq!(
+        (stats.sessions, stats.requests, stats.unlearned_sessions),
+        (0, 0, 1)
+    );
+    assert!(stats.reached.is_empty());
+}
+
+#[test]
+fn learns_that_confirm_needs_a_successful_payment() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..60u64 {
+        let mut calls = vec![("POST /login", 200), ("GET /menu", 200)];
+        if i % 2 == 0 {
+            calls.push(("GET /cart", 200)); // an optional step: another route
+        }
+        if i % 3 == 0 {
+            calls.push(("POST /orders/{id}/pay", 402));
+        }
+        calls.extend([
+            ("POST /orders/{id}/pay", 200),
+            ("POST /orders/{id}/confirm", 200),
+        ]);
+        if i % 4 == 0 {
+            calls = vec![("POST /login", 200), ("GET /menu", 200)];
+        }
+        play(&mut stats, &mut reg, i + 1, &calls);
+    }
+    let p = compile(&stats, &reg, &settings(), 1);
+    p.validate().unwrap();
+    let confirm = p
+        .endpoints
+        .iter()
+        .find(|e| e.template == "POST /orders/{id}/confirm")
+        .unwrap();
+    assert_eq!(
+        confirm.prerequisites,
+        ["POST /login", "GET /menu", "POST /orders/{id}/pay"]
+    );
+    let login = p
+        .endpoints
+        .iter()
+        .find(|e| e.template == "POST /login")
+        .unwrap();
+    assert!(login.entry && login.prerequisites.is_empty());
+    assert_eq!(
+        p.learned_from,
+        LearnedFrom {
+            sessions: 60,
+            requests: stats.requests
+        }
+    );
+    let m = Model::compile(&p, &crate::config::Settings::from_json(b"{}").unwrap()).unwrap();
+    let pay = m.endpoint("POST /orders/{id}/pay").unwrap();
+    assert!(
+        m.knows_transition(pay, pay),
+        "a failed payment retried is a learned transition"
+    );
+}
+
+#[test]
+fn one_scripted_route_teaches_no_order() {
+    // A test suite replayed 300 times: register, login, publish, read tags.
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..300u64 {
+        let calls = [
+            ("POST /users", 201),
+            ("POST /users/login", 200),
+            ("POST /articles", 201),
+            ("GET /tags", 200),
+        ];
+        play(&mut stats, &mut reg, i + 1, &calls);
+    }
+    let p = compile(&stats, &reg, &LearningSettings::default(), 1);
+    for e in &p.endpoints {
+        assert!(
+            e.prerequisites.is_empty(),
+            "{}: {:?}",
+            e.template,
+            e.prerequisites
+        );
+    }
+    let tags = p.endpoint("GET /tags").unwrap().evidence.clone().unwrap();
+    assert_eq!(tags.routes, 1);
+    assert_eq!(
+        tags.describe(),
+        "no evidence of order: 1 route seen, 2 needed"
+    );
+}
+
+#[test]
+fn a_small_sample_asserts_no_prerequisite_a_large_one_does() {
+    // 70 % of sessions fetch a book before their profile: no rule at any size. Every
+    // session logs in first: a rule once the sample shows it at the default 0.98 and
+    // 0.99 confidence (228 sessions), none from 21.
+    let learn = |n: u64| {
+        let mut stats = LearnStats::default();
+        let mut reg = Registry::default();
+        for i in 0..n {
+            let mut calls = vec![("POST /login", 200)];
+            if i % 10 < 7 {
+                calls.push(("GET /books/{id}", 200));
+            }
+            calls.push(("GET /users/{id}", 200));
+            play(&mut stats, &mut reg, i + 1, &calls);
+        }
+        compile(&stats, &reg, &LearningSettings::default(), 1)
+    };
+    let small = learn(21);
+    let user = small.endpoint("GET /users/{id}").unwrap();
+    assert!(user.prerequisites.is_empty());
+    assert_eq!(
+        user.evidence.as_ref().unwrap().describe(),
+        "order not enforced yet: 21 of 228 sessions"
+    );
+    let large = learn(228);
+    let user = large.endpoint("GET /users/{id}").unwrap();
+    assert_eq!(user.prerequisites, ["POST /login"]);
+    assert_eq!(user.evidence.as_ref().unwrap().note, None);
+    assert_eq!(
+        user.evidence.as_ref().unwrap().describe(),
+        "order evidence: 228 sessions (needs 228), 2 routes (needs 2)"
+    );
+}
+
+#[test]
+fn relearning_adds_rules_once_evidence_arrives_and_keeps_ids() {
+    let shop = |stats: &mut LearnStats, reg: &mut Registry, n: u64| {
+        for i in 0..n {
+            let mut calls = vec![("POST /login", 200)];
+            if i % 2 == 0 {
+                calls.push(("GET /menu", 200));
+            }
+            calls.extend([("POST /pay", 200), ("POST /confirm", 200)]);
+            play(stats, reg, 1000 + i, &calls);
+        }
+    };
+    let s = LearningSettings::default();
+    let (mut stats, mut reg) = (LearnStats::default(), Registry::default());
+    shop(&mut stats, &mut reg, 60);
+    let first = compile(&stats, &reg, &s, 1);
+    assert!(first.endpoints.iter().all(|e| e.prerequisites.is_empty()));
+    assert!(!relearn_due(&first, &stats, &s));
+
+    // The model's own ids: a registry in the policy's endpoint order.
+    let mut model_reg = Registry::default();
+    for e in &first.endpoints {
+        model_reg.add(&e.template, 128);
+    }
+    let mut since = stats.remap(|id| model_reg.get(reg.templates().get(usize::from(id))?));
+    shop(&mut since, &mut model_reg, 240);
+    assert_eq!(model_reg.len(), first.endpoints.len(), "no new endpoint");
+    assert!(relearn_due(&first, &since, &s));
+    let next = relearn(&first, &since, &s, &Limits::default());
+    assert_eq!(
+        (next.version, next.layout(), next.learned_from.sessions),
+        (2, 1, 300)
+    );
+    let templates = |p: &Policy| {
+        p.endpoints
+            .iter()
+            .map(|e| e.template.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(templates(&next), templates(&first));
+    assert_eq!(
+        next.endpoint("POST /confirm").unwrap().prerequisites,
+        ["POST /login", "POST /pay"]
+    );
+    next.validate().unwrap();
+    // Relearning never loosens: a sample without the rule keeps it.
+    let mut none = LearnStats::default();
+    for i in 0..400 {
+        play(
+            &mut none,
+            &mut model_reg,
+            5000 + i,
+            &[("POST /confirm", 200)],
+        );
+    }
+    let again = relearn(&next, &none, &s, &Limits::default());
+    assert_eq!(
+        again.endpoint("POST /confirm").unwrap().prerequisites,
+        ["POST /login", "POST /pay"]
+    );
+    assert_eq!(again.layout(), 1);
+}
+
+#[test]
+fn a_step_some_sessions_skip_is_no_prerequisite() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..10u64 {
+        let calls: &[(&str, u16)] = if i % 2 == 0 {
+            &[("GET /menu", 200), ("POST /pay", 200)]
+        } else {
+            &[("POST /pay", 200)]
+        };
+        play(&mut stats, &mut reg, i + 1, calls);
+    }
+    let p = compile(&stats, &reg, &settings(), 1);
+    assert!(p.endpoints.iter().all(|e| e.prerequisites.is_empty()));
+    // Too little support: nothing is required.
+    let strict = LearningSettings {
+        min_support: 50,
+        ..settings()
+    };
+    assert!(compile(&stats, &reg, &strict, 1)
+        .endpoints
+        .iter()
+        .all(|e| e.prerequisites.is_empty()));
+}
+
+#[test]
+fn high_cardinality_segments_merge_into_one_endpoint() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..40u64 {
+        let user = format!(
+            "GET /api/users/user{}x/profile",
+            (b'a' + (i % 20) as u8) as char
+        );
+        let mut calls = vec![("POST /login", 200), (user.as_str(), 200)];
+        if i % 2 == 0 {
+            calls.insert(1, ("GET /menu", 200));
+        }
+        play(&mut stats, &mut reg, i + 1, &calls);
+    }
+    let p = compile(
+        &stats,
+        &reg,
+        &LearningSettings {
+            variable_segment_min: 16,
+            ..settings()
+        },
+        1,
+    );
+    assert_eq!(p.variable_prefixes, ["GET /api/users"]);
+    let templates: Vec<_> = p.endpoints.iter().map(|e| e.template.as_str()).collect();
+    assert_eq!(
+        templates,
+        ["POST /login", "GET /menu", "GET /api/users/{id}/profile"]
+    );
+    assert_eq!(p.endpoints[2].prerequisites, ["POST /login"]);
+    assert_eq!(p.endpoints[2].sessions, 40);
+}
+
+#[test]
+fn merge_adds_and_codecs_round_trip() {
+    let mut a = LearnStats::default();
+    let mut reg = Registry::default();
+    play(&mut a, &mut reg, 1, &[("GET /a", 200), ("GET /b", 200)]);
+    let mut sum = a.clone();
+    sum.merge(&a);
+    assert_eq!(sum.requests, 4);
+    assert_eq!(sum.transitions.get(&(0, 1)), Some(&2));
+    assert_eq!(LearnStats::decode(&sum.encode()).unwrap(), sum);
+    assert!(LearnStats::decode(&[0xff; 3]).is_err());
+    assert_eq!(Registry::decode(&reg.encode()), reg);
+    assert!(reg.add("GET /c", 2).is_none(), "registry is bounded");
+    assert!(reg.add("GET /a", 2).is_some());
+}
+
+#[test]
+fn rates_and_distinct_ids_are_learned_with_their_percentiles() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..100u64 {
+        // Most sessions look at one or two orders; a few at five.
+        let views = if i % 20 == 0 { 5 } else { 1 + i % 2 };
+        let calls: Vec<(&str, u16)> = std::iter::once(("POST /login", 200))
+            .chain((0..views).map(|_| ("GET /orders/{id}", 200)))
+            .chain(if i % 10 == 0 {
+                vec![("POST /login", 401)]
+            } else {
+                vec![]
+            })
+            .collect();
+        play(&mut stats, &mut reg, i + 1, &calls);
+    }
+    let p = compile(&stats, &reg, &settings(), 1);
+    let orders = p
+        .endpoints
+        .iter()
+        .find(|e| e.template == "GET /orders/{id}")
+        .unwrap();
+    let rate = orders.rate.unwrap();
+    assert_eq!((rate.p50, rate.p90, rate.p99), (2, 2, 5), "{rate:?}");
+    assert_eq!(rate.limit, 20, "the floor wins over 5 x 3");
+    let ids = orders.distinct_ids.unwrap();
+    assert!(ids.p99 >= 4 && ids.limit >= 15, "{ids:?}");
+    let login = p
+        .endpoints
+        .iter()
+        .find(|e| e.template == "POST /login")
+        .unwrap();
+    assert!(
+        login.distinct_ids.is_none(),
+        "no identifiers in the template"
+    );
+    assert_eq!(login.auth_failures, 10);
+    let auth = p.auth_failures.unwrap();
+    assert_eq!((auth.p50, auth.p90, auth.p99, auth.limit), (0, 1, 1, 10));
+    assert!(p.session_rate.unwrap().p99 >= 5);
+    p.validate().unwrap();
+}
+
+#[test]
+fn percentiles_of_an_at_least_distribution() {
+    let t = Threshold {
+        margin: 2.0,
+        floor: 1,
+        limit: None,
+    };
+    // 100 units: everyone reached 1, half reached 2, 5 reached 3, 1 reached 10.
+    let at = |k: u32| match k {
+        0 | 1 => 100,
+        2 => 50,
+        3 => 5,
+        4..=10 => 1,
+        _ => 0,
+    };
+    assert_eq!(
+        limit_from(at, 100, 255, &t),
+        Limit {
+            p50: 1,
+            p90: 2,
+            p99: 3,
+            limit: 6
+        }
+    );
+    assert_eq!(
+        limit_from(|_| 0, 0, 255, &t),
+        Limit {
+            p50: 0,
+            p90: 0,
+            p99: 0,
+            limit: 1
+        }
+    );
+}
+
+#[test]
+fn the_fleet_learner_equals_the_filters() {
+    // The filter's path: request phase, then response phase, per exchange.
+    let mut filter_stats = LearnStats::default();
+    let mut filter_reg = Registry::default();
+    let mut log = Vec::new();
+    for i in 0..30u64 {
+        let mut slot = Slot::new(i + 1, 1000, 0);
+        let mut calls = vec![
+            ("POST /login", 200u16),
+            ("GET /menu", 200),
+            ("POST /pay", 402),
+            ("POST /pay", 200),
+            ("POST /confirm", 200),
+        ];
+        if i % 5 == 0 {
+            calls.insert(0, ("POST /login", 401));
+        }
+        for (n, (t, status)) in calls.into_iter().enumerate() {
+            let now = 1_000_000 + n as u64 * 700;
+            let id = filter_reg.learn(t, 128, 16).unwrap();
+            let visit = slot.record_request(Some(id), None, now, 10_000);
+            let known = settings().absences_to_record(filter_reg.len());
+            assert_eq!(known, 0, "without thresholds no absence is recorded");
+            filter_stats.observe_request(id, &visit, known); // as the filter
+            let peak = slot.record_response(id, status, now, 300_000);
+            filter_stats.observe_response(id, status, peak);
+            log.push(Observation {
+                session: i + 1,
+                time_ms: now,
+                template: t.into(),
+                status,
+                ids: None,
+            });
+        }
+    }
+    log.reverse(); // stored order does not matter
+    let (fleet_stats, fleet_reg) = learn_from(&mut log, &settings(), &Limits::default());
+    assert_eq!(fleet_stats, filter_stats);
+    assert_eq!(fleet_reg, filter_reg);
+    assert_eq!(
+        compile(&fleet_stats, &fleet_reg, &settings(), 2),
+        compile(&filter_stats, &filter_reg, &settings(), 2)
+    );
+}
+
+proptest! {
+        #[test]
+        fn stats_decode_never_panics
+(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = LearnStats::decode(&bytes);
+            let _ = Registry::decode(&bytes);
+        }
+
+        #[test]
+        fn compiled_policies_always_validate(seq in proptest::collection::vec((0u8..12, prop_oneof![Just(200u16), Just(402u16)]), 0..60)) {
+            let mut stats = LearnStats::default();
+            let mut reg = Registry::default();
+            let names: Vec<String> = (0..12).map(|i| format!("GET /e{}/x", i % 7)).collect();
+            for (n, chunk) in seq.chunks(5).enumerate() {
+                let calls: Vec<(&str, u16)> = chunk.iter().map(|(e, s)| (names[*e as usize].as_str(), *s)).collect();
+                play(&mut stats, &mut reg, n as u64 + 1, &calls);
+            }
+            let p = compile(&stats, &reg, &LearningSettings { min_support: 1, variable_segment_min: 3, ..settings() }, 1);
+            prop_assert!(p.validate().is_ok());
+        }
+    }
