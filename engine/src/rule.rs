@@ -1,4 +1,4 @@
-//! Rule ids and actions: the contract of DESIGN.md section 4, spelled once.
+//! Rule ids and actions: the contract (ARCHITECTURE.md, the observable contract), spelled once.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// Every rule, in the order of DESIGN.md.
+    /// Every rule, in the contract's order.
     pub const ALL: [Rule; 8] = [
         Rule::MissingPrerequisite,
         Rule::UnknownTransition,
@@ -102,7 +102,7 @@ impl RuleSet {
         self.0 == 0
     }
 
-    /// The rules in the set, in DESIGN.md order.
+    /// The rules in the set, in the contract's order.
     pub fn iter(self) -> impl Iterator<Item = Rule> {
         Rule::ALL.into_iter().filter(move |r| self.contains(*r))
     }

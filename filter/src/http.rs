@@ -1,4 +1,4 @@
-//! One request's path through the filter (DESIGN.md section 2).
+//! One request's path through the filter (ARCHITECTURE.md, a request through the filter).
 
 use crate::host::{self, HostResult, CAS_MISMATCH};
 use crate::metrics::Metrics;

@@ -1,0 +1,80 @@
+//! `session`: where the session id comes from, and the table that holds sessions.
+
+use super::values::{int_in, invalid, narrow};
+use super::ConfigError;
+use crate::fingerprint::Fingerprinter;
+use crate::session::{default_sources, Source};
+use serde::Deserialize;
+
+/// Slots in the session table by default (and in the client-address table).
+pub const DEFAULT_CAPACITY: u64 = 16_384;
+/// Seconds a slot may stay idle before another session may take it, by default.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 1800;
+
+/// The public default of `session.hash_key` (set your own).
+pub const DEFAULT_HASH_KEY: &str = "flowguard-default-key-change-me";
+
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub sources: Vec<Source>,
+    pub capacity: u32,
+    pub idle_timeout_s: u32,
+    pub fingerprinter: Fingerprinter,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSession {
+    sources: Option<Vec<Source>>,
+    capacity: Option<i64>,
+    idle_timeout_s: Option<i64>,
+    hash_key: Option<String>,
+}
+
+impl TryFrom<RawSession> for SessionSettings {
+    type Error = ConfigError;
+
+    fn try_from(s: RawSession) -> Result<Self, ConfigError> {
+        let sources = s.sources.unwrap_or_else(default_sources);
+        if sources.is_empty() {
+            return Err(invalid("session.sources", "expected at least one source"));
+        }
+        if let Some(i) = sources.iter().position(|src| {
+            matches!(src, Source::Cookie(n) | Source::Header(n) if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()))
+        }) {
+            return Err(invalid(&format!("session.sources[{i}]"), "expected a non-empty name without spaces"));
+        }
+        let sources = sources
+            .into_iter()
+            .map(|src| match src {
+                Source::Header(n) => Source::Header(n.to_ascii_lowercase()),
+                other => other,
+            })
+            .collect();
+        let hash_key = s.hash_key.unwrap_or_else(|| DEFAULT_HASH_KEY.to_owned());
+        if hash_key.len() < 16 {
+            return Err(invalid(
+                "session.hash_key",
+                "expected at least 16 characters",
+            ));
+        }
+        Ok(SessionSettings {
+            sources,
+            capacity: narrow(
+                "session.capacity",
+                int_in("session.capacity", s.capacity, DEFAULT_CAPACITY, 1, 1 << 20)?,
+            )?,
+            idle_timeout_s: narrow(
+                "session.idle_timeout_s",
+                int_in(
+                    "session.idle_timeout_s",
+                    s.idle_timeout_s,
+                    DEFAULT_IDLE_TIMEOUT_S,
+                    1,
+                    7 * 86400,
+                )?,
+            )?,
+            fingerprinter: Fingerprinter::from_secret(&hash_key),
+        })
+    }
+}
