@@ -16,6 +16,10 @@ pub enum Source {
     Header(String),
     /// The bearer token of the `authorization` header.
     Bearer,
+    /// The credentials of the `authorization` header under any of these schemes
+    /// (`["Bearer", "Token"]`, case-insensitive): the same token under either is one
+    /// session, as under `bearer`.
+    Authorization(Vec<String>),
     /// The client address (host part only), the last resort.
     Address,
 }
@@ -26,7 +30,7 @@ impl Source {
         match self {
             Source::Cookie(_) => 1,
             Source::Header(_) => 2,
-            Source::Bearer => 3,
+            Source::Bearer | Source::Authorization(_) => 3,
             Source::Address => 4,
         }
     }
@@ -36,7 +40,7 @@ impl Source {
         match self {
             Source::Cookie(_) => Some("cookie"),
             Source::Header(name) => Some(name),
-            Source::Bearer => Some("authorization"),
+            Source::Bearer | Source::Authorization(_) => Some("authorization"),
             Source::Address => None,
         }
     }
@@ -61,6 +65,8 @@ pub fn derive<'a>(
             Source::Cookie(name) => header("cookie").and_then(|c| cookie_value(c, name)),
             Source::Header(name) => header(name).map(str::trim),
             Source::Bearer => header("authorization").and_then(bearer_token),
+            Source::Authorization(schemes) => header("authorization")
+                .and_then(|h| credentials(h, schemes.iter().map(String::as_str))),
             Source::Address => address.map(address_host),
         }?;
         (!value.is_empty() && value.len() <= MAX_KEY_LEN).then_some(SessionKey {
@@ -80,9 +86,17 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 
 /// The token of an `authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer_token(header: &str) -> Option<&str> {
+    credentials(header, std::iter::once("bearer"))
+}
+
+/// The credentials of an `authorization` header whose scheme is one of `schemes`.
+pub fn credentials<'h, 's>(
+    header: &'h str,
+    mut schemes: impl Iterator<Item = &'s str>,
+) -> Option<&'h str> {
     let (scheme, token) = header.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
+    schemes
+        .any(|s| s.eq_ignore_ascii_case(scheme))
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
@@ -112,6 +126,22 @@ pub fn default_sources() -> Vec<Source> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_and_bearer_schemes_name_one_session() {
+        let sources = [Source::Authorization(vec!["Bearer".into(), "Token".into()])];
+        let key = |h: &'static str| derive(&sources, |n| (n == "authorization").then_some(h), None);
+        let token = key("Token eyJhbGciOi.payload.sig").unwrap();
+        let bearer = key("bearer eyJhbGciOi.payload.sig").unwrap();
+        assert_eq!(token, bearer, "the same credentials under either scheme");
+        assert_eq!(token.value, "eyJhbGciOi.payload.sig");
+        assert_eq!(token.kind, Source::Bearer.kind());
+        assert!(
+            key("Basic dXNlcjpwYXNz").is_none(),
+            "a scheme not configured"
+        );
+        assert!(derive(&[Source::Bearer], |_| Some("Token abc"), None).is_none());
+    }
     use proptest::prelude::*;
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {

@@ -44,6 +44,15 @@ impl TryFrom<RawSession> for SessionSettings {
         }) {
             return Err(invalid(&format!("session.sources[{i}]"), "expected a non-empty name without spaces"));
         }
+        if let Some(i) = sources.iter().position(|src| {
+            matches!(src, Source::Authorization(schemes) if schemes.is_empty() || schemes.len() > 8
+                || schemes.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+        }) {
+            return Err(invalid(
+                &format!("session.sources[{i}].authorization"),
+                "expected 1 to 8 scheme names such as \"Bearer\" or \"Token\"",
+            ));
+        }
         let sources = sources
             .into_iter()
             .map(|src| match src {

@@ -179,3 +179,21 @@ proptest! {
             let _ = Settings::from_json(&bytes);
         }
     }
+
+#[test]
+fn authorization_schemes_are_a_source() {
+    let s = Settings::from_json(
+        br#"{"session":{"sources":[{"authorization":["Bearer","Token"]},"address"]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        s.session.sources[0],
+        Source::Authorization(vec!["Bearer".into(), "Token".into()])
+    );
+    assert!(err(r#"{"session":{"sources":[{"authorization":[]}]}}"#)
+        .starts_with("session.sources[0].authorization:"));
+    assert!(
+        err(r#"{"session":{"sources":[{"authorization":["Bear er"]}]}}"#)
+            .starts_with("session.sources[0].authorization:")
+    );
+}
