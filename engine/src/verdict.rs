@@ -162,6 +162,21 @@ pub fn evaluate(
     (visit, verdict)
 }
 
+/// The verdict on a request that has no session (none of the configured sources was
+/// present) but a client address: only the per-address rule applies, so a stuffing bot
+/// that sends no cookie is still counted and refused.
+pub fn address_only(model: &Model, settings: &Settings, address_failures: u16) -> Verdict {
+    let mut fired = RuleSet::EMPTY;
+    if model.address_auth_limit > 0 && u32::from(address_failures) >= model.address_auth_limit {
+        fired.insert(Rule::AuthFailures);
+    }
+    let mut verdict = outcome(&settings.rules, fired, EndpointSet::EMPTY);
+    if !fired.is_empty() {
+        verdict.retry_after_s = model.auth_window_ms.div_ceil(1000).max(1);
+    }
+    verdict
+}
+
 fn clamp16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }

@@ -50,6 +50,8 @@ pub struct Http {
     scanned_endpoint: Option<EndpointId>,
     /// Whether learning counts what the scanned answer carries.
     scanned_learn: bool,
+    /// A request without a session whose client address is watched for 401/403 answers.
+    address_watch: bool,
     /// The telemetry event of this request, completed with the response's status.
     event: Option<Event>,
 }
@@ -62,6 +64,7 @@ impl Http {
             scanner: None,
             scanned_endpoint: None,
             scanned_learn: false,
+            address_watch: false,
             event: None,
         }
     }
@@ -79,7 +82,12 @@ impl HttpContext for Http {
         let Some(w) = guard.as_mut() else {
             return Action::Continue;
         };
-        match on_request(w, &mut self.pending, &mut self.event) {
+        match on_request(
+            w,
+            &mut self.pending,
+            &mut self.event,
+            &mut self.address_watch,
+        ) {
             Ok(action) => action,
             Err(e) => {
                 // Fail open on host errors: the filter must never take the API down.
@@ -106,6 +114,15 @@ impl HttpContext for Http {
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
         let pending = self.pending.take();
+        if self.address_watch && is_auth_failure(status) {
+            if let Err(e) = host::now_ms().and_then(|now_ms| record_address_failure(w, now_ms)) {
+                Metrics::inc(w.metrics.host_errors);
+                host::log(
+                    LogLevel::Debug,
+                    &format!("flowguard: response: host error {e:?}"),
+                );
+            }
+        }
         if let Some(pending) = pending {
             if let Err(e) = on_response(w, pending, status) {
                 Metrics::inc(w.metrics.host_errors);
@@ -194,6 +211,7 @@ fn on_request(
     w: &mut Worker,
     pending: &mut Option<Pending>,
     event: &mut Option<Event>,
+    address_watch: &mut bool,
 ) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
     if w.model.is_none() {
@@ -249,7 +267,15 @@ fn on_request(
     let Some(key) = header_key.or_else(|| session::derive(&w.settings.session.sources, get, addr))
     else {
         Metrics::inc(w.metrics.sessionless);
-        return Ok(Action::Continue);
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let request_id = get("x-request-id").filter(|id| is_safe_id(id));
+        return match (check_address, address.as_deref()) {
+            (true, Some(a)) => {
+                *address_watch = true;
+                sessionless(w, a, now, request_id, address_watch)
+            }
+            _ => Ok(Action::Continue),
+        };
     };
     let fingerprint = w
         .settings
@@ -427,6 +453,41 @@ fn learning_share(w: &mut Worker, address: Option<&[u8]>) -> HostResult<(Option<
     Ok((Some(support::bit_of(fp)), cap > 0 && started > cap))
 }
 
+/// A request no session source matched, from a watched client address: the per-address
+/// failure rule still applies (a stuffing bot need not send the session cookie).
+fn sessionless(
+    w: &mut Worker,
+    address: &[u8],
+    now: u32,
+    request_id: Option<&str>,
+    address_watch: &mut bool,
+) -> HostResult<Action> {
+    let failures = address_failures(w, Some(address), now)?;
+    let Some(model) = w.model.as_ref() else {
+        return Ok(Action::Continue);
+    };
+    let verdict = verdict::address_only(model, &w.settings, failures);
+    if verdict.fired.is_empty() {
+        return Ok(Action::Continue);
+    }
+    record_verdict(w, &verdict);
+    if let (Mode::Enforce, Outcome::Block { status }) = (w.settings.mode, verdict.outcome) {
+        *address_watch = false;
+        let fp = address_fingerprint(w, address).unwrap_or(0);
+        block(w, status, verdict.retry_after_s, request_id, fp)?;
+        return Ok(Action::Pause);
+    }
+    if w.settings.mode != Mode::Learn {
+        verdict.write_header(&mut w.scratch.header);
+        host::set_header(
+            MapType::HttpRequestHeaders,
+            VERDICT_HEADER,
+            &w.scratch.header,
+        )?;
+    }
+    Ok(Action::Continue)
+}
+
 /// 401/403 answers to this client address in the current auth window.
 fn address_failures(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<u16> {
     let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
@@ -521,23 +582,30 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
         w.delta.observe_response(p.endpoint, status, peak);
     }
     if auth_failure {
-        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let address = client_address()?;
-        if let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) {
-            let window = w.settings.limits.auth_window_s;
-            shared::address_key(
-                AddressSlot::index(fp, w.settings.session.capacity),
-                &mut w.scratch.key,
-            );
-            let mut peak = None;
-            shared::update(&w.scratch.key, |bytes| {
-                let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
-                peak = slot.add(fp, now, window);
-                Some(slot.encode().to_vec())
-            })?;
-            if w.model.is_none() {
-                w.delta.observe_address_failure(peak);
-            }
+        record_address_failure(w, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Counts a 401/403 answer against the client address (over all its sessions, and
+/// requests without one).
+fn record_address_failure(w: &mut Worker, now_ms: u64) -> HostResult<()> {
+    let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+    let address = client_address()?;
+    if let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) {
+        let window = w.settings.limits.auth_window_s;
+        shared::address_key(
+            AddressSlot::index(fp, w.settings.session.capacity),
+            &mut w.scratch.key,
+        );
+        let mut peak = None;
+        shared::update(&w.scratch.key, |bytes| {
+            let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+            peak = slot.add(fp, now, window);
+            Some(slot.encode().to_vec())
+        })?;
+        if w.model.is_none() {
+            w.delta.observe_address_failure(peak);
         }
     }
     Ok(())

@@ -170,6 +170,34 @@ fn credential_stuffing_rotating_cookies_is_caught_by_address() {
     assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
 }
 
+/// With the session in a cookie only, a stuffing bot that sends no cookie has no session:
+/// the per-address rule still counts and refuses it, and customers are not touched.
+#[test]
+fn cookieless_stuffing_is_caught_with_a_cookie_only_configuration() {
+    let config = r#"{"mode":"enforce","learning":{"min_sessions":60,"min_requests":300,"min_support":5,
+        "prerequisite_ratio":0.9,"confidence":0.9,"tick_ms":100},
+        "session":{"capacity":4096,"sources":[{"cookie":"session"}]},
+        "rules":{"auth.failures":{"window_s":60}}}"#;
+    let world = World::learned(config, 1, 80);
+    let statuses: Vec<u16> = (0..60)
+        .map(|i| {
+            let body = serde_json::json!({"user": format!("victim{i}"), "password": "wrong"});
+            world
+                .client
+                .send("POST", "/api/login", &[], Some(&body))
+                .status
+        })
+        .collect();
+    let caught = first_429(&statuses).unwrap_or_else(|| panic!("stuffing caught: {statuses:?}"));
+    assert!(statuses[..caught].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[caught..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
+    assert_eq!(
+        world.envoy.counter("flowguard.requests_without_session"),
+        60
+    );
+}
+
 #[test]
 fn monitor_forwards_rate_and_enumeration_attacks_with_their_verdicts() {
     let world = World::learned(&quick_learning("monitor", EXTRA), 1, 80);
