@@ -10,6 +10,7 @@ pub mod config;
 pub mod endpoint;
 pub mod endpoint_set;
 pub mod evidence;
+pub mod failure;
 pub mod fingerprint;
 pub mod header_map;
 pub mod le;

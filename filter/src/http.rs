@@ -8,6 +8,7 @@ use crate::worker::Worker;
 use flowguard_engine::address::AddressSlot;
 use flowguard_engine::config::Mode;
 use flowguard_engine::endpoint_set::EndpointId;
+use flowguard_engine::failure;
 use flowguard_engine::header_map::decode_pairs;
 use flowguard_engine::rule::{Action as RuleAction, Rule};
 use flowguard_engine::sensitive::Scanner;
@@ -39,6 +40,9 @@ struct Pending {
     completed: bool,
     /// Learning counts this exchange (no rule fired on it).
     learn: bool,
+    /// A configured login (`endpoints.failure.auth`): a failure by body is an
+    /// authentication failure.
+    auth_step: bool,
 }
 
 pub struct Http {
@@ -52,6 +56,10 @@ pub struct Http {
     scanned_learn: bool,
     /// A request without a session whose client address is watched for 401/403 answers.
     address_watch: bool,
+    /// A 2xx JSON answer whose outcome waits for its body (`endpoints.failure`), with its
+    /// status, and the body read so far.
+    deferred: Option<(Pending, u16)>,
+    failure_body: Vec<u8>,
     /// The telemetry event of this request, completed with the response's status.
     event: Option<Event>,
 }
@@ -65,6 +73,8 @@ impl Http {
             scanned_endpoint: None,
             scanned_learn: false,
             address_watch: false,
+            deferred: None,
+            failure_body: Vec::new(),
             event: None,
         }
     }
@@ -101,7 +111,7 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Ok(mut guard) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
@@ -123,7 +133,16 @@ impl HttpContext for Http {
                 );
             }
         }
-        if let Some(pending) = pending {
+        // An API that answers failures with 2xx and a JSON error: the step's outcome
+        // waits for the body (bounded), or for the end of the stream (fail-open).
+        let defer = !end_of_stream
+            && !w.settings.endpoints.failure.is_empty()
+            && is_success(status)
+            && response_is_json();
+        if let (true, Some(p)) = (defer, pending) {
+            self.deferred = Some((p, status));
+            self.failure_body.clear();
+        } else if let Some(pending) = pending {
             if let Err(e) = on_response(w, pending, status) {
                 Metrics::inc(w.metrics.host_errors);
                 host::log(
@@ -149,6 +168,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.deferred.is_some() {
+            self.judge_failure(body_size, end_of_stream);
+        }
         let Some(scanner) = self.scanner.as_mut() else {
             return Action::Continue;
         };
@@ -186,6 +208,66 @@ impl HttpContext for Http {
         }
         Action::Continue
     }
+
+    fn on_log(&mut self) {
+        // The stream ended before the deferred body did (reset, cut short): fail open, the
+        // status stands, so a customer's step is never lost.
+        self.settle(false);
+    }
+}
+
+impl Http {
+    /// Reads the deferred answer's body; at its end (or past the bound) settles the step.
+    fn judge_failure(&mut self, body_size: usize, end_of_stream: bool) {
+        let room = failure::MAX_BODY.saturating_sub(self.failure_body.len());
+        if body_size > room {
+            return self.settle(false); // too large to judge: the status stands
+        }
+        if let Ok(Some(chunk)) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
+            self.failure_body.extend_from_slice(&chunk);
+        }
+        if end_of_stream {
+            self.settle(true);
+        }
+    }
+
+    /// Records the deferred outcome: judged by the body when `judge`, else as its status.
+    fn settle(&mut self, judge: bool) {
+        let Some((pending, status)) = self.deferred.take() else {
+            return;
+        };
+        let Ok(mut guard) = self.worker.try_borrow_mut() else {
+            return;
+        };
+        let Some(w) = guard.as_mut() else {
+            return;
+        };
+        let status = if judge {
+            w.settings.endpoints.failure.effective_status(
+                status,
+                pending.auth_step,
+                &self.failure_body,
+            )
+        } else {
+            status
+        };
+        self.failure_body = Vec::new();
+        if let Err(e) = on_response(w, pending, status) {
+            Metrics::inc(w.metrics.host_errors);
+            host::log(
+                LogLevel::Debug,
+                &format!("flowguard: response: host error {e:?}"),
+            );
+        }
+    }
+}
+
+/// Whether the answer is JSON (by its content type).
+fn response_is_json() -> bool {
+    host::header(MapType::HttpResponseHeaders, "content-type")
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
 }
 
 /// JSON answers within the size bound are inspected when the rule is on.
@@ -335,7 +417,14 @@ fn on_request(
             let known = w.settings.learning.absences_to_record(registered);
             w.delta.observe_request(e, &visit, known);
         }
+        let auth_step = w
+            .settings
+            .endpoints
+            .failure
+            .auth
+            .contains(&w.scratch.template);
         *pending = endpoint.map(|endpoint| Pending {
+            auth_step,
             index: located.index,
             fingerprint,
             endpoint,

@@ -2,7 +2,9 @@
 //! of small Flask and Express backends. Usernames and book slugs in paths, a variable
 //! segment in the middle (`/users/{name}/email`), a version segment (`/api/v2`), register
 //! then log in for a token answered in the body and sent back as a bearer token, optional
-//! steps, several loans per session. Its flaws: `pickup` trusts the client to have paid
+//! steps, several loans per session, and failures answered `200 {"status":"fail"}` (a
+//! wrong password) or `200 {"status":"declined"}` (a card), as many such backends do. Its
+//! flaws: `pickup` trusts the client to have paid
 //! the deposit, any loan can be read by id, the retired `/api/v1/` still answers, and an
 //! admin listing was left reachable.
 
@@ -125,7 +127,9 @@ async fn login(State(lib): S, Json(body): Json<Value>) -> Response {
         .map(|u| u.get(name).is_some_and(|p| p == password))
         .unwrap_or(false);
     if !known {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"status": "fail"}))).into_response();
+        // As many Flask backends do: a failed login is a 200 with an error in the body.
+        return Json(json!({"status": "fail", "message": "Password is not correct."}))
+            .into_response();
     }
     let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     if let Ok(mut tokens) = lib.tokens.lock() {

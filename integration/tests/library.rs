@@ -8,11 +8,12 @@ use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::Client;
 
 /// Defaults everywhere a user would leave them: the session sources, the evidence a rule
-/// needs (0.98 at 0.99), the identifier inference. Only the learning volume and the
-/// retired prefix are set.
-const CONFIG: &str = r#"{"mode":"enforce",
+/// needs (0.98 at 0.99), the identifier inference. Set: the learning volume, the retired
+/// prefix, and how this API says "failed" in a 200 (its login and its card payments).
+pub const CONFIG: &str = r#"{"mode":"enforce",
   "learning":{"min_sessions":700,"min_requests":4000,"tick_ms":100},
-  "endpoints":{"deprecated":["/api/v1/"]}}"#;
+  "endpoints":{"deprecated":["/api/v1/"],
+    "failure":{"json":{"status":["fail","declined"]},"auth":["POST /api/v2/users/login"]}}}"#;
 
 #[test]
 fn held_out_readers_pass_and_every_attack_is_caught() {
@@ -99,6 +100,13 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
     caught.push((
         "credential stuffing",
         any_block(&attacks::stuffing(&mut attacker(5), 60)),
+    ));
+    // The library answers every failed login 200 {"status":"fail"}: only the failure match
+    // turns them into authentication failures (and a declined card, 200 too, into a
+    // deposit that does not unlock pickup).
+    caught.push((
+        "stuffing counted as auth failures",
+        envoy.counter("flowguard.rule.auth.failures") >= 1,
     ));
     let mut shadow = attacker(6);
     shadow.login("reader_c", "secret");

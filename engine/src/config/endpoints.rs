@@ -3,6 +3,7 @@
 use super::values::{int_in, invalid, narrow};
 use super::ConfigError;
 use crate::endpoint::DeclaredTemplate;
+use crate::failure::FailureMatch;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Default)]
@@ -18,6 +19,8 @@ pub struct EndpointSettings {
     pub case_insensitive: bool,
     /// The upstream honours `x-http-method-override`: its value is the method rules see.
     pub method_override: bool,
+    /// 2xx JSON answers that mean failure (`{"status":"fail"}`).
+    pub failure: FailureMatch,
 }
 
 #[derive(Deserialize, Default)]
@@ -34,6 +37,18 @@ pub(super) struct RawEndpoints {
     case_insensitive: bool,
     #[serde(default)]
     method_override: bool,
+    #[serde(default)]
+    failure: RawFailure,
+}
+
+/// `endpoints.failure`: `{"json": {"status": ["fail", "error"]}, "auth": ["POST /login"]}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFailure {
+    #[serde(default)]
+    json: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    auth: Vec<String>,
 }
 
 impl TryFrom<RawEndpoints> for EndpointSettings {
@@ -58,7 +73,31 @@ impl TryFrom<RawEndpoints> for EndpointSettings {
                 ));
             }
         }
+        let f = e.failure;
+        if let Some((k, _)) = f.json.iter().find(|(k, v)| k.is_empty() || v.is_empty()) {
+            return Err(invalid(
+                &format!("endpoints.failure.json.{k}"),
+                "expected a field name and at least one value",
+            ));
+        }
+        if let Some(i) = f.auth.iter().position(|t| t.split_once(' ').is_none()) {
+            return Err(invalid(
+                &format!("endpoints.failure.auth[{i}]"),
+                "expected a template as flowguard names it: \"METHOD /path\"",
+            ));
+        }
+        if f.json.is_empty() && !f.auth.is_empty() {
+            return Err(invalid(
+                "endpoints.failure.auth",
+                "applies only with endpoints.failure.json",
+            ));
+        }
+        let failure = FailureMatch {
+            fields: f.json.into_iter().collect(),
+            auth: f.auth,
+        };
         Ok(EndpointSettings {
+            failure,
             templates,
             deprecated: e.deprecated,
             retire_after_s: narrow(

@@ -197,3 +197,19 @@ fn authorization_schemes_are_a_source() {
             .starts_with("session.sources[0].authorization:")
     );
 }
+
+#[test]
+fn failure_by_body_is_configured_under_endpoints() {
+    let s = Settings::from_json(
+        br#"{"endpoints":{"failure":{"json":{"status":["fail","error"]},"auth":["POST /users/v1/login"]}}}"#,
+    )
+    .unwrap();
+    assert!(s.endpoints.failure.failed(br#"{"status":"error"}"#));
+    assert_eq!(s.endpoints.failure.auth, ["POST /users/v1/login"]);
+    assert!(err(r#"{"endpoints":{"failure":{"json":{"status":[]}}}}"#)
+        .starts_with("endpoints.failure.json.status:"));
+    assert!(
+        err(r#"{"endpoints":{"failure":{"json":{"a":["b"]},"auth":["login"]}}}"#)
+            .starts_with("endpoints.failure.auth[0]:")
+    );
+}

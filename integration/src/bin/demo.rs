@@ -270,8 +270,10 @@ fn library_demo() {
         "   bearer token, optional steps, several loans per reader; pickup trusts the client)"
     );
     let library = ShopServer::library().unwrap_or_else(|e| fail(&e.to_string()));
+    // Its failures come as 200 {"status":"fail"} (login) and {"status":"declined"} (card).
     let config = r#"{"mode":"enforce","learning":{"min_sessions":700,"min_requests":4000,"tick_ms":200},
-                     "endpoints":{"deprecated":["/api/v1/"]}}"#;
+                     "endpoints":{"deprecated":["/api/v1/"],
+                       "failure":{"json":{"status":["fail","declined"]},"auth":["POST /api/v2/users/login"]}}}"#;
     let mut cfg = EnvoyConfig::new(config, library.addr);
     cfg.concurrency = 2;
     cfg.client_ip_header = Some(lib::CLIENT_IP);
