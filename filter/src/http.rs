@@ -486,13 +486,18 @@ fn on_request(
         block(w, status, verdict.retry_after_s, request_id, fingerprint)?;
         return Ok(Action::Pause);
     }
+    annotate(w, &verdict)?;
+    Ok(Action::Continue)
+}
+
+/// Tells the upstream the verdict (`x-flowguard-verdict`).
+fn annotate(w: &mut Worker, verdict: &Verdict) -> HostResult<()> {
     verdict.write_header(&mut w.scratch.header);
     host::set_header(
         MapType::HttpRequestHeaders,
         VERDICT_HEADER,
         &w.scratch.header,
-    )?;
-    Ok(Action::Continue)
+    )
 }
 
 fn client_address() -> HostResult<Option<Vec<u8>>> {
@@ -567,12 +572,7 @@ fn sessionless(
         return Ok(Action::Pause);
     }
     if w.settings.mode != Mode::Learn {
-        verdict.write_header(&mut w.scratch.header);
-        host::set_header(
-            MapType::HttpRequestHeaders,
-            VERDICT_HEADER,
-            &w.scratch.header,
-        )?;
+        annotate(w, &verdict)?;
     }
     Ok(Action::Continue)
 }

@@ -139,27 +139,9 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         &w.settings.limits,
         1,
     );
-    let model = match Model::compile(&policy, &w.settings) {
-        Ok(m) => m,
-        Err(e) => {
-            host::log(
-                LogLevel::Error,
-                &format!("flowguard: learned policy is invalid: {e}"),
-            );
-            return Ok(());
-        }
-    };
-    // Claim the version first: of two workers compiling at once, one publishes.
-    match host::shared_set(
-        shared::MODEL_VERSION_KEY,
-        &policy.version.to_le_bytes(),
-        version_cas,
-    ) {
-        Ok(()) => {}
-        Err(host::CAS_MISMATCH) => return Ok(()),
-        Err(e) => return Err(e),
+    if !claim_and_publish(w, &policy, version_cas, stats.sessions, stats.requests)? {
+        return Ok(());
     }
-    publish(w, &policy, model, stats.sessions, stats.requests)?;
     if w.relearns() {
         // Learning goes on in the model's ids: carry what was counted over into them.
         let map: Vec<Option<EndpointId>> = (0..w.registry.len())
@@ -219,14 +201,27 @@ fn relearn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         return Ok(());
     }
     let policy = learn::relearn(&current, &stats, &w.settings.learning, &w.settings.limits);
-    let model = match Model::compile(&policy, &w.settings) {
+    claim_and_publish(w, &policy, version_cas, stats.sessions, stats.requests)?;
+    Ok(())
+}
+
+/// Compiles `policy`, claims its version (of two workers compiling at once, one
+/// publishes), then writes, logs and installs it. Returns whether this worker published.
+fn claim_and_publish(
+    w: &mut Worker,
+    policy: &Policy,
+    version_cas: u32,
+    sessions: u64,
+    requests: u64,
+) -> HostResult<bool> {
+    let model = match Model::compile(policy, &w.settings) {
         Ok(m) => m,
         Err(e) => {
             host::log(
                 LogLevel::Error,
-                &format!("flowguard: relearned policy is invalid: {e}"),
+                &format!("flowguard: learned policy is invalid: {e}"),
             );
-            return Ok(());
+            return Ok(false);
         }
     };
     match host::shared_set(
@@ -235,11 +230,12 @@ fn relearn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
         version_cas,
     ) {
         Ok(()) => {}
-        Err(host::CAS_MISMATCH) => return Ok(()),
+        Err(host::CAS_MISMATCH) => return Ok(false),
         Err(e) => return Err(e),
     }
     w.tried_version = policy.version;
-    publish(w, &policy, model, stats.sessions, stats.requests)
+    publish(w, policy, model, sessions, requests)?;
+    Ok(true)
 }
 
 /// Shares when each endpoint was last used normally, and retires those unused for

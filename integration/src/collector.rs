@@ -22,6 +22,23 @@ pub fn collector_bin() -> Result<PathBuf, String> {
     Err("no flowguard binary: run `cargo build -p flowguard-collector` first".into())
 }
 
+/// Runs the `flowguard` command with `args`: its exit code, standard output and error.
+pub fn run_flowguard(args: &[&str]) -> (i32, String, String) {
+    let out = collector_bin()
+        .and_then(|bin| {
+            std::process::Command::new(bin)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| panic!("flowguard {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A fresh database path under `target/collector-runs` for test `name`.
 pub fn scratch_db(name: &str) -> Result<PathBuf, String> {
     let dir = repo_root().join("target/collector-runs");

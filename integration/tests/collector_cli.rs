@@ -1,22 +1,13 @@
 //! The `flowguard` command line: offline learning from Envoy access logs, and clear
 //! errors for bad arguments and bad database paths.
 
-use flowguard_integration::collector::collector_bin;
+use flowguard_integration::collector::run_flowguard;
 use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::{self, Client, Session};
-use std::process::Command;
 
 fn flowguard(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(collector_bin().expect("collector built"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_flowguard(args)
 }
 
 #[test]

@@ -5,13 +5,12 @@
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
-use flowguard_integration::collector::collector_bin;
+use flowguard_integration::collector::run_flowguard;
 use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::Client;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn examples() -> PathBuf {
     let dir = repo_root().join("target/npm/node_modules/@readme/oas-examples");
@@ -24,16 +23,9 @@ fn examples() -> PathBuf {
 }
 
 fn openapi(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(collector_bin().expect("collector built"))
-        .arg("openapi")
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["openapi"];
+    all.extend_from_slice(args);
+    run_flowguard(&all)
 }
 
 fn strings(v: &Value) -> Vec<String> {
