@@ -16,7 +16,7 @@ pub enum Outcome {
     },
     /// The policy learned equals the current one: nothing new was stored.
     Unchanged(u64),
-    Learned(Policy),
+    Learned(Box<Policy>),
 }
 
 /// Learns from `observations` as of `version`; `None` until the thresholds are met.
@@ -61,7 +61,7 @@ pub fn learn_and_store(
         }
     }
     store.save_policy(&policy, now_ms)?;
-    Ok(Outcome::Learned(policy))
+    Ok(Outcome::Learned(Box::new(policy)))
 }
 
 /// Whether two policies enforce the same thing (ignoring version and traffic counts).

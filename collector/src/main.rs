@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 None => {
                     let store = open_existing(&db)?;
                     match fleet::learn_and_store(&store, &settings, now_ms())? {
-                        fleet::Outcome::Learned(p) => p,
+                        fleet::Outcome::Learned(p) => *p,
                         fleet::Outcome::Unchanged(v) => {
                             eprintln!("learned the same rules as the stored version {v}");
                             load_policy(&db, None)?
@@ -363,7 +363,10 @@ fn show(p: &Policy) -> String {
     for e in &p.endpoints {
         let lim = |l: Option<flowguard_engine::policy::Limit>| {
             l.map_or("-".to_owned(), |l| {
-                format!("{} (p50 {} p90 {} p99 {})", l.limit, l.p50, l.p90, l.p99)
+                format!(
+                    "{} (p50 {} p90 {} p99 {}; bound {} from {} sessions)",
+                    l.limit, l.p50, l.p90, l.p99, l.bound, l.units
+                )
             })
         };
         let _ = writeln!(

@@ -17,6 +17,7 @@ fn policy() -> Policy {
         p90: 2,
         p99: 3,
         limit: 100_000,
+        ..Limit::default()
     });
     let templates: Vec<String> = (0..60)
         .map(|i| format!("GET /api/catalog/s{i}/items/{{id}}"))

@@ -46,6 +46,36 @@ fn log_add(a: f64, b: f64) -> f64 {
     hi + (lo - hi).exp().ln_1p()
 }
 
+/// The rank (1-based, among `n` sorted values) whose value is, at `confidence`, at least
+/// the true `p`-quantile: the smallest `r` with `P(Binomial(n, p) >= r) <= 1 - confidence`.
+/// `None` when not even the largest of `n` values is (`p^n > 1 - confidence`: 459 units
+/// are needed for the 99th percentile at 0.99). One pass from the top, in log space.
+pub fn quantile_upper_rank(n: u64, p: f64, confidence: f64) -> Option<u64> {
+    if n == 0 || !(p > 0.0 && p < 1.0 && confidence > 0.0 && confidence < 1.0) {
+        return None;
+    }
+    let target = (1.0 - confidence).ln();
+    let (lp, lq) = (p.ln(), (1.0 - p).ln());
+    let mut term = n as f64 * lp; // ln P(X = n)
+    let mut total = term;
+    if total > target {
+        return None;
+    }
+    let mut rank = n;
+    let mut i = n;
+    while i > 1 {
+        term += (i as f64).ln() - ((n - i + 1) as f64).ln() + lq - lp;
+        let next = log_add(total, term);
+        if next > target {
+            break;
+        }
+        total = next;
+        i -= 1;
+        rank = i;
+    }
+    Some(rank)
+}
+
 /// Sessions a step needs, none of them violating, before a prerequisite can be asserted:
 /// the smallest `n` with `ratio^n <= 1 - confidence` (228 at 0.98 and 0.99).
 pub fn sessions_needed(ratio: f64, confidence: f64) -> u64 {
@@ -173,6 +203,24 @@ mod tests {
     fn large_samples_do_not_underflow() {
         assert!(share_at_least(9_950_000, 10_000_000, 0.99, 0.999));
         assert!(!share_at_least(9_890_000, 10_000_000, 0.99, 0.999));
+    }
+
+    #[test]
+    fn an_upper_bound_of_the_99th_percentile_needs_459_units() {
+        assert_eq!(quantile_upper_rank(458, 0.99, 0.99), None);
+        assert_eq!(
+            quantile_upper_rank(459, 0.99, 0.99),
+            Some(459),
+            "the largest value"
+        );
+        let r = quantile_upper_rank(10_000, 0.99, 0.99).unwrap();
+        assert!(
+            (9_920..=9_930).contains(&r),
+            "{r}: p99 rank 9,900 plus a margin"
+        );
+        assert!(upper_tail_ln(r, 10_000, 0.99) <= 0.01f64.ln());
+        assert!(upper_tail_ln(r - 1, 10_000, 0.99) > 0.01f64.ln());
+        assert_eq!(quantile_upper_rank(0, 0.99, 0.99), None);
     }
 
     #[test]

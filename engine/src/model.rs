@@ -274,6 +274,7 @@ mod tests {
                         p90: 1,
                         p99: 2,
                         limit: 20,
+                        ..Limit::default()
                     }),
                     auth_failures: 3,
                     ..Default::default()
@@ -286,6 +287,7 @@ mod tests {
                         p90: 1,
                         p99: 1,
                         limit: 15,
+                        ..Limit::default()
                     }),
                     ..Default::default()
                 },

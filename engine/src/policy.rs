@@ -56,8 +56,15 @@ pub struct Limit {
     pub p50: u32,
     pub p90: u32,
     pub p99: u32,
-    /// The threshold in force: `max(floor, ceil(p99 x margin))` or the configured limit.
+    /// The threshold in force: `max(floor, ceil(bound x margin))` or the configured limit.
     pub limit: u32,
+    /// The value that is, at `learning.confidence`, at least the true 99th percentile
+    /// (the largest peak seen while fewer than 459 units back it at 0.99).
+    #[serde(default)]
+    pub bound: u32,
+    /// Units (sessions or addresses) the percentiles come from.
+    #[serde(default)]
+    pub units: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

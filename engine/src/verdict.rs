@@ -233,6 +233,7 @@ mod tests {
                 p90: 2,
                 p99: 3,
                 limit,
+                ..Limit::default()
             })
         };
         let mut orders = ep("GET /orders/{id}", &["POST /login"]);
@@ -263,12 +264,14 @@ mod tests {
                 p90: 1,
                 p99: 1,
                 limit: 100,
+                ..Limit::default()
             }),
             auth_failures: Some(Limit {
                 p50: 0,
                 p90: 0,
                 p99: 1,
                 limit: 3,
+                ..Limit::default()
             }),
             ..Default::default()
         };

@@ -12,20 +12,38 @@ use crate::support::Support;
 use std::collections::{BTreeSet, HashMap};
 
 /// The learned percentiles of a distribution given as `at_least(k)` = units that reached
-/// `k`, over `n` units, and the threshold chosen from them.
-pub fn limit_from(at_least: impl Fn(u32) -> u64, n: u64, max_k: u32, t: &Threshold) -> Limit {
+/// `k`, over `n` units, and the threshold chosen from them. The threshold is not set from
+/// the sample 99th percentile but from a value shown, at `confidence`, to be at least the
+/// true one (an order statistic; the largest peak when too few units back any): a limit
+/// needs evidence as a prerequisite does, and without it errs towards the customer.
+pub fn limit_from(
+    at_least: impl Fn(u32) -> u64,
+    n: u64,
+    max_k: u32,
+    t: &Threshold,
+    confidence: f64,
+) -> Limit {
     let quantile = |p: f64| -> u32 {
         let allowed_above = (1.0 - p) * n as f64;
         (0..=max_k)
             .find(|k| at_least(k + 1) as f64 <= allowed_above)
             .unwrap_or(max_k)
     };
-    let p99 = quantile(0.99);
+    let largest = (0..=max_k).rev().find(|k| at_least(*k) > 0).unwrap_or(0);
+    let bound = match evidence::quantile_upper_rank(n, 0.99, confidence) {
+        // The rank-r value: the smallest k with at least r units at or below it.
+        Some(r) => (0..=max_k)
+            .find(|k| n.saturating_sub(at_least(k + 1)) >= r)
+            .unwrap_or(largest),
+        None => largest,
+    };
     Limit {
         p50: quantile(0.50),
         p90: quantile(0.90),
-        p99,
-        limit: t.choose(p99),
+        p99: quantile(0.99),
+        limit: t.choose(bound),
+        bound,
+        units: n,
     }
 }
 
@@ -191,9 +209,10 @@ pub fn compile(
                 sessions: reached,
                 successes: m.succeeded.get(&id).copied().unwrap_or(0),
                 prerequisites,
-                rate: (callers > 0).then(|| limit_from(rate_at, callers, 255, &limits.rate)),
+                rate: (callers > 0)
+                    .then(|| limit_from(rate_at, callers, 255, &limits.rate, s.confidence)),
                 distinct_ids: (has_ids && callers > 0)
-                    .then(|| limit_from(ids_at, callers, 255, &limits.enumeration)),
+                    .then(|| limit_from(ids_at, callers, 255, &limits.enumeration, s.confidence)),
                 auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
                 deprecated: false,
                 evidence: Some(evidence),
@@ -226,12 +245,14 @@ pub fn compile(
             stats.sessions,
             255,
             &limits.session_rate,
+            s.confidence,
         )),
         auth_failures: Some(limit_from(
             |k| u16::try_from(k).map_or(0, |k| stats.auth_at_least.get(&k).copied().unwrap_or(0)),
             stats.sessions,
             1000,
             &limits.auth,
+            s.confidence,
         )),
         address_auth_failures: {
             let at = |k: u32| {
@@ -239,7 +260,13 @@ pub fn compile(
                     stats.address_auth_at_least.get(&k).copied().unwrap_or(0)
                 })
             };
-            Some(limit_from(at, at(1), 1000, &limits.address_auth))
+            Some(limit_from(
+                at,
+                at(1),
+                1000,
+                &limits.address_auth,
+                s.confidence,
+            ))
         },
         layout_since: 0,
     }

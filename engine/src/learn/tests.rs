@@ -461,22 +461,32 @@ fn percentiles_of_an_at_least_distribution() {
         4..=10 => 1,
         _ => 0,
     };
+    // 100 units cannot show the 99th percentile at 0.99 (459 can): the limit stands on
+    // the largest peak seen, not on the sample p99.
     assert_eq!(
-        limit_from(at, 100, 255, &t),
+        limit_from(at, 100, 255, &t, 0.99),
         Limit {
             p50: 1,
             p90: 2,
             p99: 3,
-            limit: 6
+            limit: 20,
+            bound: 10,
+            units: 100
         }
     );
+    // At 0.5 confidence 100 units show it: an order statistic just above the sample p99.
+    let shown = limit_from(at, 100, 255, &t, 0.5);
+    assert!((3..=10).contains(&shown.bound), "{shown:?}");
+    assert_eq!(shown.limit, shown.bound * 2);
     assert_eq!(
-        limit_from(|_| 0, 0, 255, &t),
+        limit_from(|_| 0, 0, 255, &t, 0.99),
         Limit {
             p50: 0,
             p90: 0,
             p99: 0,
-            limit: 1
+            limit: 1,
+            bound: 0,
+            units: 0
         }
     );
 }
