@@ -1,6 +1,7 @@
 //! Which client session a request belongs to: the configured sources, tried in order.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Session values longer than this are ignored (the next source is tried), so a 64 KiB
 /// cookie costs one bounded hash at most.
@@ -20,6 +21,12 @@ pub enum Source {
     /// (`["Bearer", "Token"]`, case-insensitive): the same token under either is one
     /// session, as under `bearer`.
     Authorization(Vec<String>),
+    /// A claim of the JWT in the `authorization` header (`Bearer` or `Token`), such as
+    /// `sub`: refreshed tokens of one user stay one session. flowguard does not verify the
+    /// token: Envoy's `jwt_authn` must, before this filter, or a client could name any
+    /// session it likes.
+    #[serde(rename = "jwt_claim")]
+    JwtClaim(String),
     /// The client address (host part only), the last resort.
     Address,
 }
@@ -32,6 +39,7 @@ impl Source {
             Source::Header(_) => 2,
             Source::Bearer | Source::Authorization(_) => 3,
             Source::Address => 4,
+            Source::JwtClaim(_) => 5,
         }
     }
 
@@ -40,17 +48,19 @@ impl Source {
         match self {
             Source::Cookie(_) => Some("cookie"),
             Source::Header(name) => Some(name),
-            Source::Bearer | Source::Authorization(_) => Some("authorization"),
+            Source::Bearer | Source::Authorization(_) | Source::JwtClaim(_) => {
+                Some("authorization")
+            }
             Source::Address => None,
         }
     }
 }
 
 /// The session key found for a request: which source, and the raw value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionKey<'a> {
     pub kind: u8,
-    pub value: &'a str,
+    pub value: Cow<'a, str>,
 }
 
 /// Tries `sources` in order. `header` returns a request header by lower-case name;
@@ -61,19 +71,134 @@ pub fn derive<'a>(
     address: Option<&'a str>,
 ) -> Option<SessionKey<'a>> {
     sources.iter().find_map(|source| {
-        let value = match source {
-            Source::Cookie(name) => header("cookie").and_then(|c| cookie_value(c, name)),
-            Source::Header(name) => header(name).map(str::trim),
-            Source::Bearer => header("authorization").and_then(bearer_token),
+        let value: Cow<'a, str> = match source {
+            Source::Cookie(name) => header("cookie").and_then(|c| cookie_value(c, name))?.into(),
+            Source::Header(name) => header(name).map(str::trim)?.into(),
+            Source::Bearer => header("authorization").and_then(bearer_token)?.into(),
             Source::Authorization(schemes) => header("authorization")
-                .and_then(|h| credentials(h, schemes.iter().map(String::as_str))),
-            Source::Address => address.map(address_host),
-        }?;
+                .and_then(|h| credentials(h, schemes.iter().map(String::as_str)))?
+                .into(),
+            Source::JwtClaim(claim) => header("authorization")
+                .and_then(|h| credentials(h, ["bearer", "token"].into_iter()))
+                .and_then(|token| jwt_claim(token, claim))?
+                .into(),
+            Source::Address => address.map(address_host)?.into(),
+        };
         (!value.is_empty() && value.len() <= MAX_KEY_LEN).then_some(SessionKey {
             kind: source.kind(),
             value,
         })
     })
+}
+
+/// The value of top-level claim `claim` in a JWT's payload (`header.payload.signature`,
+/// base64url): a string's raw text or a number's. Nothing is verified here.
+pub fn jwt_claim(token: &str, claim: &str) -> Option<String> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    if payload.len() > MAX_KEY_LEN * 2 {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    top_level_value(&json, claim)
+}
+
+/// Scans a JSON object's top level for `key` without building a document: string values
+/// come back as their raw text, numbers and literals as written; nested values are
+/// skipped by depth (strings' escapes honoured). Malformed input gives `None`.
+fn top_level_value(json: &[u8], key: &str) -> Option<String> {
+    let mut i = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        let (k, after) = string_at(json, i)?;
+        i = skip_ws(json, after);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(json, i + 1);
+        let end = value_end(json, i)?;
+        if k == key.as_bytes() {
+            let raw = json.get(i..end)?;
+            let text = match raw.first() {
+                Some(b'"') => raw.get(1..raw.len().saturating_sub(1))?,
+                Some(b'{' | b'[') => return None,
+                _ => raw,
+            };
+            return std::str::from_utf8(text).ok().map(str::to_owned);
+        }
+        i = skip_ws(json, end);
+        match json.get(i) {
+            Some(b',') => i += 1,
+            _ => return None, // `}` or malformed: the key is not there
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The string starting at `i` (its raw bytes) and the index after its closing quote.
+fn string_at(json: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    if json.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        match json.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some((json.get(i + 1..j)?, j + 1)),
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index just after the JSON value starting at `i`.
+fn value_end(json: &[u8], i: usize) -> Option<usize> {
+    match json.get(i)? {
+        b'"' => string_at(json, i).map(|(_, end)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match json.get(j)? {
+                    b'"' => {
+                        j = string_at(json, j)?.1;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let n = json
+                .get(i..)?
+                .iter()
+                .take_while(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+                .count();
+            (n > 0).then_some(i + n)
+        }
+    }
 }
 
 /// The value of cookie `name` in a `cookie` header (`a=1; b=2`).
@@ -127,6 +252,44 @@ pub fn default_sources() -> Vec<Source> {
 mod tests {
     use super::*;
 
+    fn jwt(payload: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.c2ln",
+            b64.encode(r#"{"alg":"RS256"}"#),
+            b64.encode(payload)
+        )
+    }
+
+    #[test]
+    fn a_jwt_claim_keeps_refreshed_tokens_one_session() {
+        let sources = [Source::JwtClaim("sub".into())];
+        let first = format!("Bearer {}", jwt(r#"{"sub":"user-17","iat":1,"exp":2}"#));
+        let refreshed = format!(
+            "Token {}",
+            jwt(r#"{"iat":900,"nested":{"sub":"x"},"note":"a \"sub\": y","sub":"user-17"}"#)
+        );
+        let key = |h: &str| {
+            derive(&sources, |n| (n == "authorization").then_some(h), None)
+                .map(|k| (k.kind, k.value.into_owned()))
+        };
+        assert_eq!(key(&first), Some((5, "user-17".to_owned())));
+        assert_eq!(key(&first), key(&refreshed));
+        assert_eq!(
+            jwt_claim(&jwt(r#"{"sub":42}"#), "sub").as_deref(),
+            Some("42")
+        );
+        for bad in ["Bearer not-a-jwt", "Bearer a.!!!.c", "Basic dXNlcg=="] {
+            assert_eq!(key(bad), None, "{bad}");
+        }
+        assert_eq!(
+            key(&format!("Bearer {}", jwt(r#"{"name":"no sub"}"#))),
+            None
+        );
+        assert_eq!(key(&format!("Bearer {}", jwt(r#"{"sub":{"id":1}}"#))), None);
+    }
+
     #[test]
     fn token_and_bearer_schemes_name_one_session() {
         let sources = [Source::Authorization(vec!["Bearer".into(), "Token".into()])];
@@ -156,14 +319,14 @@ mod tests {
             ("authorization", "Bearer t"),
         ];
         let key = derive(&sources, headers(&h), Some("10.0.0.1:5000")).unwrap();
-        assert_eq!((key.kind, key.value), (1, "abc"));
+        assert_eq!((key.kind, key.value.as_ref()), (1, "abc"));
 
         let h = [("authorization", "bearer  tok ")];
         let key = derive(&sources, headers(&h), Some("10.0.0.1:5000")).unwrap();
-        assert_eq!((key.kind, key.value), (3, "tok"));
+        assert_eq!((key.kind, key.value.as_ref()), (3, "tok"));
 
         let key = derive(&sources, headers(&[]), Some("10.0.0.1:5000")).unwrap();
-        assert_eq!((key.kind, key.value), (4, "10.0.0.1"));
+        assert_eq!((key.kind, key.value.as_ref()), (4, "10.0.0.1"));
     }
 
     #[test]
@@ -193,6 +356,14 @@ mod tests {
         fn never_panics_on_any_header(cookie in ".*", auth in ".*", addr in ".*") {
             let h = [("cookie", cookie.as_str()), ("authorization", auth.as_str())];
             let _ = derive(&default_sources(), headers(&h), Some(addr.as_str()));
+            let _ = derive(&[Source::JwtClaim("sub".into())], headers(&h), None);
+        }
+
+        #[test]
+        fn any_jwt_payload_is_scanned_safely(payload in proptest::collection::vec(any::<u8>(), 0..300), claim in "[a-z]{1,4}") {
+            use base64::Engine;
+            let token = format!("a.{}.c", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&payload));
+            let _ = jwt_claim(&token, &claim);
         }
     }
 }

@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     };
     let _ = session::derive(&sources, header, Some(path));
+    // The JWT claim source decodes and scans the token's payload.
+    let _ = session::derive(&[Source::JwtClaim("sub".into())], header, None);
 
     let mut out = String::new();
     NORMALISER.normalise(method, path, &mut out);

@@ -40,7 +40,7 @@ impl TryFrom<RawSession> for SessionSettings {
             return Err(invalid("session.sources", "expected at least one source"));
         }
         if let Some(i) = sources.iter().position(|src| {
-            matches!(src, Source::Cookie(n) | Source::Header(n) if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()))
+            matches!(src, Source::Cookie(n) | Source::Header(n) | Source::JwtClaim(n) if n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()))
         }) {
             return Err(invalid(&format!("session.sources[{i}]"), "expected a non-empty name without spaces"));
         }

@@ -190,6 +190,9 @@ fn authorization_schemes_are_a_source() {
         s.session.sources[0],
         Source::Authorization(vec!["Bearer".into(), "Token".into()])
     );
+    let jwt = Settings::from_json(br#"{"session":{"sources":[{"jwt_claim":"sub"}]}}"#).unwrap();
+    assert_eq!(jwt.session.sources[0], Source::JwtClaim("sub".into()));
+    assert!(err(r#"{"session":{"sources":[{"jwt_claim":""}]}}"#).starts_with("session.sources[0]"));
     assert!(err(r#"{"session":{"sources":[{"authorization":[]}]}}"#)
         .starts_with("session.sources[0].authorization:"));
     assert!(
