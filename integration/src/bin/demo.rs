@@ -261,13 +261,14 @@ fn main() {
     );
 }
 
-/// Part 6: the same filter, default settings, in front of an API built unlike the shop.
+/// Part 6: the same filter, default settings but for how the API says "failed", in front of
+/// an API built unlike the shop.
 fn library_demo() {
     use flowguard_integration::library_traffic::{self as lib, attacks, Reader};
     println!("\n6. a second API flowguard was not built around: a lending library");
     println!("   (user names and book slugs in paths, /api/v2, register then log in for a");
     println!(
-        "   bearer token, optional steps, several loans per reader; pickup trusts the client)"
+        "   bearer token, optional steps, several loans per reader, failures answered 200 with\n   {{\"status\":\"fail\"}}; pickup trusts the client to have paid the deposit)"
     );
     let library = ShopServer::library().unwrap_or_else(|e| fail(&e.to_string()));
     // Its failures come as 200 {"status":"fail"} (login) and {"status":"declined"} (card).
