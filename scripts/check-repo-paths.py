@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fail when a tracked file refers to a relative path that leaves the repository.
 
-CI clones the repository beside other directories (a sibling `../shared`, say); a user's
+CI clones the repository beside other directories (a sibling with shared notes, say); a user's
 clone has none, so a test or document that reaches outside passes in CI and fails for
 them. A reference `../x/y` is accepted only if, from some directory of the repository deep
 enough to climb that far, its first component `x` is a tracked path or one git ignores
@@ -89,7 +89,7 @@ def self_test() -> int:
         subprocess.run(["git", "add", "."], check=True)
         with quiet:
             ok = main() == 0
-        open("README.md", "w").write("see `../shared/DESIGN.md`\n")
+        open("README.md", "w").write("see `../elsewhere/DESIGN.md`\n")
         subprocess.run(["git", "add", "README.md"], check=True)
         with contextlib.redirect_stderr(io.StringIO()):
             caught = main() == 1
