@@ -15,6 +15,8 @@ pub struct Model {
     pub version: u64,
     /// The first version with this model's endpoint ids ([`Policy::layout`]).
     pub layout: u64,
+    /// Sessions the policy was learned from (when relearning is due is measured from it).
+    pub learned_sessions: u64,
     pub normaliser: Normaliser,
     pub window_ms: u32,
     pub auth_window_ms: u32,
@@ -105,6 +107,7 @@ impl Model {
         let mut model = Model {
             version: policy.version,
             layout: policy.layout(),
+            learned_sessions: policy.learned_from.sessions,
             normaliser: Normaliser::new(
                 settings.endpoints.templates.clone(),
                 policy.variable_prefixes.iter().cloned().collect(),

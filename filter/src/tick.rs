@@ -181,7 +181,7 @@ fn publish(
 /// enough, the policy is learned again (adding only the rules that now have their
 /// evidence) and published as a new version with the same endpoint ids.
 fn relearn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
-    let Some(layout) = w.model.as_ref().map(|m| m.layout) else {
+    let Some((layout, since)) = w.model.as_ref().map(|m| (m.layout, m.learned_sessions)) else {
         return Ok(());
     };
     let (bytes, _) = host::shared_get(shared::STATS_KEY)?;
@@ -191,13 +191,15 @@ fn relearn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
     }
     Metrics::set(w.metrics.learning_sessions, stats.sessions);
     Metrics::set(w.metrics.learning_requests, stats.requests);
+    // Only when due is the published policy read and parsed again.
+    if !learn::relearn_due(since, &stats, &w.settings.learning) {
+        return Ok(());
+    }
     let (bytes, _) = host::shared_get(shared::MODEL_KEY)?;
     let Some(current) = bytes.and_then(|b| Policy::from_json(&b).ok()) else {
         return Ok(());
     };
-    if current.version != w.model.as_ref().map_or(0, |m| m.version)
-        || !learn::relearn_due(&current, &stats, &w.settings.learning)
-    {
+    if current.version != w.model_version() {
         return Ok(());
     }
     let policy = learn::relearn(&current, &stats, &w.settings.learning, &w.settings.limits);

@@ -7,9 +7,9 @@ use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::sensitive::Baseline;
 
-/// Sessions the active model must have grown by before it is learned again.
-pub fn relearn_due(current: &Policy, stats: &LearnStats, s: &LearningSettings) -> bool {
-    let since = current.learned_from.sessions;
+/// Whether the counters have grown enough, since a policy learned from `since` sessions,
+/// to learn it again: by a quarter, and at least `learning.min_sessions`.
+pub fn relearn_due(since: u64, stats: &LearnStats, s: &LearningSettings) -> bool {
     stats.sessions >= since.saturating_add((since / 4).max(s.min_sessions))
 }
 

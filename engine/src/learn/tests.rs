@@ -281,7 +281,7 @@ fn relearning_adds_rules_once_evidence_arrives_and_keeps_ids() {
     shop(&mut stats, &mut reg, 60);
     let first = compile(&stats, &reg, &s, 1);
     assert!(first.endpoints.iter().all(|e| e.prerequisites.is_empty()));
-    assert!(!relearn_due(&first, &stats, &s));
+    assert!(!relearn_due(first.learned_from.sessions, &stats, &s));
 
     // The model's own ids: a registry in the policy's endpoint order.
     let mut model_reg = Registry::default();
@@ -291,7 +291,7 @@ fn relearning_adds_rules_once_evidence_arrives_and_keeps_ids() {
     let mut since = stats.remap(|id| model_reg.get(reg.templates().get(usize::from(id))?));
     shop(&mut since, &mut model_reg, 240);
     assert_eq!(model_reg.len(), first.endpoints.len(), "no new endpoint");
-    assert!(relearn_due(&first, &since, &s));
+    assert!(relearn_due(first.learned_from.sessions, &since, &s));
     let next = relearn(&first, &since, &s, &Limits::default());
     assert_eq!(
         (next.version, next.layout(), next.learned_from.sessions),
