@@ -74,6 +74,21 @@ fn same_rules(a: &Policy, b: &Policy) -> bool {
             e.sessions = 0;
             e.successes = 0;
             e.auth_failures = e.auth_failures.min(1);
+            // The evidence's counts grow with every session; the rules they back do not.
+            e.evidence = None;
+            for l in [&mut e.rate, &mut e.distinct_ids].into_iter().flatten() {
+                l.units = 0;
+            }
+        }
+        for l in [
+            &mut p.session_rate,
+            &mut p.auth_failures,
+            &mut p.address_auth_failures,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            l.units = 0;
         }
         p.transitions
             .iter_mut()
@@ -81,4 +96,39 @@ fn same_rules(a: &Policy, b: &Policy) -> bool {
         p
     };
     strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowguard_engine::evidence::Evidence;
+    use flowguard_engine::policy::{EndpointPolicy, Limit};
+
+    #[test]
+    fn growing_counts_behind_the_same_rules_are_no_new_version() {
+        let policy = |sessions: u64| Policy {
+            version: 1,
+            endpoints: vec![EndpointPolicy {
+                template: "POST /pay".into(),
+                sessions,
+                rate: Some(Limit {
+                    limit: 20,
+                    bound: 2,
+                    units: sessions,
+                    ..Limit::default()
+                }),
+                evidence: Some(Evidence {
+                    sessions,
+                    sessions_needed: 228,
+                    ..Evidence::default()
+                }),
+                ..EndpointPolicy::default()
+            }],
+            ..Policy::default()
+        };
+        assert!(same_rules(&policy(60), &policy(61)));
+        let mut stricter = policy(61);
+        stricter.endpoints[0].prerequisites = vec!["POST /login".into()];
+        assert!(!same_rules(&policy(60), &stricter));
+    }
 }
