@@ -126,11 +126,7 @@ impl HttpContext for Http {
         let pending = self.pending.take();
         if self.address_watch && is_auth_failure(status) {
             if let Err(e) = host::now_ms().and_then(|now_ms| record_address_failure(w, now_ms)) {
-                Metrics::inc(w.metrics.host_errors);
-                host::log(
-                    LogLevel::Debug,
-                    &format!("flowguard: response: host error {e:?}"),
-                );
+                response_host_error(w, e);
             }
         }
         // An API that answers failures with 2xx and a JSON error: the step's outcome
@@ -144,11 +140,7 @@ impl HttpContext for Http {
             self.failure_body.clear();
         } else if let Some(pending) = pending {
             if let Err(e) = on_response(w, pending, status) {
-                Metrics::inc(w.metrics.host_errors);
-                host::log(
-                    LogLevel::Debug,
-                    &format!("flowguard: response: host error {e:?}"),
-                );
+                response_host_error(w, e);
             }
         }
         if let (Some(mut event), Some(t)) = (self.event.take(), w.telemetry.as_mut()) {
@@ -253,13 +245,18 @@ impl Http {
         };
         self.failure_body = Vec::new();
         if let Err(e) = on_response(w, pending, status) {
-            Metrics::inc(w.metrics.host_errors);
-            host::log(
-                LogLevel::Debug,
-                &format!("flowguard: response: host error {e:?}"),
-            );
+            response_host_error(w, e);
         }
     }
+}
+
+/// A host error in the response phase: that answer's bookkeeping fails open, counted.
+fn response_host_error(w: &Worker, e: host::HostError) {
+    Metrics::inc(w.metrics.host_errors);
+    host::log(
+        LogLevel::Debug,
+        &format!("flowguard: response: host error {e:?}"),
+    );
 }
 
 /// Whether the answer is JSON (by its content type).
@@ -276,17 +273,13 @@ fn should_inspect(w: &Worker, status: u16) -> bool {
     {
         return false;
     }
-    let header = |name| {
-        host::header(MapType::HttpResponseHeaders, name)
+    // One header read for most answers; the length only for JSON ones.
+    response_is_json()
+        && host::header(MapType::HttpResponseHeaders, "content-length")
             .ok()
             .flatten()
-    };
-    // One header read for most answers; the length only for JSON ones.
-    let json = header("content-type")
-        .is_some_and(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
-    json && header("content-length")
-        .and_then(|l| std::str::from_utf8(&l).ok()?.trim().parse::<u64>().ok())
-        .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes))
+            .and_then(|l| std::str::from_utf8(&l).ok()?.trim().parse::<u64>().ok())
+            .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes))
 }
 
 fn on_request(
