@@ -108,20 +108,14 @@ pub fn render(policy: &Policy) -> String {
         }
     }
     // Only direct prerequisites: "confirm needs pay" says enough when pay needs the order.
-    let requires = |t: &str| {
-        policy
-            .endpoints
-            .iter()
-            .find(|e| e.template == t)
-            .map(|e| &e.prerequisites)
-    };
+    let requires = |t: &str| policy.endpoints.iter().find(|e| e.template == t);
     for e in &policy.endpoints {
         let implied = |p: &String| {
-            e.prerequisites
-                .iter()
-                .any(|q| q != p && requires(q).is_some_and(|qs| qs.contains(p)))
+            e.all_prerequisites().any(|q| {
+                q != p && requires(q).is_some_and(|qe| qe.all_prerequisites().any(|r| r == p))
+            })
         };
-        for p in e.prerequisites.iter().filter(|p| !implied(p)) {
+        for p in e.all_prerequisites().filter(|p| !implied(p)) {
             if let (Some(&a), Some(&b)) = (index.get(p.as_str()), index.get(e.template.as_str())) {
                 edge(
                     &mut svg,
@@ -136,7 +130,7 @@ pub fn render(policy: &Policy) -> String {
     for (i, name) in names.iter().enumerate() {
         let (x, y) = pos[i];
         let endpoint = policy.endpoints.iter().find(|e| e.template == *name);
-        let guarded = endpoint.is_some_and(|e| !e.prerequisites.is_empty());
+        let guarded = endpoint.is_some_and(|e| e.all_prerequisites().next().is_some());
         let (fill, stroke) = match (i, guarded) {
             (0, _) => ("#eef", "#557"),
             (_, true) => ("#fdecea", "#c0392b"),

@@ -381,8 +381,8 @@ fn show(p: &Policy) -> String {
             lim(e.rate),
             lim(e.distinct_ids)
         );
-        if !e.prerequisites.is_empty() {
-            let _ = writeln!(out, "      requires {}", e.prerequisites.join(", "));
+        if let Some(rules) = e.order_rules() {
+            let _ = writeln!(out, "      requires {rules}");
         }
         if let Some(ev) = &e.evidence {
             let _ = writeln!(out, "      {}", ev.describe());

@@ -66,7 +66,8 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
         }
         // A blocked request never reached the upstream: it completes nothing.
         if let (Some(e), false) = (endpoint, matches!(v.outcome, Outcome::Block { .. })) {
-            slot.record_response(e, o.status, o.time_ms, model.auth_window_ms);
+            let object = o.ids.filter(|_| model.binds(e));
+            slot.record_response(e, object, o.status, o.time_ms, model.auth_window_ms);
         }
     }
     report.blocked_sessions += u64::from(session_blocked);

@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
 
     let mut slot = Slot::new(42, 1_700_000_000, 1);
     slot.record_request(Some(0), None, 1_700_000_000_000, 10_000);
-    slot.record_response(0, 200, 1_700_000_000_000, 300_000);
+    slot.record_response(0, None, 200, 1_700_000_000_000, 300_000);
     let bytes = slot.encode();
     c.bench_function("slot encode", |b| b.iter(|| black_box(&slot).encode()));
     c.bench_function("slot decode", |b| {
@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
             let e = (t % 60) as u16;
             let visit = s.record_request(Some(e), Some(t), t, 10_000);
             stats.observe_request(e, &visit, 60);
-            let peak = s.record_response(e, 200, t, 300_000);
+            let peak = s.record_response(e, None, 200, t, 300_000);
             stats.observe_response(e, 200, peak);
         })
     });

@@ -16,6 +16,7 @@ pub mod header_map;
 pub mod le;
 pub mod learn;
 pub mod model;
+pub mod object;
 pub mod policy;
 pub mod rate;
 pub mod registry;

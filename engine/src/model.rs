@@ -29,6 +29,11 @@ pub struct Model {
     index: HashMap<String, EndpointId>,
     templates: Vec<String>,
     prerequisites: Vec<EndpointSet>,
+    /// Prerequisites per endpoint that must have succeeded on the request's own object.
+    bound: Vec<EndpointSet>,
+    /// Endpoints some bound rule waits for: the only ones whose successes per object a
+    /// session records, so browsing many objects does not push out the ones that matter.
+    binding: EndpointSet,
     transitions: HashSet<(EndpointId, EndpointId)>,
     rate_limits: Vec<u32>,
     ids_limits: Vec<u32>,
@@ -76,18 +81,25 @@ impl Model {
                 .for_each(|i| set.insert(i));
             set
         };
+        let set_of_names = |names: &[String]| {
+            let mut set = EndpointSet::EMPTY;
+            names
+                .iter()
+                .filter_map(|p| id(p))
+                .for_each(|p| set.insert(p));
+            set
+        };
         let prerequisites = policy
             .endpoints
             .iter()
-            .map(|e| {
-                let mut set = EndpointSet::EMPTY;
-                e.prerequisites
-                    .iter()
-                    .filter_map(|p| id(p))
-                    .for_each(|p| set.insert(p));
-                set
-            })
+            .map(|e| set_of_names(&e.prerequisites))
             .collect();
+        let bound: Vec<EndpointSet> = policy
+            .endpoints
+            .iter()
+            .map(|e| set_of_names(&e.bound_prerequisites))
+            .collect();
+        let binding = EndpointSet(bound.iter().fold(0, |all, s| all | s.0));
         let transitions = policy
             .transitions
             .iter()
@@ -151,6 +163,8 @@ impl Model {
             deprecated: EndpointSet::EMPTY,
             retired: EndpointSet::EMPTY,
             prerequisites,
+            bound,
+            binding,
             transitions,
             index,
             templates,
@@ -221,6 +235,16 @@ impl Model {
             .get(usize::from(id))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Endpoints that must have succeeded on the request's object before `id` is called.
+    pub fn bound_prerequisites(&self, id: EndpointId) -> EndpointSet {
+        self.bound.get(usize::from(id)).copied().unwrap_or_default()
+    }
+
+    /// Whether a success of `id` must be recorded against its object.
+    pub fn binds(&self, id: EndpointId) -> bool {
+        self.binding.contains(id)
     }
 
     /// Whether `from -> to` was seen in learning (`from` = `NO_ENDPOINT`: session start).

@@ -90,6 +90,10 @@ pub struct EndpointPolicy {
     /// Endpoints that must have succeeded earlier in the session.
     #[serde(default)]
     pub prerequisites: Vec<String>,
+    /// Endpoints that must have succeeded earlier on the same object (the identifier
+    /// values in the path): confirming order B needs a payment of order B.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_prerequisites: Vec<String>,
     /// Requests per window of one session to this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Limit>,
@@ -138,6 +142,25 @@ fn bad(key: String, message: impl Into<String>) -> PolicyError {
     PolicyError {
         key,
         message: message.into(),
+    }
+}
+
+impl EndpointPolicy {
+    /// The order rules in words, `None` without any: `POST /login; same object:
+    /// POST /orders/{id}/pay`.
+    pub fn order_rules(&self) -> Option<String> {
+        let bound = (!self.bound_prerequisites.is_empty())
+            .then(|| format!("same object: {}", self.bound_prerequisites.join(", ")));
+        let session = (!self.prerequisites.is_empty()).then(|| self.prerequisites.join(", "));
+        match (session, bound) {
+            (Some(s), Some(b)) => Some(format!("{s}; {b}")),
+            (s, b) => s.or(b),
+        }
+    }
+
+    /// Every endpoint this one waits for, session-wide or on its object.
+    pub fn all_prerequisites(&self) -> impl Iterator<Item = &String> {
+        self.prerequisites.iter().chain(&self.bound_prerequisites)
     }
 }
 
@@ -212,12 +235,18 @@ impl Policy {
             }
         }
         for (i, e) in self.endpoints.iter().enumerate() {
-            for (j, p) in e.prerequisites.iter().enumerate() {
-                if !known.contains(p.as_str()) || *p == e.template {
-                    return Err(bad(
-                        format!("endpoints[{i}].prerequisites[{j}]"),
-                        format!("{p:?} is not another endpoint of the policy"),
-                    ));
+            let lists = [
+                ("prerequisites", &e.prerequisites),
+                ("bound_prerequisites", &e.bound_prerequisites),
+            ];
+            for (field, list) in lists {
+                for (j, p) in list.iter().enumerate() {
+                    if !known.contains(p.as_str()) || *p == e.template {
+                        return Err(bad(
+                            format!("endpoints[{i}].{field}[{j}]"),
+                            format!("{p:?} is not another endpoint of the policy"),
+                        ));
+                    }
                 }
             }
         }

@@ -5,11 +5,13 @@
 
 use crate::endpoint_set::{EndpointId, EndpointSet};
 use crate::le::{Reader, Writer};
+use crate::object::Objects;
 use crate::rate::{RateEntry, Tally, WindowCounter};
 
-/// Encoded size of a slot, in bytes (a benchmark target: at most 128).
-pub const SLOT_SIZE: usize = 128;
-const FORMAT: u8 = 2;
+/// Encoded size of a slot, in bytes (a benchmark target: at most 212): 128 for the
+/// session's steps, times and rates, 84 for its object table.
+pub const SLOT_SIZE: usize = 128 + Objects::SIZE;
+const FORMAT: u8 = 3;
 /// Endpoints whose rate a slot tracks at once; the least loaded entry is reused.
 pub const RATE_ENTRIES: usize = 3;
 /// `last_endpoint` when the session has made no request yet, or only to unknown endpoints.
@@ -48,6 +50,8 @@ pub struct Slot {
     pub total: RateEntry,
     /// Per-endpoint rate and distinct-id state.
     pub rates: [RateEntry; RATE_ENTRIES],
+    /// Steps completed per object (identifier), for rules bound to an object.
+    pub objects: Objects,
 }
 
 /// Why bytes from shared data are not a slot.
@@ -84,6 +88,9 @@ pub struct Visit {
     /// Support sketch bits of the session and of its client address.
     pub session_bit: u8,
     pub address_bit: u8,
+    /// The steps already completed on the request's object (`None`: the request names
+    /// no object, or the session's table has forgotten it).
+    pub object: Option<EndpointSet>,
 }
 
 impl Slot {
@@ -137,6 +144,10 @@ impl Slot {
             total_peak: self.total.tally(now, window_ms, None).new_peak,
             ..Visit::default()
         };
+        visit.object = match (endpoint, id) {
+            (Some(_), Some(id)) => self.objects.completed(id),
+            _ => None,
+        };
         if let Some(e) = endpoint {
             self.visited.insert(e);
             let i = self.entry_for(e, now);
@@ -172,17 +183,22 @@ impl Slot {
         i
     }
 
-    /// Records the answer to a request: success unlocks what depends on `endpoint`;
-    /// 401/403 count as authentication failures. Returns a new auth-failure peak.
+    /// Records the answer to a request: success unlocks what depends on `endpoint` (and,
+    /// with `object`, the identifier hash of a tracked object, what depends on it for that
+    /// object); 401/403 count as authentication failures. Returns a new auth-failure peak.
     pub fn record_response(
         &mut self,
         endpoint: EndpointId,
+        object: Option<u64>,
         status: u16,
         now_ms: u64,
         auth_window_ms: u32,
     ) -> Option<u16> {
         if is_success(status) {
             self.completed.insert(endpoint);
+            if let Some(id) = object {
+                self.objects.complete(id, endpoint);
+            }
         }
         if is_auth_failure(status) {
             let now = self.clock(now_ms);
@@ -213,7 +229,25 @@ impl Slot {
             r.encode(&mut e);
             w.put(&e);
         }
+        self.objects.encode(&mut w);
         b
+    }
+
+    /// Rewrites the slot's steps from learning registry ids into a model's (`map`).
+    pub fn remap_steps(&mut self, map: impl Fn(EndpointId) -> Option<EndpointId> + Copy) {
+        self.visited = self.visited.remap(map);
+        self.completed = self.completed.remap(map);
+        self.objects.remap(map);
+        self.last_endpoint = map(self.last_endpoint).unwrap_or(NO_ENDPOINT);
+    }
+
+    /// Forgets the session's steps (another policy's ids mean nothing here), keeping its
+    /// rates and failures.
+    pub fn forget_steps(&mut self) {
+        self.visited = EndpointSet::EMPTY;
+        self.completed = EndpointSet::EMPTY;
+        self.objects = Objects::default();
+        self.last_endpoint = NO_ENDPOINT;
     }
 
     fn flags(&self) -> u8 {
@@ -269,6 +303,7 @@ impl Slot {
         for e in s.rates.iter_mut() {
             *e = RateEntry::decode(&r.take::<{ RateEntry::SIZE }>());
         }
+        s.objects = Objects::decode(&mut r);
         Ok(s)
     }
 }
@@ -297,14 +332,14 @@ mod tests {
         let v = s.record_request(Some(3), None, 101_000, W);
         assert!(v.new_session && v.first_visit);
         assert_eq!(v.previous, NO_ENDPOINT);
-        s.record_response(3, 402, 101_000, W);
+        s.record_response(3, None, 402, 101_000, W);
         assert!(!s.completed.contains(3));
         let v = s.record_request(Some(3), None, 102_000, W);
         assert!(!v.new_session && !v.first_visit);
         assert_eq!(v.previous, 3);
         assert_eq!(v.tally.new_peak, Some(2));
         assert_eq!(v.total_peak, Some(2));
-        s.record_response(3, 200, 102_000, W);
+        s.record_response(3, None, 200, 102_000, W);
         assert!(s.completed.contains(3));
         assert_eq!(s.last_seen, 102);
     }
@@ -312,9 +347,9 @@ mod tests {
     #[test]
     fn auth_failures_are_counted_in_windows() {
         let mut s = Slot::new(7, 100, 0);
-        assert_eq!(s.record_response(0, 401, 100_000, W), Some(1));
-        assert_eq!(s.record_response(0, 403, 100_500, W), Some(2));
-        assert_eq!(s.record_response(0, 200, 100_600, W), None);
+        assert_eq!(s.record_response(0, None, 401, 100_000, W), Some(1));
+        assert_eq!(s.record_response(0, None, 403, 100_500, W), Some(2));
+        assert_eq!(s.record_response(0, None, 200, 100_600, W), None);
         assert_eq!(s.auth.current(s.clock(101_000), W), 2);
         assert_eq!(s.auth.current(s.clock(111_000), W), 0);
     }
@@ -371,12 +406,14 @@ mod tests {
         #[test]
         fn encode_decode_round_trips(fp: u64, a: u32, b: u32, seen: bool, unlearned: bool, abit in proptest::option::of(0u8..32), last: u16, mv: u32, v: u128, c: u128,
                                      aw: u32, ac: u16, ap: u16, tc: u8, tp: u8, tw: u32, tt: u32,
-                                     rates in proptest::array::uniform3(entry())) {
+                                     rates in proptest::array::uniform3(entry()), forgotten: u32,
+                                     objects in proptest::array::uniform4((any::<u32>(), any::<u128>()))) {
+            let objects = Objects { forgotten, entries: objects.map(|(key, c)| crate::object::ObjectEntry { key, completed: EndpointSet(c) }) };
             let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, unlearned, address_bit: abit, last_endpoint: last,
                 model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c),
                 auth: WindowCounter { window_start: aw, count: ac, peak: ap },
                 total: RateEntry { endpoint: NO_ENDPOINT, count: tc, peak: tp, window_start: tw, tat: tt, ..RateEntry::default() },
-                rates };
+                rates, objects };
             prop_assert_eq!(Slot::decode(&s.encode()), Ok(s));
         }
 
@@ -391,7 +428,7 @@ mod tests {
             for (e, t, status) in ops {
                 s.record_request(e, Some(t), t, W);
                 if let Some(e) = e {
-                    s.record_response(e, status, t, W);
+                    s.record_response(e, Some(t % 7), status, t, W);
                 }
             }
         }

@@ -90,6 +90,13 @@ pub fn evaluate(
     match req.endpoint {
         Some(e) => {
             missing = model.prerequisites(e).difference(before.completed);
+            // A bound rule asks the request's own object; an object the session's table
+            // has forgotten falls back to what the session completed anywhere.
+            let bound = model.bound_prerequisites(e);
+            if !bound.is_empty() {
+                let done = visit.object.unwrap_or(before.completed);
+                missing = EndpointSet(missing.0 | bound.difference(done).0);
+            }
             if !missing.is_empty() {
                 fired.insert(Rule::MissingPrerequisite);
             }
@@ -304,9 +311,55 @@ mod tests {
             },
         );
         if let Some(e) = e {
-            slot.record_response(e, status, t, m.auth_window_ms);
+            slot.record_response(e, Some(t), status, t, m.auth_window_ms);
         }
         v
+    }
+
+    #[test]
+    fn a_bound_rule_asks_the_object_and_falls_back_to_the_session_when_forgotten() {
+        let s = settings("{}");
+        let ep = |t: &str, bound: &[&str]| EndpointPolicy {
+            template: t.into(),
+            bound_prerequisites: bound.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let p = Policy {
+            version: 1,
+            window_s: 10,
+            endpoints: vec![
+                ep("POST /o/{id}/pay", &[]),
+                ep("POST /o/{id}/confirm", &["POST /o/{id}/pay"]),
+            ],
+            ..Default::default()
+        };
+        let m = Model::compile(&p, &s).unwrap();
+        assert!(m.binds(0) && !m.binds(1));
+        let step = |slot: &mut Slot, e: u16, object: u64| {
+            let req = Request {
+                endpoint: Some(e),
+                id: Some(object),
+                now_ms: 1000,
+                ..Default::default()
+            };
+            let (_, v) = evaluate(Some(&m), &s, slot, &req);
+            slot.record_response(e, Some(object), 200, 1000, 1000);
+            v
+        };
+        let mut slot = Slot::new(1, 0, 1);
+        step(&mut slot, 0, 10);
+        let blocks = |v: Verdict| matches!(v.outcome, Outcome::Block { .. });
+        assert!(!blocks(step(&mut slot, 1, 10)));
+        let v = step(&mut slot, 1, 11);
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
+        assert_eq!(v.missing.iter().collect::<Vec<_>>(), [0]);
+        // More paid objects than the table holds: an object it forgot is judged by what
+        // the session completed anywhere (lenient), never blocked for being forgotten.
+        for o in 20..20 + crate::object::OBJECTS as u64 + 1 {
+            step(&mut slot, 0, o << 33);
+        }
+        assert_ne!(slot.objects.forgotten, 0);
+        assert!(!blocks(step(&mut slot, 1, 20 << 33)));
     }
 
     #[test]

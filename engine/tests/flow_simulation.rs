@@ -88,7 +88,8 @@ fn generate(rng: &mut Rng, n: usize) -> Api {
     }
 }
 
-type Call = (String, u16);
+/// A call: template, answer status, and the object it acts on (the identifier hash).
+type Call = (String, u16, Option<u64>);
 
 /// One normal session: steps in a random order that respects dependencies, optional
 /// steps taken or not, failures retried; the object chain for one to three objects.
@@ -115,11 +116,11 @@ fn session(api: &Api, rng: &mut Rng, skip: Option<usize>) -> Vec<Call> {
             continue;
         }
         if rng.chance(step.fails) {
-            calls.push((step.template.clone(), 402));
+            calls.push((step.template.clone(), 402, None));
         }
-        calls.push((step.template.clone(), 200));
+        calls.push((step.template.clone(), 200, None));
         if step.repeats && rng.chance(0.5) {
-            calls.push((step.template.clone(), 200));
+            calls.push((step.template.clone(), 200, None));
         }
         done[i] = true;
         if attacked {
@@ -127,27 +128,66 @@ fn session(api: &Api, rng: &mut Rng, skip: Option<usize>) -> Vec<Call> {
         }
     }
     if skip.is_none() {
-        for _ in 0..1 + rng.below(3) {
-            calls.push((api.chain[0].clone(), 201));
-            calls.push((api.chain[1].clone(), 200));
+        calls.extend(objects(api, rng));
+    }
+    calls
+}
+
+/// The object chain for one to three objects, interleaved at random (each object's own
+/// steps in order): create (answers the id), act on it (failing once in ten, then
+/// retried), and finish it (70 %).
+fn objects(api: &Api, rng: &mut Rng) -> Vec<Call> {
+    let mut chains: Vec<Vec<Call>> = (0..1 + rng.below(3))
+        .map(|_| {
+            let object = Some(rng.next());
+            let mut chain = vec![(api.chain[0].clone(), 201, None)];
+            if rng.chance(0.1) {
+                chain.push((api.chain[1].clone(), 402, object));
+            }
+            chain.push((api.chain[1].clone(), 200, object));
             if rng.chance(0.7) {
-                calls.push((api.chain[2].clone(), 200));
+                chain.push((api.chain[2].clone(), 200, object));
+            }
+            chain.reverse(); // popped from the end
+            chain
+        })
+        .collect();
+    let mut calls = Vec::new();
+    while !chains.is_empty() {
+        let i = rng.below(chains.len() as u64) as usize;
+        match chains[i].pop() {
+            Some(call) => calls.push(call),
+            None => {
+                chains.swap_remove(i);
             }
         }
     }
     calls
 }
 
+/// Pay once, finish many: one object acted on and finished honestly, then a second one
+/// created and finished without acting on it. The last call is the attack.
+fn act_once_finish_twice(api: &Api, rng: &mut Rng) -> Vec<Call> {
+    let (a, b) = (Some(rng.next()), Some(rng.next()));
+    vec![
+        (api.chain[0].clone(), 201, None),
+        (api.chain[1].clone(), 200, a),
+        (api.chain[2].clone(), 200, a),
+        (api.chain[0].clone(), 201, None),
+        (api.chain[2].clone(), 200, b),
+    ]
+}
+
 /// Whether the model blocks any call of `calls`, played as one session.
 fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool {
     let version = u32::try_from(model.version).unwrap_or(0);
     let mut slot = Slot::new(fp, 1_000, version);
-    for (n, (template, status)) in calls.iter().enumerate() {
+    for (n, (template, status, object)) in calls.iter().enumerate() {
         let now_ms = 1_000_000 + n as u64 * 2_000;
         let endpoint = model.endpoint(template);
         let req = Request {
             endpoint,
-            id: template.contains('{').then_some(fp ^ n as u64),
+            id: *object,
             now_ms,
             ..Request::default()
         };
@@ -156,7 +196,9 @@ fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool 
             return true;
         }
         if let Some(e) = endpoint {
-            slot.record_response(e, *status, now_ms, 300_000);
+            // As the filter: successes per object only for steps a bound rule waits for.
+            let object = req.id.filter(|_| model.binds(e));
+            slot.record_response(e, object, *status, now_ms, 300_000);
         }
     }
     false
@@ -165,13 +207,13 @@ fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool 
 fn learned(api: &Api, rng: &mut Rng, sessions: u64, settings: &Settings) -> Model {
     let mut observations = Vec::new();
     for s in 0..sessions {
-        for (n, (template, status)) in session(api, rng, None).into_iter().enumerate() {
+        for (n, (template, status, ids)) in session(api, rng, None).into_iter().enumerate() {
             observations.push(Observation {
                 session: s.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
                 time_ms: 1_000_000 + s * 100_000 + n as u64 * 2_000,
                 template,
                 status,
-                ids: None,
+                ids,
             });
         }
     }
@@ -181,18 +223,30 @@ fn learned(api: &Api, rng: &mut Rng, sessions: u64, settings: &Settings) -> Mode
     Model::compile(&policy, settings).expect("a learned policy compiles")
 }
 
-/// Learns each generated API from `learning` sessions; returns (held-out normal sessions,
-/// of them blocked, attacks, of them blocked).
-fn measure(settings: &Settings, learning: u64) -> (u64, u64, u64, u64) {
+/// What one learning sample size measured over all graphs.
+#[derive(Default)]
+struct Measured {
+    normal: u64,
+    false_blocks: u64,
+    attacks: u64,
+    caught: u64,
+    /// Pay once, finish many.
+    object_attacks: u64,
+    object_caught: u64,
+}
+
+/// Learns each generated API from `learning` sessions, then plays held-out normal
+/// sessions and attacks against it.
+fn measure(settings: &Settings, learning: u64) -> Measured {
     let mut rng = Rng(0x5eed_f10e_6a4d_0001);
-    let (mut normal, mut false_blocks, mut attacks, mut caught) = (0u64, 0u64, 0u64, 0u64);
+    let mut m = Measured::default();
     for graph in 0..12 {
         let api = generate(&mut rng, 8 + graph % 8);
         let model = learned(&api, &mut rng, learning, settings);
         for h in 0..500u64 {
             let calls = session(&api, &mut rng, None);
-            normal += 1;
-            false_blocks += u64::from(blocked(&model, settings, &calls, 0xabc0_0000 + h));
+            m.normal += 1;
+            m.false_blocks += u64::from(blocked(&model, settings, &calls, 0xabc0_0000 + h));
         }
         for (i, _) in api.steps.iter().enumerate() {
             if !api.steps.iter().any(|s| s.needs.contains(&i)) {
@@ -200,19 +254,24 @@ fn measure(settings: &Settings, learning: u64) -> (u64, u64, u64, u64) {
             }
             for a in 0..20u64 {
                 let calls = session(&api, &mut rng, Some(i));
-                let skips = calls.last().is_some_and(|(t, _)| {
+                let skips = calls.last().is_some_and(|(t, _, _)| {
                     api.steps
                         .iter()
                         .any(|s| &s.template == t && s.needs.contains(&i))
                 });
                 if skips {
-                    attacks += 1;
-                    caught += u64::from(blocked(&model, settings, &calls, 0xdead_0000 + a));
+                    m.attacks += 1;
+                    m.caught += u64::from(blocked(&model, settings, &calls, 0xdead_0000 + a));
                 }
             }
         }
+        for a in 0..20u64 {
+            let calls = act_once_finish_twice(&api, &mut rng);
+            m.object_attacks += 1;
+            m.object_caught += u64::from(blocked(&model, settings, &calls, 0xbeef_0000 + a));
+        }
     }
-    (normal, false_blocks, attacks, caught)
+    m
 }
 
 #[test]
@@ -220,25 +279,39 @@ fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
     let settings = Settings::from_json(br#"{"mode":"enforce"}"#).expect("defaults");
     let promise = 1.0 - settings.learning.prerequisite_ratio;
     for learning in [60, 1_000] {
-        let (normal, false_blocks, attacks, caught) = measure(&settings, learning);
-        let rate = false_blocks as f64 / normal as f64;
-        let catch = caught as f64 / attacks.max(1) as f64;
+        let m = measure(&settings, learning);
+        let rate = m.false_blocks as f64 / m.normal as f64;
+        let catch = m.caught as f64 / m.attacks.max(1) as f64;
+        let object_catch = m.object_caught as f64 / m.object_attacks.max(1) as f64;
         println!(
-            "learned from {learning} sessions: held-out normal sessions blocked {false_blocks} \
-             of {normal} ({:.3} %); step-skipping attacks caught {caught} of {attacks} ({:.1} %)",
+            "learned from {learning} sessions: held-out normal sessions blocked {} of {} \
+             ({:.3} %); step-skipping attacks caught {} of {} ({:.1} %); pay-once-finish-many \
+             caught {} of {}",
+            m.false_blocks,
+            m.normal,
             rate * 100.0,
-            catch * 100.0
+            m.caught,
+            m.attacks,
+            catch * 100.0,
+            m.object_caught,
+            m.object_attacks,
         );
         assert!(
             rate <= promise,
             "false-block rate {rate} above the promised {promise}"
         );
-        assert!(attacks > 100, "too few attacks to judge: {attacks}");
+        assert!(m.attacks > 100, "too few attacks to judge: {}", m.attacks);
         if learning >= 1_000 {
             assert!(
                 catch >= 0.5,
                 "real dependencies went unlearned: caught {catch}"
             );
+            assert!(
+                object_catch >= 0.9,
+                "the per-object dependency went unlearned: caught {object_catch}"
+            );
+        } else {
+            assert_eq!(m.object_caught, 0, "60 sessions are no evidence");
         }
     }
 }

@@ -36,8 +36,12 @@ struct Pending {
     fingerprint: u64,
     endpoint: EndpointId,
     epoch: u32,
-    /// The endpoint had already succeeded in this session: another success changes nothing.
+    /// The endpoint had already succeeded in this session (on this object, if its
+    /// successes are tracked per object): another success changes nothing.
     completed: bool,
+    /// The identifier hash of the request's object, when its success is tracked per
+    /// object (always while learning; for steps a bound rule waits for after).
+    object: Option<u64>,
     /// Learning counts this exchange (no rule fired on it).
     learn: bool,
     /// A configured login (`endpoints.failure.auth`): a failure by body is an
@@ -416,14 +420,22 @@ fn on_request(
             .failure
             .auth
             .contains(&w.scratch.template);
-        *pending = endpoint.map(|endpoint| Pending {
-            auth_step,
-            index: located.index,
-            fingerprint,
-            endpoint,
-            epoch: located.slot.model_version,
-            completed: located.slot.completed.contains(endpoint),
-            learn: learns && visit.learn,
+        *pending = endpoint.map(|endpoint| {
+            let object = id.filter(|_| w.model.as_ref().is_none_or(|m| m.binds(endpoint)));
+            let done_on_object = match object {
+                Some(_) => visit.object.is_some_and(|done| done.contains(endpoint)),
+                None => true,
+            };
+            Pending {
+                auth_step,
+                index: located.index,
+                fingerprint,
+                endpoint,
+                epoch: located.slot.model_version,
+                completed: located.slot.completed.contains(endpoint) && done_on_object,
+                object,
+                learn: learns && visit.learn,
+            }
         });
         decided = Some(verdict);
         break;
@@ -657,7 +669,7 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
             return None; // the slot changed hands meanwhile
         }
         unlearned = slot.unlearned;
-        peak = slot.record_response(p.endpoint, status, now_ms, auth_window_ms);
+        peak = slot.record_response(p.endpoint, p.object, status, now_ms, auth_window_ms);
         Some(slot.encode().to_vec())
     })?;
     if written && p.learn && !unlearned {

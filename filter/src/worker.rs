@@ -13,7 +13,7 @@ use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::learn::{LearnStats, Registry};
 use flowguard_engine::model::Model;
-use flowguard_engine::slot::{Slot, NO_ENDPOINT};
+use flowguard_engine::slot::Slot;
 use flowguard_engine::slot_table::{self, Placement};
 use proxy_wasm::types::LogLevel;
 
@@ -255,15 +255,10 @@ impl Worker {
             return;
         }
         if slot.model_version == 0 {
-            let map = |id: EndpointId| self.registry_map.get(usize::from(id)).copied().flatten();
-            slot.visited = slot.visited.remap(map);
-            slot.completed = slot.completed.remap(map);
-            slot.last_endpoint = map(slot.last_endpoint).unwrap_or(NO_ENDPOINT);
+            slot.remap_steps(|id| self.registry_map.get(usize::from(id)).copied().flatten());
         } else {
             // Another policy's indices mean nothing here: keep the session, forget its steps.
-            slot.visited = Default::default();
-            slot.completed = Default::default();
-            slot.last_endpoint = NO_ENDPOINT;
+            slot.forget_steps();
         }
         slot.model_version = epoch;
     }

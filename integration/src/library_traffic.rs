@@ -201,6 +201,19 @@ pub mod attacks {
         vec![r.pickup(loan)]
     }
 
+    /// Deposit once, pick up many: one loan paid and picked up honestly, then a second
+    /// picked up without its deposit (the first deposit must not unlock it).
+    pub fn deposit_once_pickup_many(r: &mut Reader, rng: &mut fastrand::Rng) -> Vec<Reply> {
+        let name = new_name(rng);
+        r.register(&name);
+        r.login(&name, "secret");
+        let paid = r.borrow(BOOKS[2]);
+        r.deposit(paid, "4111111111111111");
+        r.pickup(paid);
+        let unpaid = r.borrow(BOOKS[3]);
+        vec![r.pickup(unpaid)]
+    }
+
     /// Pays with a declined card, then picks up anyway.
     pub fn pickup_after_declined_deposit(r: &mut Reader, rng: &mut fastrand::Rng) -> Vec<Reply> {
         let name = new_name(rng);

@@ -226,7 +226,8 @@ impl<'c> Session<'c> {
 pub const GOOD_CARD: &str = "4111111111111111";
 
 /// A normal order: browse, fill the cart, pay (a declined card is retried), confirm.
-/// One customer in ten mistypes the password first.
+/// One customer in ten mistypes the password first; one in six first looks up an order
+/// of an earlier visit; one in six places a second order afterwards.
 pub fn normal_order(s: &mut Session) -> Reply {
     if fastrand::u8(..10) == 0 {
         s.call(
@@ -236,6 +237,17 @@ pub fn normal_order(s: &mut Session) -> Reply {
         );
     }
     s.login();
+    if fastrand::u8(..6) == 0 {
+        s.order_status(fastrand::u64(1..100));
+    }
+    let reply = one_order(s);
+    if fastrand::u8(..6) == 0 {
+        one_order(s);
+    }
+    reply
+}
+
+fn one_order(s: &mut Session) -> Reply {
     s.menu();
     for _ in 0..fastrand::usize(1..4) {
         s.add_to_cart(fastrand::u32(1..4));
@@ -297,6 +309,20 @@ fn play_normal_as<'c>(n: usize, session: impl Fn(usize) -> Session<'c>) {
             normal_order(&mut s);
         }
     }
+}
+
+/// Pay once, confirm many: one honest order, then a second one confirmed unpaid (the
+/// completed payment of the first must not unlock it). Returns the second confirm answer.
+pub fn pay_once_confirm_many(s: &mut Session) -> Reply {
+    s.login();
+    s.menu();
+    s.add_to_cart(1);
+    let paid = s.create_order();
+    s.pay(paid, GOOD_CARD);
+    s.confirm(paid);
+    s.add_to_cart(2);
+    let unpaid = s.create_order();
+    s.confirm(unpaid)
 }
 
 /// The pizza fraud: order and confirm without paying. Returns the confirm answer.

@@ -52,9 +52,10 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
     let pickup = policy
         .endpoint("POST /api/v2/loans/{id}/pickup")
         .expect("pickup");
+    // Readers take one to three loans: the deposit is learned as bound to the loan.
     assert!(
         pickup
-            .prerequisites
+            .bound_prerequisites
             .iter()
             .any(|p| p == "POST /api/v2/loans/{id}/deposit"),
         "{pickup:?}"
@@ -86,6 +87,13 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
         "pickup after a declined deposit",
         any_block(&attacks::pickup_after_declined_deposit(
             &mut attacker(2),
+            &mut rng,
+        )),
+    ));
+    caught.push((
+        "one deposit, two pickups",
+        any_block(&attacks::deposit_once_pickup_many(
+            &mut attacker(7),
             &mut rng,
         )),
     ));

@@ -145,6 +145,7 @@ pub fn compile(
                 r.len()
             });
             let varied = routes >= s.min_routes as usize;
+            let has_ids = template.contains('{');
             // `p` is a prerequisite when the data show, at `confidence`, that at least
             // `prerequisite_ratio` of the sessions reaching this step completed `p` first
             // (violators lacking the support to count as normal traffic are discounted),
@@ -172,6 +173,33 @@ pub fn compile(
             } else {
                 Vec::new()
             };
+            // `p` is bound to the object when, at the same confidence, the requests that
+            // reached this step on an object found `p` already done on that object; it
+            // still needs the sessions (and routes) a session-wide rule needs.
+            let object_reached = m.object_reached.get(&id).copied().unwrap_or(0);
+            let bound_prerequisites: Vec<String> =
+                if has_ids && reached >= needed.max(s.min_support) && varied {
+                    m.object_prior
+                        .range((id, 0)..=(id, NO_ENDPOINT))
+                        .filter(|((_, p), n)| {
+                            kept(*p)
+                                && evidence::share_at_least(
+                                    (**n).min(object_reached),
+                                    object_reached,
+                                    s.prerequisite_ratio,
+                                    s.confidence,
+                                )
+                        })
+                        .map(|((_, p), _)| name(*p))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+            // A bound rule says more than the session-wide one for the same step.
+            let prerequisites: Vec<String> = prerequisites
+                .into_iter()
+                .filter(|p| !bound_prerequisites.contains(p))
+                .collect();
             let note = if routes < s.min_routes as usize {
                 Some(format!(
                     "no evidence of order: {routes} route{} seen, {} needed",
@@ -199,7 +227,6 @@ pub fn compile(
                 u8::try_from(k).map_or(0, |k| m.ids_at_least.get(&(id, k)).copied().unwrap_or(0))
             };
             let callers = rate_at(1);
-            let has_ids = template.contains('{');
             EndpointPolicy {
                 template: template.clone(),
                 entry: m
@@ -209,6 +236,7 @@ pub fn compile(
                 sessions: reached,
                 successes: m.succeeded.get(&id).copied().unwrap_or(0),
                 prerequisites,
+                bound_prerequisites,
                 rate: (callers > 0)
                     .then(|| limit_from(rate_at, callers, 255, &limits.rate, s.confidence)),
                 distinct_ids: (has_ids && callers > 0)

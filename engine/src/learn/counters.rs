@@ -20,6 +20,11 @@ pub struct LearnStats {
     pub succeeded: BTreeMap<EndpointId, u64>,
     /// `(endpoint, p)`: sessions that reached `endpoint` with `p` already completed.
     pub prior: BTreeMap<(EndpointId, EndpointId), u64>,
+    /// Requests to each endpoint on an object the step had not yet succeeded on (with the
+    /// object's earlier steps known).
+    pub object_reached: BTreeMap<EndpointId, u64>,
+    /// `(endpoint, p)`: of those, the ones whose object had already completed `p`.
+    pub object_prior: BTreeMap<(EndpointId, EndpointId), u64>,
     /// `(from, to)` call counts; `from` = `NO_ENDPOINT` is the session start.
     pub transitions: BTreeMap<(EndpointId, EndpointId), u64>,
     /// `(endpoint, k)`: sessions whose requests to `endpoint` in one window reached `k`.
@@ -103,6 +108,12 @@ impl LearnStats {
                 support(&mut self.lacking, (endpoint, p), visit);
             }
         }
+        if let Some(done) = visit.object.filter(|done| !done.contains(endpoint)) {
+            bump(&mut self.object_reached, endpoint, 1);
+            for p in done.iter() {
+                bump(&mut self.object_prior, (endpoint, p), 1);
+            }
+        }
         bump(&mut self.transitions, (visit.previous, endpoint), 1);
         support(
             &mut self.transition_support,
@@ -157,6 +168,8 @@ impl LearnStats {
         add_all(&mut self.reached, &other.reached);
         add_all(&mut self.succeeded, &other.succeeded);
         add_all(&mut self.prior, &other.prior);
+        add_all(&mut self.object_reached, &other.object_reached);
+        add_all(&mut self.object_prior, &other.object_prior);
         add_all(&mut self.transitions, &other.transitions);
         add_all(&mut self.rate_at_least, &other.rate_at_least);
         add_all(&mut self.ids_at_least, &other.ids_at_least);
@@ -253,6 +266,8 @@ impl LearnStats {
             reached: one(&self.reached),
             succeeded: one(&self.succeeded),
             prior: pairs(&self.prior, false),
+            object_reached: one(&self.object_reached),
+            object_prior: pairs(&self.object_prior, false),
             transitions: pairs(&self.transitions, true),
             rate_at_least: with_k(&self.rate_at_least),
             ids_at_least: with_k(&self.ids_at_least),

@@ -32,7 +32,13 @@ impl Exchange {
         let auth_window_ms = limits.auth_window_s.saturating_mul(1000);
         let visit = slot.record_request(Some(self.endpoint), self.id, self.now_ms, window_ms);
         stats.observe_request(self.endpoint, &visit, known);
-        let peak = slot.record_response(self.endpoint, self.status, self.now_ms, auth_window_ms);
+        let peak = slot.record_response(
+            self.endpoint,
+            self.id,
+            self.status,
+            self.now_ms,
+            auth_window_ms,
+        );
         if visit.learn {
             stats.observe_response(self.endpoint, self.status, peak);
         }

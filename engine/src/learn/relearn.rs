@@ -37,8 +37,15 @@ pub fn relearn(
         let Some(learned) = fresh.endpoint(&e.template) else {
             continue;
         };
+        for p in &learned.bound_prerequisites {
+            // Bound is stricter than session-wide: a session-wide rule kept from before
+            // stays as it is, the bound one is added beside it.
+            if !e.bound_prerequisites.contains(p) {
+                e.bound_prerequisites.push(p.clone());
+            }
+        }
         for p in &learned.prerequisites {
-            if !e.prerequisites.contains(p) {
+            if !e.prerequisites.contains(p) && !e.bound_prerequisites.contains(p) {
                 e.prerequisites.push(p.clone());
             }
         }
@@ -49,7 +56,8 @@ pub fn relearn(
             e.sensitive.get_or_insert_with(Baseline::default).merge(&b);
         }
         e.evidence = learned.evidence.clone();
-        if let Some(ev) = e.evidence.as_mut().filter(|_| !e.prerequisites.is_empty()) {
+        let has_rules = !e.prerequisites.is_empty() || !e.bound_prerequisites.is_empty();
+        if let Some(ev) = e.evidence.as_mut().filter(|_| has_rules) {
             ev.note = None; // a rule kept from before stands, whatever this sample says
         }
     }

@@ -25,14 +25,10 @@ fn play_from(
     for (n, (t, status)) in calls.iter().enumerate() {
         let id = reg.add(t, 128).unwrap();
         let now = n as u64 * 1000;
-        let visit = slot.record_request(
-            Some(id),
-            Some((n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            now,
-            10_000,
-        );
+        let object = Some((n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let visit = slot.record_request(Some(id), object, now, 10_000);
         stats.observe_request(id, &visit, reg.len());
-        let peak = slot.record_response(id, *status, now, 300_000);
+        let peak = slot.record_response(id, object, *status, now, 300_000);
         stats.observe_response(id, *status, peak);
     }
 }
@@ -516,7 +512,7 @@ fn the_fleet_learner_equals_the_filters() {
             let known = settings().absences_to_record(filter_reg.len());
             assert_eq!(known, 0, "without thresholds no absence is recorded");
             filter_stats.observe_request(id, &visit, known); // as the filter
-            let peak = slot.record_response(id, status, now, 300_000);
+            let peak = slot.record_response(id, None, status, now, 300_000);
             filter_stats.observe_response(id, status, peak);
             log.push(Observation {
                 session: i + 1,
@@ -558,3 +554,122 @@ proptest! {
             prop_assert!(p.validate().is_ok());
         }
     }
+
+/// Plays `calls` (method and concrete path, status) as one session, each path normalised
+/// and its identifier values hashed as the filter does.
+fn play_paths(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&str, u16)]) {
+    let normaliser = crate::endpoint::Normaliser::new(Vec::new(), Default::default());
+    let mut slot = Slot::new(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, 0, 0);
+    let mut template = String::new();
+    for (n, (call, status)) in calls.iter().enumerate() {
+        let (method, path) = call.split_once(' ').unwrap();
+        let object = normaliser.normalise(method, path, &mut template);
+        let id = reg.add(&template, 128).unwrap();
+        let now = n as u64 * 1000;
+        let visit = slot.record_request(Some(id), object, now, 10_000);
+        stats.observe_request(id, &visit, reg.len());
+        let peak = slot.record_response(id, object, *status, now, 300_000);
+        stats.observe_response(id, *status, peak);
+    }
+}
+
+/// Customers with one to three orders, paid and confirmed in varying interleavings;
+/// `unpaid_confirms` of every ten sessions also confirm an order paid elsewhere.
+fn orders(unpaid_confirms: u64) -> (LearnStats, Registry) {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    for i in 0..60u64 {
+        let a = format!("/orders/{}", 1000 + 3 * i);
+        let b = format!("/orders/{}", 1001 + 3 * i);
+        let mut calls = vec![("POST /login".to_string(), 200)];
+        if i % 3 == 0 {
+            calls.push(("GET /menu".into(), 200)); // two routes in
+        }
+        calls.push((format!("POST {a}/pay"), 200));
+        if i % 2 == 0 {
+            calls.push((format!("POST {b}/pay"), 200));
+            calls.push((format!("POST {a}/confirm"), 200));
+            calls.push((format!("POST {b}/confirm"), 200));
+        } else {
+            calls.push((format!("POST {a}/confirm"), 200));
+        }
+        if i % 10 < unpaid_confirms {
+            calls.push((format!("POST /orders/{}/confirm", 1002 + 3 * i), 200));
+        }
+        let calls: Vec<(&str, u16)> = calls.iter().map(|(c, s)| (c.as_str(), *s)).collect();
+        play_paths(&mut stats, &mut reg, i, &calls);
+    }
+    (stats, reg)
+}
+
+#[test]
+fn a_step_on_the_same_object_is_learned_as_a_bound_prerequisite() {
+    let (stats, reg) = orders(0);
+    let p = compile(&stats, &reg, &settings(), 1);
+    let confirm = p.endpoint("POST /orders/{id}/confirm").unwrap();
+    assert_eq!(confirm.bound_prerequisites, ["POST /orders/{id}/pay"]);
+    assert_eq!(
+        confirm.prerequisites,
+        ["POST /login"],
+        "pay is bound, not session-wide"
+    );
+    assert!(p
+        .endpoint("POST /orders/{id}/pay")
+        .unwrap()
+        .bound_prerequisites
+        .is_empty());
+    p.validate().unwrap();
+
+    // Sessions that confirm orders they did not pay in this session are evidence against.
+    let (stats, reg) = orders(3);
+    let p = compile(&stats, &reg, &settings(), 1);
+    let confirm = p.endpoint("POST /orders/{id}/confirm").unwrap();
+    assert!(confirm.bound_prerequisites.is_empty());
+}
+
+#[test]
+fn paying_once_does_not_confirm_every_order() {
+    let (stats, reg) = orders(0);
+    let p = compile(&stats, &reg, &settings(), 1);
+    let s = crate::config::Settings::from_json(b"{}").unwrap();
+    let m = Model::compile(&p, &s).unwrap();
+    let normaliser = &m.normaliser;
+    let play = |calls: &[&str]| {
+        let mut slot = Slot::new(9, 0, 1);
+        let mut template = String::new();
+        calls
+            .iter()
+            .map(|call| {
+                let (method, path) = call.split_once(' ').unwrap();
+                let id = normaliser.normalise(method, path, &mut template);
+                let endpoint = m.endpoint(&template);
+                let req = crate::verdict::Request {
+                    endpoint,
+                    id,
+                    now_ms: 1000,
+                    ..Default::default()
+                };
+                let (_, v) = crate::verdict::evaluate(Some(&m), &s, &mut slot, &req);
+                let object = id.filter(|_| endpoint.is_some_and(|e| m.binds(e)));
+                slot.record_response(endpoint.unwrap(), object, 200, 1000, 300_000);
+                v.outcome
+            })
+            .collect::<Vec<_>>()
+    };
+    use crate::verdict::Outcome::{Allow, Block};
+    let several = play(&[
+        "POST /login",
+        "POST /orders/7/pay",
+        "POST /orders/8/pay",
+        "POST /orders/8/confirm",
+        "POST /orders/7/confirm",
+    ]);
+    assert!(several.iter().all(|o| *o == Allow), "{several:?}");
+    let fraud = play(&[
+        "POST /login",
+        "POST /orders/7/pay",
+        "POST /orders/7/confirm",
+        "POST /orders/9/confirm",
+    ]);
+    assert_eq!(fraud.last(), Some(&Block { status: 403 }));
+}

@@ -70,9 +70,9 @@ fn main() {
             let lim = |l: Option<flowguard_engine::policy::Limit>| {
                 l.map_or("-".into(), |l| format!("p99 {} -> {}", l.p99, l.limit))
             };
-            let order = match (&e.evidence, e.prerequisites.is_empty()) {
-                (Some(ev), true) => format!("- ({})", ev.describe()),
-                _ => e.prerequisites.join(", "),
+            let order = match (&e.evidence, e.order_rules()) {
+                (Some(ev), None) => format!("- ({})", ev.describe()),
+                (_, rules) => rules.unwrap_or_default(),
             };
             println!(
                 "   {:<32} {:>10} {:>12}  {}",
@@ -294,9 +294,9 @@ fn library_demo() {
             policy.endpoints.len()
         );
         for e in policy.endpoints.iter().filter(|e| e.template.contains('{')) {
-            let order = match (&e.evidence, e.prerequisites.is_empty()) {
-                (Some(ev), true) => format!("({})", ev.describe()),
-                _ => format!("needs {}", e.prerequisites.join(", ")),
+            let order = match (&e.evidence, e.order_rules()) {
+                (Some(ev), None) => format!("({})", ev.describe()),
+                (_, rules) => format!("needs {}", rules.unwrap_or_default()),
             };
             println!("     {:<36} {order}", e.template);
         }
