@@ -48,6 +48,9 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
             id: o.ids,
             now_ms: o.time_ms,
             address_failures: 0,
+            // Telemetry does not say which sessions were address-keyed: replay judges all
+            // as strong, the stricter reading.
+            weak_session: false,
         };
         let (_, v) = evaluate(Some(model), settings, &mut slot, &req);
         match v.outcome {

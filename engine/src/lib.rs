@@ -12,6 +12,7 @@ pub mod endpoint_set;
 pub mod evidence;
 pub mod failure;
 pub mod fingerprint;
+pub mod handover;
 pub mod header_map;
 pub mod le;
 pub mod learn;

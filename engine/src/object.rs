@@ -57,7 +57,10 @@ impl Objects {
 
     /// Records that `endpoint` succeeded on `id_hash`'s object.
     pub fn complete(&mut self, id_hash: u64, endpoint: EndpointId) {
-        let key = key_of(id_hash);
+        self.complete_key(key_of(id_hash), endpoint);
+    }
+
+    fn complete_key(&mut self, key: u32, endpoint: EndpointId) {
         let at = self
             .entries
             .iter()
@@ -82,6 +85,18 @@ impl Objects {
             head.rotate_right(1);
             if let Some(first) = head.first_mut() {
                 *first = entry;
+            }
+        }
+    }
+
+    /// Takes in another table's objects (an identity hand-over): steps of objects both
+    /// know join; the other's objects fill this table from its end, and whatever either
+    /// forgot stays forgotten.
+    pub fn absorb(&mut self, other: &Objects) {
+        self.forgotten |= other.forgotten;
+        for theirs in other.entries.iter().rev().filter(|e| e.key != 0) {
+            for step in theirs.completed.iter() {
+                self.complete_key(theirs.key, step);
             }
         }
     }
@@ -151,6 +166,18 @@ mod tests {
             Some(vec![]),
             "never completed, still known"
         );
+    }
+
+    #[test]
+    fn a_handed_over_table_keeps_both_sides_objects() {
+        let mut old = Objects::default();
+        old.complete(1, 3);
+        old.complete(2, 3);
+        let mut new = Objects::default();
+        new.complete(2, 4);
+        new.absorb(&old);
+        assert_eq!(steps(&new, 1), Some(vec![3]));
+        assert_eq!(steps(&new, 2), Some(vec![3, 4]));
     }
 
     #[test]

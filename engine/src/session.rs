@@ -108,6 +108,12 @@ pub fn jwt_claim(token: &str, claim: &str) -> Option<String> {
     top_level_value(&json, claim)
 }
 
+/// The top-level field `key` of a JSON object (see [`top_level_value`]), bounded by
+/// [`MAX_KEY_LEN`]: a value longer than a session key is no session key.
+pub fn json_field(json: &[u8], key: &str) -> Option<String> {
+    top_level_value(json, key).filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN)
+}
+
 /// Scans a JSON object's top level for `key` without building a document: string values
 /// come back as their raw text, numbers and literals as written; nested values are
 /// skipped by depth (strings' escapes honoured). Malformed input gives `None`.

@@ -241,6 +241,18 @@ impl Slot {
         self.last_endpoint = map(self.last_endpoint).unwrap_or(NO_ENDPOINT);
     }
 
+    /// Continues `from`'s flow in this slot (an identity hand-over): its visited and
+    /// completed steps and objects join this session's; rates, failures and learning
+    /// state stay this session's own, so a new identity is learned as a new session.
+    pub fn continue_from(&mut self, from: &Slot) {
+        self.visited = EndpointSet(self.visited.0 | from.visited.0);
+        self.completed = EndpointSet(self.completed.0 | from.completed.0);
+        self.objects.absorb(&from.objects);
+        if from.last_endpoint != NO_ENDPOINT {
+            self.last_endpoint = from.last_endpoint;
+        }
+    }
+
     /// Forgets the session's steps (another policy's ids mean nothing here), keeping its
     /// rates and failures.
     pub fn forget_steps(&mut self) {

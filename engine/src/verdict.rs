@@ -63,6 +63,9 @@ pub struct Request {
     pub now_ms: u64,
     /// 401/403 answers to the client address in the current auth window (0 if unchecked).
     pub address_failures: u16,
+    /// The session is keyed by a fallback client address, which customers behind one NAT
+    /// share: its steps and rates mix clients, so only per-address rules may block it.
+    pub weak_session: bool,
 }
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the
@@ -151,9 +154,8 @@ pub fn evaluate(
     }
     let by_session = u32::from(before.auth.current(now, model.auth_window_ms));
     let by_address = u32::from(req.address_failures);
-    if (model.auth_limit > 0 && by_session >= model.auth_limit)
-        || (model.address_auth_limit > 0 && by_address >= model.address_auth_limit)
-    {
+    let address_hit = model.address_auth_limit > 0 && by_address >= model.address_auth_limit;
+    if (model.auth_limit > 0 && by_session >= model.auth_limit) || address_hit {
         fired.insert(Rule::AuthFailures);
         let session_wait = before.auth.remaining(now, model.auth_window_ms);
         retry_ms = retry_ms.max(if session_wait > 0 {
@@ -163,6 +165,13 @@ pub fn evaluate(
         });
     }
     let mut verdict = outcome(&settings.rules, fired, missing);
+    // A weak session's own counts mix clients; only its address's failures block it.
+    if req.weak_session && !address_hit {
+        verdict.outcome = match verdict.outcome {
+            Outcome::Block { .. } => Outcome::Flag,
+            other => other,
+        };
+    }
     verdict.retry_after_s = retry_ms
         .div_ceil(1000)
         .max(u32::from(!fired.is_empty() && retry_ms > 0));
@@ -360,6 +369,25 @@ mod tests {
         }
         assert_ne!(slot.objects.forgotten, 0);
         assert!(!blocks(step(&mut slot, 1, 20 << 33)));
+    }
+
+    #[test]
+    fn a_weak_session_is_flagged_by_its_flow_and_blocked_only_by_address_failures() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        let weak = |e, failures| Request {
+            endpoint: Some(e),
+            now_ms: 1,
+            address_failures: failures,
+            weak_session: true,
+            ..Default::default()
+        };
+        let (_, v) = evaluate(Some(&m), &s, &mut slot, &weak(2, 0));
+        assert!(v.fired.contains(Rule::MissingPrerequisite));
+        assert_eq!(v.outcome, Outcome::Flag);
+        let (_, v) = evaluate(Some(&m), &s, &mut slot, &weak(0, 50));
+        assert_eq!(v.outcome, Outcome::Block { status: 429 });
     }
 
     #[test]

@@ -44,9 +44,14 @@ struct Pending {
     object: Option<u64>,
     /// Learning counts this exchange (no rule fired on it).
     learn: bool,
+    /// Learning counts what this exchange shows about its endpoint (where authentication
+    /// fails, what answers carry), also for a weak session, which teaches no flow.
+    endpoint_facts: bool,
     /// A configured login (`endpoints.failure.auth`): a failure by body is an
     /// authentication failure.
     auth_step: bool,
+    /// Its answer may carry the next identity's token (`session.handover.templates`).
+    handover_step: bool,
 }
 
 pub struct Http {
@@ -66,6 +71,9 @@ pub struct Http {
     failure_body: Vec<u8>,
     /// The telemetry event of this request, completed with the response's status.
     event: Option<Event>,
+    /// The session an answer's `set-cookie` hands this one over to, once the step is
+    /// settled.
+    handover_to: Option<u64>,
 }
 
 impl Http {
@@ -80,6 +88,7 @@ impl Http {
             deferred: None,
             failure_body: Vec::new(),
             event: None,
+            handover_to: None,
         }
     }
 }
@@ -133,19 +142,28 @@ impl HttpContext for Http {
                 response_host_error(w, e);
             }
         }
-        // An API that answers failures with 2xx and a JSON error: the step's outcome
-        // waits for the body (bounded), or for the end of the stream (fail-open).
+        if let (true, Some(p)) = (
+            is_success(status) && w.settings.session.reads_set_cookie(),
+            pending,
+        ) {
+            match crate::handover::from_set_cookie(w) {
+                Ok(to) => self.handover_to = to.filter(|to| *to != p.fingerprint),
+                Err(e) => response_host_error(w, e),
+            }
+        }
+        // An API that answers failures with 2xx and a JSON error, or a login that hands
+        // out the next token in its body: the step's outcome waits for the body
+        // (bounded), or for the end of the stream (fail-open).
         let defer = !end_of_stream
-            && !w.settings.endpoints.failure.is_empty()
             && is_success(status)
+            && (!w.settings.endpoints.failure.is_empty()
+                || pending.is_some_and(|p| p.handover_step))
             && response_is_json();
         if let (true, Some(p)) = (defer, pending) {
             self.deferred = Some((p, status));
             self.failure_body.clear();
         } else if let Some(pending) = pending {
-            if let Err(e) = on_response(w, pending, status) {
-                response_host_error(w, e);
-            }
+            settled(w, pending, status, self.handover_to.take());
         }
         if let (Some(mut event), Some(t)) = (self.event.take(), w.telemetry.as_mut()) {
             let now_ms = host::now_ms().unwrap_or(event.time_ms);
@@ -158,7 +176,7 @@ impl HttpContext for Http {
         if should_inspect(w, status) {
             self.scanner = Some(Scanner::default());
             self.scanned_endpoint = pending.map(|p| p.endpoint);
-            self.scanned_learn = pending.is_some_and(|p| p.learn);
+            self.scanned_learn = pending.is_some_and(|p| p.endpoint_facts);
         }
         Action::Continue
     }
@@ -247,8 +265,28 @@ impl Http {
         } else {
             status
         };
+        let token_session = (judge && pending.handover_step)
+            .then(|| crate::handover::from_body(w, &self.failure_body))
+            .flatten();
         self.failure_body = Vec::new();
-        if let Err(e) = on_response(w, pending, status) {
+        settled(
+            w,
+            pending,
+            status,
+            self.handover_to.take().or(token_session),
+        );
+    }
+}
+
+/// Records a step's outcome, then hands the session over to the identity its answer
+/// issued (`to`: by a cookie, or a token in the body), so the step goes with it.
+fn settled(w: &mut Worker, pending: Pending, status: u16, to: Option<u64>) {
+    if let Err(e) = on_response(w, pending, status) {
+        response_host_error(w, e);
+    }
+    if let (Some(to), true) = (to, is_success(status)) {
+        let (index, fp, epoch) = (pending.index, pending.fingerprint, pending.epoch);
+        if let Err(e) = crate::handover::hand_over(w, index, fp, epoch, to) {
             response_host_error(w, e);
         }
     }
@@ -361,11 +399,13 @@ fn on_request(
         .session
         .fingerprinter
         .fingerprint(key.kind, key.value.as_bytes());
+    let weak_session = key.kind == Source::Address.kind() && w.settings.session.address_is_weak();
 
     let mut request = Request {
         endpoint,
         id,
         now_ms,
+        weak_session,
         ..Request::default()
     };
     if let Some(model) = &w.model {
@@ -412,13 +452,23 @@ fn on_request(
         if let (true, Some(e)) = (learns, endpoint) {
             let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
             let known = w.settings.learning.absences_to_record(registered);
-            w.delta.observe_request(e, &visit, known);
+            if weak_session {
+                w.delta.observe_inventory(e, &visit);
+            } else {
+                w.delta.observe_request(e, &visit, known);
+            }
         }
         let auth_step = w
             .settings
             .endpoints
             .failure
             .auth
+            .contains(&w.scratch.template);
+        let handover_step = w
+            .settings
+            .session
+            .handover
+            .templates
             .contains(&w.scratch.template);
         *pending = endpoint.map(|endpoint| {
             let object = id.filter(|_| w.model.as_ref().is_none_or(|m| m.binds(endpoint)));
@@ -428,13 +478,16 @@ fn on_request(
             };
             Pending {
                 auth_step,
+                handover_step,
                 index: located.index,
                 fingerprint,
                 endpoint,
                 epoch: located.slot.model_version,
                 completed: located.slot.completed.contains(endpoint) && done_on_object,
                 object,
-                learn: learns && visit.learn,
+                // A shared address's flow mixes clients: it teaches no flow.
+                learn: learns && visit.learn && !weak_session,
+                endpoint_facts: learns && visit.learn,
             }
         });
         decided = Some(verdict);
@@ -674,6 +727,8 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
     })?;
     if written && p.learn && !unlearned {
         w.delta.observe_response(p.endpoint, status, peak);
+    } else if written && auth_failure && p.endpoint_facts {
+        w.delta.observe_endpoint_failure(p.endpoint);
     }
     if auth_failure {
         record_address_failure(w, now_ms)?;

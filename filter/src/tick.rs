@@ -128,6 +128,7 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
     Metrics::set(w.metrics.learning_sessions, stats.sessions);
     Metrics::set(w.metrics.learning_requests, stats.requests);
     Metrics::set(w.metrics.learning_unlearned, stats.unlearned_sessions);
+    Metrics::set(w.metrics.learning_weak, stats.weak_sessions);
     if !stats.is_ready(&w.settings.learning) {
         return Ok(());
     }

@@ -7,6 +7,18 @@ use serde_json::{json, Value};
 /// Where the test harness's Envoy takes the client address from.
 pub const CLIENT_IP: &str = "x-client-ip";
 
+/// The filter configuration for the library, as its operator would write it. Defaults
+/// everywhere a user would leave them: the session sources (a cookie, a bearer token, the
+/// client address as a weak fallback), the evidence a rule needs (0.98 at 0.99), the
+/// identifier inference. Set: the learning volume, where the login answer hands out the
+/// token (so a reader's flow continues from address to token), the retired prefix, and
+/// how this API says "failed" in a 200 (its login and its card payments).
+pub const CONFIG: &str = r#"{"mode":"enforce",
+  "learning":{"min_sessions":380,"min_requests":2000,"tick_ms":100},
+  "session":{"handover":{"json_field":"auth_token","templates":["POST /api/v2/users/login"]}},
+  "endpoints":{"deprecated":["/api/v1/"],
+    "failure":{"json":{"status":["fail","declined"]},"auth":["POST /api/v2/users/login"]}}}"#;
+
 /// One reader: their own address, and the token once logged in.
 pub struct Reader<'c> {
     client: &'c Client,

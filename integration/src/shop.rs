@@ -33,6 +33,7 @@ pub fn router() -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/api/login", post(login))
+        .route("/api/auth/session", post(cookie_login))
         .route("/api/menu", get(menu))
         .route("/api/cart", get(|| async { Json(json!({"items": []})) }))
         .route(
@@ -83,6 +84,19 @@ async fn login(body: Option<Json<Value>>) -> Response {
     }
     let user = body.get("user").and_then(Value::as_str).unwrap_or("guest");
     Json(json!({"user": user, "id": fastrand::u32(1..10_000)})).into_response()
+}
+
+/// A web login: the answer sets a fresh session cookie (the anonymous session's cookie is
+/// replaced, as session-fixation defences do).
+async fn cookie_login(body: Option<Json<Value>>) -> Response {
+    let mut resp = login(body).await;
+    if resp.status().is_success() {
+        let cookie = format!("session=u{:016x}; Path=/; HttpOnly", fastrand::u64(..));
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 async fn menu() -> Json<Value> {

@@ -13,6 +13,8 @@ pub struct Reply {
     pub upstream: String,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
+    /// The `set-cookie` header of the answer, if any.
+    pub set_cookie: Option<String>,
 }
 
 impl Reply {
@@ -99,12 +101,14 @@ impl Client {
                 let upstream = header("x-upstream-flowguard").unwrap_or_default();
                 let retry_after = header("retry-after");
                 let content_type = header("content-type");
+                let set_cookie = header("set-cookie");
                 Reply {
                     status: resp.status().as_u16(),
                     body: resp.body_mut().read_to_string().unwrap_or_default(),
                     upstream,
                     retry_after,
                     content_type,
+                    set_cookie,
                 }
             }
             Err(e) => Reply {
@@ -165,6 +169,20 @@ impl<'c> Session<'c> {
             path: path.to_owned(),
             reply: reply.clone(),
         });
+        reply
+    }
+
+    /// Logs in the way a web front end does: the answer sets a fresh session cookie (the
+    /// shop's `/api/auth/session`), which this client uses from then on.
+    pub fn cookie_login(&mut self) -> Reply {
+        let reply = self.call(
+            "POST",
+            "/api/auth/session",
+            Some(json!({"user": "alice", "password": "secret"})),
+        );
+        if let Some(c) = reply.set_cookie.as_deref() {
+            self.cookie = c.split(';').next().unwrap_or(c).trim().to_owned();
+        }
         reply
     }
 

@@ -7,18 +7,10 @@ use flowguard_integration::library_traffic::{self as lib, attacks, Reader, CLIEN
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::Client;
 
-/// Defaults everywhere a user would leave them: the session sources, the evidence a rule
-/// needs (0.98 at 0.99), the identifier inference. Set: the learning volume, the retired
-/// prefix, and how this API says "failed" in a 200 (its login and its card payments).
-pub const CONFIG: &str = r#"{"mode":"enforce",
-  "learning":{"min_sessions":700,"min_requests":4000,"tick_ms":100},
-  "endpoints":{"deprecated":["/api/v1/"],
-    "failure":{"json":{"status":["fail","declined"]},"auth":["POST /api/v2/users/login"]}}}"#;
-
 #[test]
 fn held_out_readers_pass_and_every_attack_is_caught() {
     let library = ShopServer::library().expect("library starts");
-    let mut cfg = EnvoyConfig::new(CONFIG, library.addr);
+    let mut cfg = EnvoyConfig::new(lib::CONFIG, library.addr);
     cfg.concurrency = 2;
     cfg.client_ip_header = Some(CLIENT_IP);
     let envoy = Envoy::start(&cfg).expect("Envoy starts");
@@ -52,6 +44,18 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
     let pickup = policy
         .endpoint("POST /api/v2/loans/{id}/pickup")
         .expect("pickup");
+    // A reader logs in from their address (a weak session) and goes on with the token
+    // the answer hands out: the flow continues, so the login is learned as a step
+    // before the loan although no token session ever called it.
+    assert!(envoy.counter("flowguard.sessions.handovers") >= 380);
+    let borrow = policy.endpoint("POST /api/v2/loans").expect("borrow");
+    assert!(
+        borrow
+            .prerequisites
+            .iter()
+            .any(|p| p == "POST /api/v2/users/login"),
+        "{borrow:?}"
+    );
     // Readers take one to three loans: the deposit is learned as bound to the loan.
     assert!(
         pickup
@@ -74,6 +78,8 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
 
     // Their profile answers carry their own e-mail: normal for that endpoint, not flagged.
     let sensitive_flags = envoy.counter("flowguard.rule.response.sensitive_data");
+    // Register and login, called only before the token, are in the inventory.
+    let shadows = envoy.counter("flowguard.rule.inventory.unknown_endpoint");
 
     let mut caught = Vec::new();
     let attacker = |n: usize| Reader::new(&client, &lib::address(50_000 + n));
@@ -139,6 +145,10 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
     }
     assert!(blocked.is_empty(), "held-out readers blocked: {blocked:#?}");
     assert_eq!(sensitive_flags, 0, "normal answers flagged as leaks");
+    assert_eq!(
+        shadows, 0,
+        "normal readers' calls flagged as shadow endpoints"
+    );
     let missed: Vec<_> = caught.iter().filter(|(_, hit)| !hit).collect();
     assert!(missed.is_empty(), "attacks missed: {missed:?}");
 }

@@ -20,6 +20,32 @@ pub struct SessionSettings {
     pub capacity: u32,
     pub idle_timeout_s: u32,
     pub fingerprinter: Fingerprinter,
+    pub handover: Handover,
+}
+
+/// `session.handover`: which answers hand the session over to a new identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handover {
+    /// An answer setting a configured session cookie (`set-cookie`) hands over to it.
+    pub set_cookie: bool,
+    /// A top-level field of these templates' 2xx JSON answers holding the token the
+    /// client sends next (`auth_token`), with the templates (logins, token refreshes).
+    pub json_field: Option<String>,
+    pub templates: Vec<String>,
+}
+
+impl SessionSettings {
+    /// Whether the client address is only a fallback source: then the sessions it keys
+    /// are weak (one NAT's customers share them): they teach nothing and no rule of
+    /// theirs blocks but the per-address ones.
+    pub fn address_is_weak(&self) -> bool {
+        self.sources.len() > 1 && self.sources.contains(&Source::Address)
+    }
+
+    /// Whether an answer's `set-cookie` is read for a hand-over.
+    pub fn reads_set_cookie(&self) -> bool {
+        self.handover.set_cookie && self.sources.iter().any(|s| matches!(s, Source::Cookie(_)))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -29,6 +55,68 @@ pub(super) struct RawSession {
     capacity: Option<i64>,
     idle_timeout_s: Option<i64>,
     hash_key: Option<String>,
+    #[serde(default)]
+    handover: RawHandover,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHandover {
+    set_cookie: Option<bool>,
+    json_field: Option<String>,
+    #[serde(default)]
+    templates: Vec<String>,
+}
+
+impl RawHandover {
+    fn settle(self, sources: &[Source]) -> Result<Handover, ConfigError> {
+        if let Some(f) = &self.json_field {
+            if f.is_empty() || f.len() > 64 || f.contains('"') {
+                return Err(invalid(
+                    "session.handover.json_field",
+                    "expected a top-level JSON field name of 1 to 64 characters",
+                ));
+            }
+            let keyed_by_token = sources.iter().any(|s| {
+                matches!(
+                    s,
+                    Source::Bearer | Source::Authorization(_) | Source::JwtClaim(_)
+                )
+            });
+            if !keyed_by_token {
+                return Err(invalid(
+                    "session.handover.json_field",
+                    "needs a bearer, authorization or jwt_claim session source to key the token by",
+                ));
+            }
+            if self.templates.is_empty() || self.templates.len() > 16 {
+                return Err(invalid(
+                    "session.handover.templates",
+                    "expected 1 to 16 templates whose answers carry the token",
+                ));
+            }
+        } else if !self.templates.is_empty() {
+            return Err(invalid(
+                "session.handover.templates",
+                "applies only with session.handover.json_field",
+            ));
+        }
+        if let Some(i) = self
+            .templates
+            .iter()
+            .position(|t| t.split_once(' ').is_none())
+        {
+            return Err(invalid(
+                &format!("session.handover.templates[{i}]"),
+                "expected a template as flowguard names it: \"METHOD /path\"",
+            ));
+        }
+        Ok(Handover {
+            set_cookie: self.set_cookie.unwrap_or(true),
+            json_field: self.json_field,
+            templates: self.templates,
+        })
+    }
 }
 
 impl TryFrom<RawSession> for SessionSettings {
@@ -53,13 +141,14 @@ impl TryFrom<RawSession> for SessionSettings {
                 "expected 1 to 8 scheme names such as \"Bearer\" or \"Token\"",
             ));
         }
-        let sources = sources
+        let sources: Vec<Source> = sources
             .into_iter()
             .map(|src| match src {
                 Source::Header(n) => Source::Header(n.to_ascii_lowercase()),
                 other => other,
             })
             .collect();
+        let handover = s.handover.settle(&sources)?;
         let hash_key = s.hash_key.unwrap_or_else(|| DEFAULT_HASH_KEY.to_owned());
         if hash_key.len() < 16 {
             return Err(invalid(
@@ -84,6 +173,7 @@ impl TryFrom<RawSession> for SessionSettings {
                 )?,
             )?,
             fingerprinter: Fingerprinter::from_secret(&hash_key),
+            handover,
         })
     }
 }

@@ -216,3 +216,47 @@ fn failure_by_body_is_configured_under_endpoints() {
             .starts_with("endpoints.failure.auth[0]:")
     );
 }
+
+#[test]
+fn handover_and_weak_addresses_are_configured_under_session() {
+    let s = Settings::from_json(b"{}").unwrap();
+    assert!(s.session.reads_set_cookie() && s.session.handover.json_field.is_none());
+    assert!(
+        s.session.address_is_weak(),
+        "the default sources end in the address"
+    );
+    let only = Settings::from_json(br#"{"session":{"sources":["address"]}}"#).unwrap();
+    assert!(!only.session.address_is_weak() && !only.session.reads_set_cookie());
+    let s = Settings::from_json(
+        br#"{"session":{"handover":{"set_cookie":false,"json_field":"auth_token","templates":["POST /login"]}}}"#,
+    )
+    .unwrap();
+    assert!(!s.session.reads_set_cookie());
+    assert_eq!(s.session.handover.json_field.as_deref(), Some("auth_token"));
+    for (json, key) in [
+        (
+            r#"{"handover":{"json_field":"t"}}"#,
+            "session.handover.templates:",
+        ),
+        (
+            r#"{"handover":{"json_field":"","templates":["POST /l"]}}"#,
+            "session.handover.json_field:",
+        ),
+        (
+            r#"{"handover":{"templates":["POST /l"]}}"#,
+            "session.handover.templates:",
+        ),
+        (
+            r#"{"handover":{"json_field":"t","templates":["/login"]}}"#,
+            "session.handover.templates[0]:",
+        ),
+        (
+            r#"{"sources":[{"cookie":"sid"}],"handover":{"json_field":"t","templates":["POST /l"]}}"#,
+            "session.handover.json_field:",
+        ),
+        (r#"{"handover":{"cookie":true}}"#, "session"),
+    ] {
+        let e = err(&format!(r#"{{"session":{json}}}"#));
+        assert!(e.starts_with(key), "{json}: {e}");
+    }
+}

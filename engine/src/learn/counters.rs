@@ -48,6 +48,8 @@ pub struct LearnStats {
     pub transition_support: BTreeMap<(EndpointId, EndpointId), Support>,
     /// Sessions left out of learning because their address had started its share.
     pub unlearned_sessions: u64,
+    /// Weak (address-keyed) sessions, which taught the inventory but no flow.
+    pub weak_sessions: u64,
     /// The distinct routes (steps completed before) on which sessions first reached each
     /// endpoint: one route is a script, not evidence of order.
     pub routes: BTreeMap<EndpointId, Routes>,
@@ -146,6 +148,28 @@ impl LearnStats {
         }
     }
 
+    /// Counts a request of a weak (address-keyed) session, which teaches no order and no
+    /// rate: only that the endpoint exists (its support), so steps taken before a login
+    /// stay in the inventory.
+    pub fn observe_inventory(&mut self, endpoint: EndpointId, visit: &Visit) {
+        if !visit.learn {
+            return;
+        }
+        if visit.new_session {
+            self.weak_sessions = self.weak_sessions.saturating_add(1);
+        }
+        if visit.first_visit {
+            support(&mut self.reached_support, endpoint, visit);
+        }
+    }
+
+    /// Counts a 401/403 answer of `endpoint` in a session that teaches nothing else (a
+    /// weak, address-keyed one): where authentication fails is a fact about the endpoint,
+    /// not about one client's flow, and it decides where per-address failures are counted.
+    pub fn observe_endpoint_failure(&mut self, endpoint: EndpointId) {
+        bump(&mut self.auth_failures, endpoint, 1);
+    }
+
     /// Counts what a scanned answer of `endpoint` carried.
     pub fn observe_sensitive(&mut self, endpoint: EndpointId, findings: &Findings) {
         self.sensitive
@@ -186,6 +210,7 @@ impl LearnStats {
         self.unlearned_sessions = self
             .unlearned_sessions
             .saturating_add(other.unlearned_sessions);
+        self.weak_sessions = self.weak_sessions.saturating_add(other.weak_sessions);
         for (e, r) in &other.routes {
             self.routes.entry(*e).or_default().merge(r);
         }

@@ -673,3 +673,32 @@ fn paying_once_does_not_confirm_every_order() {
     ]);
     assert_eq!(fraud.last(), Some(&Block { status: 403 }));
 }
+
+#[test]
+fn weak_sessions_teach_the_inventory_and_no_order() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    // One shared address logs in for everyone (weak); the flows it hands over to are strong.
+    let mut weak = Slot::new(77, 0, 0);
+    let login = reg.add("POST /login", 128).unwrap();
+    for n in 0..30u64 {
+        let visit = weak.record_request(Some(login), None, n * 1000, 10_000);
+        stats.observe_inventory(login, &visit);
+    }
+    for i in 0..30u64 {
+        play(
+            &mut stats,
+            &mut reg,
+            i,
+            &[("GET /menu", 200), ("POST /pay", 200)],
+        );
+    }
+    assert_eq!((stats.sessions, stats.weak_sessions), (30, 1));
+    let p = compile(&stats, &reg, &settings(), 1);
+    assert!(
+        p.endpoint("POST /login").is_some(),
+        "still in the inventory"
+    );
+    assert_eq!(p.endpoint("POST /login").unwrap().sessions, 0);
+    assert!(p.transitions.iter().all(|t| t.to != "POST /login"));
+}

@@ -271,11 +271,10 @@ fn library_demo() {
         "   bearer token, optional steps, several loans per reader, failures answered 200 with\n   {{\"status\":\"fail\"}}; pickup trusts the client to have paid the deposit)"
     );
     let library = ShopServer::library().unwrap_or_else(|e| fail(&e.to_string()));
-    // Its failures come as 200 {"status":"fail"} (login) and {"status":"declined"} (card).
-    let config = r#"{"mode":"enforce","learning":{"min_sessions":700,"min_requests":4000,"tick_ms":200},
-                     "endpoints":{"deprecated":["/api/v1/"],
-                       "failure":{"json":{"status":["fail","declined"]},"auth":["POST /api/v2/users/login"]}}}"#;
-    let mut cfg = EnvoyConfig::new(config, library.addr);
+    // Its failures come as 200 {"status":"fail"} (login) and {"status":"declined"} (card);
+    // its login hands out the bearer token in the body (`auth_token`).
+    println!("   filter configuration:\n{}", lib::CONFIG);
+    let mut cfg = EnvoyConfig::new(lib::CONFIG, library.addr);
     cfg.concurrency = 2;
     cfg.client_ip_header = Some(lib::CLIENT_IP);
     let envoy = Envoy::start(&cfg).unwrap_or_else(|e| fail(&e));
@@ -324,6 +323,10 @@ fn library_demo() {
                 &mut reader(2),
                 &mut rng,
             )),
+        ),
+        (
+            "one deposit, then a second pickup",
+            blocked(attacks::deposit_once_pickup_many(&mut reader(6), &mut rng)),
         ),
         (
             "walk loan ids 1..150",

@@ -1,0 +1,78 @@
+//! Identity hand-over in the filter: reading the identity an answer issues, and copying
+//! the session's flow to it (`session.handover`; the logic is `engine::handover`).
+
+use crate::host::{self, HostResult, CAS_MISMATCH};
+use crate::metrics::Metrics;
+use crate::shared::{self, CAS_RETRIES};
+use crate::worker::Worker;
+use flowguard_engine::handover;
+use flowguard_engine::header_map::decode_pairs;
+use flowguard_engine::session::SessionKey;
+use proxy_wasm::types::MapType;
+
+/// The session this answer hands over to through a configured session cookie in its
+/// `set-cookie` headers (one header lookup when it sets none).
+pub fn from_set_cookie(w: &Worker) -> HostResult<Option<u64>> {
+    if host::header(MapType::HttpResponseHeaders, "set-cookie")?.is_none() {
+        return Ok(None);
+    }
+    // A response may carry several `set-cookie` headers: read them all.
+    let bytes = host::header_pairs(MapType::HttpResponseHeaders)?;
+    Ok(decode_pairs(&bytes)
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(b"set-cookie"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .find_map(|v| handover::from_set_cookie(&w.settings.session.sources, v))
+        .map(|key| fingerprint(w, &key)))
+}
+
+/// The session the token in this answer's JSON body hands over to.
+pub fn from_body(w: &Worker, body: &[u8]) -> Option<u64> {
+    let field = w.settings.session.handover.json_field.as_deref()?;
+    handover::from_body(&w.settings.session.sources, body, field).map(|key| fingerprint(w, &key))
+}
+
+fn fingerprint(w: &Worker, key: &SessionKey<'_>) -> u64 {
+    w.settings
+        .session
+        .fingerprinter
+        .fingerprint(key.kind, key.value.as_bytes())
+}
+
+/// Continues the flow of the session in slot `index` (`fingerprint`, under layout
+/// `epoch`) in session `to`'s slot, claiming one for it if it has none.
+pub fn hand_over(
+    w: &mut Worker,
+    index: u32,
+    fingerprint: u64,
+    epoch: u32,
+    to: u64,
+) -> HostResult<()> {
+    if to == fingerprint {
+        return Ok(());
+    }
+    shared::slot_key(index, &mut w.scratch.key);
+    let (from, _) = shared::read_slot(&w.scratch.key)?;
+    let Some(from) = from.filter(|s| s.fingerprint == fingerprint && s.model_version == epoch)
+    else {
+        return Ok(()); // the slot changed hands meanwhile: nothing to continue
+    };
+    let now = host::now_secs()?;
+    for _ in 0..CAS_RETRIES {
+        let mut located = w.locate(to, now)?;
+        if located.slot.model_version != epoch {
+            return Ok(()); // another policy's step ids: they would mean other steps
+        }
+        located.slot.continue_from(&from);
+        match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
+            Ok(()) => {
+                Metrics::inc(w.metrics.handovers);
+                return Ok(());
+            }
+            Err(CAS_MISMATCH) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Metrics::inc(w.metrics.slot_conflicts);
+    Ok(())
+}
