@@ -110,6 +110,14 @@ fn main() {
     );
     scenario(
         &world.envoy,
+        "pay one order, confirm a second one unpaid",
+        |s| {
+            traffic::pay_once_confirm_many(s);
+        },
+        &client,
+    );
+    scenario(
+        &world.envoy,
         "confirm after a declined card",
         |s| {
             traffic::confirm_after_failed_payment(s);
@@ -287,6 +295,10 @@ fn library_demo() {
     if let Err(e) = envoy.wait_for_model() {
         fail(&format!("{e}\n{}", envoy.log()));
     }
+    println!(
+        "   {} logins handed their reader's flow from the client address (a weak session) to\n   the token in the answer (session.handover)",
+        envoy.counter("flowguard.sessions.handovers")
+    );
     if let Some(policy) = envoy.learned_policy() {
         println!(
             "   {} endpoints learned, among them:",
