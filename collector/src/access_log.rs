@@ -54,6 +54,8 @@ pub fn parse(text: &str) -> (Vec<Observation>, usize) {
             template: template.clone(),
             status,
             ids,
+            // An access log does not say which source keyed the session.
+            weak: false,
         });
     }
     (out, skipped)
@@ -78,7 +80,8 @@ not json
                 time_ms: 1_700_000_000_123,
                 template: "POST /api/orders/{id}/pay".into(),
                 status: 402,
-                ids: obs[0].ids
+                ids: obs[0].ids,
+                weak: false,
             }
         );
         assert!(obs[0].ids.is_some());

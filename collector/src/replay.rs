@@ -48,9 +48,7 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
             id: o.ids,
             now_ms: o.time_ms,
             address_failures: 0,
-            // Telemetry does not say which sessions were address-keyed: replay judges all
-            // as strong, the stricter reading.
-            weak_session: false,
+            weak_session: o.weak,
         };
         let (_, v) = evaluate(Some(model), settings, &mut slot, &req);
         match v.outcome {
@@ -112,6 +110,7 @@ mod tests {
             template: template.into(),
             status,
             ids: None,
+            weak: false,
         }
     }
 

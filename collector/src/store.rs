@@ -58,12 +58,26 @@ impl Store {
                 id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
                 session INTEGER NOT NULL, template TEXT NOT NULL, status INTEGER NOT NULL,
                 verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us INTEGER NOT NULL,
-                summary INTEGER NOT NULL, ids INTEGER NOT NULL);
+                summary INTEGER NOT NULL, ids INTEGER NOT NULL,
+                weak INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
              CREATE TABLE IF NOT EXISTS policies (
                 version INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, json TEXT NOT NULL);",
         )
         .map_err(open_err)?;
+        // Stores from before `weak` (a column added later) gain it, as 0.
+        let has_weak: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'weak'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(open_err)?
+            > 0;
+        if !has_weak {
+            conn.execute_batch("ALTER TABLE events ADD COLUMN weak INTEGER NOT NULL DEFAULT 0")
+                .map_err(open_err)?;
+        }
         Ok(Store { conn })
     }
 
@@ -92,8 +106,8 @@ impl Store {
         }
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids, weak)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for e in &batch.events {
                 insert.execute(params![
@@ -107,6 +121,7 @@ impl Store {
                     e.latency_us,
                     e.summary,
                     e.ids as i64,
+                    e.weak_session,
                 ])?;
             }
         }
@@ -134,10 +149,10 @@ impl Store {
     /// sampled summaries the filter did not block.
     pub fn events(&self, normal_only: bool) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = if normal_only {
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events
              WHERE summary = 1 AND verdict != 4 ORDER BY time_ms"
         } else {
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events ORDER BY time_ms"
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events ORDER BY time_ms"
         };
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| {
@@ -150,6 +165,7 @@ impl Store {
                     template: r.get(3)?,
                     status: r.get::<_, u32>(4)?.try_into().unwrap_or(0),
                     ids: (ids != 0).then_some(ids as u64),
+                    weak: r.get(8)?,
                 },
                 verdict: r.get(5)?,
                 rules: r.get(6)?,
@@ -211,6 +227,7 @@ mod tests {
                     latency_us: 5,
                     summary: true,
                     ids: 0,
+                    weak_session: i % 2 == 1,
                 })
                 .collect(),
         }
@@ -232,8 +249,33 @@ mod tests {
             (s.event_count().unwrap(), s.dropped_count().unwrap()),
             (5, 4)
         );
-        assert_eq!(s.events(true).unwrap().len(), 5);
+        let events = s.events(true).unwrap();
+        assert_eq!(events.len(), 5);
+        let weak: Vec<bool> = events.iter().map(|e| e.observation.weak).collect();
+        assert_eq!(weak.iter().filter(|w| **w).count(), 2, "{weak:?}");
         assert!(s.latest_policy().unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_before_weak_sessions_gains_the_column() {
+        let dir = std::env::temp_dir().join(format!("fg-store-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
+                 session INTEGER NOT NULL, template TEXT NOT NULL, status INTEGER NOT NULL,
+                 verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us INTEGER NOT NULL,
+                 summary INTEGER NOT NULL, ids INTEGER NOT NULL);
+                 INSERT INTO events VALUES (1, 'edge', 5, 9, 'GET /a', 200, 1, '', 3, 1, 0);",
+            )
+            .unwrap();
+        let s = Store::open(&path).unwrap();
+        let events = s.events(true).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].observation.weak);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

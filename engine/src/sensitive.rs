@@ -143,7 +143,10 @@ fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Fi
             }
             j += 1;
         }
-        if counts(j) {
+        // Digits inside a longer token (a hex id, an API key) are part of that token.
+        let in_token = (i > 0 && buf.get(i - 1).is_some_and(u8::is_ascii_alphabetic))
+            || buf.get(j).is_some_and(u8::is_ascii_alphabetic);
+        if counts(j) && !in_token {
             if (13..=19).contains(&digits.len()) && luhn(&digits) {
                 f.cards += 1;
             } else if digits.len() == 9
@@ -292,6 +295,16 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn digits_inside_a_token_are_no_card() {
+        // 4111111111111111 passes Luhn; inside a hex token it is the token's, not a card.
+        let f = scan_all(
+            r#"{"auth_token":"9f4111111111111111ab","n":"4111111111111111"}"#,
+            &[],
+        );
+        assert_eq!(f.cards, 1, "only the standalone number");
     }
 
     #[test]

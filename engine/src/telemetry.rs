@@ -19,6 +19,8 @@ pub struct Event {
     pub summary: bool,
     /// Hash of the identifier values, if the template has any.
     pub ids: Option<u64>,
+    /// Keyed by a fallback client address: a weak session.
+    pub weak_session: bool,
 }
 
 /// Whether a session's requests are summarised at `rate`: decided by the session's
@@ -90,6 +92,7 @@ mod tests {
             latency_us: 0,
             summary: true,
             ids: None,
+            weak_session: false,
         }
     }
 

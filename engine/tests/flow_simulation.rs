@@ -214,6 +214,7 @@ fn learned(api: &Api, rng: &mut Rng, sessions: u64, settings: &Settings) -> Mode
                 template,
                 status,
                 ids,
+                weak: false,
             });
         }
     }

@@ -519,6 +519,7 @@ fn on_request(
                 latency_us: 0,
                 summary: verdict.fired.is_empty(),
                 ids: id,
+                weak_session,
             };
 
             match block_status {

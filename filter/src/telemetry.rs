@@ -116,6 +116,7 @@ impl Telemetry {
                     latency_us: e.latency_us,
                     summary: e.summary,
                     ids: e.ids.unwrap_or(0),
+                    weak_session: e.weak_session,
                 })
                 .collect(),
         };

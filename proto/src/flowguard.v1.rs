@@ -46,6 +46,10 @@ pub struct Event {
     /// Lets the fleet learner count distinct identifiers without ever seeing them.
     #[prost(uint64, tag = "9")]
     pub ids: u64,
+    /// The session was keyed by a fallback client address (a weak session): the fleet
+    /// learner takes only endpoint facts from it, as the filter does.
+    #[prost(bool, tag = "10")]
+    pub weak_session: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportResponse {

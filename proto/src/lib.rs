@@ -78,6 +78,7 @@ mod tests {
                 latency_us: 12,
                 summary: false,
                 ids: 9,
+                weak_session: true,
             }],
         };
         assert_eq!(

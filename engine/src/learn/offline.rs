@@ -12,6 +12,8 @@ pub struct Exchange {
     pub id: Option<u64>,
     pub now_ms: u64,
     pub status: u16,
+    /// The session is weak (address-keyed): only endpoint facts are learned from it.
+    pub weak: bool,
 }
 
 impl Exchange {
@@ -31,7 +33,11 @@ impl Exchange {
         let window_ms = s.window_s.saturating_mul(1000);
         let auth_window_ms = limits.auth_window_s.saturating_mul(1000);
         let visit = slot.record_request(Some(self.endpoint), self.id, self.now_ms, window_ms);
-        stats.observe_request(self.endpoint, &visit, known);
+        if self.weak {
+            stats.observe_inventory(self.endpoint, &visit);
+        } else {
+            stats.observe_request(self.endpoint, &visit, known);
+        }
         let peak = slot.record_response(
             self.endpoint,
             self.id,
@@ -39,8 +45,10 @@ impl Exchange {
             self.now_ms,
             auth_window_ms,
         );
-        if visit.learn {
+        if visit.learn && !self.weak {
             stats.observe_response(self.endpoint, self.status, peak);
+        } else if visit.learn && crate::slot::is_auth_failure(self.status) {
+            stats.observe_endpoint_failure(self.endpoint);
         }
     }
 }
@@ -53,6 +61,8 @@ pub struct Observation {
     pub template: String,
     pub status: u16,
     pub ids: Option<u64>,
+    /// Keyed by a fallback client address (see [`Exchange::weak`]).
+    pub weak: bool,
 }
 
 /// Learns from stored requests: each session's requests, in time order, go through a
@@ -77,6 +87,7 @@ pub fn learn_from(
                 id: o.ids,
                 now_ms: o.time_ms,
                 status: o.status,
+                weak: o.weak,
             };
             exchange.learn(
                 &mut stats,

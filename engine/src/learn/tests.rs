@@ -520,6 +520,7 @@ fn the_fleet_learner_equals_the_filters() {
                 template: t.into(),
                 status,
                 ids: None,
+                weak: false,
             });
         }
     }
