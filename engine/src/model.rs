@@ -34,6 +34,9 @@ pub struct Model {
     /// Endpoints some bound rule waits for: the only ones whose successes per object a
     /// session records, so browsing many objects does not push out the ones that matter.
     binding: EndpointSet,
+    /// Endpoints some rule waits for (session-wide or bound): a success of any other one
+    /// changes no verdict.
+    required: EndpointSet,
     transitions: HashSet<(EndpointId, EndpointId)>,
     rate_limits: Vec<u32>,
     ids_limits: Vec<u32>,
@@ -89,7 +92,7 @@ impl Model {
                 .for_each(|p| set.insert(p));
             set
         };
-        let prerequisites = policy
+        let prerequisites: Vec<EndpointSet> = policy
             .endpoints
             .iter()
             .map(|e| set_of_names(&e.prerequisites))
@@ -100,6 +103,11 @@ impl Model {
             .map(|e| set_of_names(&e.bound_prerequisites))
             .collect();
         let binding = EndpointSet(bound.iter().fold(0, |all, s| all | s.0));
+        let required = EndpointSet(
+            prerequisites
+                .iter()
+                .fold(binding.0, |all: u128, s: &EndpointSet| all | s.0),
+        );
         let transitions = policy
             .transitions
             .iter()
@@ -165,6 +173,7 @@ impl Model {
             prerequisites,
             bound,
             binding,
+            required,
             transitions,
             index,
             templates,
@@ -240,6 +249,11 @@ impl Model {
     /// Endpoints that must have succeeded on the request's object before `id` is called.
     pub fn bound_prerequisites(&self, id: EndpointId) -> EndpointSet {
         self.bound.get(usize::from(id)).copied().unwrap_or_default()
+    }
+
+    /// Whether some rule waits for `id` (a success of another endpoint changes nothing).
+    pub fn is_required(&self, id: EndpointId) -> bool {
+        self.required.contains(id)
     }
 
     /// Whether a success of `id` must be recorded against its object.
@@ -346,6 +360,10 @@ mod tests {
         assert_eq!(m.endpoint("POST /orders/{id}/confirm"), Some(1));
         assert_eq!(m.prerequisites(1).iter().collect::<Vec<_>>(), [0]);
         assert!(m.prerequisites(7).is_empty());
+        assert!(
+            m.is_required(0) && !m.is_required(1),
+            "only pay is waited for"
+        );
         assert!(m.knows_transition(NO_ENDPOINT, 0));
         assert!(
             !m.knows_transition(0, 1),

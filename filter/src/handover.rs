@@ -6,25 +6,7 @@ use crate::metrics::Metrics;
 use crate::shared::{self, CAS_RETRIES};
 use crate::worker::Worker;
 use flowguard_engine::handover;
-use flowguard_engine::header_map::decode_pairs;
 use flowguard_engine::session::SessionKey;
-use proxy_wasm::types::MapType;
-
-/// The session this answer hands over to through a configured session cookie in its
-/// `set-cookie` headers (one header lookup when it sets none).
-pub fn from_set_cookie(w: &Worker) -> HostResult<Option<u64>> {
-    if host::header(MapType::HttpResponseHeaders, "set-cookie")?.is_none() {
-        return Ok(None);
-    }
-    // A response may carry several `set-cookie` headers: read them all.
-    let bytes = host::header_pairs(MapType::HttpResponseHeaders)?;
-    Ok(decode_pairs(&bytes)
-        .into_iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(b"set-cookie"))
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .find_map(|v| handover::from_set_cookie(&w.settings.session.sources, v))
-        .map(|key| fingerprint(w, &key)))
-}
 
 /// The session the token in this answer's JSON body hands over to.
 pub fn from_body(w: &Worker, body: &[u8]) -> Option<u64> {
@@ -32,7 +14,8 @@ pub fn from_body(w: &Worker, body: &[u8]) -> Option<u64> {
     handover::from_body(&w.settings.session.sources, body, field).map(|key| fingerprint(w, &key))
 }
 
-fn fingerprint(w: &Worker, key: &SessionKey<'_>) -> u64 {
+/// The fingerprint of a session key, as the request phase computes it.
+pub fn fingerprint(w: &Worker, key: &SessionKey<'_>) -> u64 {
     w.settings
         .session
         .fingerprinter

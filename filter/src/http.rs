@@ -2,6 +2,7 @@
 
 use crate::host::{self, HostResult, CAS_MISMATCH};
 use crate::metrics::Metrics;
+use crate::response_head::ResponseHead;
 use crate::root::SharedWorker;
 use crate::shared::{self, CAS_RETRIES};
 use crate::worker::Worker;
@@ -131,34 +132,35 @@ impl HttpContext for Http {
         let Some(w) = guard.as_mut() else {
             return Action::Continue;
         };
-        let status = host::header(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-            .unwrap_or(0);
         let pending = self.pending.take();
+        // Beyond the status, the headers matter only to an answer from a session (the
+        // next cookie, a failure in the body) or one that may be inspected.
+        let whole =
+            pending.is_some() || w.settings.rules.get(Rule::SensitiveData) != RuleAction::Off;
+        let head = match ResponseHead::read(w, whole) {
+            Ok(head) => head,
+            Err(e) => {
+                response_host_error(w, e);
+                ResponseHead::default()
+            }
+        };
+        let status = head.status;
         if self.address_watch && is_auth_failure(status) {
             if let Err(e) = host::now_ms().and_then(|now_ms| record_address_failure(w, now_ms)) {
                 response_host_error(w, e);
             }
         }
-        if let (true, Some(p)) = (
-            is_success(status) && w.settings.session.reads_set_cookie(),
-            pending,
-        ) {
-            match crate::handover::from_set_cookie(w) {
-                Ok(to) => self.handover_to = to.filter(|to| *to != p.fingerprint),
-                Err(e) => response_host_error(w, e),
-            }
+        if let (true, Some(p)) = (is_success(status), pending) {
+            self.handover_to = head.cookie_session.filter(|to| *to != p.fingerprint);
         }
         // An API that answers failures with 2xx and a JSON error, or a login that hands
         // out the next token in its body: the step's outcome waits for the body
         // (bounded), or for the end of the stream (fail-open).
         let defer = !end_of_stream
             && is_success(status)
+            && head.json
             && (!w.settings.endpoints.failure.is_empty()
-                || pending.is_some_and(|p| p.handover_step))
-            && response_is_json();
+                || pending.is_some_and(|p| p.handover_step));
         if let (true, Some(p)) = (defer, pending) {
             self.deferred = Some((p, status));
             self.failure_body.clear();
@@ -173,7 +175,7 @@ impl HttpContext for Http {
                     .unwrap_or(u32::MAX);
             t.record(event, &w.metrics);
         }
-        if should_inspect(w, status) {
+        if should_inspect(w, &head) {
             self.scanner = Some(Scanner::default());
             self.scanned_endpoint = pending.map(|p| p.endpoint);
             self.scanned_learn = pending.is_some_and(|p| p.endpoint_facts);
@@ -301,26 +303,13 @@ fn response_host_error(w: &Worker, e: host::HostError) {
     );
 }
 
-/// Whether the answer is JSON (by its content type).
-fn response_is_json() -> bool {
-    host::header(MapType::HttpResponseHeaders, "content-type")
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
-}
-
 /// JSON answers within the size bound are inspected when the rule is on.
-fn should_inspect(w: &Worker, status: u16) -> bool {
-    if w.settings.rules.get(Rule::SensitiveData) == RuleAction::Off || !(200..300).contains(&status)
-    {
-        return false;
-    }
-    // One header read for most answers; the length only for JSON ones.
-    response_is_json()
-        && host::header(MapType::HttpResponseHeaders, "content-length")
-            .ok()
-            .flatten()
-            .and_then(|l| std::str::from_utf8(&l).ok()?.trim().parse::<u64>().ok())
+fn should_inspect(w: &Worker, head: &ResponseHead) -> bool {
+    w.settings.rules.get(Rule::SensitiveData) != RuleAction::Off
+        && (200..300).contains(&head.status)
+        && head.json
+        && head
+            .content_length
             .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes))
 }
 
@@ -470,7 +459,11 @@ fn on_request(
             .handover
             .templates
             .contains(&w.scratch.template);
+        // With a model and no relearning, a success no rule waits for changes nothing: the
+        // answer then costs no shared-data round trip.
+        let relearns = w.relearns();
         *pending = endpoint.map(|endpoint| {
+            let unread = !relearns && w.model.as_ref().is_some_and(|m| !m.is_required(endpoint));
             let object = id.filter(|_| w.model.as_ref().is_none_or(|m| m.binds(endpoint)));
             let done_on_object = match object {
                 Some(_) => visit.object.is_some_and(|done| done.contains(endpoint)),
@@ -483,7 +476,7 @@ fn on_request(
                 fingerprint,
                 endpoint,
                 epoch: located.slot.model_version,
-                completed: located.slot.completed.contains(endpoint) && done_on_object,
+                completed: unread || (located.slot.completed.contains(endpoint) && done_on_object),
                 object,
                 // A shared address's flow mixes clients: it teaches no flow.
                 learn: learns && visit.learn && !weak_session,

@@ -8,6 +8,7 @@ mod handover;
 mod host;
 mod http;
 mod metrics;
+mod response_head;
 mod root;
 mod shared;
 mod telemetry;

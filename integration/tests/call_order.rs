@@ -56,6 +56,25 @@ fn confirm_without_successful_payment_is_blocked() {
         declined.calls
     );
 
+    // One honest payment does not confirm a second, unpaid order...
+    let mut fraud = Session::new(&client);
+    let reply = traffic::pay_once_confirm_many(&mut fraud);
+    assert_eq!(
+        reply.status, 403,
+        "pay once, confirm many: {:?}",
+        fraud.calls
+    );
+    // ...while a customer paying two orders confirms both, in any order.
+    let mut two = Session::new(&client);
+    two.login();
+    two.menu();
+    two.add_to_cart(1);
+    let (a, b) = (two.create_order(), two.create_order());
+    two.pay(a, traffic::GOOD_CARD);
+    two.pay(b, traffic::GOOD_CARD);
+    assert_eq!(two.confirm(b).status, 200, "{:?}", two.calls);
+    assert_eq!(two.confirm(a).status, 200, "{:?}", two.calls);
+
     for _ in 0..10 {
         let mut customer = Session::new(&client);
         let reply = traffic::normal_order(&mut customer);

@@ -192,10 +192,123 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    if let Err(e) = run() {
+    let result = if std::env::args().any(|a| a == "--profile") {
+        profile()
+    } else {
+        run()
+    };
+    if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
     }
+}
+
+/// Host calls the profile prices: (op, calls per request, what). An op made once and 32
+/// times separates a per-request cost (set_header: Envoy re-resolves the route after a
+/// request header changes) from the per-call one.
+const PROBES: [(&str, u32, &str); 11] = [
+    ("time", 32, "current time"),
+    ("header_map", 32, "whole request header map"),
+    ("header", 32, "one request header"),
+    ("header", 1, "one request header"),
+    ("set_header", 32, "set a request header"),
+    ("set_header", 1, "set a request header"),
+    ("remove_header", 32, "remove an absent request header"),
+    ("shared_get", 32, "shared-data read of an absent key"),
+    (
+        "shared_cas",
+        32,
+        "shared-data read + compare-and-swap write (212 bytes)",
+    ),
+    ("property", 32, "source.address property"),
+    ("response_header", 32, "one response header"),
+];
+
+/// `bench --profile`: what each host call costs inside Envoy's V8, from a probe filter
+/// making it `PROBE_CALLS` times per request against the empty filter, interleaved in one
+/// run; and flowguard's own cost per request beside it. Writes bench/results/profile.md.
+fn profile() -> Result<(), String> {
+    let root = repo_root();
+    let wasm = |name: &str| {
+        let p = root.join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+        p.exists()
+            .then(|| p.display().to_string())
+            .ok_or_else(|| format!("{} missing: run `make bench`", p.display()))
+    };
+    let (noop, probe) = (
+        wasm("flowguard_bench_noop")?,
+        wasm("flowguard_bench_probe")?,
+    );
+    let fg = root.join("target/flowguard.wasm").display().to_string();
+    let mut variants: Vec<(String, String)> =
+        vec![("empty Wasm filter".into(), wasm_filter(&noop, ""))];
+    for (op, n, _) in PROBES {
+        variants.push((
+            format!("{op} ×{n}"),
+            wasm_filter(&probe, &format!("{op} {n}")),
+        ));
+    }
+    for mode in ["learn", "monitor", "enforce"] {
+        variants.push((
+            format!("flowguard {mode}"),
+            wasm_filter(&fg, &flowguard_config(mode)),
+        ));
+    }
+    // Other builds of the filter to compare in `enforce` (ablations: a build that stops
+    // its request path early prices the steps it skips).
+    let extra = std::env::var("FLOWGUARD_BENCH_BUILDS").unwrap_or_default();
+    for path in extra.split(',').filter(|p| !p.is_empty()) {
+        variants.push((
+            format!("build {path}"),
+            wasm_filter(path, &flowguard_config("enforce")),
+        ));
+    }
+    let envoys: Vec<Envoy> = variants
+        .iter()
+        .map(|(_, f)| Envoy::start_yaml(&bootstrap(f, None), 1, "warning"))
+        .collect::<Result<_, _>>()?;
+    for e in &envoys {
+        wrk(&e.url, 2)?;
+    }
+    let mut rps: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for (i, e) in envoys.iter().enumerate() {
+            let s = wrk(&e.url, SECONDS)?;
+            eprintln!(
+                "profile round {round} {:<20} {:>9.0} rps",
+                variants[i].0, s.rps
+            );
+            rps[i].push(s.rps);
+        }
+    }
+    let meds: Vec<f64> = rps.into_iter().map(median).collect();
+    let per_request_us = |r: f64| 1e6 / r;
+    let empty = per_request_us(meds[0]);
+    let mut table = format!(
+        "| host call | calls per request | requests/s | µs per call |\n|---|---:|---:|---:|\n| (empty filter) | | {:.0} | |\n",
+        meds[0]
+    );
+    for (i, (op, n, what)) in PROBES.iter().enumerate() {
+        let r = meds[i + 1];
+        let each = (per_request_us(r) - empty) / f64::from(*n);
+        table += &format!("| `{op}`: {what} | {n} | {r:.0} | {each:.2} |\n");
+    }
+    table +=
+        "\n| flowguard | requests/s | µs per request over the empty filter |\n|---|---:|---:|\n";
+    for (i, (name, _)) in variants.iter().enumerate().skip(PROBES.len() + 1) {
+        table += &format!(
+            "| {name} | {:.0} | {:.1} |\n",
+            meds[i],
+            per_request_us(meds[i]) - empty
+        );
+    }
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let header = "# Host-call profile\n\nEnvoy 1.40.0 `--concurrency 1`, direct response, `wrk -t1 -c16`, 5 interleaved rounds, median; µs per call = (1/throughput − 1/empty-filter throughput) / calls per request (one worker thread: a request's CPU time is the inverse of throughput). `make bench` writes this file (`bench/probe` is the probe filter).\n\n";
+    std::fs::write(dir.join("profile.md"), format!("{header}{table}"))
+        .map_err(|e| e.to_string())?;
+    println!("{header}{table}");
+    Ok(())
 }
 
 fn run() -> Result<(), String> {
