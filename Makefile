@@ -95,11 +95,12 @@ fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
 bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> bench/results/
 	command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	$(VENV)/bin/pip install --quiet matplotlib
-	cargo build --release -q -p flowguard-bench-noop --target $(WASM_TARGET)
+	cargo build --release -q -p flowguard-bench-noop -p flowguard-bench-probe --target $(WASM_TARGET)
 	cargo bench -q -p flowguard-engine --bench engine 2>&1 | grep -E 'slot:|time:|^[a-z]' | tee bench/results/engine.txt
 	cargo run --release -q -p flowguard-integration --bin bench
 	$(VENV)/bin/python bench/plot.py bench/results/results.json bench/results/results.png
 	@ls -l $(WASM) | awk '{print "flowguard.wasm:", $$5, "bytes"}' | tee -a bench/results/results.md
+	cargo run --release -q -p flowguard-integration --bin bench -- --profile
 
 clean: ## remove build outputs and the virtualenv
 	cargo clean
