@@ -49,6 +49,8 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
             now_ms: o.time_ms,
             address_failures: 0,
             weak_session: o.weak,
+            // Replay judges stored sessions from their first request on: none is mid-flow.
+            midflow_ok: false,
         };
         let (_, v) = evaluate(Some(model), settings, &mut slot, &req);
         match v.outcome {

@@ -9,7 +9,7 @@
 use crate::le::{Reader, Writer};
 use crate::rate::WindowCounter;
 
-pub const ADDRESS_SLOT_SIZE: usize = 20;
+pub const ADDRESS_SLOT_SIZE: usize = 28;
 
 /// One address's failure count, in seconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct AddressSlot {
     pub failures: WindowCounter,
     /// Sessions this address started while the filter was learning.
     pub learning_sessions: u32,
+    /// Sessions of this address let in mid-flow (see [`AddressSlot::let_in_midflow`]).
+    pub midflow: WindowCounter,
 }
 
 impl AddressSlot {
@@ -40,6 +42,24 @@ impl AddressSlot {
     pub fn add(&mut self, fingerprint: u64, now: u32, window_s: u32) -> Option<u16> {
         self.take(fingerprint);
         self.failures.add(now, window_s)
+    }
+
+    /// Whether another session of `fingerprint` may join mid-flow at `now`: at most
+    /// `budget` per window, so rotating session ids buys an attacker no more than that.
+    /// Counts it when it may.
+    pub fn let_in_midflow(
+        &mut self,
+        fingerprint: u64,
+        now: u32,
+        window_s: u32,
+        budget: u32,
+    ) -> bool {
+        self.take(fingerprint);
+        if u32::from(self.midflow.current(now, window_s)) >= budget {
+            return false;
+        }
+        self.midflow.add(now, window_s);
+        true
     }
 
     /// Counts a new learning session of `fingerprint`; returns how many it has started.
@@ -66,6 +86,9 @@ impl AddressSlot {
         w.put(&self.failures.count.to_le_bytes());
         w.put(&self.failures.peak.to_le_bytes());
         w.put(&self.learning_sessions.to_le_bytes());
+        w.put(&self.midflow.window_start.to_le_bytes());
+        w.put(&self.midflow.count.to_le_bytes());
+        w.put(&self.midflow.peak.to_le_bytes());
         b
     }
 
@@ -83,6 +106,11 @@ impl AddressSlot {
                 peak: u16::from_le_bytes(r.take()),
             },
             learning_sessions: u32::from_le_bytes(r.take()),
+            midflow: WindowCounter {
+                window_start: u32::from_le_bytes(r.take()),
+                count: u16::from_le_bytes(r.take()),
+                peak: u16::from_le_bytes(r.take()),
+            },
         }
     }
 }
@@ -116,6 +144,16 @@ mod tests {
         assert_eq!(AddressSlot::decode(&a.encode()), a);
         assert_eq!(a.start_session(6), 1, "another address starts from zero");
         assert_eq!(a.current(6, 100, 60), 0);
+    }
+
+    #[test]
+    fn midflow_joins_are_budgeted_per_address_and_window() {
+        let mut a = AddressSlot::default();
+        assert!(a.let_in_midflow(5, 100, 600, 2) && a.let_in_midflow(5, 101, 600, 2));
+        assert!(!a.let_in_midflow(5, 102, 600, 2), "budget spent");
+        assert!(a.let_in_midflow(5, 701, 600, 2), "a new window");
+        assert_eq!(AddressSlot::decode(&a.encode()), a);
+        assert!(!a.let_in_midflow(6, 702, 600, 0), "budget 0: never");
     }
 
     proptest! {

@@ -90,6 +90,10 @@ pub struct RuleSet(u8);
 impl RuleSet {
     pub const EMPTY: RuleSet = RuleSet(0);
 
+    pub fn remove(&mut self, rule: Rule) {
+        self.0 &= !rule.bit();
+    }
+
     pub fn insert(&mut self, rule: Rule) {
         self.0 |= rule.bit();
     }

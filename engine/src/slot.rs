@@ -8,10 +8,12 @@ use crate::le::{Reader, Writer};
 use crate::object::Objects;
 use crate::rate::{RateEntry, Tally, WindowCounter};
 
-/// Encoded size of a slot, in bytes (a benchmark target: at most 212): 128 for the
-/// session's steps, times and rates, 84 for its object table.
-pub const SLOT_SIZE: usize = 128 + Objects::SIZE;
-const FORMAT: u8 = 3;
+/// Encoded size of a slot, in bytes (a benchmark target: at most 213): 128 for the
+/// session's steps, times and rates, 84 for its object table, 1 for more flags.
+pub const SLOT_SIZE: usize = 128 + Objects::SIZE + 1;
+const FORMAT: u8 = 4;
+/// The second flags byte.
+const MIDFLOW: u8 = 1;
 /// Endpoints whose rate a slot tracks at once; the least loaded entry is reused.
 pub const RATE_ENTRIES: usize = 3;
 /// `last_endpoint` when the session has made no request yet, or only to unknown endpoints.
@@ -52,6 +54,9 @@ pub struct Slot {
     pub rates: [RateEntry; RATE_ENTRIES],
     /// Steps completed per object (identifier), for rules bound to an object.
     pub objects: Objects,
+    /// The session's first request here came mid-flow (its earlier steps were seen by
+    /// another proxy, or before a restart): its order rules flag instead of blocking.
+    pub midflow: bool,
 }
 
 /// Why bytes from shared data are not a slot.
@@ -230,6 +235,7 @@ impl Slot {
             w.put(&e);
         }
         self.objects.encode(&mut w);
+        w.put(&[if self.midflow { MIDFLOW } else { 0 }]);
         b
     }
 
@@ -316,6 +322,8 @@ impl Slot {
             *e = RateEntry::decode(&r.take::<{ RateEntry::SIZE }>());
         }
         s.objects = Objects::decode(&mut r);
+        let [more] = r.take::<1>();
+        s.midflow = more & MIDFLOW != 0;
         Ok(s)
     }
 }
@@ -418,14 +426,14 @@ mod tests {
         #[test]
         fn encode_decode_round_trips(fp: u64, a: u32, b: u32, seen: bool, unlearned: bool, abit in proptest::option::of(0u8..32), last: u16, mv: u32, v: u128, c: u128,
                                      aw: u32, ac: u16, ap: u16, tc: u8, tp: u8, tw: u32, tt: u32,
-                                     rates in proptest::array::uniform3(entry()), forgotten: u32,
+                                     rates in proptest::array::uniform3(entry()), forgotten: u32, midflow: bool,
                                      objects in proptest::array::uniform4((any::<u32>(), any::<u128>()))) {
             let objects = Objects { forgotten, entries: objects.map(|(key, c)| crate::object::ObjectEntry { key, completed: EndpointSet(c) }) };
             let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, unlearned, address_bit: abit, last_endpoint: last,
                 model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c),
                 auth: WindowCounter { window_start: aw, count: ac, peak: ap },
                 total: RateEntry { endpoint: NO_ENDPOINT, count: tc, peak: tp, window_start: tw, tat: tt, ..RateEntry::default() },
-                rates, objects };
+                rates, objects, midflow };
             prop_assert_eq!(Slot::decode(&s.encode()), Ok(s));
         }
 

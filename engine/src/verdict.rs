@@ -17,6 +17,16 @@ pub enum Outcome {
     Block { status: u16 },
 }
 
+impl Outcome {
+    /// A block becomes a flag; anything else stays.
+    pub fn min_flag(self) -> Outcome {
+        match self {
+            Outcome::Block { .. } => Outcome::Flag,
+            other => other,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub outcome: Outcome,
@@ -66,6 +76,9 @@ pub struct Request {
     /// The session is keyed by a fallback client address, which customers behind one NAT
     /// share: its steps and rates mix clients, so only per-address rules may block it.
     pub weak_session: bool,
+    /// A session new here may be taken as joining mid-flow (its address had budget left):
+    /// then its order rules flag instead of blocking, for the rest of the session.
+    pub midflow_ok: bool,
 }
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the
@@ -164,13 +177,25 @@ pub fn evaluate(
             model.auth_window_ms
         });
     }
+    if req.midflow_ok && visit.new_session {
+        slot.midflow = true;
+    }
     let mut verdict = outcome(&settings.rules, fired, missing);
+    // A session that joined mid-flow did its earlier steps where this proxy could not see
+    // them: a missing one is no evidence. Other rules still block.
+    if slot.midflow && fired.contains(Rule::MissingPrerequisite) {
+        let mut others = fired;
+        others.remove(Rule::MissingPrerequisite);
+        if !matches!(
+            outcome(&settings.rules, others, missing).outcome,
+            Outcome::Block { .. }
+        ) {
+            verdict.outcome = verdict.outcome.min_flag();
+        }
+    }
     // A weak session's own counts mix clients; only its address's failures block it.
     if req.weak_session && !address_hit {
-        verdict.outcome = match verdict.outcome {
-            Outcome::Block { .. } => Outcome::Flag,
-            other => other,
-        };
+        verdict.outcome = verdict.outcome.min_flag();
     }
     verdict.retry_after_s = retry_ms
         .div_ceil(1000)
@@ -388,6 +413,32 @@ mod tests {
         assert_eq!(v.outcome, Outcome::Flag);
         let (_, v) = evaluate(Some(&m), &s, &mut slot, &weak(0, 50));
         assert_eq!(v.outcome, Outcome::Block { status: 429 });
+    }
+
+    #[test]
+    fn a_session_joining_mid_flow_is_flagged_by_order_rules_for_its_whole_life() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let req = |e, ok| Request {
+            endpoint: Some(e),
+            now_ms: 1,
+            midflow_ok: ok,
+            ..Default::default()
+        };
+        // Its payment went through another proxy: confirm is its first request here.
+        let mut joined = Slot::new(1, 0, 1);
+        let (_, v) = evaluate(Some(&m), &s, &mut joined, &req(2, true));
+        assert!(v.fired.contains(Rule::MissingPrerequisite));
+        assert_eq!(v.outcome, Outcome::Flag);
+        let (_, v) = evaluate(Some(&m), &s, &mut joined, &req(1, false));
+        assert_eq!(v.outcome, Outcome::Flag, "the rest of its flow too");
+        // Without the allowance (its address spent its budget) the same is blocked.
+        let mut rotated = Slot::new(2, 0, 1);
+        let (_, v) = evaluate(Some(&m), &s, &mut rotated, &req(2, false));
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
+        // The allowance only applies to a session's first request here.
+        let (_, v) = evaluate(Some(&m), &s, &mut rotated, &req(2, true));
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
     }
 
     #[test]

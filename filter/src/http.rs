@@ -407,6 +407,7 @@ fn on_request(
 
     let mut decided = None;
     let mut share = None;
+    let mut midflow = None;
     for _ in 0..CAS_RETRIES {
         let mut located = w.locate(fingerprint, now)?;
         if learning && located.placement != Placement::Own && w.settings.learning.counts_addresses()
@@ -418,8 +419,43 @@ fn on_request(
             located.slot.address_bit = bit;
             located.slot.unlearned = unlearned;
         }
-        let (visit, verdict) =
+        let fresh = located.slot;
+        let (mut visit, mut verdict) =
             verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
+        // A new session whose first request here misses a step may have taken it at
+        // another proxy (or before a restart): within its address's budget, it joins
+        // mid-flow and its order rules flag.
+        let order_block = matches!(verdict.outcome, Outcome::Block { .. })
+            && verdict.fired.contains(Rule::MissingPrerequisite);
+        let started = *w.started.get_or_insert(now);
+        if order_block && visit.new_session && w.settings.session.midflow_open(started, now) {
+            let granted = match midflow {
+                Some(g) => g,
+                None => {
+                    let fetched;
+                    let a = match address.as_deref() {
+                        Some(a) => Some(a),
+                        None => {
+                            fetched = client_address()?;
+                            fetched.as_deref()
+                        }
+                    };
+                    // Without an address there is nothing to bound it by: no join.
+                    let g = match a {
+                        Some(a) => let_in_midflow(w, a, now)?,
+                        None => false,
+                    };
+                    *midflow.insert(g)
+                }
+            };
+            if granted {
+                located.slot = fresh;
+                request.midflow_ok = true;
+                (visit, verdict) =
+                    verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
+            }
+            shared::slot_key(located.index, &mut w.scratch.key);
+        }
         // Learning after the model counts only sessions no rule ever fired on.
         let learns = (learning || w.relearns()) && verdict.fired.is_empty();
         if !learning && !verdict.fired.is_empty() {
@@ -429,6 +465,9 @@ fn on_request(
             Ok(()) => {}
             Err(CAS_MISMATCH) => continue,
             Err(e) => return Err(e),
+        }
+        if request.midflow_ok {
+            Metrics::inc(w.metrics.midflow);
         }
         match located.placement {
             Placement::Own => {}
@@ -627,6 +666,28 @@ fn sessionless(
         annotate(w, &verdict)?;
     }
     Ok(Action::Continue)
+}
+
+/// Whether a new session of this client address may join mid-flow (counted if so).
+fn let_in_midflow(w: &mut Worker, address: &[u8], now: u32) -> HostResult<bool> {
+    let Some(fp) = address_fingerprint(w, address) else {
+        return Ok(false);
+    };
+    shared::address_key(
+        AddressSlot::index(fp, w.settings.session.capacity),
+        &mut w.scratch.key,
+    );
+    let (budget, window) = (
+        w.settings.session.midflow_budget,
+        w.settings.session.midflow_window_s,
+    );
+    let mut granted = false;
+    shared::update(&w.scratch.key, |bytes| {
+        let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+        granted = slot.let_in_midflow(fp, now, window, budget);
+        granted.then(|| slot.encode().to_vec())
+    })?;
+    Ok(granted)
 }
 
 /// 401/403 answers to this client address in the current auth window.

@@ -20,6 +20,9 @@ use proxy_wasm::types::LogLevel;
 pub struct Worker {
     pub settings: Settings,
     pub metrics: Metrics,
+    /// When this worker handled its first request (seconds): a restarted proxy lets
+    /// sessions join mid-flow for `session.midflow.window_s` from then.
+    pub started: Option<u32>,
     /// Normalises while learning (declared templates and learned variable positions).
     pub base_normaliser: Normaliser,
     /// How many learned variable prefixes `base_normaliser` holds.
@@ -74,6 +77,7 @@ impl Worker {
         Worker {
             settings,
             metrics: Metrics::define(),
+            started: None,
             base_normaliser,
             learned_prefixes: 0,
             model: None,

@@ -37,7 +37,8 @@ fn bad_configuration_is_refused_naming_the_key() {
 #[test]
 fn client_sent_flowguard_headers_never_reach_the_upstream() {
     let shop = ShopServer::start().expect("shop starts");
-    let policy = r#"{"mode":"monitor","policy":{"version":7,"endpoints":[
+    // The forger's first request skips a step: no mid-flow grace, so the verdict is plain.
+    let policy = r#"{"mode":"monitor","session":{"midflow":{"budget":0}},"policy":{"version":7,"endpoints":[
         {"template":"GET /api/menu","entry":true},
         {"template":"POST /api/orders/{id}/confirm","prerequisites":["GET /api/menu"]}],
         "transitions":[{"from":"^","to":"GET /api/menu","count":10}]}}"#;

@@ -21,6 +21,12 @@ pub struct SessionSettings {
     pub idle_timeout_s: u32,
     pub fingerprinter: Fingerprinter,
     pub handover: Handover,
+    /// Sessions per client address and window that may join mid-flow (0: none).
+    pub midflow_budget: u32,
+    pub midflow_window_s: u32,
+    /// Whether sessions may join mid-flow at any time (a fleet whose ring moves sessions),
+    /// not only in the first window after this proxy started (a restart).
+    pub midflow_always: bool,
 }
 
 /// `session.handover`: which answers hand the session over to a new identity.
@@ -42,6 +48,13 @@ impl SessionSettings {
         self.sources.len() > 1 && self.sources.contains(&Source::Address)
     }
 
+    /// Whether a session new at `now` may be taken as joining mid-flow, for a proxy that
+    /// started at `started`.
+    pub fn midflow_open(&self, started: u32, now: u32) -> bool {
+        self.midflow_budget > 0
+            && (self.midflow_always || now.saturating_sub(started) < self.midflow_window_s)
+    }
+
     /// Whether an answer's `set-cookie` is read for a hand-over.
     pub fn reads_set_cookie(&self) -> bool {
         self.handover.set_cookie && self.sources.iter().any(|s| matches!(s, Source::Cookie(_)))
@@ -57,6 +70,17 @@ pub(super) struct RawSession {
     hash_key: Option<String>,
     #[serde(default)]
     handover: RawHandover,
+    #[serde(default)]
+    midflow: RawMidflow,
+}
+
+/// `session.midflow`: `{"budget": 3, "window_s": 600}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMidflow {
+    budget: Option<i64>,
+    window_s: Option<i64>,
+    always: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -174,6 +198,21 @@ impl TryFrom<RawSession> for SessionSettings {
             )?,
             fingerprinter: Fingerprinter::from_secret(&hash_key),
             handover,
+            midflow_budget: narrow(
+                "session.midflow.budget",
+                int_in("session.midflow.budget", s.midflow.budget, 3, 0, 1000)?,
+            )?,
+            midflow_window_s: narrow(
+                "session.midflow.window_s",
+                int_in(
+                    "session.midflow.window_s",
+                    s.midflow.window_s,
+                    600,
+                    1,
+                    86_400,
+                )?,
+            )?,
+            midflow_always: s.midflow.always.unwrap_or(false),
         })
     }
 }

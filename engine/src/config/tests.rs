@@ -260,3 +260,22 @@ fn handover_and_weak_addresses_are_configured_under_session() {
         assert!(e.starts_with(key), "{json}: {e}");
     }
 }
+
+#[test]
+fn midflow_joins_are_configured_under_session() {
+    let s = Settings::from_json(b"{}").unwrap();
+    assert_eq!(
+        (s.session.midflow_budget, s.session.midflow_window_s),
+        (3, 600)
+    );
+    let off = Settings::from_json(br#"{"session":{"midflow":{"budget":0}}}"#).unwrap();
+    assert_eq!(off.session.midflow_budget, 0);
+    assert!(s.session.midflow_open(1000, 1599) && !s.session.midflow_open(1000, 1600));
+    assert!(!off.session.midflow_open(1000, 1000));
+    let fleet = Settings::from_json(br#"{"session":{"midflow":{"always":true}}}"#).unwrap();
+    assert!(fleet.session.midflow_open(1000, 1_000_000));
+    assert!(err(r#"{"session":{"midflow":{"budget":-1}}}"#).starts_with("session.midflow.budget:"));
+    assert!(
+        err(r#"{"session":{"midflow":{"window_s":0}}}"#).starts_with("session.midflow.window_s:")
+    );
+}
