@@ -192,3 +192,106 @@ fn there_is_an_envoy_example_for_each_mode() {
         assert!(found, "an Envoy YAML example in `{mode}` (each is loaded by every_shipped_envoy_yaml_is_loaded_by_envoy)");
     }
 }
+
+/// A stand-in for one flowguard proxy behind the edge: an Envoy answering its own name.
+fn named_backend(name: &str) -> flowguard_integration::envoy::Envoy {
+    let yaml = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: backend
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: backend
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: "{name}" }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    );
+    flowguard_integration::envoy::Envoy::start_yaml(&yaml, 1, "warning").expect("backend")
+}
+
+#[test]
+fn the_fleet_edge_keeps_each_session_on_one_proxy() {
+    use flowguard_integration::traffic::Client;
+    let path = repo_root().join("envoy/fleet/edge.yaml");
+    flowguard_integration::envoy::validate(&path)
+        .unwrap_or_else(|log| panic!("{} does not validate:\n{log}", path.display()));
+
+    // The shipped edge, pointed at three stand-ins on free ports.
+    let backends: Vec<_> = ["a", "b", "c"].iter().map(|n| named_backend(n)).collect();
+    let mut yaml = std::fs::read_to_string(&path).expect("edge.yaml");
+    for (fixed, b) in ["9902", "8000"].iter().zip(["0", "0"]) {
+        yaml = yaml.replace(&format!("port_value: {fixed}"), &format!("port_value: {b}"));
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let port = b.url.rsplit(':').next().expect("port");
+        yaml = yaml.replace(
+            &format!("port_value: 808{}", i + 1),
+            &format!("port_value: {port}"),
+        );
+    }
+    let edge = flowguard_integration::envoy::Envoy::start_yaml(&yaml, 1, "warning").expect("edge");
+    let client = Client::new(&edge.url);
+    let served = |cookie: Option<&str>| {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+        client.send("GET", "/api/menu", &headers, None).body
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for s in 0..30 {
+        let cookie = format!("session=s{s}");
+        let first = served(Some(&cookie));
+        for _ in 0..5 {
+            assert_eq!(
+                served(Some(&cookie)),
+                first,
+                "{cookie} moved between proxies"
+            );
+        }
+        seen.insert(first);
+    }
+    assert!(
+        seen.len() >= 2,
+        "sessions spread over the proxies: {seen:?}"
+    );
+    let anonymous = served(None);
+    assert!(
+        (0..10).all(|_| served(None) == anonymous),
+        "a cookieless client stays put"
+    );
+
+    // One proxy goes: its sessions move (retried on another), the others stay.
+    let placement: Vec<String> = (0..30)
+        .map(|s| served(Some(&format!("session=s{s}"))))
+        .collect();
+    let gone = placement[0].clone();
+    let mut backends = backends;
+    let index = ["a", "b", "c"]
+        .iter()
+        .position(|n| *n == gone)
+        .expect("a name");
+    drop(backends.remove(index));
+    for (s, before) in placement.iter().enumerate() {
+        let now = served(Some(&format!("session=s{s}")));
+        assert!(
+            now == "a" || now == "b" || now == "c",
+            "session s{s}: {now}"
+        );
+        if *before != gone {
+            assert_eq!(&now, before, "session s{s} moved although its proxy is up");
+        }
+    }
+}
