@@ -51,13 +51,19 @@ pub fn learn_and_store(
         .collect();
     let latest = store.latest_policy()?;
     let version = store.latest_version()?.max(now_ms / 1000 - 1) + 1;
-    let policy = match learn_policy(&mut observations, settings, version) {
+    let mut policy = match learn_policy(&mut observations, settings, version) {
         Ok(p) => p,
         Err((sessions, requests)) => return Ok(Outcome::NotReady { sessions, requests }),
     };
     if let Some(old) = latest {
+        // Endpoints the fleet knew keep their ids (new ones come after them), so proxies
+        // keep every session's progress across the new version instead of forgetting it.
+        let kept = keep_layout(&old, &mut policy);
         if same_rules(&old, &policy) {
             return Ok(Outcome::Unchanged(old.version));
+        }
+        if kept {
+            policy.layout_since = old.layout();
         }
     }
     store.save_policy(&policy, now_ms)?;
@@ -65,6 +71,22 @@ pub fn learn_and_store(
 }
 
 /// Whether two policies enforce the same thing (ignoring version and traffic counts).
+/// Orders `new`'s endpoints as `old` had them, new ones last, when `new` still has every
+/// endpoint of `old`: then an endpoint's id (its position) is the same in both. Rules
+/// name endpoints by template, so the order changes nothing else. Returns whether it could.
+fn keep_layout(old: &Policy, new: &mut Policy) -> bool {
+    let position = |t: &str| old.endpoints.iter().position(|e| e.template == t);
+    let kept = old
+        .endpoints
+        .iter()
+        .all(|o| new.endpoints.iter().any(|e| e.template == o.template));
+    if kept {
+        new.endpoints
+            .sort_by_key(|e| position(&e.template).unwrap_or(usize::MAX));
+    }
+    kept
+}
+
 fn same_rules(a: &Policy, b: &Policy) -> bool {
     let strip = |p: &Policy| {
         let mut p = p.clone();
@@ -130,5 +152,31 @@ mod tests {
         let mut stricter = policy(61);
         stricter.endpoints[0].prerequisites = vec!["POST /login".into()];
         assert!(!same_rules(&policy(60), &stricter));
+        let endpoint = |t: &str| EndpointPolicy {
+            template: t.into(),
+            ..EndpointPolicy::default()
+        };
+        let mut wider = stricter.clone();
+        wider.endpoints.insert(0, endpoint("POST /login"));
+        assert!(
+            keep_layout(&stricter, &mut wider),
+            "every old endpoint is still there"
+        );
+        let order: Vec<&str> = wider
+            .endpoints
+            .iter()
+            .map(|e| e.template.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            ["POST /pay", "POST /login"],
+            "old ids first, new ones after"
+        );
+        let mut narrower = policy(60);
+        narrower.endpoints = vec![endpoint("GET /menu")];
+        assert!(
+            !keep_layout(&wider, &mut narrower),
+            "an endpoint went: a new layout"
+        );
     }
 }

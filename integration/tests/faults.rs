@@ -6,7 +6,8 @@ use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::Client;
 
-const CONFIG: &str = r#"{"mode":"enforce","learning":{"tick_ms":100},"policy":{"version":3,"endpoints":[
+/// A fresh session's first request skips a step here: no mid-flow grace (see `midflow.rs`).
+const CONFIG: &str = r#"{"mode":"enforce","learning":{"tick_ms":100},"session":{"midflow":{"budget":0}},"policy":{"version":3,"endpoints":[
     {"template":"POST /api/orders/{id}/pay","entry":true},
     {"template":"POST /api/orders/{id}/confirm","prerequisites":["POST /api/orders/{id}/pay"]}],
     "transitions":[{"from":"^","to":"POST /api/orders/{id}/pay","count":1},
