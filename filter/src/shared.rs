@@ -71,6 +71,21 @@ pub fn encode_stats(space: u64, stats: &LearnStats) -> Vec<u8> {
     out
 }
 
+/// Publishes a policy to every worker: the one protocol for a learned and a collector
+/// policy alike. Claims `version` in the version key by compare-and-swap (`cas` from the
+/// read that decided to publish), then writes the body. A reader takes a body only when
+/// its version matches the key, so one that reads between the two writes waits for its
+/// next tick. Returns false when another worker claimed the key first.
+pub fn publish_model(version: u64, json: &str, cas: u32) -> HostResult<bool> {
+    match host::shared_set(MODEL_VERSION_KEY, &version.to_le_bytes(), cas) {
+        Ok(()) => {}
+        Err(host::CAS_MISMATCH) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    host::shared_set(MODEL_KEY, json.as_bytes(), 0)?;
+    Ok(true)
+}
+
 /// The active model's version in shared data (0: none yet).
 pub fn model_version() -> HostResult<(u64, u32)> {
     let (bytes, cas) = host::shared_get(MODEL_VERSION_KEY)?;

@@ -283,16 +283,17 @@ impl Telemetry {
 
 /// Puts a validated policy in shared data; every worker installs it on its next tick.
 fn publish(policy: &Policy, json: &str, m: &Metrics) {
-    let result = host::shared_set(shared::MODEL_KEY, json.as_bytes(), 0).and_then(|()| {
-        shared::update(shared::MODEL_VERSION_KEY, |bytes| {
-            let current = bytes
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_le_bytes);
-            (current != policy.version).then(|| policy.version.to_le_bytes().to_vec())
-        })
+    // Every worker polls: the first to see a new version publishes it, the others find it
+    // published (or lose the claim to the one publishing it).
+    let result = shared::model_version().and_then(|(current, cas)| {
+        if current == policy.version {
+            return Ok(false);
+        }
+        shared::publish_model(policy.version, json, cas)
     });
     match result {
-        Ok(_) => {
+        Ok(false) => {}
+        Ok(true) => {
             Metrics::inc(m.policy_updates);
             host::log(
                 LogLevel::Info,

@@ -157,27 +157,6 @@ fn learn_or_wait(w: &mut Worker, version_cas: u32) -> HostResult<()> {
     Ok(())
 }
 
-/// Writes a policy whose version this worker has claimed, logs it and installs it.
-fn publish(
-    w: &mut Worker,
-    policy: &Policy,
-    model: Model,
-    sessions: u64,
-    requests: u64,
-) -> HostResult<()> {
-    let json = policy.to_json();
-    host::shared_set(shared::MODEL_KEY, json.as_bytes(), 0)?;
-    host::log(
-        LogLevel::Info,
-        &format!(
-            "flowguard: learned policy version {} from {} sessions, {} requests: {}",
-            policy.version, sessions, requests, json
-        ),
-    );
-    w.install(model);
-    Ok(())
-}
-
 /// Learning after the model is active: once the sessions no rule fired on have grown
 /// enough, the policy is learned again (adding only the rules that now have their
 /// evidence) and published as a new version with the same endpoint ids.
@@ -227,17 +206,19 @@ fn claim_and_publish(
             return Ok(false);
         }
     };
-    match host::shared_set(
-        shared::MODEL_VERSION_KEY,
-        &policy.version.to_le_bytes(),
-        version_cas,
-    ) {
-        Ok(()) => {}
-        Err(host::CAS_MISMATCH) => return Ok(false),
-        Err(e) => return Err(e),
+    let json = policy.to_json();
+    if !shared::publish_model(policy.version, &json, version_cas)? {
+        return Ok(false);
     }
     w.tried_version = policy.version;
-    publish(w, policy, model, sessions, requests)?;
+    host::log(
+        LogLevel::Info,
+        &format!(
+            "flowguard: learned policy version {} from {} sessions, {} requests: {}",
+            policy.version, sessions, requests, json
+        ),
+    );
+    w.install(model);
     Ok(true)
 }
 
