@@ -235,6 +235,32 @@ pub fn define_metric(kind: MetricType, name: &str) -> HostResult<u32> {
     Ok(id)
 }
 
+/// Starts a gRPC callout to `upstream` (a serialized `GrpcService`); its answer comes to
+/// the root context's `on_grpc_call_response` with the returned token.
+///
+/// The one host call not declared here: the SDK's wrapper also registers the token with
+/// its dispatcher, which routes the answer to the root context, and that registry is not
+/// public. Envoy answers this call with Ok, ParseFailure or InternalFailure only, all of
+/// which the wrapper returns rather than panicking on.
+pub fn dispatch_grpc_call(
+    upstream: &str,
+    service: &str,
+    method: &str,
+    metadata: Vec<(&str, &[u8])>,
+    message: &[u8],
+    timeout: Duration,
+) -> HostResult<u32> {
+    proxy_wasm::hostcalls::dispatch_grpc_call(
+        upstream,
+        service,
+        method,
+        metadata,
+        Some(message),
+        timeout,
+    )
+    .map_err(|status| HostError(status as u32))
+}
+
 /// Cancels a gRPC callout still in flight.
 pub fn cancel_grpc_call(token: u32) -> HostResult<()> {
     // SAFETY: plain value call.

@@ -3,9 +3,8 @@
 use crate::host::{self, HostResult, CAS_MISMATCH};
 use crate::metrics::Metrics;
 use crate::response_head::ResponseHead;
-use crate::root::SharedWorker;
 use crate::shared::{self, CAS_RETRIES};
-use crate::worker::Worker;
+use crate::worker::{SharedWorker, Worker};
 use flowguard_engine::address::AddressSlot;
 use flowguard_engine::config::Mode;
 use flowguard_engine::endpoint_set::EndpointId;

@@ -5,17 +5,12 @@ use crate::host;
 use crate::http::Http;
 use crate::shared;
 use crate::tick;
-use crate::worker::Worker;
+use crate::worker::{SharedWorker, Worker};
 use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
-
-/// This worker's state, shared by the root context and its HTTP contexts (one thread).
-pub type SharedWorker = Rc<RefCell<Option<Worker>>>;
 
 #[derive(Default)]
 pub struct Root {

@@ -152,8 +152,6 @@ impl Telemetry {
     }
 
     fn dispatch(&mut self, service: &str, method: &str, message: &[u8]) -> Option<u32> {
-        // SAFETY of the SDK call: with a serialized GrpcService as upstream, Envoy answers
-        // Ok, ParseFailure or InternalFailure, all of which the wrapper returns.
         let upstream = String::from_utf8_lossy(&self.upstream).into_owned();
         let timeout = Duration::from_millis(self.settings.timeout_ms.into());
         let bearer = self.settings.token.as_ref().map(|t| format!("Bearer {t}"));
@@ -161,14 +159,7 @@ impl Telemetry {
             .iter()
             .map(|b| ("authorization", b.as_bytes()))
             .collect();
-        match proxy_wasm::hostcalls::dispatch_grpc_call(
-            &upstream,
-            service,
-            method,
-            metadata,
-            Some(message),
-            timeout,
-        ) {
+        match host::dispatch_grpc_call(&upstream, service, method, metadata, message, timeout) {
             Ok(token) => Some(token),
             Err(status) => {
                 self.log_failure(&format!(

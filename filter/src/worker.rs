@@ -17,6 +17,9 @@ use flowguard_engine::slot::Slot;
 use flowguard_engine::slot_table::{self, Placement};
 use proxy_wasm::types::LogLevel;
 
+/// This worker's state, shared by the root context and its HTTP contexts (one thread).
+pub type SharedWorker = std::rc::Rc<std::cell::RefCell<Option<Worker>>>;
+
 pub struct Worker {
     pub settings: Settings,
     pub metrics: Metrics,
