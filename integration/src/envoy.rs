@@ -472,6 +472,38 @@ pub fn expect_refusal(cfg: &EnvoyConfig) -> Result<String, String> {
     }
 }
 
+/// A bootstrap for an Envoy that answers every request itself with `body` (a stand-in for
+/// a backend), on free loopback ports.
+pub fn answering_yaml(body: &str) -> String {
+    let body = serde_json::to_string(body).unwrap_or_default();
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: backend
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: backend
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {body} }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
 /// Runs `envoy --mode validate` on a YAML file; Ok with its output when valid.
 pub fn validate(yaml: &Path) -> Result<String, String> {
     let out = Command::new(envoy_bin()?)

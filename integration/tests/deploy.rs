@@ -195,32 +195,7 @@ fn there_is_an_envoy_example_for_each_mode() {
 
 /// A stand-in for one flowguard proxy behind the edge: an Envoy answering its own name.
 fn named_backend(name: &str) -> flowguard_integration::envoy::Envoy {
-    let yaml = format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: backend
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: backend
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "{name}" }} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    );
+    let yaml = flowguard_integration::envoy::answering_yaml(name);
     flowguard_integration::envoy::Envoy::start_yaml(&yaml, 1, "warning").expect("backend")
 }
 

@@ -150,8 +150,10 @@ pub fn compile(
             // `prerequisite_ratio` of the sessions reaching this step completed `p` first
             // (violators lacking the support to count as normal traffic are discounted),
             // and sessions came here by several routes: one route is a script, not order.
-            let shown =
-                |n: u64| evidence::share_at_least(n, reached, s.prerequisite_ratio, s.confidence);
+            // Whether `n` of `of` shows, at `confidence`, a share of at least the ratio.
+            let shows = |n: u64, of: u64| {
+                evidence::share_at_least(n, of, s.prerequisite_ratio, s.confidence)
+            };
             let prerequisites = if reached >= s.min_support && varied {
                 m.prior
                     .range((id, 0)..=(id, NO_ENDPOINT))
@@ -159,14 +161,8 @@ pub fn compile(
                         let n = (**n).min(reached);
                         kept(*p)
                             && n >= s.min_support
-                            && (shown(n)
-                                || (absence_unsupported(&(id, *p))
-                                    && evidence::share_at_least(
-                                        n,
-                                        n,
-                                        s.prerequisite_ratio,
-                                        s.confidence,
-                                    )))
+                            && (shows(n, reached)
+                                || (absence_unsupported(&(id, *p)) && shows(n, n)))
                     })
                     .map(|((_, p), _)| name(*p))
                     .collect()
@@ -182,13 +178,7 @@ pub fn compile(
                     m.object_prior
                         .range((id, 0)..=(id, NO_ENDPOINT))
                         .filter(|((_, p), n)| {
-                            kept(*p)
-                                && evidence::share_at_least(
-                                    (**n).min(object_reached),
-                                    object_reached,
-                                    s.prerequisite_ratio,
-                                    s.confidence,
-                                )
+                            kept(*p) && shows((**n).min(object_reached), object_reached)
                         })
                         .map(|((_, p), _)| name(*p))
                         .collect()
