@@ -430,22 +430,7 @@ fn on_request(
         if order_block && visit.new_session && w.settings.session.midflow_open(started, now) {
             let granted = match midflow {
                 Some(g) => g,
-                None => {
-                    let fetched;
-                    let a = match address.as_deref() {
-                        Some(a) => Some(a),
-                        None => {
-                            fetched = client_address()?;
-                            fetched.as_deref()
-                        }
-                    };
-                    // Without an address there is nothing to bound it by: no join.
-                    let g = match a {
-                        Some(a) => let_in_midflow(w, a, now)?,
-                        None => false,
-                    };
-                    *midflow.insert(g)
-                }
+                None => *midflow.insert(may_join_midflow(w, address.as_deref(), now)?),
             };
             if granted {
                 located.slot = fresh;
@@ -667,8 +652,21 @@ fn sessionless(
     Ok(Action::Continue)
 }
 
-/// Whether a new session of this client address may join mid-flow (counted if so).
-fn let_in_midflow(w: &mut Worker, address: &[u8], now: u32) -> HostResult<bool> {
+/// Whether a new session of this request's client address (read now if the request path
+/// has not) may join mid-flow; counted if so. Without an address there is nothing to
+/// bound joins by: no join.
+fn may_join_midflow(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<bool> {
+    let fetched;
+    let address = match address {
+        Some(a) => a,
+        None => {
+            fetched = client_address()?;
+            match fetched.as_deref() {
+                Some(a) => a,
+                None => return Ok(false),
+            }
+        }
+    };
     let Some(fp) = address_fingerprint(w, address) else {
         return Ok(false);
     };
