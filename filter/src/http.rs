@@ -21,6 +21,7 @@ use flowguard_engine::telemetry::{sampled, Event};
 use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use std::borrow::Cow;
 use std::fmt::Write;
 
 const VERDICT_HEADER: &str = "x-flowguard-verdict";
@@ -438,7 +439,6 @@ fn on_request(
                 (visit, verdict) =
                     verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
             }
-            shared::slot_key(located.index, &mut w.scratch.key);
         }
         // Learning after the model counts only sessions no rule ever fired on.
         let learns = (learning || w.relearns()) && verdict.fired.is_empty();
@@ -592,34 +592,48 @@ fn address_fingerprint(w: &Worker, address: &[u8]) -> Option<u64> {
 /// A new learning session's address sketch bit, and whether its address has already
 /// contributed `learning.max_sessions_per_address` sessions (then it is not learned from).
 fn learning_share(w: &mut Worker, address: Option<&[u8]>) -> HostResult<(Option<u8>, bool)> {
-    let looked_up;
-    let address = match address {
-        Some(a) => Some(a),
-        None => {
-            looked_up = client_address()?;
-            looked_up.as_deref()
-        }
-    };
-    let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
+    let address = address_or_read(address)?;
+    let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) else {
         return Ok((None, false));
     };
     let cap = w.settings.learning.max_sessions_per_address;
     let mut started = 0;
     if cap > 0 {
-        shared::address_key(
-            AddressSlot::index(fp, w.settings.session.capacity),
-            &mut w.scratch.address_key,
-        );
-        match shared::update(&w.scratch.address_key, |bytes| {
-            let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+        let counted = update_address(w, fp, |slot| {
             started = slot.start_session(fp);
-            Some(slot.encode().to_vec())
-        }) {
+            true
+        });
+        match counted {
             Ok(_) | Err(CAS_MISMATCH) => {}
             Err(e) => return Err(e),
         }
     }
     Ok((Some(support::bit_of(fp)), cap > 0 && started > cap))
+}
+
+/// The client address the request path already read, or read now.
+fn address_or_read(address: Option<&[u8]>) -> HostResult<Option<Cow<'_, [u8]>>> {
+    Ok(match address {
+        Some(a) => Some(Cow::Borrowed(a)),
+        None => client_address()?.map(Cow::Owned),
+    })
+}
+
+/// Read-modify-write of client address `fp`'s slot, under its own scratch key so the
+/// session slot's key stays put; `f` says whether it changed the slot.
+fn update_address(
+    w: &mut Worker,
+    fp: u64,
+    mut f: impl FnMut(&mut AddressSlot) -> bool,
+) -> HostResult<bool> {
+    shared::address_key(
+        AddressSlot::index(fp, w.settings.session.capacity),
+        &mut w.scratch.address_key,
+    );
+    shared::update(&w.scratch.address_key, |bytes| {
+        let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+        f(&mut slot).then(|| slot.encode().to_vec())
+    })
 }
 
 /// A request no session source matched, from a watched client address: the per-address
@@ -656,35 +670,15 @@ fn sessionless(
 /// has not) may join mid-flow; counted if so. Without an address there is nothing to
 /// bound joins by: no join.
 fn may_join_midflow(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<bool> {
-    let fetched;
-    let address = match address {
-        Some(a) => a,
-        None => {
-            fetched = client_address()?;
-            match fetched.as_deref() {
-                Some(a) => a,
-                None => return Ok(false),
-            }
-        }
-    };
-    let Some(fp) = address_fingerprint(w, address) else {
+    let address = address_or_read(address)?;
+    let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) else {
         return Ok(false);
     };
-    shared::address_key(
-        AddressSlot::index(fp, w.settings.session.capacity),
-        &mut w.scratch.key,
-    );
     let (budget, window) = (
         w.settings.session.midflow_budget,
         w.settings.session.midflow_window_s,
     );
-    let mut granted = false;
-    shared::update(&w.scratch.key, |bytes| {
-        let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
-        granted = slot.let_in_midflow(fp, now, window, budget);
-        granted.then(|| slot.encode().to_vec())
-    })?;
-    Ok(granted)
+    update_address(w, fp, |slot| slot.let_in_midflow(fp, now, window, budget))
 }
 
 /// 401/403 answers to this client address in the current auth window.
@@ -795,15 +789,10 @@ fn record_address_failure(w: &mut Worker, now_ms: u64) -> HostResult<()> {
     let address = client_address()?;
     if let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) {
         let window = w.settings.limits.auth_window_s;
-        shared::address_key(
-            AddressSlot::index(fp, w.settings.session.capacity),
-            &mut w.scratch.key,
-        );
         let mut peak = None;
-        shared::update(&w.scratch.key, |bytes| {
-            let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+        update_address(w, fp, |slot| {
             peak = slot.add(fp, now, window);
-            Some(slot.encode().to_vec())
+            true
         })?;
         if w.model.is_none() {
             w.delta.observe_address_failure(peak);
