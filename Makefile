@@ -93,7 +93,7 @@ fuzz: ## fuzz each target for 5 minutes; new finds land in target/fuzz-new
 	$(MAKE) test-fuzz FUZZ_SECONDS=300 FUZZ_BUILD=-O
 
 bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> bench/results/
-	command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+	command -v wrk >/dev/null && command -v valgrind >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk valgrind)
 	$(VENV)/bin/pip install --quiet matplotlib
 	cargo build --release -q -p flowguard-bench-noop -p flowguard-bench-probe --target $(WASM_TARGET)
 	cargo bench -q -p flowguard-engine --bench engine 2>&1 | grep -E 'slot:|time:|^[a-z]' | tee bench/results/engine.txt
@@ -101,6 +101,7 @@ bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> ben
 	$(VENV)/bin/python bench/plot.py bench/results/results.json bench/results/results.png
 	@ls -l $(WASM) | awk '{print "flowguard.wasm:", $$5, "bytes"}' | tee -a bench/results/results.md
 	cargo run --release -q -p flowguard-integration --bin bench -- --profile
+	cargo run --release -q -p flowguard-integration --bin bench -- --instructions
 
 clean: ## remove build outputs and the virtualenv
 	cargo clean

@@ -44,30 +44,51 @@ pub fn learn_and_store(
     settings: &Settings,
     now_ms: u64,
 ) -> Result<Outcome, StoreError> {
-    let mut observations: Vec<Observation> = store
+    let observations: Vec<Observation> = store
         .events(true)?
         .into_iter()
         .map(|e| e.observation)
         .collect();
-    let latest = store.latest_policy()?;
-    let version = store.latest_version()?.max(now_ms / 1000 - 1) + 1;
+    let outcome = next_policy(
+        observations,
+        store.latest_policy()?,
+        store.latest_version()?,
+        settings,
+        now_ms,
+    );
+    if let Outcome::Learned(policy) = &outcome {
+        store.save_policy(policy, now_ms)?;
+    }
+    Ok(outcome)
+}
+
+/// What learning from `observations` yields after the stored `latest` policy (and the
+/// newest version number, `latest_version`): a new version to store only when its rules
+/// differ. The same for every store.
+pub fn next_policy(
+    mut observations: Vec<Observation>,
+    latest: Option<Policy>,
+    latest_version: u64,
+    settings: &Settings,
+    now_ms: u64,
+) -> Outcome {
+    let version = latest_version.max((now_ms / 1000).saturating_sub(1)) + 1;
     let mut policy = match learn_policy(&mut observations, settings, version) {
         Ok(p) => p,
-        Err((sessions, requests)) => return Ok(Outcome::NotReady { sessions, requests }),
+        Err((sessions, requests)) => return Outcome::NotReady { sessions, requests },
     };
     if let Some(old) = latest {
         // Endpoints the fleet knew keep their ids (new ones come after them), so proxies
         // keep every session's progress across the new version instead of forgetting it.
         let kept = keep_layout(&old, &mut policy);
         if same_rules(&old, &policy) {
-            return Ok(Outcome::Unchanged(old.version));
+            return Outcome::Unchanged(old.version);
         }
         if kept {
             policy.layout_since = old.layout();
         }
     }
-    store.save_policy(&policy, now_ms)?;
-    Ok(Outcome::Learned(Box::new(policy)))
+    Outcome::Learned(Box::new(policy))
 }
 
 /// Whether two policies enforce the same thing (ignoring version and traffic counts).

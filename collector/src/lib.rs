@@ -3,10 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+#[cfg(feature = "server")]
+pub mod backend;
 pub mod fleet;
 pub mod graph;
 #[cfg(feature = "server")]
 pub mod openapi;
+#[cfg(feature = "server")]
+pub mod pg;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod service;

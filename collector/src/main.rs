@@ -4,7 +4,8 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use flowguard_collector::{access_log, fleet, graph, replay, service, store};
+use flowguard_collector::backend::Backend;
+use flowguard_collector::{access_log, fleet, graph, replay, service};
 use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
@@ -14,9 +15,8 @@ use service::{now_ms, Collector};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -36,8 +36,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
         /// The filter's plugin configuration (JSON): learning thresholds and limits.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -52,8 +54,10 @@ enum Command {
     },
     /// Learn a policy now, from the store or from Envoy JSON access logs.
     Learn {
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
         /// Learn from this Envoy JSON access log instead of stored telemetry.
         #[arg(long)]
         envoy_log: Option<PathBuf>,
@@ -70,8 +74,10 @@ enum Command {
     },
     /// Dry-run a policy over stored traffic: what it would flag and block.
     Replay {
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
         /// A policy JSON file (default: the newest stored policy).
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -80,8 +86,10 @@ enum Command {
     },
     /// Count stored events and reported drops.
     Stats {
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
     },
     /// Print the endpoint templates an OpenAPI 3.0/3.1 spec (JSON or YAML) declares, as
     /// the plugin configuration's `endpoints`, or merged into a configuration.
@@ -132,8 +140,10 @@ impl TlsArgs {
 enum PolicyAction {
     /// Print the newest stored policy (or a file) readably, or as JSON.
     Show {
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
         #[arg(long)]
         file: Option<PathBuf>,
         #[arg(long)]
@@ -141,8 +151,10 @@ enum PolicyAction {
     },
     /// Render the learned call graph as SVG.
     Graph {
+        /// A SQLite file, or a PostgreSQL URL (`postgres://user@host/db`) that several
+        /// collectors may share.
         #[arg(long, default_value = "flowguard.db")]
-        db: PathBuf,
+        db: String,
         #[arg(long)]
         file: Option<PathBuf>,
         /// Where to write the SVG (default: standard output).
@@ -171,31 +183,27 @@ fn settings(config: Option<&Path>) -> Result<Settings, Error> {
     Ok(Settings::from_json(&bytes).map_err(|e| format!("config: {e}"))?)
 }
 
-fn open_existing(db: &Path) -> Result<Store, Error> {
-    if !db.exists() {
-        return Err(format!(
-            "database {}: no such file (run `flowguard serve --db {}` first)",
-            db.display(),
-            db.display()
-        )
-        .into());
-    }
-    Ok(Store::open(db)?)
+/// Runs a command's work on a current-thread runtime (the stores' clients are async).
+fn block_on<T>(work: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
-fn load_policy(db: &Path, file: Option<&Path>) -> Result<Policy, Error> {
+async fn load_policy(db: &str, file: Option<&Path>) -> Result<Policy, Error> {
     match file {
         Some(f) => {
             let bytes = std::fs::read(f).map_err(|e| format!("policy {}: {e}", f.display()))?;
             Ok(Policy::from_json(&bytes).map_err(|e| format!("policy {}: {e}", f.display()))?)
         }
-        None => open_existing(db)?.latest_policy()?.ok_or_else(|| {
-            format!(
-                "database {}: no policy learned yet (run `flowguard learn`)",
-                db.display()
-            )
-            .into()
-        }),
+        None => Backend::open(db, true)
+            .await?
+            .latest_policy()
+            .await?
+            .ok_or_else(|| {
+                format!("database {db}: no policy learned yet (run `flowguard learn`)").into()
+            }),
     }
 }
 
@@ -271,22 +279,23 @@ fn run(cli: Cli) -> Result<(), Error> {
                         |(s, r)| format!("not enough traffic: {s} sessions, {r} requests"),
                     )?
                 }
-                None => {
-                    let store = open_existing(&db)?;
-                    match fleet::learn_and_store(&store, &settings, now_ms())? {
-                        fleet::Outcome::Learned(p) => *p,
-                        fleet::Outcome::Unchanged(v) => {
+                None => block_on(async {
+                    let backend = Backend::open(&db, true).await?;
+                    match backend.learn(&settings, now_ms()).await? {
+                        Some(fleet::Outcome::Learned(p)) => Ok(*p),
+                        Some(fleet::Outcome::Unchanged(v)) => {
                             eprintln!("learned the same rules as the stored version {v}");
-                            load_policy(&db, None)?
+                            load_policy(&db, None).await
                         }
-                        fleet::Outcome::NotReady { sessions, requests } => {
-                            return Err(format!(
-                                "not enough traffic: {sessions} sessions, {requests} requests"
-                            )
-                            .into())
-                        }
+                        Some(fleet::Outcome::NotReady { sessions, requests }) => Err(format!(
+                            "not enough traffic: {sessions} sessions, {requests} requests"
+                        )
+                        .into()),
+                        None => Err(
+                            "another collector is learning the fleet policy now: try again".into(),
+                        ),
                     }
-                }
+                })?,
             };
             if let Some(out) = out {
                 std::fs::write(&out, policy.to_json_pretty())
@@ -298,7 +307,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Policy {
             action: PolicyAction::Show { db, file, json },
         } => {
-            let policy = load_policy(&db, file.as_deref())?;
+            let policy = block_on(load_policy(&db, file.as_deref()))?;
             if json {
                 println!("{}", policy.to_json_pretty());
             } else {
@@ -309,7 +318,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Policy {
             action: PolicyAction::Graph { db, file, out },
         } => {
-            let svg = graph::render(&load_policy(&db, file.as_deref())?);
+            let svg = graph::render(&block_on(load_policy(&db, file.as_deref()))?);
             match out {
                 Some(out) => {
                     std::fs::write(&out, svg).map_err(|e| format!("{}: {e}", out.display()))?
@@ -320,13 +329,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Replay { db, policy, config } => {
             let settings = settings(config.as_deref())?;
-            let policy = load_policy(&db, policy.as_deref())?;
+            let (policy, events) = block_on(async {
+                let policy = load_policy(&db, policy.as_deref()).await?;
+                let events = Backend::open(&db, true).await?.events(false).await?;
+                Ok((policy, events))
+            })?;
             let model = Model::compile(&policy, &settings)?;
-            let mut obs: Vec<_> = open_existing(&db)?
-                .events(false)?
-                .into_iter()
-                .map(|e| e.observation)
-                .collect();
+            let mut obs: Vec<_> = events.into_iter().map(|e| e.observation).collect();
             print!(
                 "policy version {}: {}",
                 policy.version,
@@ -335,13 +344,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Stats { db } => {
-            let store = open_existing(&db)?;
-            println!(
-                "events {}\ndropped_by_filters {}\npolicy_version {}",
-                store.event_count()?,
-                store.dropped_count()?,
-                store.latest_version()?
-            );
+            let (events, dropped, version) =
+                block_on(async { Backend::open(&db, true).await?.stats().await })?;
+            println!("events {events}\ndropped_by_filters {dropped}\npolicy_version {version}");
             Ok(())
         }
     }
@@ -400,42 +405,34 @@ fn show(p: &Policy) -> String {
 
 fn serve(
     listen: SocketAddr,
-    db: &Path,
+    db: &str,
     config: Option<&Path>,
     learn_interval_s: u64,
     token: Option<String>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), Error> {
     let settings = settings(config)?;
-    let store = Store::open(db)?;
-    let current = Arc::new(RwLock::new(
-        store.latest_policy()?.map(|p| (p.version, p.to_json())),
-    ));
-    let store = Arc::new(Mutex::new(store));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        let backend = Backend::open(db, false).await?;
+        let current = Arc::new(RwLock::new(backend.latest_row().await?));
         if learn_interval_s > 0 {
-            let (store, current, settings) = (store.clone(), current.clone(), settings.clone());
+            let (backend, current) = (backend.clone(), current.clone());
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(learn_interval_s));
                 loop {
                     every.tick().await;
-                    let (store, current, settings) =
-                        (store.clone(), current.clone(), settings.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        learn_once(&store, &current, &settings)
-                    })
-                    .await;
+                    learn_once(&backend, &current, &settings).await;
                 }
             });
         }
         let collector = Collector {
-            store: store.clone(),
+            backend: backend.clone(),
             current: current.clone(),
             token: token.clone(),
         };
         let policies = Collector {
-            store,
+            backend,
             current,
             token,
         };
@@ -443,7 +440,7 @@ fn serve(
         eprintln!(
             "flowguard collector listening on {} (db {}{})",
             listener.local_addr()?,
-            db.display(),
+            flowguard_collector::pg::redacted(db),
             match &tls {
                 Some(_) => ", TLS",
                 None => "",
@@ -464,10 +461,9 @@ fn serve(
     })
 }
 
-fn learn_once(store: &Mutex<Store>, current: &service::Current, settings: &Settings) {
-    let Ok(store) = store.lock() else { return };
-    match fleet::learn_and_store(&store, settings, now_ms()) {
-        Ok(fleet::Outcome::Learned(p)) => {
+async fn learn_once(backend: &Backend, current: &service::Current, settings: &Settings) {
+    match backend.learn(settings, now_ms()).await {
+        Ok(Some(fleet::Outcome::Learned(p))) => {
             eprintln!(
                 "learned fleet policy version {} from {} sessions",
                 p.version, p.learned_from.sessions

@@ -1,17 +1,17 @@
 //! The gRPC services: telemetry in (acknowledged only once stored), policy out.
 
-use crate::store::Store;
+use crate::backend::Backend;
 use flowguard_proto::v1::policies_server::Policies;
 use flowguard_proto::v1::telemetry_server::Telemetry;
 use flowguard_proto::v1::{GetPolicyRequest, GetPolicyResponse, ReportRequest, ReportResponse};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
 
 /// The current policy as served: version and JSON.
 pub type Current = Arc<RwLock<Option<(u64, String)>>>;
 
 pub struct Collector {
-    pub store: Arc<Mutex<Store>>,
+    pub backend: Backend,
     pub current: Current,
     /// Required `authorization: Bearer <token>` metadata, when configured.
     pub token: Option<String>,
@@ -49,19 +49,11 @@ impl Telemetry for Collector {
         req: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
         self.authorise(&req)?;
-        let batch = req.into_inner();
-        let store = self.store.clone();
-        // SQLite commits with fsync: keep it off the async workers.
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut store = store
-                .lock()
-                .map_err(|_| Status::internal("store lock poisoned"))?;
-            store
-                .insert_batch(&batch, now_ms())
-                .map_err(|e| Status::unavailable(format!("not stored: {e}")))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        let stored = self
+            .backend
+            .insert_batch(req.into_inner(), now_ms())
+            .await
+            .map_err(|e| Status::unavailable(format!("not stored: {e}")))?;
         Ok(Response::new(ReportResponse { stored }))
     }
 }
@@ -74,6 +66,19 @@ impl Policies for Collector {
     ) -> Result<Response<GetPolicyResponse>, Status> {
         self.authorise(&req)?;
         let known = req.get_ref().known_version;
+        if self.backend.is_shared() {
+            // Replicas share the database: each serves its newest version, whichever
+            // replica learned it. Unreachable, the last one read is served.
+            match self.backend.latest_row().await {
+                Ok(Some(row)) => {
+                    if let Ok(mut c) = self.current.write() {
+                        *c = Some(row);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("flowguard collector: policy not refreshed: {e}"),
+            }
+        }
         let current = self
             .current
             .read()

@@ -279,13 +279,32 @@ impl Envoy {
 
     /// Starts Envoy on a bootstrap of the caller's (its listener first; ports may be 0).
     pub fn start_yaml(bootstrap: &str, concurrency: u32, log_level: &str) -> Result<Envoy, String> {
+        Envoy::start_wrapped(bootstrap, concurrency, log_level, &[])
+    }
+
+    /// As `start_yaml`, with Envoy run under `wrapper` (a profiler's command line, whose
+    /// process keeps Envoy's pid, as valgrind does); its files go in `run_dir()`.
+    pub fn start_wrapped(
+        bootstrap: &str,
+        concurrency: u32,
+        log_level: &str,
+        wrapper: &[String],
+    ) -> Result<Envoy, String> {
         let dir = run_dir();
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let yaml = dir.join("envoy.yaml");
         std::fs::write(&yaml, bootstrap).map_err(|e| e.to_string())?;
         let admin_file = dir.join("admin.address");
         let log = dir.join("envoy.log");
-        let child = Command::new(envoy_bin()?)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(envoy_bin()?).current_dir(&dir);
+                c
+            }
+            None => Command::new(envoy_bin()?),
+        };
+        let child = command
             .arg("-c")
             .arg(&yaml)
             .args(["--concurrency", &concurrency.to_string()])
@@ -346,6 +365,16 @@ impl Envoy {
             .ok_or_else(|| format!("no listener port in {listeners}"))?;
         self.url = format!("http://127.0.0.1:{port}");
         Ok(())
+    }
+
+    /// The process id (a wrapper's, which is Envoy's under valgrind).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory of this run's files (configuration, log, a wrapper's output).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// GET on the admin interface: status and body.

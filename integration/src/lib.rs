@@ -9,6 +9,7 @@ pub mod library_traffic;
 pub mod oci;
 pub mod patience;
 pub mod pki;
+pub mod postgres;
 pub mod shop;
 pub mod shop_server;
 pub mod traffic;

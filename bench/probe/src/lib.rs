@@ -27,6 +27,10 @@ enum Op {
     Property,
     /// One response header (`:status`), in the response phase.
     ResponseHeader,
+    /// What any flow-aware filter must ask per request, once each: the clock, the
+    /// request's header map, its session's state (read + compare-and-swap write), one
+    /// header for the upstream, and the answer's status.
+    Floor,
 }
 
 struct Probe {
@@ -62,6 +66,13 @@ impl HttpContext for Probe {
                 Op::Property => {
                     let _ = self.get_property(vec!["source", "address"]);
                 }
+                Op::Floor => {
+                    let _ = self.get_current_time();
+                    let _ = self.get_http_request_headers_bytes();
+                    let (_, cas) = self.get_shared_data("probe/floor");
+                    let _ = self.set_shared_data("probe/floor", Some(&[0u8; 212]), cas);
+                    self.set_http_request_header("x-probe", Some("v"));
+                }
                 Op::ResponseHeader | Op::None => {}
             }
         }
@@ -69,7 +80,7 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        if self.op == Op::ResponseHeader {
+        if matches!(self.op, Op::ResponseHeader | Op::Floor) {
             for _ in 0..self.n {
                 let _ = self.get_http_response_header_bytes(":status");
             }
@@ -101,6 +112,7 @@ impl RootContext for Root {
             "shared_cas" => Op::SharedCas,
             "property" => Op::Property,
             "response_header" => Op::ResponseHeader,
+            "floor" => Op::Floor,
             _ => Op::None,
         };
         let n = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);

