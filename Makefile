@@ -54,12 +54,14 @@ test-wasi: ## the engine's tests compiled to wasm32-wasip1, run under Node's WAS
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/integration/wasi-run.mjs" \
 		cargo test -p flowguard-engine --target $(WASM_TARGET)
 
-# A real, published OpenAPI spec for the import tests: npm's @readme/oas-examples.
-OAS_EXAMPLES := target/npm/node_modules/@readme/oas-examples/package.json
-npm-testdata: $(OAS_EXAMPLES) ## install the OpenAPI examples the tests import (npm)
-$(OAS_EXAMPLES):
+# For the tests: a real, published OpenAPI spec (@readme/oas-examples) and Istio's
+# DestinationRule schema as @kubernetes-models/istio publishes it (MIT).
+# The last package installed marks the set (an older checkout gains the new one).
+NPM_TESTDATA := target/npm/node_modules/@kubernetes-models/istio/package.json
+npm-testdata: $(NPM_TESTDATA) ## install the OpenAPI examples and Istio's schemas the tests read (npm)
+$(NPM_TESTDATA):
 	mkdir -p target/npm
-	npm install --silent --no-audit --no-fund --prefix target/npm @readme/oas-examples@8.2.2
+	npm install --silent --no-audit --no-fund --prefix target/npm @readme/oas-examples@8.2.2 @kubernetes-models/istio@2.3.0
 
 test-integration: build build-crash venv npm-testdata ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests

@@ -270,3 +270,61 @@ fn the_fleet_edge_keeps_each_session_on_one_proxy() {
         }
     }
 }
+
+/// Istio's DestinationRule schema (the CRD's, as `@kubernetes-models/istio` publishes it
+/// in its validator module; `make test` installs it into `target/npm`), for `spec` only:
+/// the rest refers to Kubernetes' own schemas.
+fn destinationrule_schema() -> Value {
+    let module = repo_root().join(
+        "target/npm/node_modules/@kubernetes-models/istio/networking.istio.io/v1beta1/DestinationRule.js",
+    );
+    let text = std::fs::read_to_string(&module)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make npm-testdata`)", module.display()));
+    let start =
+        text.find("const schema = ").expect("the module's schema") + "const schema = ".len();
+    let end = start + text[start..].find("\n};").expect("the schema's end") + 2;
+    let schema: Value = serde_json::from_str(&text[start..end]).expect("the schema is JSON");
+    serde_json::json!({"type": "object", "properties": {"spec": schema["properties"]["spec"]}})
+}
+
+#[test]
+fn the_istio_session_affinity_validates_against_the_destinationrule_schema() {
+    let schema = destinationrule_schema();
+    let path = repo_root().join("envoy/istio/destinationrule.yaml");
+    let doc = yaml_docs(&path)
+        .into_iter()
+        .find(|d| d["kind"] == "DestinationRule")
+        .expect("a DestinationRule");
+    assert_eq!(doc["apiVersion"], "networking.istio.io/v1beta1");
+    validate(&doc, &schema).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let hash = &doc["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"];
+    assert_eq!(
+        hash["httpCookie"]["name"], "session",
+        "hashes the cookie the filter keys sessions on"
+    );
+    assert!(
+        hash["httpCookie"].get("ttl").is_none(),
+        "a ttl would make the mesh generate a cookie of the same name"
+    );
+
+    // The validation has teeth: a wrong type, a misspelt or misplaced field fail.
+    let mut misplaced = doc.clone();
+    misplaced["spec"]["trafficPolicy"]["loadBalancer"]["httpCookie"] =
+        serde_json::json!({"name": "session"});
+    let mut wrong_type = doc.clone();
+    wrong_type["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"] =
+        Value::from("five");
+    let mut unknown = doc.clone();
+    unknown["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpCookei"] =
+        Value::from(1);
+    for (what, broken) in [
+        ("a hash key outside consistentHash", misplaced),
+        ("a string count", wrong_type),
+        ("a misspelt field", unknown),
+    ] {
+        assert!(
+            validate(&broken, &schema).is_err(),
+            "{what} should be refused"
+        );
+    }
+}
