@@ -48,6 +48,8 @@ pub struct EnvoyConfig {
     pub upstream: SocketAddr,
     /// The collector's gRPC address, as cluster `flowguard_collector` (HTTP/2).
     pub collector: Option<SocketAddr>,
+    /// More collectors in the same cluster (replicas sharing one database).
+    pub collector_replicas: Vec<SocketAddr>,
     /// Write a JSON access log here, in the format `flowguard learn --envoy-log` reads.
     pub access_log: Option<PathBuf>,
     /// Envoy's `normalize_path` and `merge_slashes` (on by default, as the README advises).
@@ -80,6 +82,7 @@ impl EnvoyConfig {
             concurrency: 1,
             upstream,
             collector: None,
+            collector_replicas: Vec::new(),
             access_log: None,
             normalize_path: true,
             failure_policy: "FAIL_CLOSED",
@@ -159,7 +162,7 @@ static_resources:
             .unwrap_or_default(),
     ) + &cfg
         .collector
-        .map(|addr| collector_cluster(addr, cfg.collector_tls.as_ref()))
+        .map(|addr| collector_cluster(addr, &cfg.collector_replicas, cfg.collector_tls.as_ref()))
         .unwrap_or_default()
 }
 
@@ -196,7 +199,11 @@ fn access_log(path: &Path) -> String {
 }
 
 /// The collector's cluster: gRPC needs HTTP/2 to the upstream.
-fn collector_cluster(addr: SocketAddr, tls: Option<&CollectorTls>) -> String {
+fn collector_cluster(
+    addr: SocketAddr,
+    replicas: &[SocketAddr],
+    tls: Option<&CollectorTls>,
+) -> String {
     let file = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
     let transport_socket = tls.map_or(String::new(), |tls| {
         let client = tls.client.as_ref().map_or(String::new(), |(cert, key)| {
@@ -239,10 +246,15 @@ fn collector_cluster(addr: SocketAddr, tls: Option<&CollectorTls>) -> String {
       cluster_name: flowguard_collector
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
-{transport_socket}"#,
-        addr.ip(),
-        addr.port()
+{endpoints}{transport_socket}"#,
+        endpoints = std::iter::once(&addr)
+            .chain(replicas)
+            .map(|a| format!(
+                "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+                a.ip(),
+                a.port()
+            ))
+            .collect::<String>(),
     )
 }
 

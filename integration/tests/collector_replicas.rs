@@ -1,10 +1,15 @@
 //! Two collectors (`flowguard serve --db postgres://…`) sharing one real PostgreSQL
 //! (a throwaway cluster), driven over real gRPC: a batch sent through both is stored
 //! once; one learner at a time; both serve the database's policy; one replica killed with
-//! SIGKILL mid-stream loses nothing it acknowledged and duplicates nothing.
+//! SIGKILL mid-stream loses nothing it acknowledged and duplicates nothing; and a filter
+//! reporting through one Envoy cluster of both keeps reporting when one dies.
 
 use flowguard_integration::collector::{run_flowguard, Collector};
+use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::patience::eventually;
 use flowguard_integration::postgres::Postgres;
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{Client, Session};
 use flowguard_proto::v1;
 use flowguard_proto::v1::policies_client::PoliciesClient;
 use flowguard_proto::v1::telemetry_client::TelemetryClient;
@@ -216,5 +221,60 @@ async fn two_replicas_on_postgres_store_once_learn_once_and_survive_a_sigkill() 
     );
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
+    drop(pg);
+}
+
+/// Reports every request, flushes every 100 ms; never learns by itself.
+const REPORTING: &str = r#"{"mode":"monitor","learning":{"min_sessions":1000000,"min_requests":1000000,"tick_ms":100},
+    "collector":{"cluster":"flowguard_collector","node":"edge","sample_rate":1.0,
+                 "flush_interval_ms":100,"timeout_ms":1000,"policy_interval_ms":300}}"#;
+
+fn customers(client: &Client, n: usize) {
+    for _ in 0..n {
+        let mut s = Session::new(client);
+        s.menu();
+        assert!(s.statuses().iter().all(|st| *st == 200));
+    }
+}
+
+#[test]
+fn a_filter_reports_through_one_cluster_of_replicas_and_survives_losing_one() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.url();
+    let args = ["--learn-interval-s", "0"];
+    let mut a = Collector::start(Path::new(&url), &args).unwrap();
+    let b = Collector::start(Path::new(&url), &args).unwrap();
+    let shop = ShopServer::start().unwrap();
+    let mut cfg = EnvoyConfig::new(REPORTING, shop.addr);
+    cfg.collector = Some(a.addr);
+    cfg.collector_replicas = vec![b.addr];
+    let envoy = Envoy::start(&cfg).unwrap();
+    let client = Client::new(&envoy.url);
+    let sent = |e: &Envoy| e.counter("flowguard.telemetry.sent");
+    let failed = |e: &Envoy| {
+        e.counter("flowguard.telemetry.failed") + e.counter("flowguard.telemetry.dropped")
+    };
+
+    customers(&client, 100);
+    let before = eventually("reports of 100 requests acknowledged", || {
+        (sent(&envoy) >= 100).then(|| sent(&envoy))
+    })
+    .unwrap();
+    a.kill();
+    customers(&client, 200);
+    let (acked, lost) = eventually("every report answered", || {
+        let (s, f) = (sent(&envoy), failed(&envoy));
+        (s + f >= 300).then_some((s, f))
+    })
+    .unwrap();
+    let stored = b.stats().unwrap().0;
+    eprintln!(
+        "through one cluster: {before} acknowledged before SIGKILL of one replica; in all {acked} acknowledged, {lost} counted failed, {stored} stored"
+    );
+    assert!(acked > before, "the surviving replica took the reports");
+    assert!(stored >= acked, "{acked} acknowledged, {stored} stored");
+    assert!(stored <= acked + lost, "nothing stored twice");
+    drop(envoy);
+    drop(b);
     drop(pg);
 }
