@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod config;
+pub mod decision;
 pub mod endpoint;
 pub mod endpoint_set;
 pub mod evidence;

@@ -6,7 +6,7 @@ use crate::response_head::ResponseHead;
 use crate::shared::{self, CAS_RETRIES};
 use crate::worker::{SharedWorker, Worker};
 use flowguard_engine::address::AddressSlot;
-use flowguard_engine::config::Mode;
+use flowguard_engine::decision::Decision;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::failure;
 use flowguard_engine::header_map::decode_pairs;
@@ -518,47 +518,47 @@ fn on_request(
             *t = now;
         }
     }
-    let acting = w.settings.mode != Mode::Learn && !learning;
-    let block_status = match (w.settings.mode, verdict.outcome) {
-        (Mode::Enforce, Outcome::Block { status }) if acting => Some(status),
-        _ => None,
-    };
+    let decision = Decision::of(w.settings.mode, !learning, &verdict);
     if let Some(t) = w.telemetry.as_mut() {
         if !verdict.fired.is_empty() || sampled(fingerprint, t.settings.sample_rate) {
             let e = Event {
                 time_ms: now_ms,
                 session: fingerprint,
                 template: w.scratch.template.clone(),
-                status: block_status.unwrap_or(0),
-                outcome: acting.then_some(verdict.outcome),
+                status: decision.reply_status().unwrap_or(0),
+                outcome: decision.acts().then_some(verdict.outcome),
                 rules: verdict.fired,
                 latency_us: 0,
                 summary: verdict.fired.is_empty(),
                 ids: id,
                 weak_session,
             };
-
-            match block_status {
-                Some(_) => t.record(e, &w.metrics),
-                None => *event = Some(e),
+            // A local reply's event is complete now; a forwarded one waits for its status.
+            match decision {
+                Decision::Reply { .. } => t.record(e, &w.metrics),
+                _ => *event = Some(e),
             }
         }
     }
-    if w.settings.mode == Mode::Learn {
+    if decision == Decision::Pass {
         return Ok(Action::Continue);
     }
     let session_id = &mut w.scratch.key;
     session_id.clear();
     let _ = write!(session_id, "{fingerprint:016x}");
     host::set_header(MapType::HttpRequestHeaders, SESSION_HEADER, session_id)?;
-    if learning {
+    if decision == Decision::Session {
         return Ok(Action::Continue);
     }
     record_verdict(w, &verdict);
-    if let (Mode::Enforce, Outcome::Block { status }) = (w.settings.mode, verdict.outcome) {
+    if let Decision::Reply {
+        status,
+        retry_after_s,
+    } = decision
+    {
         *pending = None;
         let request_id = get("x-request-id").filter(|id| is_safe_id(id));
-        block(w, status, verdict.retry_after_s, request_id, fingerprint)?;
+        block(w, status, retry_after_s, request_id, fingerprint)?;
         return Ok(Action::Pause);
     }
     annotate(w, &verdict)?;
@@ -654,16 +654,22 @@ fn sessionless(
         return Ok(Action::Continue);
     }
     record_verdict(w, &verdict);
-    if let (Mode::Enforce, Outcome::Block { status }) = (w.settings.mode, verdict.outcome) {
-        *address_watch = false;
-        let fp = address_fingerprint(w, address).unwrap_or(0);
-        block(w, status, verdict.retry_after_s, request_id, fp)?;
-        return Ok(Action::Pause);
+    match Decision::of(w.settings.mode, true, &verdict) {
+        Decision::Reply {
+            status,
+            retry_after_s,
+        } => {
+            *address_watch = false;
+            let fp = address_fingerprint(w, address).unwrap_or(0);
+            block(w, status, retry_after_s, request_id, fp)?;
+            Ok(Action::Pause)
+        }
+        Decision::Annotate => {
+            annotate(w, &verdict)?;
+            Ok(Action::Continue)
+        }
+        Decision::Pass | Decision::Session => Ok(Action::Continue),
     }
-    if w.settings.mode != Mode::Learn {
-        annotate(w, &verdict)?;
-    }
-    Ok(Action::Continue)
 }
 
 /// Whether a new session of this request's client address (read now if the request path
