@@ -246,7 +246,14 @@ fn collector_cluster(
       cluster_name: flowguard_collector
       endpoints:
       - lb_endpoints:
-{endpoints}{transport_socket}"#,
+{endpoints}{outlier}{transport_socket}"#,
+        // Replicas: a dead one is ejected after two failed calls, so few reports go to it
+        // (each counted). Never with one collector: Envoy ejects even the last host.
+        outlier = if replicas.is_empty() {
+            ""
+        } else {
+            "    outlier_detection: { consecutive_5xx: 2, consecutive_gateway_failure: 2, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 50 }\n"
+        },
         endpoints = std::iter::once(&addr)
             .chain(replicas)
             .map(|a| format!(
