@@ -231,30 +231,51 @@ const PROBES: [(&str, u32, &str); 12] = [
     ),
 ];
 
+/// One Envoy of a profile: its name, the host calls per request it prices (0: the
+/// empty filter), its Wasm filter's YAML.
+struct Variant {
+    name: String,
+    calls: u32,
+    filter: String,
+}
+
+/// The empty filter, each probe, and flowguard in each mode.
+fn profile_variants() -> Result<Vec<Variant>, String> {
+    let (noop, probe) = (
+        release_wasm("flowguard_bench_noop")?,
+        release_wasm("flowguard_bench_probe")?,
+    );
+    let fg = repo_root()
+        .join("target/flowguard.wasm")
+        .display()
+        .to_string();
+    let empty = Variant {
+        name: "empty Wasm filter".into(),
+        calls: 0,
+        filter: wasm_filter(&noop, ""),
+    };
+    let probes = PROBES.iter().map(|(op, n, what)| Variant {
+        name: format!("`{op}` ×{n}: {what}"),
+        calls: *n,
+        filter: wasm_filter(&probe, &format!("{op} {n}")),
+    });
+    let modes = ["learn", "monitor", "enforce"].map(|mode| Variant {
+        name: format!("flowguard {mode}"),
+        calls: 1,
+        filter: wasm_filter(&fg, &flowguard_config(mode)),
+    });
+    Ok(std::iter::once(empty).chain(probes).chain(modes).collect())
+}
+
 /// `bench --profile`: what each host call costs inside Envoy's V8, from a probe filter
 /// making it `PROBE_CALLS` times per request against the empty filter, interleaved in one
 /// run; and flowguard's own cost per request beside it. Writes bench/results/profile.md.
 fn profile() -> Result<(), String> {
     let root = repo_root();
-    let (noop, probe) = (
-        release_wasm("flowguard_bench_noop")?,
-        release_wasm("flowguard_bench_probe")?,
-    );
-    let fg = root.join("target/flowguard.wasm").display().to_string();
-    let mut variants: Vec<(String, String)> =
-        vec![("empty Wasm filter".into(), wasm_filter(&noop, ""))];
-    for (op, n, _) in PROBES {
-        variants.push((
-            format!("{op} ×{n}"),
-            wasm_filter(&probe, &format!("{op} {n}")),
-        ));
-    }
-    for mode in ["learn", "monitor", "enforce"] {
-        variants.push((
-            format!("flowguard {mode}"),
-            wasm_filter(&fg, &flowguard_config(mode)),
-        ));
-    }
+    let mut variants: Vec<(String, String)> = profile_variants()?
+        .into_iter()
+        .map(|v| (v.name, v.filter))
+        .collect();
     // Other builds of the filter to compare in `enforce` (ablations: a build that stops
     // its request path early prices the steps it skips).
     let extra = std::env::var("FLOWGUARD_BENCH_BUILDS").unwrap_or_default();
@@ -323,32 +344,17 @@ const WARM_REQUESTS: u32 = 3000;
 /// bench/results/instructions.md.
 fn instructions() -> Result<(), String> {
     let root = repo_root();
-    let (noop, probe) = (
-        release_wasm("flowguard_bench_noop")?,
-        release_wasm("flowguard_bench_probe")?,
-    );
-    let fg = root.join("target/flowguard.wasm").display().to_string();
-    let mut variants: Vec<(String, u32, String)> =
-        vec![("empty Wasm filter".into(), 0, wasm_filter(&noop, ""))];
-    for (op, n, what) in PROBES {
-        variants.push((
-            format!("`{op}` ×{n}: {what}"),
-            n,
-            wasm_filter(&probe, &format!("{op} {n}")),
-        ));
-    }
-    for mode in ["learn", "monitor", "enforce"] {
-        variants.push((
-            format!("flowguard {mode}"),
-            1,
-            wasm_filter(&fg, &flowguard_config(mode)),
-        ));
-    }
+    let variants = profile_variants()?;
     let mut table = String::from(
         "| variant | instructions per request | over the empty filter | per call |\n|---|---:|---:|---:|\n",
     );
     let mut empty = 0u64;
-    for (name, calls, filter) in &variants {
+    for Variant {
+        name,
+        calls,
+        filter,
+    } in &variants
+    {
         let per_request = count_instructions(&bootstrap(filter, None))?;
         eprintln!("instructions {name:<60} {per_request:>9}");
         if *calls == 0 {
