@@ -34,6 +34,20 @@ impl Fingerprinter {
     }
 }
 
+/// A fingerprint as the 16 lowercase hex digits of `x-flowguard-session`, on the stack.
+pub fn hex(fingerprint: u64) -> [u8; 16] {
+    let mut out = [b'0'; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        let nibble = ((fingerprint >> (60 - 4 * i)) & 0xf) as u8;
+        *digit = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +60,12 @@ mod tests {
         assert_ne!(a.fingerprint(0, b"x"), a.fingerprint(1, b"x"));
         assert_ne!(a.fingerprint(0, b"x"), a.fingerprint(0, b"y"));
         assert_eq!(a.fingerprint(0, b"x"), a.fingerprint(0, b"x"));
+    }
+
+    #[test]
+    fn hex_is_sixteen_lowercase_digits() {
+        for v in [0, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(hex(v).as_slice(), format!("{v:016x}").as_bytes());
+        }
     }
 }

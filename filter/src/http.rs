@@ -9,6 +9,7 @@ use flowguard_engine::address::AddressSlot;
 use flowguard_engine::decision::Decision;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::failure;
+use flowguard_engine::fingerprint::hex;
 use flowguard_engine::header_map::decode_pairs;
 use flowguard_engine::rule::{Action as RuleAction, Rule};
 use flowguard_engine::sensitive::Scanner;
@@ -22,7 +23,6 @@ use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use std::borrow::Cow;
-use std::fmt::Write;
 
 const VERDICT_HEADER: &str = "x-flowguard-verdict";
 const SESSION_HEADER: &str = "x-flowguard-session";
@@ -543,9 +543,8 @@ fn on_request(
     if decision == Decision::Pass {
         return Ok(Action::Continue);
     }
-    let session_id = &mut w.scratch.key;
-    session_id.clear();
-    let _ = write!(session_id, "{fingerprint:016x}");
+    let session_id = hex(fingerprint);
+    let session_id = std::str::from_utf8(&session_id).unwrap_or_default();
     host::set_header(MapType::HttpRequestHeaders, SESSION_HEADER, session_id)?;
     if decision == Decision::Session {
         return Ok(Action::Continue);
