@@ -34,8 +34,7 @@ pub fn hand_over(
     if to == fingerprint {
         return Ok(());
     }
-    shared::slot_key(index, &mut w.scratch.key);
-    let (from, _) = shared::read_slot(&w.scratch.key)?;
+    let (from, _) = shared::read_slot(shared::slot_key(index))?;
     let Some(from) = from.filter(|s| s.fingerprint == fingerprint && s.model_version == epoch)
     else {
         return Ok(()); // the slot changed hands meanwhile: nothing to continue
@@ -47,7 +46,7 @@ pub fn hand_over(
             return Ok(()); // another policy's step ids: they would mean other steps
         }
         located.slot.continue_from(&from);
-        match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
+        match host::shared_set(located.key.as_str(), &located.slot.encode(), located.cas) {
             Ok(()) => {
                 Metrics::inc(w.metrics.handovers);
                 return Ok(());

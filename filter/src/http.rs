@@ -445,7 +445,7 @@ fn on_request(
         if !learning && !verdict.fired.is_empty() {
             located.slot.unlearned = true;
         }
-        match host::shared_set(&w.scratch.key, &located.slot.encode(), located.cas) {
+        match host::shared_set(located.key.as_str(), &located.slot.encode(), located.cas) {
             Ok(()) => {}
             Err(CAS_MISMATCH) => continue,
             Err(e) => return Err(e),
@@ -618,18 +618,14 @@ fn address_or_read(address: Option<&[u8]>) -> HostResult<Option<Cow<'_, [u8]>>> 
     })
 }
 
-/// Read-modify-write of client address `fp`'s slot, under its own scratch key so the
-/// session slot's key stays put; `f` says whether it changed the slot.
+/// Read-modify-write of client address `fp`'s slot; `f` says whether it changed the slot.
 fn update_address(
     w: &mut Worker,
     fp: u64,
     mut f: impl FnMut(&mut AddressSlot) -> bool,
 ) -> HostResult<bool> {
-    shared::address_key(
-        AddressSlot::index(fp, w.settings.session.capacity),
-        &mut w.scratch.address_key,
-    );
-    shared::update(&w.scratch.address_key, |bytes| {
+    let key = shared::address_key(AddressSlot::index(fp, w.settings.session.capacity));
+    shared::update(key.as_str(), |bytes| {
         let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
         f(&mut slot).then(|| slot.encode().to_vec())
     })
@@ -691,11 +687,8 @@ fn address_failures(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostRes
     let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
         return Ok(0);
     };
-    shared::address_key(
-        AddressSlot::index(fp, w.settings.session.capacity),
-        &mut w.scratch.key,
-    );
-    let (bytes, _) = host::shared_get(&w.scratch.key)?;
+    let key = shared::address_key(AddressSlot::index(fp, w.settings.session.capacity));
+    let (bytes, _) = host::shared_get(key.as_str())?;
     Ok(bytes.map_or(0, |b| {
         AddressSlot::decode(&b).current(fp, now, w.settings.limits.auth_window_s)
     }))
@@ -764,10 +757,9 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
     }
     let now_ms = host::now_ms()?;
     let auth_window_ms = w.settings.limits.auth_window_s.saturating_mul(1000);
-    shared::slot_key(p.index, &mut w.scratch.key);
     let mut peak = None;
     let mut unlearned = false;
-    let written = shared::update(&w.scratch.key, |bytes| {
+    let written = shared::update(shared::slot_key(p.index).as_str(), |bytes| {
         let mut slot = Slot::decode(bytes?).ok()?;
         if slot.fingerprint != p.fingerprint || slot.model_version != p.epoch {
             return None; // the slot changed hands meanwhile

@@ -17,21 +17,61 @@ pub const MODEL_KEY: &str = "fg/model";
 /// How often a compare-and-swap is retried before the caller gives up on the write.
 pub const CAS_RETRIES: usize = 4;
 
-/// Writes the key of slot `index` into `out`.
-pub fn slot_key(index: u32, out: &mut String) {
-    out.clear();
-    let _ = write!(out, "fg/s/{index}");
+/// A shared-data key of a slot (`fg/s/<n>`, `fg/a/<n>`: at most 15 bytes), on the stack,
+/// passed by value: the request path neither allocates one nor shares a buffer for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    bytes: [u8; 16],
+    len: usize,
 }
 
-/// Writes the key of address slot `index` into `out`.
-pub fn address_key(index: u32, out: &mut String) {
-    out.clear();
-    let _ = write!(out, "fg/a/{index}");
+impl Key {
+    fn new(prefix: &str, index: u32) -> Key {
+        let mut key = Key {
+            bytes: [0; 16],
+            len: 0,
+        };
+        let _ = write!(key, "{prefix}{index}");
+        key
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.bytes
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Write for Key {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key of session slot `index`.
+pub fn slot_key(index: u32) -> Key {
+    Key::new("fg/s/", index)
+}
+
+/// The key of client-address slot `index`.
+pub fn address_key(index: u32) -> Key {
+    Key::new("fg/a/", index)
 }
 
 /// A slot and its CAS token; an absent or undecodable record reads as `None` (free).
-pub fn read_slot(key: &str) -> HostResult<(Option<Slot>, u32)> {
-    let (bytes, cas) = host::shared_get(key)?;
+pub fn read_slot(key: Key) -> HostResult<(Option<Slot>, u32)> {
+    let (bytes, cas) = host::shared_get(key.as_str())?;
     Ok((bytes.and_then(|b| Slot::decode(&b).ok()), cas))
 }
 

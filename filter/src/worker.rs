@@ -54,16 +54,15 @@ pub struct Worker {
 #[derive(Default)]
 pub struct Scratch {
     pub template: String,
-    pub key: String,
     pub header: String,
-    /// An address slot's key, while `key` holds a session slot's.
-    pub address_key: String,
 }
 
 /// The slot a request landed in.
 #[derive(Clone, Copy, Debug)]
 pub struct Located {
     pub index: u32,
+    /// Its shared-data key, for the compare-and-swap write.
+    pub key: shared::Key,
     pub slot: Slot,
     pub cas: u32,
     pub placement: Placement,
@@ -212,19 +211,16 @@ impl Worker {
         let capacity = self.settings.session.capacity;
         let idle = self.settings.session.idle_timeout_s;
         let [a, b] = slot_table::candidates(fingerprint, capacity);
-        shared::slot_key(a, &mut self.scratch.key);
-        let (slot_a, cas_a) = shared::read_slot(&self.scratch.key)?;
+        let (slot_a, cas_a) = shared::read_slot(shared::slot_key(a))?;
         if slot_a.is_some_and(|s| s.fingerprint == fingerprint) || a == b {
             let (_, placement) =
                 slot_table::choose(fingerprint, [slot_a.as_ref(), slot_a.as_ref()], now, idle);
             return Ok(self.claim(a, slot_a, cas_a, placement, fingerprint, now));
         }
-        shared::slot_key(b, &mut self.scratch.key);
-        let (slot_b, cas_b) = shared::read_slot(&self.scratch.key)?;
+        let (slot_b, cas_b) = shared::read_slot(shared::slot_key(b))?;
         let (i, placement) =
             slot_table::choose(fingerprint, [slot_a.as_ref(), slot_b.as_ref()], now, idle);
         Ok(if i == 0 {
-            shared::slot_key(a, &mut self.scratch.key);
             self.claim(a, slot_a, cas_a, placement, fingerprint, now)
         } else {
             self.claim(b, slot_b, cas_b, placement, fingerprint, now)
@@ -249,6 +245,7 @@ impl Worker {
         };
         Located {
             index,
+            key: shared::slot_key(index),
             slot,
             cas,
             placement,
