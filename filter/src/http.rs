@@ -4,7 +4,7 @@ use crate::host::{self, HostResult, CAS_MISMATCH};
 use crate::metrics::Metrics;
 use crate::response_head::ResponseHead;
 use crate::shared::{self, CAS_RETRIES};
-use crate::worker::{SharedWorker, Worker};
+use crate::worker::{Located, SharedWorker, Worker};
 use flowguard_engine::address::AddressSlot;
 use flowguard_engine::decision::Decision;
 use flowguard_engine::endpoint_set::EndpointId;
@@ -14,7 +14,7 @@ use flowguard_engine::header_map::decode_pairs;
 use flowguard_engine::rule::{Action as RuleAction, Rule};
 use flowguard_engine::sensitive::Scanner;
 use flowguard_engine::session::{self, address_host, Source};
-use flowguard_engine::slot::{is_auth_failure, is_success, Slot};
+use flowguard_engine::slot::{is_auth_failure, is_success, Slot, Visit};
 use flowguard_engine::slot_table::Placement;
 use flowguard_engine::support;
 use flowguard_engine::telemetry::{sampled, Event};
@@ -328,38 +328,12 @@ fn on_request(
     let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
     let bytes = host::header_pairs(MapType::HttpRequestHeaders)?;
     let pairs = decode_pairs(&bytes);
-    // Upstreams trust x-flowguard-* headers, so a client may never send one.
-    for (name, _) in &pairs {
-        if name
-            .get(..OWN_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
-        {
-            host::remove_header(MapType::HttpRequestHeaders, name)?;
-        }
-    }
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
+    strip_own_headers(&pairs)?;
+    let headers = Headers(&pairs);
 
-    let header_key = session::derive(&w.settings.session.sources, get, None);
-    let normaliser = w
-        .model
-        .as_ref()
-        .map_or(&w.base_normaliser, |m| &m.normaliser);
-    // The method the upstream will serve: the override header only if it honours one.
-    let method = get(":method").unwrap_or("GET");
-    let method = match get("x-http-method-override") {
-        Some(m) if w.settings.endpoints.method_override && method.eq_ignore_ascii_case("POST") => {
-            m.trim()
-        }
-        _ => method,
-    };
-    let id = normaliser.normalise(method, get(":path").unwrap_or("/"), &mut w.scratch.template);
+    let header_key = session::derive(&w.settings.session.sources, |n| headers.get(n), None);
+    let id = normalise(w, &headers);
     let endpoint = w.endpoint_id()?;
-    let learning = w.model.is_none();
     let check_address = w.model.as_ref().is_some_and(|m| m.checks_address(endpoint))
         && w.settings.rules.get(Rule::AuthFailures) != RuleAction::Off;
     let address = if check_address
@@ -370,15 +344,13 @@ fn on_request(
         None
     };
     let addr = address.as_deref().and_then(|a| std::str::from_utf8(a).ok());
-    let Some(key) = header_key.or_else(|| session::derive(&w.settings.session.sources, get, addr))
-    else {
+    let derived = || session::derive(&w.settings.session.sources, |n| headers.get(n), addr);
+    let Some(key) = header_key.or_else(derived) else {
         Metrics::inc(w.metrics.sessionless);
-        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let request_id = get("x-request-id").filter(|id| is_safe_id(id));
         return match (check_address, address.as_deref()) {
             (true, Some(a)) => {
                 *address_watch = true;
-                sessionless(w, a, now, request_id, address_watch)
+                sessionless(w, a, now, headers.request_id(), address_watch)
             }
             _ => Ok(Action::Continue),
         };
@@ -388,13 +360,11 @@ fn on_request(
         .session
         .fingerprinter
         .fingerprint(key.kind, key.value.as_bytes());
-    let weak_session = key.kind == Source::Address.kind() && w.settings.session.address_is_weak();
-
     let mut request = Request {
         endpoint,
         id,
         now_ms,
-        weak_session,
+        weak_session: key.kind == Source::Address.kind() && w.settings.session.address_is_weak(),
         ..Request::default()
     };
     if let Some(model) = &w.model {
@@ -405,7 +375,82 @@ fn on_request(
         request.address_failures = address_failures(w, address.as_deref(), now)?;
     }
 
-    let mut decided = None;
+    let Some((verdict, judged)) = judge(w, &mut request, fingerprint, address.as_deref(), now)?
+    else {
+        Metrics::inc(w.metrics.slot_conflicts);
+        return Ok(Action::Continue);
+    };
+    *pending = judged;
+    if let (Some(e), false) = (endpoint, verdict.fired.contains(Rule::DeprecatedEndpoint)) {
+        if let Some(t) = w.last_used.get_mut(usize::from(e)) {
+            *t = now;
+        }
+    }
+    let decision = Decision::of(w.settings.mode, w.model.is_some(), &verdict);
+    report(w, decision, &verdict, &request, fingerprint, event);
+    act(w, decision, &verdict, fingerprint, &headers, pending)
+}
+
+/// The request's headers, as read once from the host.
+struct Headers<'a>(&'a [(&'a [u8], &'a [u8])]);
+
+impl<'a> Headers<'a> {
+    /// The first value of header `name` (any case), if it is UTF-8.
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// `x-request-id`, when plain enough to echo in a JSON body.
+    fn request_id(&self) -> Option<&'a str> {
+        self.get("x-request-id").filter(|id| is_safe_id(id))
+    }
+}
+
+/// Upstreams trust `x-flowguard-*` headers, so a client may never send one.
+fn strip_own_headers(pairs: &[(&[u8], &[u8])]) -> HostResult<()> {
+    for (name, _) in pairs {
+        if name
+            .get(..OWN_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+        {
+            host::remove_header(MapType::HttpRequestHeaders, name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Normalises the request into `scratch.template`; returns its object's identifier hash.
+fn normalise(w: &mut Worker, headers: &Headers) -> Option<u64> {
+    let normaliser = w
+        .model
+        .as_ref()
+        .map_or(&w.base_normaliser, |m| &m.normaliser);
+    // The method the upstream will serve: the override header only if it honours one.
+    let method = headers.get(":method").unwrap_or("GET");
+    let method = match headers.get("x-http-method-override") {
+        Some(m) if w.settings.endpoints.method_override && method.eq_ignore_ascii_case("POST") => {
+            m.trim()
+        }
+        _ => method,
+    };
+    let path = headers.get(":path").unwrap_or("/");
+    normaliser.normalise(method, path, &mut w.scratch.template)
+}
+
+/// Judges the request against its session's slot and writes the slot back with
+/// compare-and-swap: the verdict and what the answer must settle, or `None` when every
+/// attempt lost its race.
+fn judge(
+    w: &mut Worker,
+    request: &mut Request,
+    fingerprint: u64,
+    address: Option<&[u8]>,
+    now: u32,
+) -> HostResult<Option<(Verdict, Option<Pending>)>> {
+    let learning = w.model.is_none();
     let mut share = None;
     let mut midflow = None;
     for _ in 0..CAS_RETRIES {
@@ -414,14 +459,14 @@ fn on_request(
         {
             let (bit, unlearned) = match share {
                 Some(s) => s,
-                None => *share.insert(learning_share(w, address.as_deref())?),
+                None => *share.insert(learning_share(w, address)?),
             };
             located.slot.address_bit = bit;
             located.slot.unlearned = unlearned;
         }
         let fresh = located.slot;
         let (mut visit, mut verdict) =
-            verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
+            verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, request);
         // A new session whose first request here misses a step may have taken it at
         // another proxy (or before a restart): within its address's budget, it joins
         // mid-flow and its order rules flag.
@@ -431,13 +476,13 @@ fn on_request(
         if order_block && visit.new_session && w.settings.session.midflow_open(started, now) {
             let granted = match midflow {
                 Some(g) => g,
-                None => *midflow.insert(may_join_midflow(w, address.as_deref(), now)?),
+                None => *midflow.insert(may_join_midflow(w, address, now)?),
             };
             if granted {
                 located.slot = fresh;
                 request.midflow_ok = true;
                 (visit, verdict) =
-                    verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, &request);
+                    verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, request);
             }
         }
         // Learning after the model counts only sessions no rule ever fired on.
@@ -461,107 +506,125 @@ fn on_request(
                 Metrics::inc(w.metrics.evictions);
             }
         }
-        if let (true, Some(e)) = (learns, endpoint) {
+        if let (true, Some(e)) = (learns, request.endpoint) {
             let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
             let known = w.settings.learning.absences_to_record(registered);
-            if weak_session {
+            if request.weak_session {
                 w.delta.observe_inventory(e, &visit);
             } else {
                 w.delta.observe_request(e, &visit, known);
             }
         }
-        let auth_step = w
-            .settings
-            .endpoints
-            .failure
-            .auth
-            .contains(&w.scratch.template);
-        let handover_step = w
-            .settings
-            .session
-            .handover
-            .templates
-            .contains(&w.scratch.template);
-        // With a model and no relearning, a success no rule waits for changes nothing: the
-        // answer then costs no shared-data round trip.
-        let relearns = w.relearns();
-        *pending = endpoint.map(|endpoint| {
-            let unread = !relearns && w.model.as_ref().is_some_and(|m| !m.is_required(endpoint));
-            let object = id.filter(|_| w.model.as_ref().is_none_or(|m| m.binds(endpoint)));
-            let done_on_object = match object {
-                Some(_) => visit.object.is_some_and(|done| done.contains(endpoint)),
-                None => true,
-            };
-            Pending {
-                auth_step,
-                handover_step,
-                index: located.index,
-                fingerprint,
-                endpoint,
-                epoch: located.slot.model_version,
-                completed: unread || (located.slot.completed.contains(endpoint) && done_on_object),
-                object,
-                // A shared address's flow mixes clients: it teaches no flow.
-                learn: learns && visit.learn && !weak_session,
-                endpoint_facts: learns && visit.learn,
-            }
-        });
-        decided = Some(verdict);
-        break;
+        let pending = request
+            .endpoint
+            .map(|e| pending_for(w, e, request, &located, &visit, fingerprint, learns));
+        return Ok(Some((verdict, pending)));
     }
-    let Some(verdict) = decided else {
-        Metrics::inc(w.metrics.slot_conflicts);
-        return Ok(Action::Continue);
+    Ok(None)
+}
+
+/// What the answer to a request on `endpoint` must settle in its session's slot.
+fn pending_for(
+    w: &Worker,
+    endpoint: EndpointId,
+    request: &Request,
+    located: &Located,
+    visit: &Visit,
+    fingerprint: u64,
+    learns: bool,
+) -> Pending {
+    let template = &w.scratch.template;
+    // With a model and no relearning, a success no rule waits for changes nothing: the
+    // answer then costs no shared-data round trip.
+    let unread = !w.relearns() && w.model.as_ref().is_some_and(|m| !m.is_required(endpoint));
+    let object = request
+        .id
+        .filter(|_| w.model.as_ref().is_none_or(|m| m.binds(endpoint)));
+    let done_on_object = match object {
+        Some(_) => visit.object.is_some_and(|done| done.contains(endpoint)),
+        None => true,
     };
-    if let (Some(e), false) = (endpoint, verdict.fired.contains(Rule::DeprecatedEndpoint)) {
-        if let Some(t) = w.last_used.get_mut(usize::from(e)) {
-            *t = now;
-        }
+    Pending {
+        auth_step: w.settings.endpoints.failure.auth.contains(template),
+        handover_step: w.settings.session.handover.templates.contains(template),
+        index: located.index,
+        fingerprint,
+        endpoint,
+        epoch: located.slot.model_version,
+        completed: unread || (located.slot.completed.contains(endpoint) && done_on_object),
+        object,
+        // A shared address's flow mixes clients: it teaches no flow.
+        learn: learns && visit.learn && !request.weak_session,
+        endpoint_facts: learns && visit.learn,
     }
-    let decision = Decision::of(w.settings.mode, !learning, &verdict);
-    if let Some(t) = w.telemetry.as_mut() {
-        if !verdict.fired.is_empty() || sampled(fingerprint, t.settings.sample_rate) {
-            let e = Event {
-                time_ms: now_ms,
-                session: fingerprint,
-                template: w.scratch.template.clone(),
-                status: decision.reply_status().unwrap_or(0),
-                outcome: decision.acts().then_some(verdict.outcome),
-                rules: verdict.fired,
-                latency_us: 0,
-                summary: verdict.fired.is_empty(),
-                ids: id,
-                weak_session,
-            };
-            // A local reply's event is complete now; a forwarded one waits for its status.
-            match decision {
-                Decision::Reply { .. } => t.record(e, &w.metrics),
-                _ => *event = Some(e),
-            }
-        }
+}
+
+/// The request's telemetry event, if it is reported: complete now for a local reply, else
+/// left in `event` for the answer's status.
+fn report(
+    w: &mut Worker,
+    decision: Decision,
+    verdict: &Verdict,
+    request: &Request,
+    fingerprint: u64,
+    event: &mut Option<Event>,
+) {
+    let Some(t) = w.telemetry.as_mut() else {
+        return;
+    };
+    if verdict.fired.is_empty() && !sampled(fingerprint, t.settings.sample_rate) {
+        return;
     }
+    let e = Event {
+        time_ms: request.now_ms,
+        session: fingerprint,
+        template: w.scratch.template.clone(),
+        status: decision.reply_status().unwrap_or(0),
+        outcome: decision.acts().then_some(verdict.outcome),
+        rules: verdict.fired,
+        latency_us: 0,
+        summary: verdict.fired.is_empty(),
+        ids: request.id,
+        weak_session: request.weak_session,
+    };
+    match decision {
+        Decision::Reply { .. } => t.record(e, &w.metrics),
+        _ => *event = Some(e),
+    }
+}
+
+/// Carries out the decision: headers for the upstream, or the local reply.
+fn act(
+    w: &mut Worker,
+    decision: Decision,
+    verdict: &Verdict,
+    fingerprint: u64,
+    headers: &Headers,
+    pending: &mut Option<Pending>,
+) -> HostResult<Action> {
     if decision == Decision::Pass {
         return Ok(Action::Continue);
     }
     let session_id = hex(fingerprint);
     let session_id = std::str::from_utf8(&session_id).unwrap_or_default();
     host::set_header(MapType::HttpRequestHeaders, SESSION_HEADER, session_id)?;
-    if decision == Decision::Session {
-        return Ok(Action::Continue);
+    match decision {
+        Decision::Pass | Decision::Session => Ok(Action::Continue),
+        Decision::Annotate => {
+            record_verdict(w, verdict);
+            annotate(w, verdict)?;
+            Ok(Action::Continue)
+        }
+        Decision::Reply {
+            status,
+            retry_after_s,
+        } => {
+            record_verdict(w, verdict);
+            *pending = None;
+            block(w, status, retry_after_s, headers.request_id(), fingerprint)?;
+            Ok(Action::Pause)
+        }
     }
-    record_verdict(w, &verdict);
-    if let Decision::Reply {
-        status,
-        retry_after_s,
-    } = decision
-    {
-        *pending = None;
-        let request_id = get("x-request-id").filter(|id| is_safe_id(id));
-        block(w, status, retry_after_s, request_id, fingerprint)?;
-        return Ok(Action::Pause);
-    }
-    annotate(w, &verdict)?;
-    Ok(Action::Continue)
 }
 
 /// Tells the upstream the verdict (`x-flowguard-verdict`).
