@@ -83,6 +83,14 @@ impl Backend {
         }
     }
 
+    /// The newest stored policy if it is newer than version `known`.
+    pub async fn newer_row(&self, known: u64) -> Result<Option<(u64, String)>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.newer_row(known).await?),
+            Backend::Sqlite(_) => Ok(self.latest_row().await?.filter(|(v, _)| *v > known)),
+        }
+    }
+
     pub async fn latest_policy(&self) -> Result<Option<Policy>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.latest_policy().await?),

@@ -15,6 +15,7 @@ use service::{now_ms, Collector};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -430,11 +431,13 @@ fn serve(
             backend: backend.clone(),
             current: current.clone(),
             token: token.clone(),
+            refresh_failing: AtomicBool::new(false),
         };
         let policies = Collector {
             backend,
             current,
             token,
+            refresh_failing: AtomicBool::new(false),
         };
         let listener = tokio::net::TcpListener::bind(listen).await?;
         eprintln!(

@@ -193,6 +193,20 @@ impl PgStore {
         latest_row(&**client).await
     }
 
+    /// The newest policy if its version is above `known`: a poll that finds nothing new
+    /// reads no policy JSON.
+    pub async fn newer_row(&self, known: u64) -> Result<Option<(u64, String)>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, json FROM policies WHERE version > $1
+                 ORDER BY version DESC LIMIT 1",
+                &[&(known as i64)],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
     pub async fn latest_policy(&self) -> Result<Option<Policy>, PgError> {
         self.latest_row()
             .await?

@@ -4,6 +4,7 @@ use crate::backend::Backend;
 use flowguard_proto::v1::policies_server::Policies;
 use flowguard_proto::v1::telemetry_server::Telemetry;
 use flowguard_proto::v1::{GetPolicyRequest, GetPolicyResponse, ReportRequest, ReportResponse};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
 
@@ -15,6 +16,8 @@ pub struct Collector {
     pub current: Current,
     /// Required `authorization: Bearer <token>` metadata, when configured.
     pub token: Option<String>,
+    /// The shared store could not be read at the last poll (its error is logged once).
+    pub refresh_failing: AtomicBool,
 }
 
 pub fn now_ms() -> u64 {
@@ -68,15 +71,26 @@ impl Policies for Collector {
         let known = req.get_ref().known_version;
         if self.backend.is_shared() {
             // Replicas share the database: each serves its newest version, whichever
-            // replica learned it. Unreachable, the last one read is served.
-            match self.backend.latest_row().await {
-                Ok(Some(row)) => {
-                    if let Ok(mut c) = self.current.write() {
+            // replica learned it. Unreachable, the last one read is served (logged once
+            // per outage, not per poll).
+            let served = self
+                .current
+                .read()
+                .ok()
+                .and_then(|c| c.as_ref().map(|(v, _)| *v))
+                .unwrap_or(0);
+            match self.backend.newer_row(served).await {
+                Ok(newer) => {
+                    self.refresh_failing.store(false, Ordering::Relaxed);
+                    if let (Some(row), Ok(mut c)) = (newer, self.current.write()) {
                         *c = Some(row);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => eprintln!("flowguard collector: policy not refreshed: {e}"),
+                Err(e) => {
+                    if !self.refresh_failing.swap(true, Ordering::Relaxed) {
+                        eprintln!("flowguard collector: policy not refreshed: {e}");
+                    }
+                }
             }
         }
         let current = self
