@@ -436,6 +436,17 @@ impl Envoy {
         self.metric(name)
     }
 
+    /// Waits until flowguard counter `name` reaches `at_least` (each worker reports its
+    /// counts on its tick, which a loaded machine delays); its value, or an error naming
+    /// the counter and what it stayed at.
+    pub fn counter_at_least(&self, name: &str, at_least: u64) -> Result<u64, String> {
+        eventually(&format!("{name} to reach {at_least}"), || {
+            let v = self.metric(name);
+            (v >= at_least).then_some(v)
+        })
+        .map_err(|e| format!("{e}: it is {}", self.metric(name)))
+    }
+
     /// Waits until flowguard has an active model (its policy version gauge is set by the
     /// first VM that installs it), then for the other workers' next tick to install it too.
     pub fn wait_for_model(&self) -> Result<u64, String> {

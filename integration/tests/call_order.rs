@@ -89,8 +89,12 @@ fn confirm_without_successful_payment_is_blocked() {
             customer.calls
         );
     }
-    assert!(envoy.counter("flowguard.rule.order.missing_prerequisite") >= 2);
-    assert!(envoy.counter("flowguard.local_replies") >= 2);
+    envoy
+        .counter_at_least("flowguard.rule.order.missing_prerequisite", 2)
+        .unwrap();
+    envoy
+        .counter_at_least("flowguard.local_replies", 2)
+        .unwrap();
 }
 
 /// With the default evidence (0.98 at 0.99: 228 clean sessions reaching a step) the first

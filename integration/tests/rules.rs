@@ -72,7 +72,10 @@ fn every_attack_is_caught_and_normal_traffic_replays_with_zero_false_blocks() {
         caught <= ids_limit + 10,
         "caught after {caught} ids (limit {ids_limit})"
     );
-    assert!(world.envoy.counter("flowguard.rule.rate.enumeration") >= 1);
+    world
+        .envoy
+        .counter_at_least("flowguard.rule.rate.enumeration", 1)
+        .unwrap();
 
     // inventory: a shadow endpoint and a retired API version are flagged, not blocked.
     let mut explorer = Session::new(client);
@@ -167,7 +170,10 @@ fn credential_stuffing_rotating_cookies_is_caught_by_address() {
         statuses[caught..].iter().all(|s| *s == 429),
         "stays blocked: {statuses:?}"
     );
-    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
+    world
+        .envoy
+        .counter_at_least("flowguard.rule.auth.failures", 1)
+        .unwrap();
 }
 
 /// With the session in a cookie only, a stuffing bot that sends no cookie has no session:
@@ -191,7 +197,10 @@ fn cookieless_stuffing_is_caught_with_a_cookie_only_configuration() {
     let caught = first_429(&statuses).unwrap_or_else(|| panic!("stuffing caught: {statuses:?}"));
     assert!(statuses[..caught].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[caught..].iter().all(|s| *s == 429), "{statuses:?}");
-    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
+    world
+        .envoy
+        .counter_at_least("flowguard.rule.auth.failures", 1)
+        .unwrap();
     assert_eq!(
         world.envoy.counter("flowguard.requests_without_session"),
         60
@@ -229,7 +238,10 @@ fn monitor_forwards_rate_and_enumeration_attacks_with_their_verdicts() {
     let statuses = traffic::credential_stuffing(&world.client, 50);
     assert!(statuses.iter().all(|s| *s == 401));
     assert_eq!(world.envoy.counter("flowguard.local_replies"), 0);
-    assert!(world.envoy.counter("flowguard.rule.auth.failures") >= 1);
+    world
+        .envoy
+        .counter_at_least("flowguard.rule.auth.failures", 1)
+        .unwrap();
 }
 
 #[test]
