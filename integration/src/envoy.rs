@@ -93,24 +93,32 @@ impl EnvoyConfig {
     }
 }
 
-/// Renders the Envoy bootstrap YAML: listener -> flowguard -> router -> upstream.
-pub fn bootstrap_yaml(cfg: &EnvoyConfig, wasm: &Path) -> String {
-    // A JSON string is a valid YAML double-quoted scalar.
-    let configuration = serde_json::to_string(&cfg.filter_json).unwrap_or_default();
-    let wasm = serde_json::to_string(&wasm.display().to_string()).unwrap_or_default();
+/// The start every test bootstrap shares: an admin and one HTTP listener on free loopback
+/// ports, up to its connection manager's `stat_prefix` (the caller goes on from there).
+pub fn listener_head(name: &str, stat_prefix: &str) -> String {
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 static_resources:
   listeners:
-  - name: main
+  - name: {name}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress{access_log}
+          stat_prefix: {stat_prefix}"#
+    )
+}
+
+/// Renders the Envoy bootstrap YAML: listener -> flowguard -> router -> upstream.
+pub fn bootstrap_yaml(cfg: &EnvoyConfig, wasm: &Path) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    let configuration = serde_json::to_string(&cfg.filter_json).unwrap_or_default();
+    let wasm = serde_json::to_string(&wasm.display().to_string()).unwrap_or_default();
+    format!(
+        r#"{head}{access_log}
           normalize_path: {normalize}
           merge_slashes: {normalize}{client_ip}
           route_config:
@@ -150,6 +158,7 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
 "#,
+        head = listener_head("main", "ingress"),
         ip = cfg.upstream.ip(),
         port = cfg.upstream.port(),
         normalize = cfg.normalize_path,
@@ -536,18 +545,7 @@ pub fn expect_refusal(cfg: &EnvoyConfig) -> Result<String, String> {
 pub fn answering_yaml(body: &str) -> String {
     let body = serde_json::to_string(body).unwrap_or_default();
     format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: backend
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: backend
+        r#"{head}
           route_config:
             virtual_hosts:
             - name: all
@@ -559,7 +557,8 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
+"#,
+        head = listener_head("backend", "backend"),
     )
 }
 

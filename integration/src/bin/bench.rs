@@ -4,7 +4,7 @@
 //! (A B C … A B C …) so drift hits all alike, and the median round is reported with its
 //! ratio to Envoy without any Wasm filter. Results go to bench/results/.
 
-use flowguard_integration::envoy::{repo_root, Envoy};
+use flowguard_integration::envoy::{listener_head, repo_root, Envoy};
 use flowguard_integration::shop_server::ShopServer;
 use serde_json::json;
 use std::process::Command;
@@ -93,18 +93,7 @@ fn bootstrap(filters: &str, upstream: Option<std::net::SocketAddr>) -> String {
         )
     });
     format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: bench
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
+        r#"{head}
           normalize_path: true
           merge_slashes: true
           route_config:
@@ -118,7 +107,8 @@ static_resources:
 {filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-{cluster}"#
+{cluster}"#,
+        head = listener_head("bench", "bench")
     )
 }
 
@@ -184,6 +174,47 @@ fn wrk(url: &str, seconds: u32) -> Result<Sample, String> {
         p50_us: p50,
         p99_us: p99,
     })
+}
+
+/// Starts one Envoy per variant's filter, warms each up (JIT, connection pools, 10,000
+/// live sessions in each slot table), then runs wrk on them interleaved (A B C … A B C …)
+/// for `ROUNDS` rounds, so drift hits all alike: each variant's samples, and the Envoys.
+fn measure_keeping<N: AsRef<str>>(
+    variants: &[(N, String)],
+    upstream: Option<std::net::SocketAddr>,
+    label: &str,
+) -> Result<(Vec<Vec<Sample>>, Vec<Envoy>), String> {
+    let envoys: Vec<Envoy> = variants
+        .iter()
+        .map(|(_, f)| Envoy::start_yaml(&bootstrap(f, upstream), 1, "warning"))
+        .collect::<Result<_, _>>()?;
+    for e in &envoys {
+        wrk(&e.url, 2)?;
+    }
+    let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for ((name, _), (e, out)) in variants.iter().zip(envoys.iter().zip(&mut samples)) {
+            let s = wrk(&e.url, SECONDS)?;
+            eprintln!(
+                "{label} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs",
+                name.as_ref(),
+                s.rps,
+                s.p50_us,
+                s.p99_us
+            );
+            out.push(s);
+        }
+    }
+    Ok((samples, envoys))
+}
+
+/// As `measure_keeping`, the Envoys stopped.
+fn measure<N: AsRef<str>>(
+    variants: &[(N, String)],
+    upstream: Option<std::net::SocketAddr>,
+    label: &str,
+) -> Result<Vec<Vec<Sample>>, String> {
+    measure_keeping(variants, upstream, label).map(|(samples, _)| samples)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -285,24 +316,11 @@ fn profile() -> Result<(), String> {
             wasm_filter(path, &flowguard_config("enforce")),
         ));
     }
-    let envoys: Vec<Envoy> = variants
+    let samples = measure(&variants, None, "profile")?;
+    let rps: Vec<Vec<f64>> = samples
         .iter()
-        .map(|(_, f)| Envoy::start_yaml(&bootstrap(f, None), 1, "warning"))
-        .collect::<Result<_, _>>()?;
-    for e in &envoys {
-        wrk(&e.url, 2)?;
-    }
-    let mut rps: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
-        for (i, e) in envoys.iter().enumerate() {
-            let s = wrk(&e.url, SECONDS)?;
-            eprintln!(
-                "profile round {round} {:<20} {:>9.0} rps",
-                variants[i].0, s.rps
-            );
-            rps[i].push(s.rps);
-        }
-    }
+        .map(|s| s.iter().map(|x| x.rps).collect())
+        .collect();
     let meds: Vec<f64> = rps.into_iter().map(median).collect();
     let per_request_us = |r: f64| 1e6 / r;
     let empty = per_request_us(meds[0]);
@@ -485,25 +503,7 @@ fn run() -> Result<(), String> {
     let mut rows = Vec::new();
     let mut table = "| scenario | variant | requests/s | ratio to no filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|\n".to_string();
     for (scenario, upstream) in [("direct", None), ("proxied", Some(shop.addr))] {
-        let envoys: Vec<Envoy> = variants
-            .iter()
-            .map(|(_, f)| Envoy::start_yaml(&bootstrap(f, upstream), 1, "warning"))
-            .collect::<Result<_, _>>()?;
-        // Warm up: JIT, connection pools, and 10,000 live sessions in each slot table.
-        for e in &envoys {
-            wrk(&e.url, 2)?;
-        }
-        let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
-        for round in 0..ROUNDS {
-            for (i, e) in envoys.iter().enumerate() {
-                let s = wrk(&e.url, SECONDS)?;
-                eprintln!(
-                    "{scenario} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs",
-                    variants[i].0, s.rps, s.p50_us, s.p99_us
-                );
-                samples[i].push(s);
-            }
-        }
+        let (samples, envoys) = measure_keeping(&variants, upstream, scenario)?;
         let meds: Vec<(f64, f64, f64)> = samples
             .iter()
             .map(|s| {
