@@ -277,9 +277,18 @@ impl Model {
     }
 
     /// Whether requests to `endpoint` should also be checked against the client address's
-    /// authentication failures: endpoints that answered 401/403 in learning, and unknown ones.
+    /// authentication failures: endpoints that answered 401/403 in learning or since
+    /// ([`Model::note_auth_failure`]), and unknown ones.
     pub fn checks_address(&self, endpoint: Option<EndpointId>) -> bool {
         endpoint.is_none_or(|e| self.auth_endpoints.contains(e))
+    }
+
+    /// Notes that `endpoint` answered 401/403. A learning sample may hold no failed login
+    /// at all: the address's failures are counted from the first one anyway, and from now
+    /// on this endpoint's requests are checked against them, so a stuffing run on a login
+    /// never seen failing is still refused.
+    pub fn note_auth_failure(&mut self, endpoint: EndpointId) {
+        self.auth_endpoints.insert(endpoint);
     }
 
     /// Whether `id` is retired: declared deprecated, or unused for too long.
@@ -378,6 +387,12 @@ mod tests {
             "the configured floor when the policy has none"
         );
         assert!(m.checks_address(Some(0)) && !m.checks_address(Some(1)) && m.checks_address(None));
+        let mut m = m;
+        m.note_auth_failure(1);
+        assert!(
+            m.checks_address(Some(1)),
+            "a login that failed only after learning"
+        );
         let mut out = String::new();
         m.normaliser.normalise("GET", "/u/alice", &mut out);
         assert_eq!(out, "GET /u/{id}");

@@ -64,8 +64,9 @@ pub struct Http {
     scanned_endpoint: Option<EndpointId>,
     /// Whether learning counts what the scanned answer carries.
     scanned_learn: bool,
-    /// A request without a session whose client address is watched for 401/403 answers.
-    address_watch: bool,
+    /// A request without a session whose 401/403 answer counts against its client
+    /// address, with its endpoint (if known).
+    address_watch: Option<Option<EndpointId>>,
     /// A 2xx JSON answer whose outcome waits for its body (`endpoints.failure`), with its
     /// status, and the body read so far.
     deferred: Option<(Pending, u16)>,
@@ -85,7 +86,7 @@ impl Http {
             scanner: None,
             scanned_endpoint: None,
             scanned_learn: false,
-            address_watch: false,
+            address_watch: None,
             deferred: None,
             failure_body: Vec::new(),
             event: None,
@@ -145,7 +146,8 @@ impl HttpContext for Http {
             }
         };
         let status = head.status;
-        if self.address_watch && is_auth_failure(status) {
+        if let (Some(endpoint), true) = (self.address_watch.take(), is_auth_failure(status)) {
+            note_auth_failure(w, endpoint);
             if let Err(e) = host::now_ms().and_then(|now_ms| record_address_failure(w, now_ms)) {
                 response_host_error(w, e);
             }
@@ -317,7 +319,7 @@ fn on_request(
     w: &mut Worker,
     pending: &mut Option<Pending>,
     event: &mut Option<Event>,
-    address_watch: &mut bool,
+    address_watch: &mut Option<Option<EndpointId>>,
 ) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
     if w.model.is_none() {
@@ -347,11 +349,12 @@ fn on_request(
     let derived = || session::derive(&w.settings.session.sources, |n| headers.get(n), addr);
     let Some(key) = header_key.or_else(derived) else {
         Metrics::inc(w.metrics.sessionless);
+        // Its answer counts against the address even where no failure was seen yet.
+        if w.settings.rules.get(Rule::AuthFailures) != RuleAction::Off {
+            *address_watch = Some(endpoint);
+        }
         return match (check_address, address.as_deref()) {
-            (true, Some(a)) => {
-                *address_watch = true;
-                sessionless(w, a, now, headers.request_id(), address_watch)
-            }
+            (true, Some(a)) => sessionless(w, a, now, headers.request_id(), address_watch),
             _ => Ok(Action::Continue),
         };
     };
@@ -701,7 +704,7 @@ fn sessionless(
     address: &[u8],
     now: u32,
     request_id: Option<&str>,
-    address_watch: &mut bool,
+    address_watch: &mut Option<Option<EndpointId>>,
 ) -> HostResult<Action> {
     let failures = address_failures(w, Some(address), now)?;
     let Some(model) = w.model.as_ref() else {
@@ -717,7 +720,7 @@ fn sessionless(
             status,
             retry_after_s,
         } => {
-            *address_watch = false;
+            *address_watch = None;
             let fp = address_fingerprint(w, address).unwrap_or(0);
             block(w, status, retry_after_s, request_id, fp)?;
             Ok(Action::Pause)
@@ -837,9 +840,18 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
         w.delta.observe_endpoint_failure(p.endpoint);
     }
     if auth_failure {
+        note_auth_failure(w, Some(p.endpoint));
         record_address_failure(w, now_ms)?;
     }
     Ok(())
+}
+
+/// From now on, requests to an endpoint that answered 401/403 are checked against their
+/// client address's failures (the learning sample may have held none).
+fn note_auth_failure(w: &mut Worker, endpoint: Option<EndpointId>) {
+    if let (Some(model), Some(e)) = (w.model.as_mut(), endpoint) {
+        model.note_auth_failure(e);
+    }
 }
 
 /// Counts a 401/403 answer against the client address (over all its sessions, and

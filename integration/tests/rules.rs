@@ -176,6 +176,33 @@ fn credential_stuffing_rotating_cookies_is_caught_by_address() {
         .unwrap();
 }
 
+/// A learning sample with no failed login at all: the address's failures are counted
+/// from the first one and the login is checked from then on, so stuffing is still
+/// refused at the configured floor (30 by default).
+#[test]
+fn stuffing_a_login_never_seen_failing_is_caught() {
+    let world = World::start(&quick_learning("enforce", EXTRA), 1);
+    for _ in 0..120 {
+        traffic::browsing(&mut Session::new(&world.client));
+    }
+    world.envoy.wait_for_model().unwrap();
+    let learned = world
+        .envoy
+        .learned_policy()
+        .expect("learned policy in the log");
+    let login = learned.endpoint("POST /api/login").expect("login learned");
+    assert_eq!(login.auth_failures, 0, "no failed login to learn from");
+
+    let statuses = traffic::credential_stuffing(&world.client, 60);
+    let caught = first_429(&statuses).unwrap_or_else(|| panic!("stuffing caught: {statuses:?}"));
+    assert!(statuses[..caught].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        (25..=35).contains(&caught),
+        "caught after {caught} attempts"
+    );
+    assert!(statuses[caught..].iter().all(|s| *s == 429), "{statuses:?}");
+}
+
 /// With the session in a cookie only, a stuffing bot that sends no cookie has no session:
 /// the per-address rule still counts and refuses it, and customers are not touched.
 #[test]
