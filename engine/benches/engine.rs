@@ -117,7 +117,7 @@ fn benches(c: &mut Criterion) {
             let visit = s.record_request(Some(e), Some(t), t, 10_000);
             stats.observe_request(e, &visit, 60);
             let peak = s.record_response(e, None, 200, t, 300_000);
-            stats.observe_response(e, 200, peak);
+            stats.observe_response(e, visit.retry, 200, peak);
         })
     });
 }

@@ -80,6 +80,8 @@ impl std::fmt::Display for SlotError {
 pub struct Visit {
     pub new_session: bool,
     pub first_visit: bool,
+    /// An earlier call of the endpoint in this session had not succeeded: this one retries.
+    pub retry: bool,
     pub previous: EndpointId,
     pub completed_before: EndpointSet,
     /// The endpoint's window tally (new peaks, distinct ids this window).
@@ -138,6 +140,8 @@ impl Slot {
         let mut visit = Visit {
             new_session: !self.seen,
             first_visit: endpoint.is_some_and(|e| !self.visited.contains(e)),
+            retry: endpoint
+                .is_some_and(|e| self.visited.contains(e) && !self.completed.contains(e)),
             previous: self.last_endpoint,
             completed_before: self.completed,
             learn: !self.unlearned,

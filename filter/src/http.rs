@@ -45,6 +45,8 @@ struct Pending {
     object: Option<u64>,
     /// Learning counts this exchange (no rule fired on it).
     learn: bool,
+    /// An earlier call of the endpoint in this session had not succeeded.
+    retry: bool,
     /// Learning counts what this exchange shows about its endpoint (where authentication
     /// fails, what answers carry), also for a weak session, which teaches no flow.
     endpoint_facts: bool,
@@ -558,6 +560,7 @@ fn pending_for(
         object,
         // A shared address's flow mixes clients: it teaches no flow.
         learn: learns && visit.learn && !request.weak_session,
+        retry: visit.retry,
         endpoint_facts: learns && visit.learn,
     }
 }
@@ -835,7 +838,7 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
         Some(slot.encode().to_vec())
     })?;
     if written && p.learn && !unlearned {
-        w.delta.observe_response(p.endpoint, status, peak);
+        w.delta.observe_response(p.endpoint, p.retry, status, peak);
     } else if written && auth_failure && p.endpoint_facts {
         w.delta.observe_endpoint_failure(p.endpoint);
     }

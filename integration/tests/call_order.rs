@@ -2,8 +2,9 @@
 //! traffic, then stop sessions that skip a step.
 
 use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::shop::DECLINED_CARD;
 use flowguard_integration::shop_server::ShopServer;
-use flowguard_integration::traffic::{self, Client, Session};
+use flowguard_integration::traffic::{self, Client, Session, GOOD_CARD};
 
 /// Learns fast: thresholds a test's worth of traffic meets in a second or two.
 fn config(mode: &str) -> String {
@@ -249,4 +250,84 @@ fn one_session_over_many_connections_and_both_workers_keeps_one_flow() {
         per_worker(0) > 0 && per_worker(1) > 0,
         "both workers served connections"
     );
+}
+
+/// An API's test suite as the only learning traffic: one fixed script, whose payment is
+/// declined now and then and retried. Its habits (the menu and cart before the order, a
+/// look at the order before paying) teach nothing; the payment it retried until it
+/// succeeded before confirming is learned as the order's gate. Other valid paths pass;
+/// confirming an unpaid order is blocked.
+#[test]
+fn a_fixed_script_teaches_its_gate_and_none_of_its_habits() {
+    let shop = ShopServer::start().expect("shop starts");
+    let envoy = Envoy::start(&EnvoyConfig::new(&config("enforce"), shop.addr)).expect("Envoy");
+    let client = Client::new(&envoy.url);
+    for i in 0..80 {
+        let mut s = Session::new(&client);
+        s.login();
+        s.menu();
+        s.add_to_cart(1);
+        let order = s.create_order();
+        s.order_status(order);
+        if i % 4 == 0 {
+            s.pay(order, DECLINED_CARD);
+        }
+        s.pay(order, GOOD_CARD);
+        s.confirm(order);
+    }
+    envoy.wait_for_model().expect("model learned");
+    let policy = envoy.learned_policy().expect("learned policy in the log");
+    for e in &policy.endpoints {
+        let gate: &[&str] = if e.template == "POST /api/orders/{id}/confirm" {
+            &["POST /api/orders/{id}/pay"]
+        } else {
+            &[]
+        };
+        assert_eq!(e.bound_prerequisites, gate, "{}", e.template);
+        assert!(
+            e.prerequisites.is_empty(),
+            "{}: {:?}",
+            e.template,
+            e.prerequisites
+        );
+    }
+
+    let blocked = |s: &Session| s.statuses().iter().any(|st| *st == 403 || *st == 429);
+    // Other valid paths: an anonymous reader; a returning customer who orders without
+    // the menu, the cart or a look at the order; two orders paid and confirmed out of
+    // step with each other.
+    let mut reader = Session::new(&client);
+    reader.menu();
+    reader.call("GET", "/api/cart", None);
+    assert!(!blocked(&reader), "{:?}", reader.calls);
+    let mut returning = Session::new(&client);
+    returning.login();
+    let order = returning.create_order();
+    returning.pay(order, GOOD_CARD);
+    returning.confirm(order);
+    assert!(!blocked(&returning), "{:?}", returning.calls);
+    let mut two = Session::new(&client);
+    two.menu();
+    two.login();
+    let (a, b) = (two.create_order(), two.create_order());
+    two.pay(b, GOOD_CARD);
+    two.pay(a, GOOD_CARD);
+    two.confirm(a);
+    two.order_status(b);
+    two.confirm(b);
+    two.menu();
+    assert!(!blocked(&two), "{:?}", two.calls);
+
+    // Skipping the gate: confirm unpaid, and pay one order to confirm another.
+    let mut fraud = Session::new(&client);
+    fraud.login();
+    let order = fraud.create_order();
+    assert_eq!(fraud.confirm(order).status, 403);
+    let mut pay_once = Session::new(&client);
+    pay_once.login();
+    let paid = pay_once.create_order();
+    pay_once.pay(paid, GOOD_CARD);
+    assert_eq!(pay_once.confirm(paid).status, 200);
+    let unpaid = pay_once.create_order();
+    assert_eq!(pay_once.confirm(unpaid).status, 403);
 }

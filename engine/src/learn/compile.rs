@@ -120,6 +120,17 @@ pub fn compile(
             && supported(m.transition_support.get(key))
     };
 
+    // A gate: a state-changing step that clients retried until it succeeded, in at
+    // least `min_support` sessions. Its success is what they waited for; a read is never
+    // one (skipping it gains an attacker nothing, and parallel reads look like retries).
+    let gate = |p: EndpointId| {
+        let read = merged.templates().get(usize::from(p)).is_some_and(|t| {
+            ["GET ", "HEAD ", "OPTIONS "]
+                .iter()
+                .any(|m| t.starts_with(m))
+        });
+        !read && m.recovered.get(&p).copied().unwrap_or(0) >= s.min_support
+    };
     let name = |id: EndpointId| {
         if id == NO_ENDPOINT {
             START.to_owned()
@@ -171,14 +182,19 @@ pub fn compile(
             };
             // `p` is bound to the object when, at the same confidence, the requests that
             // reached this step on an object found `p` already done on that object; it
-            // still needs the sessions (and routes) a session-wide rule needs.
+            // still needs the sessions a session-wide rule needs. Then either sessions
+            // came by several routes, or `p` is a gate (see `gate`): in a sample that
+            // always takes one path, a habit on one object is not told from a dependency
+            // otherwise.
             let object_reached = m.object_reached.get(&id).copied().unwrap_or(0);
             let bound_prerequisites: Vec<String> =
-                if has_ids && reached >= needed.max(s.min_support) && varied {
+                if has_ids && reached >= needed.max(s.min_support) {
                     m.object_prior
                         .range((id, 0)..=(id, NO_ENDPOINT))
                         .filter(|((_, p), n)| {
-                            kept(*p) && shows((**n).min(object_reached), object_reached)
+                            kept(*p)
+                                && shows((**n).min(object_reached), object_reached)
+                                && (varied || gate(*p))
                         })
                         .map(|((_, p), _)| name(*p))
                         .collect()
@@ -190,7 +206,13 @@ pub fn compile(
                 .into_iter()
                 .filter(|p| !bound_prerequisites.contains(p))
                 .collect();
-            let note = if routes < s.min_routes as usize {
+            let note = if !varied && !bound_prerequisites.is_empty() {
+                Some(format!(
+                    "bound to the object on {routes} route{}: {} retried until it succeeded",
+                    if routes == 1 { "" } else { "s" },
+                    bound_prerequisites.join(", ")
+                ))
+            } else if routes < s.min_routes as usize {
                 Some(format!(
                     "no evidence of order: {routes} route{} seen, {} needed",
                     if routes == 1 { "" } else { "s" },

@@ -18,6 +18,9 @@ pub struct LearnStats {
     pub reached: BTreeMap<EndpointId, u64>,
     /// Successful answers of each endpoint.
     pub succeeded: BTreeMap<EndpointId, u64>,
+    /// Sessions whose first success of each endpoint came after it had failed: clients
+    /// retried it until it succeeded, so its success mattered to what came next.
+    pub recovered: BTreeMap<EndpointId, u64>,
     /// `(endpoint, p)`: sessions that reached `endpoint` with `p` already completed.
     pub prior: BTreeMap<(EndpointId, EndpointId), u64>,
     /// Requests to each endpoint on an object the step had not yet succeeded on (with the
@@ -135,10 +138,20 @@ impl LearnStats {
         }
     }
 
-    /// Counts the answer of `endpoint`; `auth_peak` is the session's new auth-failure peak.
-    pub fn observe_response(&mut self, endpoint: EndpointId, status: u16, auth_peak: Option<u16>) {
+    /// Counts the answer of `endpoint`; `retry` is the request's [`Visit::retry`] and
+    /// `auth_peak` the session's new auth-failure peak.
+    pub fn observe_response(
+        &mut self,
+        endpoint: EndpointId,
+        retry: bool,
+        status: u16,
+        auth_peak: Option<u16>,
+    ) {
         if crate::slot::is_success(status) {
             bump(&mut self.succeeded, endpoint, 1);
+            if retry {
+                bump(&mut self.recovered, endpoint, 1);
+            }
         }
         if crate::slot::is_auth_failure(status) {
             bump(&mut self.auth_failures, endpoint, 1);
@@ -191,6 +204,7 @@ impl LearnStats {
         self.requests = self.requests.saturating_add(other.requests);
         add_all(&mut self.reached, &other.reached);
         add_all(&mut self.succeeded, &other.succeeded);
+        add_all(&mut self.recovered, &other.recovered);
         add_all(&mut self.prior, &other.prior);
         add_all(&mut self.object_reached, &other.object_reached);
         add_all(&mut self.object_prior, &other.object_prior);
@@ -290,6 +304,7 @@ impl LearnStats {
             sensitive,
             reached: one(&self.reached),
             succeeded: one(&self.succeeded),
+            recovered: one(&self.recovered),
             prior: pairs(&self.prior, false),
             object_reached: one(&self.object_reached),
             object_prior: pairs(&self.object_prior, false),

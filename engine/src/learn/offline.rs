@@ -46,7 +46,7 @@ impl Exchange {
             auth_window_ms,
         );
         if visit.learn && !self.weak {
-            stats.observe_response(self.endpoint, self.status, peak);
+            stats.observe_response(self.endpoint, visit.retry, self.status, peak);
         } else if visit.learn && crate::slot::is_auth_failure(self.status) {
             stats.observe_endpoint_failure(self.endpoint);
         }

@@ -29,7 +29,7 @@ fn play_from(
         let visit = slot.record_request(Some(id), object, now, 10_000);
         stats.observe_request(id, &visit, reg.len());
         let peak = slot.record_response(id, object, *status, now, 300_000);
-        stats.observe_response(id, *status, peak);
+        stats.observe_response(id, visit.retry, *status, peak);
     }
 }
 
@@ -513,7 +513,7 @@ fn the_fleet_learner_equals_the_filters() {
             assert_eq!(known, 0, "without thresholds no absence is recorded");
             filter_stats.observe_request(id, &visit, known); // as the filter
             let peak = slot.record_response(id, None, status, now, 300_000);
-            filter_stats.observe_response(id, status, peak);
+            filter_stats.observe_response(id, visit.retry, status, peak);
             log.push(Observation {
                 session: i + 1,
                 time_ms: now,
@@ -570,7 +570,7 @@ fn play_paths(stats: &mut LearnStats, reg: &mut Registry, fp: u64, calls: &[(&st
         let visit = slot.record_request(Some(id), object, now, 10_000);
         stats.observe_request(id, &visit, reg.len());
         let peak = slot.record_response(id, object, *status, now, 300_000);
-        stats.observe_response(id, *status, peak);
+        stats.observe_response(id, visit.retry, *status, peak);
     }
 }
 
@@ -628,51 +628,188 @@ fn a_step_on_the_same_object_is_learned_as_a_bound_prerequisite() {
     assert!(confirm.bound_prerequisites.is_empty());
 }
 
+/// What `m` does with each call of `calls` (method and concrete path, each answered 200),
+/// played as one session.
+fn outcomes(
+    m: &Model,
+    s: &crate::config::Settings,
+    calls: &[&str],
+) -> Vec<crate::verdict::Outcome> {
+    let mut slot = Slot::new(9, 0, 1);
+    let mut template = String::new();
+    calls
+        .iter()
+        .map(|call| {
+            let (method, path) = call.split_once(' ').unwrap();
+            let id = m.normaliser.normalise(method, path, &mut template);
+            let endpoint = m.endpoint(&template);
+            let req = crate::verdict::Request {
+                endpoint,
+                id,
+                now_ms: 1000,
+                ..Default::default()
+            };
+            let (_, v) = crate::verdict::evaluate(Some(m), s, &mut slot, &req);
+            if let Some(e) = endpoint {
+                let object = id.filter(|_| m.binds(e));
+                slot.record_response(e, object, 200, 1000, 300_000);
+            }
+            v.outcome
+        })
+        .collect()
+}
+
 #[test]
 fn paying_once_does_not_confirm_every_order() {
     let (stats, reg) = orders(0);
     let p = compile(&stats, &reg, &settings(), 1);
     let s = crate::config::Settings::from_json(b"{}").unwrap();
     let m = Model::compile(&p, &s).unwrap();
-    let normaliser = &m.normaliser;
-    let play = |calls: &[&str]| {
-        let mut slot = Slot::new(9, 0, 1);
-        let mut template = String::new();
-        calls
-            .iter()
-            .map(|call| {
-                let (method, path) = call.split_once(' ').unwrap();
-                let id = normaliser.normalise(method, path, &mut template);
-                let endpoint = m.endpoint(&template);
-                let req = crate::verdict::Request {
-                    endpoint,
-                    id,
-                    now_ms: 1000,
-                    ..Default::default()
-                };
-                let (_, v) = crate::verdict::evaluate(Some(&m), &s, &mut slot, &req);
-                let object = id.filter(|_| endpoint.is_some_and(|e| m.binds(e)));
-                slot.record_response(endpoint.unwrap(), object, 200, 1000, 300_000);
-                v.outcome
-            })
-            .collect::<Vec<_>>()
-    };
     use crate::verdict::Outcome::{Allow, Block};
-    let several = play(&[
-        "POST /login",
-        "POST /orders/7/pay",
-        "POST /orders/8/pay",
-        "POST /orders/8/confirm",
-        "POST /orders/7/confirm",
-    ]);
+    let several = outcomes(
+        &m,
+        &s,
+        &[
+            "POST /login",
+            "POST /orders/7/pay",
+            "POST /orders/8/pay",
+            "POST /orders/8/confirm",
+            "POST /orders/7/confirm",
+        ],
+    );
     assert!(several.iter().all(|o| *o == Allow), "{several:?}");
-    let fraud = play(&[
-        "POST /login",
-        "POST /orders/7/pay",
-        "POST /orders/7/confirm",
-        "POST /orders/9/confirm",
-    ]);
+    let fraud = outcomes(
+        &m,
+        &s,
+        &[
+            "POST /login",
+            "POST /orders/7/pay",
+            "POST /orders/7/confirm",
+            "POST /orders/9/confirm",
+        ],
+    );
     assert_eq!(fraud.last(), Some(&Block { status: 403 }));
+}
+
+/// One fixed script, 300 times, as an API's test suite would play it: one route into
+/// every step. Its order teaches nothing, but for a payment that is declined now and
+/// then and retried until it succeeds before the order is confirmed: a gate. Other
+/// valid paths pass; confirming without paying is blocked.
+#[test]
+fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
+    let learn = |declines: bool| {
+        let (mut stats, mut reg) = (LearnStats::default(), Registry::default());
+        for i in 0..300u64 {
+            let order = format!("/orders/{}", 1000 + i);
+            let mut calls = vec![
+                ("POST /users".to_string(), 201),
+                ("POST /users/login".into(), 200),
+                ("GET /menu".into(), 200),
+                ("POST /orders".into(), 201),
+                (format!("GET {order}"), 200),
+                (format!("PUT {order}/address"), 200),
+            ];
+            if declines && i % 10 == 0 {
+                calls.push((format!("POST {order}/pay"), 402));
+            }
+            calls.push((format!("POST {order}/pay"), 200));
+            calls.push((format!("POST {order}/confirm"), 200));
+            calls.push(("GET /tags".into(), 200));
+            let calls: Vec<(&str, u16)> = calls.iter().map(|(c, s)| (c.as_str(), *s)).collect();
+            play_paths(&mut stats, &mut reg, i, &calls);
+        }
+        compile(&stats, &reg, &LearningSettings::default(), 1)
+    };
+    // Without a decline the script is all habit: no rule at all.
+    let habit = learn(false);
+    assert!(habit
+        .endpoints
+        .iter()
+        .all(|e| e.prerequisites.is_empty() && e.bound_prerequisites.is_empty()));
+
+    let p = learn(true);
+    for e in &p.endpoints {
+        let expected: &[&str] = if e.template == "POST /orders/{id}/confirm" {
+            &["POST /orders/{id}/pay"]
+        } else {
+            &[]
+        };
+        assert_eq!(e.bound_prerequisites, expected, "{}", e.template);
+        assert!(
+            e.prerequisites.is_empty(),
+            "{}: {:?}",
+            e.template,
+            e.prerequisites
+        );
+    }
+    let confirm = p.endpoint("POST /orders/{id}/confirm").unwrap();
+    assert_eq!(
+        confirm.evidence.as_ref().unwrap().describe(),
+        "bound to the object on 1 route: POST /orders/{id}/pay retried until it succeeded"
+    );
+
+    let s = crate::config::Settings::from_json(b"{}").unwrap();
+    let m = Model::compile(&p, &s).unwrap();
+    use crate::verdict::Outcome::Block;
+    let other_paths: [&[&str]; 4] = [
+        // An anonymous reader.
+        &["GET /menu", "GET /tags"],
+        // A returning customer: no registration, no look at the order, no address edit.
+        &[
+            "POST /users/login",
+            "POST /orders",
+            "POST /orders/5/pay",
+            "POST /orders/5/confirm",
+        ],
+        // Independent steps in another order, two orders.
+        &[
+            "GET /tags",
+            "POST /users/login",
+            "POST /orders",
+            "POST /orders/6/pay",
+            "PUT /orders/6/address",
+            "POST /orders",
+            "POST /orders/7/pay",
+            "POST /orders/7/confirm",
+            "GET /orders/6",
+            "POST /orders/6/confirm",
+            "GET /menu",
+        ],
+        // Registration only.
+        &["POST /users", "GET /menu"],
+    ];
+    for path in other_paths {
+        let o = outcomes(&m, &s, path);
+        assert!(
+            !o.iter().any(|o| matches!(o, Block { .. })),
+            "{path:?}: {o:?}"
+        );
+    }
+    let skip = outcomes(
+        &m,
+        &s,
+        &[
+            "POST /users/login",
+            "POST /orders",
+            "POST /orders/8/confirm",
+        ],
+    );
+    assert_eq!(skip.last(), Some(&Block { status: 403 }), "{skip:?}");
+    let pay_once = outcomes(
+        &m,
+        &s,
+        &[
+            "POST /users/login",
+            "POST /orders/8/pay",
+            "POST /orders/8/confirm",
+            "POST /orders/9/confirm",
+        ],
+    );
+    assert_eq!(
+        pay_once.last(),
+        Some(&Block { status: 403 }),
+        "{pay_once:?}"
+    );
 }
 
 #[test]
