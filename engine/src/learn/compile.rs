@@ -70,6 +70,13 @@ pub fn variable_prefixes(templates: &[String], min_distinct: u32) -> BTreeSet<St
         .collect()
 }
 
+/// Whether a template's method only reads (`GET`, `HEAD`, `OPTIONS`).
+fn is_read(template: &str) -> bool {
+    ["GET ", "HEAD ", "OPTIONS "]
+        .iter()
+        .any(|m| template.starts_with(m))
+}
+
 fn join(segments: &[&str]) -> String {
     segments.iter().map(|s| format!("/{s}")).collect()
 }
@@ -124,11 +131,10 @@ pub fn compile(
     // least `min_support` sessions. Its success is what they waited for; a read is never
     // one (skipping it gains an attacker nothing, and parallel reads look like retries).
     let gate = |p: EndpointId| {
-        let read = merged.templates().get(usize::from(p)).is_some_and(|t| {
-            ["GET ", "HEAD ", "OPTIONS "]
-                .iter()
-                .any(|m| t.starts_with(m))
-        });
+        let read = merged
+            .templates()
+            .get(usize::from(p))
+            .is_some_and(|t| is_read(t));
         !read && m.recovered.get(&p).copied().unwrap_or(0) >= s.min_support
     };
     let name = |id: EndpointId| {
@@ -183,9 +189,10 @@ pub fn compile(
             // `p` is bound to the object when, at the same confidence, the requests that
             // reached this step on an object found `p` already done on that object; it
             // still needs the sessions a session-wide rule needs. Then either sessions
-            // came by several routes, or `p` is a gate (see `gate`): in a sample that
-            // always takes one path, a habit on one object is not told from a dependency
-            // otherwise.
+            // came by several routes, or this step changes state and `p` is a gate (see
+            // `gate`): in a sample that always takes one path, a habit on one object is
+            // not told from a dependency otherwise, and a look at an object is no step
+            // to skip.
             let object_reached = m.object_reached.get(&id).copied().unwrap_or(0);
             let bound_prerequisites: Vec<String> =
                 if has_ids && reached >= needed.max(s.min_support) {
@@ -194,7 +201,7 @@ pub fn compile(
                         .filter(|((_, p), n)| {
                             kept(*p)
                                 && shows((**n).min(object_reached), object_reached)
-                                && (varied || gate(*p))
+                                && (varied || (!is_read(template) && gate(*p)))
                         })
                         .map(|((_, p), _)| name(*p))
                         .collect()

@@ -693,7 +693,8 @@ fn paying_once_does_not_confirm_every_order() {
 
 /// One fixed script, 300 times, as an API's test suite would play it: one route into
 /// every step. Its order teaches nothing, but for a payment that is declined now and
-/// then and retried until it succeeds before the order is confirmed: a gate. Other
+/// then and retried until it succeeds before the order is confirmed: a gate (for a step
+/// that changes state; the receipt read after it is not gated). Other
 /// valid paths pass; confirming without paying is blocked.
 #[test]
 fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
@@ -714,6 +715,7 @@ fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
             }
             calls.push((format!("POST {order}/pay"), 200));
             calls.push((format!("POST {order}/confirm"), 200));
+            calls.push((format!("GET {order}/receipt"), 200));
             calls.push(("GET /tags".into(), 200));
             let calls: Vec<(&str, u16)> = calls.iter().map(|(c, s)| (c.as_str(), *s)).collect();
             play_paths(&mut stats, &mut reg, i, &calls);
@@ -754,10 +756,12 @@ fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
     let other_paths: [&[&str]; 4] = [
         // An anonymous reader.
         &["GET /menu", "GET /tags"],
-        // A returning customer: no registration, no look at the order, no address edit.
+        // A returning customer: no registration, no address edit, a look at the receipt
+        // before paying (a read is never gated).
         &[
             "POST /users/login",
             "POST /orders",
+            "GET /orders/5/receipt",
             "POST /orders/5/pay",
             "POST /orders/5/confirm",
         ],
