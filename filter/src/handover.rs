@@ -1,12 +1,13 @@
 //! Identity hand-over in the filter: reading the identity an answer issues, and copying
 //! the session's flow to it (`session.handover`; the logic is `engine::handover`).
 
-use crate::host::{self, HostResult, CAS_MISMATCH};
+use crate::host::{self, EnvoyHost, HostResult};
 use crate::metrics::Metrics;
-use crate::shared::{self, CAS_RETRIES};
 use crate::worker::Worker;
 use flowguard_engine::handover;
+use flowguard_engine::judge::read_slot;
 use flowguard_engine::session::SessionKey;
+use flowguard_engine::store::{self, Host, CAS_RETRIES};
 
 /// The session the token in this answer's JSON body hands over to.
 pub fn from_body(w: &Worker, body: &[u8]) -> Option<u64> {
@@ -34,25 +35,24 @@ pub fn hand_over(
     if to == fingerprint {
         return Ok(());
     }
-    let (from, _) = shared::read_slot(shared::slot_key(index))?;
+    let (from, _) = read_slot(&mut EnvoyHost, store::slot_key(index))?;
     let Some(from) = from.filter(|s| s.fingerprint == fingerprint && s.model_version == epoch)
     else {
         return Ok(()); // the slot changed hands meanwhile: nothing to continue
     };
     let now = host::now_secs()?;
+    let judge = w.judge();
     for _ in 0..CAS_RETRIES {
-        let mut located = w.locate(to, now)?;
+        let mut located = judge
+            .locate(&mut EnvoyHost, to, now)
+            .map_err(host::from_store)?;
         if located.slot.model_version != epoch {
             return Ok(()); // another policy's step ids: they would mean other steps
         }
         located.slot.continue_from(&from);
-        match host::shared_set(located.key.as_str(), &located.slot.encode(), located.cas) {
-            Ok(()) => {
-                Metrics::inc(w.metrics.handovers);
-                return Ok(());
-            }
-            Err(CAS_MISMATCH) => continue,
-            Err(e) => return Err(e),
+        if EnvoyHost.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+            Metrics::inc(w.metrics.handovers);
+            return Ok(());
         }
     }
     Metrics::inc(w.metrics.slot_conflicts);

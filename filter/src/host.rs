@@ -276,3 +276,34 @@ pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
     // SAFETY: plain value call.
     check(unsafe { proxy_record_metric(id, value) })
 }
+
+/// The engine's view of this host: Envoy's shared data and the downstream connection.
+pub struct EnvoyHost;
+
+impl flowguard_engine::store::Host for EnvoyHost {
+    type Error = HostError;
+
+    fn get(&mut self, key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
+        shared_get(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> HostResult<bool> {
+        match shared_set(key, value, cas) {
+            Ok(()) => Ok(true),
+            Err(CAS_MISMATCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn client_address(&mut self) -> HostResult<Option<Vec<u8>>> {
+        property(&["source", "address"])
+    }
+}
+
+/// A shared-data failure as a host status: every lost race is a CAS mismatch.
+pub fn from_store(e: flowguard_engine::store::StoreError<HostError>) -> HostError {
+    match e {
+        flowguard_engine::store::StoreError::Host(e) => e,
+        flowguard_engine::store::StoreError::Contended => CAS_MISMATCH,
+    }
+}

@@ -1,34 +1,30 @@
 //! One request's path through the filter (ARCHITECTURE.md, a request through the filter).
 
-use crate::host::{self, HostResult, CAS_MISMATCH};
+use crate::host::{self, EnvoyHost, HostResult};
 use crate::metrics::Metrics;
 use crate::response_head::ResponseHead;
-use crate::shared::{self, CAS_RETRIES};
-use crate::worker::{Located, SharedWorker, Worker};
-use flowguard_engine::address::AddressSlot;
+use crate::shared;
+use crate::worker::{SharedWorker, Worker};
 use flowguard_engine::decision::Decision;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::failure;
 use flowguard_engine::fingerprint::hex;
 use flowguard_engine::header_map::decode_pairs;
+use flowguard_engine::judge::{Judged, Located};
 use flowguard_engine::rule::{Action as RuleAction, Rule};
 use flowguard_engine::sensitive::Scanner;
-use flowguard_engine::session::{self, address_host, Source};
+use flowguard_engine::session::{self, Source};
 use flowguard_engine::slot::{is_auth_failure, is_success, Slot, Visit};
 use flowguard_engine::slot_table::Placement;
-use flowguard_engine::support;
+use flowguard_engine::store::{self, Host};
 use flowguard_engine::telemetry::{sampled, Event};
-
-use flowguard_engine::verdict::{self, Outcome, Request, Verdict};
+use flowguard_engine::verdict::{Outcome, Request, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
-use std::borrow::Cow;
 
 const VERDICT_HEADER: &str = "x-flowguard-verdict";
 const SESSION_HEADER: &str = "x-flowguard-session";
 const OWN_PREFIX: &[u8] = b"x-flowguard-";
-/// Fingerprint kind of client addresses in the address table.
-const ADDRESS_KIND: u8 = 4;
 
 /// What the response phase needs from the request phase.
 #[derive(Clone, Copy)]
@@ -343,7 +339,7 @@ fn on_request(
     let address = if check_address
         || (header_key.is_none() && w.settings.session.sources.contains(&Source::Address))
     {
-        client_address()?
+        EnvoyHost.client_address()?
     } else {
         None
     };
@@ -377,10 +373,15 @@ fn on_request(
             endpoint.is_none() && model.matches_deprecated(&w.scratch.template);
     }
     if check_address {
-        request.address_failures = address_failures(w, address.as_deref(), now)?;
+        request.address_failures = w
+            .judge()
+            .address_failures(&mut EnvoyHost, address.as_deref(), now)
+            .map_err(host::from_store)?;
     }
 
-    let Some((verdict, judged)) = judge(w, &mut request, fingerprint, address.as_deref(), now)?
+    w.started.get_or_insert(now);
+    let Some((verdict, decision, judged)) =
+        judge(w, &mut request, fingerprint, address.as_deref(), now)?
     else {
         Metrics::inc(w.metrics.slot_conflicts);
         return Ok(Action::Continue);
@@ -391,7 +392,6 @@ fn on_request(
             *t = now;
         }
     }
-    let decision = Decision::of(w.settings.mode, w.model.is_some(), &verdict);
     report(w, decision, &verdict, &request, fingerprint, event);
     act(w, decision, &verdict, fingerprint, &headers, pending)
 }
@@ -445,87 +445,54 @@ fn normalise(w: &mut Worker, headers: &Headers) -> Option<u64> {
     normaliser.normalise(method, path, &mut w.scratch.template)
 }
 
-/// Judges the request against its session's slot and writes the slot back with
-/// compare-and-swap: the verdict and what the answer must settle, or `None` when every
-/// attempt lost its race.
+/// Judges the request against its session's slot (`engine::judge`, which writes the slot
+/// back with compare-and-swap), then counts it: the verdict, the decision and what the
+/// answer must settle, or `None` when every attempt lost its race.
 fn judge(
     w: &mut Worker,
     request: &mut Request,
     fingerprint: u64,
     address: Option<&[u8]>,
     now: u32,
-) -> HostResult<Option<(Verdict, Option<Pending>)>> {
-    let learning = w.model.is_none();
-    let mut share = None;
-    let mut midflow = None;
-    for _ in 0..CAS_RETRIES {
-        let mut located = w.locate(fingerprint, now)?;
-        if learning && located.placement != Placement::Own && w.settings.learning.counts_addresses()
-        {
-            let (bit, unlearned) = match share {
-                Some(s) => s,
-                None => *share.insert(learning_share(w, address)?),
-            };
-            located.slot.address_bit = bit;
-            located.slot.unlearned = unlearned;
-        }
-        let fresh = located.slot;
-        let (mut visit, mut verdict) =
-            verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, request);
-        // A new session whose first request here misses a step may have taken it at
-        // another proxy (or before a restart): within its address's budget, it joins
-        // mid-flow and its order rules flag.
-        let order_block = matches!(verdict.outcome, Outcome::Block { .. })
-            && verdict.fired.contains(Rule::MissingPrerequisite);
-        let started = *w.started.get_or_insert(now);
-        if order_block && visit.new_session && w.settings.session.midflow_open(started, now) {
-            let granted = match midflow {
-                Some(g) => g,
-                None => *midflow.insert(may_join_midflow(w, address, now)?),
-            };
-            if granted {
-                located.slot = fresh;
-                request.midflow_ok = true;
-                (visit, verdict) =
-                    verdict::evaluate(w.model.as_ref(), &w.settings, &mut located.slot, request);
-            }
-        }
-        // Learning after the model counts only sessions no rule ever fired on.
-        let learns = (learning || w.relearns()) && verdict.fired.is_empty();
-        if !learning && !verdict.fired.is_empty() {
-            located.slot.unlearned = true;
-        }
-        match host::shared_set(located.key.as_str(), &located.slot.encode(), located.cas) {
-            Ok(()) => {}
-            Err(CAS_MISMATCH) => continue,
-            Err(e) => return Err(e),
-        }
-        if request.midflow_ok {
-            Metrics::inc(w.metrics.midflow);
-        }
-        match located.placement {
-            Placement::Own => {}
-            Placement::Free => Metrics::inc(w.metrics.sessions_new),
-            Placement::Evict => {
-                Metrics::inc(w.metrics.sessions_new);
-                Metrics::inc(w.metrics.evictions);
-            }
-        }
-        if let (true, Some(e)) = (learns, request.endpoint) {
-            let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
-            let known = w.settings.learning.absences_to_record(registered);
-            if request.weak_session {
-                w.delta.observe_inventory(e, &visit);
-            } else {
-                w.delta.observe_request(e, &visit, known);
-            }
-        }
-        let pending = request
-            .endpoint
-            .map(|e| pending_for(w, e, request, &located, &visit, fingerprint, learns));
-        return Ok(Some((verdict, pending)));
+) -> HostResult<Option<(Verdict, Decision, Option<Pending>)>> {
+    let judged = w
+        .judge()
+        .request(&mut EnvoyHost, request, fingerprint, address, now)
+        .map_err(host::from_store)?;
+    let Some(Judged {
+        verdict,
+        decision,
+        visit,
+        located,
+        learns,
+    }) = judged
+    else {
+        return Ok(None);
+    };
+    if request.midflow_ok {
+        Metrics::inc(w.metrics.midflow);
     }
-    Ok(None)
+    match located.placement {
+        Placement::Own => {}
+        Placement::Free => Metrics::inc(w.metrics.sessions_new),
+        Placement::Evict => {
+            Metrics::inc(w.metrics.sessions_new);
+            Metrics::inc(w.metrics.evictions);
+        }
+    }
+    if let (true, Some(e)) = (learns, request.endpoint) {
+        let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
+        let known = w.settings.learning.absences_to_record(registered);
+        if request.weak_session {
+            w.delta.observe_inventory(e, &visit);
+        } else {
+            w.delta.observe_request(e, &visit, known);
+        }
+    }
+    let pending = request
+        .endpoint
+        .map(|e| pending_for(w, e, request, &located, &visit, fingerprint, learns));
+    Ok(Some((verdict, decision, pending)))
 }
 
 /// What the answer to a request on `endpoint` must settle in its session's slot.
@@ -643,63 +610,6 @@ fn annotate(w: &mut Worker, verdict: &Verdict) -> HostResult<()> {
     )
 }
 
-fn client_address() -> HostResult<Option<Vec<u8>>> {
-    host::property(&["source", "address"])
-}
-
-fn address_fingerprint(w: &Worker, address: &[u8]) -> Option<u64> {
-    let host_part = address_host(std::str::from_utf8(address).ok()?);
-    Some(
-        w.settings
-            .session
-            .fingerprinter
-            .fingerprint(ADDRESS_KIND, host_part.as_bytes()),
-    )
-}
-
-/// A new learning session's address sketch bit, and whether its address has already
-/// contributed `learning.max_sessions_per_address` sessions (then it is not learned from).
-fn learning_share(w: &mut Worker, address: Option<&[u8]>) -> HostResult<(Option<u8>, bool)> {
-    let address = address_or_read(address)?;
-    let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) else {
-        return Ok((None, false));
-    };
-    let cap = w.settings.learning.max_sessions_per_address;
-    let mut started = 0;
-    if cap > 0 {
-        let counted = update_address(w, fp, |slot| {
-            started = slot.start_session(fp);
-            true
-        });
-        match counted {
-            Ok(_) | Err(CAS_MISMATCH) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((Some(support::bit_of(fp)), cap > 0 && started > cap))
-}
-
-/// The client address the request path already read, or read now.
-fn address_or_read(address: Option<&[u8]>) -> HostResult<Option<Cow<'_, [u8]>>> {
-    Ok(match address {
-        Some(a) => Some(Cow::Borrowed(a)),
-        None => client_address()?.map(Cow::Owned),
-    })
-}
-
-/// Read-modify-write of client address `fp`'s slot; `f` says whether it changed the slot.
-fn update_address(
-    w: &mut Worker,
-    fp: u64,
-    mut f: impl FnMut(&mut AddressSlot) -> bool,
-) -> HostResult<bool> {
-    let key = shared::address_key(AddressSlot::index(fp, w.settings.session.capacity));
-    shared::update(key.as_str(), |bytes| {
-        let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
-        f(&mut slot).then(|| slot.encode().to_vec())
-    })
-}
-
 /// A request no session source matched, from a watched client address: the per-address
 /// failure rule still applies (a stuffing bot need not send the session cookie).
 fn sessionless(
@@ -709,22 +619,21 @@ fn sessionless(
     request_id: Option<&str>,
     address_watch: &mut Option<Option<EndpointId>>,
 ) -> HostResult<Action> {
-    let failures = address_failures(w, Some(address), now)?;
-    let Some(model) = w.model.as_ref() else {
+    let judge = w.judge();
+    let judged = judge
+        .sessionless(&mut EnvoyHost, address, now)
+        .map_err(host::from_store)?;
+    let fp = judge.address_fingerprint(address).unwrap_or(0);
+    let Some((verdict, decision)) = judged.filter(|(v, _)| !v.fired.is_empty()) else {
         return Ok(Action::Continue);
     };
-    let verdict = verdict::address_only(model, &w.settings, failures);
-    if verdict.fired.is_empty() {
-        return Ok(Action::Continue);
-    }
     record_verdict(w, &verdict);
-    match Decision::of(w.settings.mode, true, &verdict) {
+    match decision {
         Decision::Reply {
             status,
             retry_after_s,
         } => {
             *address_watch = None;
-            let fp = address_fingerprint(w, address).unwrap_or(0);
             block(w, status, retry_after_s, request_id, fp)?;
             Ok(Action::Pause)
         }
@@ -734,33 +643,6 @@ fn sessionless(
         }
         Decision::Pass | Decision::Session => Ok(Action::Continue),
     }
-}
-
-/// Whether a new session of this request's client address (read now if the request path
-/// has not) may join mid-flow; counted if so. Without an address there is nothing to
-/// bound joins by: no join.
-fn may_join_midflow(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<bool> {
-    let address = address_or_read(address)?;
-    let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) else {
-        return Ok(false);
-    };
-    let (budget, window) = (
-        w.settings.session.midflow_budget,
-        w.settings.session.midflow_window_s,
-    );
-    update_address(w, fp, |slot| slot.let_in_midflow(fp, now, window, budget))
-}
-
-/// 401/403 answers to this client address in the current auth window.
-fn address_failures(w: &mut Worker, address: Option<&[u8]>, now: u32) -> HostResult<u16> {
-    let Some(fp) = address.and_then(|a| address_fingerprint(w, a)) else {
-        return Ok(0);
-    };
-    let key = shared::address_key(AddressSlot::index(fp, w.settings.session.capacity));
-    let (bytes, _) = host::shared_get(key.as_str())?;
-    Ok(bytes.map_or(0, |b| {
-        AddressSlot::decode(&b).current(fp, now, w.settings.limits.auth_window_s)
-    }))
 }
 
 fn record_verdict(w: &Worker, verdict: &Verdict) {
@@ -828,7 +710,7 @@ fn on_response(w: &mut Worker, p: Pending, status: u16) -> HostResult<()> {
     let auth_window_ms = w.settings.limits.auth_window_s.saturating_mul(1000);
     let mut peak = None;
     let mut unlearned = false;
-    let written = shared::update(shared::slot_key(p.index).as_str(), |bytes| {
+    let written = shared::update(store::slot_key(p.index).as_str(), |bytes| {
         let mut slot = Slot::decode(bytes?).ok()?;
         if slot.fingerprint != p.fingerprint || slot.model_version != p.epoch {
             return None; // the slot changed hands meanwhile
@@ -861,17 +743,12 @@ fn note_auth_failure(w: &mut Worker, endpoint: Option<EndpointId>) {
 /// requests without one).
 fn record_address_failure(w: &mut Worker, now_ms: u64) -> HostResult<()> {
     let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-    let address = client_address()?;
-    if let Some(fp) = address.as_deref().and_then(|a| address_fingerprint(w, a)) {
-        let window = w.settings.limits.auth_window_s;
-        let mut peak = None;
-        update_address(w, fp, |slot| {
-            peak = slot.add(fp, now, window);
-            true
-        })?;
-        if w.model.is_none() {
-            w.delta.observe_address_failure(peak);
-        }
+    let peak = w
+        .judge()
+        .record_address_failure(&mut EnvoyHost, now)
+        .map_err(host::from_store)?;
+    if w.model.is_none() {
+        w.delta.observe_address_failure(peak);
     }
     Ok(())
 }

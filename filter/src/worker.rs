@@ -11,10 +11,9 @@ use crate::telemetry::Telemetry;
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::EndpointId;
+use flowguard_engine::judge::Judge;
 use flowguard_engine::learn::{LearnStats, Registry};
 use flowguard_engine::model::Model;
-use flowguard_engine::slot::Slot;
-use flowguard_engine::slot_table::{self, Placement};
 use proxy_wasm::types::LogLevel;
 
 /// This worker's state, shared by the root context and its HTTP contexts (one thread).
@@ -55,17 +54,6 @@ pub struct Worker {
 pub struct Scratch {
     pub template: String,
     pub header: String,
-}
-
-/// The slot a request landed in.
-#[derive(Clone, Copy, Debug)]
-pub struct Located {
-    pub index: u32,
-    /// Its shared-data key, for the compare-and-swap write.
-    pub key: shared::Key,
-    pub slot: Slot,
-    pub cas: u32,
-    pub placement: Placement,
 }
 
 impl Worker {
@@ -206,64 +194,15 @@ impl Worker {
         .case_insensitive(self.settings.endpoints.case_insensitive);
     }
 
-    /// Finds the session's slot (its own, a free one, or one to evict) and reads it.
-    pub fn locate(&mut self, fingerprint: u64, now: u32) -> HostResult<Located> {
-        let capacity = self.settings.session.capacity;
-        let idle = self.settings.session.idle_timeout_s;
-        let [a, b] = slot_table::candidates(fingerprint, capacity);
-        let (slot_a, cas_a) = shared::read_slot(shared::slot_key(a))?;
-        if slot_a.is_some_and(|s| s.fingerprint == fingerprint) || a == b {
-            let (_, placement) =
-                slot_table::choose(fingerprint, [slot_a.as_ref(), slot_a.as_ref()], now, idle);
-            return Ok(self.claim(a, slot_a, cas_a, placement, fingerprint, now));
+    /// What this worker knows to judge a request with (`engine::judge`).
+    pub fn judge(&self) -> Judge<'_> {
+        Judge {
+            settings: &self.settings,
+            model: self.model.as_ref(),
+            epoch: self.epoch(),
+            registry_map: &self.registry_map,
+            started: self.started.unwrap_or(0),
+            relearns: self.relearns(),
         }
-        let (slot_b, cas_b) = shared::read_slot(shared::slot_key(b))?;
-        let (i, placement) =
-            slot_table::choose(fingerprint, [slot_a.as_ref(), slot_b.as_ref()], now, idle);
-        Ok(if i == 0 {
-            self.claim(a, slot_a, cas_a, placement, fingerprint, now)
-        } else {
-            self.claim(b, slot_b, cas_b, placement, fingerprint, now)
-        })
-    }
-
-    fn claim(
-        &self,
-        index: u32,
-        held: Option<Slot>,
-        cas: u32,
-        placement: Placement,
-        fp: u64,
-        now: u32,
-    ) -> Located {
-        let slot = match (placement, held) {
-            (Placement::Own, Some(mut s)) => {
-                self.bring_to_epoch(&mut s);
-                s
-            }
-            _ => Slot::new(fp, now, self.epoch()),
-        };
-        Located {
-            index,
-            key: shared::slot_key(index),
-            slot,
-            cas,
-            placement,
-        }
-    }
-
-    /// Rewrites a slot recorded under another model version into the current one.
-    fn bring_to_epoch(&self, slot: &mut Slot) {
-        let epoch = self.epoch();
-        if slot.model_version == epoch {
-            return;
-        }
-        if slot.model_version == 0 {
-            slot.remap_steps(|id| self.registry_map.get(usize::from(id)).copied().flatten());
-        } else {
-            // Another policy's indices mean nothing here: keep the session, forget its steps.
-            slot.forget_steps();
-        }
-        slot.model_version = epoch;
     }
 }

@@ -1,0 +1,349 @@
+//! The request path's decision in one call: find the session's slot, judge the request
+//! against it, write the slot back with compare-and-swap, and say what to do. The
+//! address-level state a judgement needs (the learning share, mid-flow joins,
+//! authentication failures) is read and written here too, all through [`Host`].
+//!
+//! The filter reads the request, calls [`Judge::request`] and carries out the
+//! [`Decision`]; a unit test or the fuzzer does the same on a [`crate::store::MemoryHost`].
+
+use crate::address::AddressSlot;
+use crate::config::Settings;
+use crate::decision::Decision;
+use crate::endpoint_set::EndpointId;
+use crate::model::Model;
+use crate::rule::Rule;
+use crate::session::address_host;
+use crate::slot::{Slot, Visit};
+use crate::slot_table::{self, Placement};
+use crate::store::{self, Host, Key, StoreError, CAS_RETRIES};
+use crate::verdict::{self, Outcome, Request, Verdict};
+
+/// Fingerprint kind of client addresses in the address table.
+pub const ADDRESS_KIND: u8 = 4;
+
+/// What one worker knows when it judges a request.
+#[derive(Clone, Copy)]
+pub struct Judge<'a> {
+    pub settings: &'a Settings,
+    /// The installed model; `None` while learning.
+    pub model: Option<&'a Model>,
+    /// The layout slots are written under (the first model version with these endpoint
+    /// ids; 0 while learning).
+    pub epoch: u32,
+    /// Learning-registry id to model id, for slots recorded while learning.
+    pub registry_map: &'a [Option<EndpointId>],
+    /// When this proxy handled its first request (seconds): a restarted proxy lets new
+    /// sessions join mid-flow for `session.midflow.window_s` from then.
+    pub started: u32,
+    /// Whether learning goes on with a model installed.
+    pub relearns: bool,
+}
+
+/// The slot a request landed in.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    pub index: u32,
+    /// Its shared-data key, for the compare-and-swap write.
+    pub key: Key,
+    pub slot: Slot,
+    pub cas: u32,
+    pub placement: Placement,
+}
+
+/// A judged request: its slot is written back.
+#[derive(Clone, Copy, Debug)]
+pub struct Judged {
+    pub verdict: Verdict,
+    pub decision: Decision,
+    pub visit: Visit,
+    /// The slot as written.
+    pub located: Located,
+    /// Learning counts this request (no rule fired on it, and learning is on).
+    pub learns: bool,
+}
+
+impl Judge<'_> {
+    /// Judges `request` of session `fingerprint` and writes its slot back. `address` is
+    /// the client address if the caller has read it (else it is read when needed).
+    /// `Ok(None)`: every compare-and-swap attempt lost its race, nothing was written.
+    pub fn request<H: Host>(
+        &self,
+        host: &mut H,
+        request: &mut Request,
+        fingerprint: u64,
+        address: Option<&[u8]>,
+        now: u32,
+    ) -> Result<Option<Judged>, StoreError<H::Error>> {
+        let learning = self.model.is_none();
+        let mut share = None;
+        let mut midflow = None;
+        for _ in 0..CAS_RETRIES {
+            let mut located = self.locate(host, fingerprint, now)?;
+            if learning
+                && located.placement != Placement::Own
+                && self.settings.learning.counts_addresses()
+            {
+                let (bit, unlearned) = match share {
+                    Some(s) => s,
+                    None => *share.insert(self.learning_share(host, address)?),
+                };
+                located.slot.address_bit = bit;
+                located.slot.unlearned = unlearned;
+            }
+            let fresh = located.slot;
+            let (mut visit, mut verdict) =
+                verdict::evaluate(self.model, self.settings, &mut located.slot, request);
+            // A new session whose first request here misses a step may have taken it at
+            // another proxy (or before a restart): within its address's budget, it joins
+            // mid-flow and its order rules flag.
+            let order_block = matches!(verdict.outcome, Outcome::Block { .. })
+                && verdict.fired.contains(Rule::MissingPrerequisite);
+            if order_block
+                && visit.new_session
+                && self.settings.session.midflow_open(self.started, now)
+            {
+                let granted = match midflow {
+                    Some(g) => g,
+                    None => *midflow.insert(self.may_join_midflow(host, address, now)?),
+                };
+                if granted {
+                    located.slot = fresh;
+                    request.midflow_ok = true;
+                    (visit, verdict) =
+                        verdict::evaluate(self.model, self.settings, &mut located.slot, request);
+                }
+            }
+            // Learning after the model counts only sessions no rule ever fired on.
+            let learns = (learning || self.relearns) && verdict.fired.is_empty();
+            if !learning && !verdict.fired.is_empty() {
+                located.slot.unlearned = true;
+            }
+            if !host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+                continue;
+            }
+            return Ok(Some(Judged {
+                decision: Decision::of(self.settings.mode, !learning, &verdict),
+                verdict,
+                visit,
+                located,
+                learns,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A request no session source matched, from client `address`: only the per-address
+    /// rule applies, so a stuffing bot that sends no session cookie is still refused.
+    pub fn sessionless<H: Host>(
+        &self,
+        host: &mut H,
+        address: &[u8],
+        now: u32,
+    ) -> Result<Option<(Verdict, Decision)>, StoreError<H::Error>> {
+        let failures = self.address_failures(host, Some(address), now)?;
+        let Some(model) = self.model else {
+            return Ok(None);
+        };
+        let verdict = verdict::address_only(model, self.settings, failures);
+        Ok(Some((
+            verdict,
+            Decision::of(self.settings.mode, true, &verdict),
+        )))
+    }
+
+    /// Finds the session's slot (its own, a free one, or one to evict) and reads it.
+    pub fn locate<H: Host>(
+        &self,
+        host: &mut H,
+        fingerprint: u64,
+        now: u32,
+    ) -> Result<Located, StoreError<H::Error>> {
+        let capacity = self.settings.session.capacity;
+        let idle = self.settings.session.idle_timeout_s;
+        let [a, b] = slot_table::candidates(fingerprint, capacity);
+        let (slot_a, cas_a) = read_slot(host, store::slot_key(a))?;
+        if slot_a.is_some_and(|s| s.fingerprint == fingerprint) || a == b {
+            let (_, placement) =
+                slot_table::choose(fingerprint, [slot_a.as_ref(), slot_a.as_ref()], now, idle);
+            return Ok(self.claim(a, slot_a, cas_a, placement, fingerprint, now));
+        }
+        let (slot_b, cas_b) = read_slot(host, store::slot_key(b))?;
+        let (i, placement) =
+            slot_table::choose(fingerprint, [slot_a.as_ref(), slot_b.as_ref()], now, idle);
+        Ok(if i == 0 {
+            self.claim(a, slot_a, cas_a, placement, fingerprint, now)
+        } else {
+            self.claim(b, slot_b, cas_b, placement, fingerprint, now)
+        })
+    }
+
+    fn claim(
+        &self,
+        index: u32,
+        held: Option<Slot>,
+        cas: u32,
+        placement: Placement,
+        fp: u64,
+        now: u32,
+    ) -> Located {
+        let slot = match (placement, held) {
+            (Placement::Own, Some(mut s)) => {
+                self.bring_to_epoch(&mut s);
+                s
+            }
+            _ => Slot::new(fp, now, self.epoch),
+        };
+        Located {
+            index,
+            key: store::slot_key(index),
+            slot,
+            cas,
+            placement,
+        }
+    }
+
+    /// Rewrites a slot recorded under another endpoint layout into the current one.
+    fn bring_to_epoch(&self, slot: &mut Slot) {
+        if slot.model_version == self.epoch {
+            return;
+        }
+        if slot.model_version == 0 {
+            slot.remap_steps(|id| self.registry_map.get(usize::from(id)).copied().flatten());
+        } else {
+            // Another policy's indices mean nothing here: keep the session, forget its steps.
+            slot.forget_steps();
+        }
+        slot.model_version = self.epoch;
+    }
+
+    /// The fingerprint of a client address (its host part: the port changes per
+    /// connection).
+    pub fn address_fingerprint(&self, address: &[u8]) -> Option<u64> {
+        let host_part = address_host(std::str::from_utf8(address).ok()?);
+        Some(
+            self.settings
+                .session
+                .fingerprinter
+                .fingerprint(ADDRESS_KIND, host_part.as_bytes()),
+        )
+    }
+
+    /// The fingerprint of the client address the caller read, or of the one read now.
+    fn address_fp<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+    ) -> Result<Option<u64>, H::Error> {
+        Ok(match address {
+            Some(a) => self.address_fingerprint(a),
+            None => host
+                .client_address()?
+                .and_then(|a| self.address_fingerprint(&a)),
+        })
+    }
+
+    /// Read-modify-write of client address `fp`'s slot; `f` says whether it changed it.
+    pub fn update_address<H: Host>(
+        &self,
+        host: &mut H,
+        fp: u64,
+        mut f: impl FnMut(&mut AddressSlot) -> bool,
+    ) -> Result<bool, StoreError<H::Error>> {
+        let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
+        store::update(host, key.as_str(), |bytes| {
+            let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
+            f(&mut slot).then(|| slot.encode().to_vec())
+        })
+    }
+
+    /// A new learning session's address sketch bit, and whether its address has already
+    /// contributed `learning.max_sessions_per_address` sessions (then it is not learned
+    /// from).
+    fn learning_share<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+    ) -> Result<(Option<u8>, bool), StoreError<H::Error>> {
+        let Some(fp) = self.address_fp(host, address)? else {
+            return Ok((None, false));
+        };
+        let cap = self.settings.learning.max_sessions_per_address;
+        let mut started = 0;
+        if cap > 0 {
+            let counted = self.update_address(host, fp, |slot| {
+                started = slot.start_session(fp);
+                true
+            });
+            match counted {
+                Ok(_) | Err(StoreError::Contended) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((Some(crate::support::bit_of(fp)), cap > 0 && started > cap))
+    }
+
+    /// Whether a new session of this request's client address may join mid-flow; counted
+    /// if so. Without an address there is nothing to bound joins by: no join.
+    fn may_join_midflow<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+        now: u32,
+    ) -> Result<bool, StoreError<H::Error>> {
+        let Some(fp) = self.address_fp(host, address)? else {
+            return Ok(false);
+        };
+        let (budget, window) = (
+            self.settings.session.midflow_budget,
+            self.settings.session.midflow_window_s,
+        );
+        self.update_address(host, fp, |slot| {
+            slot.let_in_midflow(fp, now, window, budget)
+        })
+    }
+
+    /// 401/403 answers to client `address` in the current auth window.
+    pub fn address_failures<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+        now: u32,
+    ) -> Result<u16, StoreError<H::Error>> {
+        let Some(fp) = address.and_then(|a| self.address_fingerprint(a)) else {
+            return Ok(0);
+        };
+        let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
+        let (bytes, _) = host.get(key.as_str())?;
+        Ok(bytes.map_or(0, |b| {
+            AddressSlot::decode(&b).current(fp, now, self.settings.limits.auth_window_s)
+        }))
+    }
+
+    /// Counts a 401/403 answer against the client address (over all its sessions, and
+    /// requests without one). Returns the address's new peak, if this set one.
+    pub fn record_address_failure<H: Host>(
+        &self,
+        host: &mut H,
+        now: u32,
+    ) -> Result<Option<u16>, StoreError<H::Error>> {
+        let Some(fp) = self.address_fp(host, None)? else {
+            return Ok(None);
+        };
+        let window = self.settings.limits.auth_window_s;
+        let mut peak = None;
+        self.update_address(host, fp, |slot| {
+            peak = slot.add(fp, now, window);
+            true
+        })?;
+        Ok(peak)
+    }
+}
+
+/// A slot and its token; an absent or undecodable record reads as `None` (free).
+pub fn read_slot<H: Host>(host: &mut H, key: Key) -> Result<(Option<Slot>, u32), H::Error> {
+    let (bytes, cas) = host.get(key.as_str())?;
+    Ok((bytes.and_then(|b| Slot::decode(&b).ok()), cas))
+}
+
+#[cfg(test)]
+mod tests;

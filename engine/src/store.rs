@@ -1,0 +1,200 @@
+//! Shared data as the request path needs it: what the engine asks of its host.
+//!
+//! The filter implements [`Host`] on Envoy's shared data (every worker of a VM id sees
+//! it) and the downstream connection; tests and the fuzzer implement it on a map. Keys:
+//! `fg/s/<n>` session slots, `fg/a/<n>` client-address slots.
+
+use std::fmt::Write;
+
+/// How often a compare-and-swap is retried before the caller gives up on the write.
+pub const CAS_RETRIES: usize = 4;
+
+/// What the request path reads and writes through its host.
+pub trait Host {
+    type Error;
+    /// A value and its compare-and-swap token; `(None, 0)` when the key is absent.
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), Self::Error>;
+    /// Writes `value` if the key's token is still `cas` (0: unconditionally). `Ok(false)`:
+    /// another writer came first, nothing was written.
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, Self::Error>;
+    /// The downstream client's address (`ip:port`), if the connection has one.
+    fn client_address(&mut self) -> Result<Option<Vec<u8>>, Self::Error>;
+}
+
+/// Why a shared-data operation did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError<E> {
+    /// The host refused the call.
+    Host(E),
+    /// Every compare-and-swap attempt lost its race.
+    Contended,
+}
+
+impl<E> From<E> for StoreError<E> {
+    fn from(e: E) -> Self {
+        StoreError::Host(e)
+    }
+}
+
+/// A shared-data key of a slot (`fg/s/<n>`, `fg/a/<n>`: at most 15 bytes), on the stack,
+/// passed by value: the request path neither allocates one nor shares a buffer for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl Key {
+    fn new(prefix: &str, index: u32) -> Key {
+        let mut key = Key {
+            bytes: [0; 16],
+            len: 0,
+        };
+        let _ = write!(key, "{prefix}{index}");
+        key
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.bytes
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Write for Key {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key of session slot `index`.
+pub fn slot_key(index: u32) -> Key {
+    Key::new("fg/s/", index)
+}
+
+/// The key of client-address slot `index`.
+pub fn address_key(index: u32) -> Key {
+    Key::new("fg/a/", index)
+}
+
+/// Read-modify-write of `key` under compare-and-swap: `f` gets the current bytes and
+/// returns the new ones (or `None` to leave the key alone). Returns whether a write
+/// happened.
+pub fn update<H: Host>(
+    host: &mut H,
+    key: &str,
+    mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+) -> Result<bool, StoreError<H::Error>> {
+    for _ in 0..CAS_RETRIES {
+        let (bytes, cas) = host.get(key)?;
+        let Some(new) = f(bytes.as_deref()) else {
+            return Ok(false);
+        };
+        if host.set(key, &new, cas)? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// An in-memory [`Host`] with Envoy's compare-and-swap semantics, for tests and fuzzing.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryHost {
+    values: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+    /// The client address [`Host::client_address`] answers.
+    pub address: Option<String>,
+    /// Writes still to lose (as if another worker had written first), for race tests.
+    pub lose_writes: usize,
+}
+
+impl MemoryHost {
+    /// How many keys hold a value.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl Host for MemoryHost {
+    type Error = std::convert::Infallible;
+
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), Self::Error> {
+        Ok(self
+            .values
+            .get(key)
+            .map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, Self::Error> {
+        let current = self.values.get(key).map_or(0, |(_, c)| *c);
+        if self.lose_writes > 0 || (cas != 0 && cas != current) {
+            self.lose_writes = self.lose_writes.saturating_sub(1);
+            return Ok(false);
+        }
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.values
+            .insert(key.to_owned(), (value.to_vec(), self.next_cas));
+        Ok(true)
+    }
+
+    fn client_address(&mut self) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.address.as_ref().map(|a| a.as_bytes().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_stack_values() {
+        assert_eq!(slot_key(4_294_967_295).as_str(), "fg/s/4294967295");
+        assert_eq!(address_key(7).as_str(), "fg/a/7");
+    }
+
+    #[test]
+    fn update_retries_a_lost_race_and_gives_up_after_its_retries() {
+        let mut host = MemoryHost {
+            lose_writes: 2,
+            ..MemoryHost::default()
+        };
+        let mut calls = 0;
+        let written = update(&mut host, "k", |_| {
+            calls += 1;
+            Some(vec![1])
+        });
+        assert_eq!((written, calls), (Ok(true), 3));
+        assert_eq!(host.get("k").unwrap().0, Some(vec![1]));
+        host.lose_writes = CAS_RETRIES;
+        assert_eq!(
+            update(&mut host, "k", |_| Some(vec![2])),
+            Err(StoreError::Contended)
+        );
+        assert_eq!(update(&mut host, "k", |_| None), Ok(false));
+    }
+
+    #[test]
+    fn a_stale_token_loses() {
+        let mut host = MemoryHost::default();
+        assert_eq!(host.set("k", b"a", 0), Ok(true));
+        let (_, cas) = host.get("k").unwrap();
+        assert_eq!(host.set("k", b"b", cas), Ok(true));
+        assert_eq!(host.set("k", b"c", cas), Ok(false), "token used");
+        assert_eq!(host.get("k").unwrap().0.as_deref(), Some(&b"b"[..]));
+    }
+}
