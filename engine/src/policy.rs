@@ -165,6 +165,15 @@ impl EndpointPolicy {
 }
 
 impl Policy {
+    /// Every endpoint's order rules in words, one line each for the endpoints that have
+    /// any: `POST /orders/{id}/confirm: POST /login; same object: POST /orders/{id}/pay`.
+    pub fn order_rules(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| Some(format!("{}: {}", e.template, e.order_rules()?)))
+            .collect()
+    }
+
     /// Parses and fully validates a policy from JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Policy, PolicyError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
