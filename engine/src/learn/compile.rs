@@ -130,12 +130,16 @@ pub fn compile(
     // A gate: a state-changing step that clients retried until it succeeded, in at
     // least `min_support` sessions. Its success is what they waited for; a read is never
     // one (skipping it gains an attacker nothing, and parallel reads look like retries).
+    // It fails sometimes, not always: a step that failed first in most sessions is a test
+    // suite's negative case played every run, not a client waiting for a success.
     let gate = |p: EndpointId| {
         let read = merged
             .templates()
             .get(usize::from(p))
             .is_some_and(|t| is_read(t));
-        !read && m.recovered.get(&p).copied().unwrap_or(0) >= s.min_support
+        let recovered = m.recovered.get(&p).copied().unwrap_or(0);
+        let reached = m.reached.get(&p).copied().unwrap_or(0);
+        !read && recovered >= s.min_support && recovered.saturating_mul(2) <= reached
     };
     let name = |id: EndpointId| {
         if id == NO_ENDPOINT {

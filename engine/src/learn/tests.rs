@@ -698,7 +698,7 @@ fn paying_once_does_not_confirm_every_order() {
 /// valid paths pass; confirming without paying is blocked.
 #[test]
 fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
-    let learn = |declines: bool| {
+    let learn = |declines: bool, rejected_address: bool| {
         let (mut stats, mut reg) = (LearnStats::default(), Registry::default());
         for i in 0..300u64 {
             let order = format!("/orders/{}", 1000 + i);
@@ -708,8 +708,12 @@ fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
                 ("GET /menu".into(), 200),
                 ("POST /orders".into(), 201),
                 (format!("GET {order}"), 200),
-                (format!("PUT {order}/address"), 200),
             ];
+            // A suite's negative case, every run: an address refused, then a good one.
+            if rejected_address {
+                calls.push((format!("PUT {order}/address"), 422));
+            }
+            calls.push((format!("PUT {order}/address"), 200));
             if declines && i % 10 == 0 {
                 calls.push((format!("POST {order}/pay"), 402));
             }
@@ -723,9 +727,14 @@ fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
         compile(&stats, &reg, &LearningSettings::default(), 1)
     };
     // Without a decline the script is all habit: no rule at all.
-    assert!(learn(false).order_rules().is_empty());
+    assert!(learn(false, false).order_rules().is_empty());
+    // A step that fails first in every run is the script's, not a client's gate.
+    assert_eq!(
+        learn(true, true).order_rules(),
+        ["POST /orders/{id}/confirm: same object: POST /orders/{id}/pay"]
+    );
 
-    let p = learn(true);
+    let p = learn(true, false);
     assert_eq!(
         p.order_rules(),
         ["POST /orders/{id}/confirm: same object: POST /orders/{id}/pay"]
