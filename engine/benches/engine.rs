@@ -108,18 +108,30 @@ fn benches(c: &mut Criterion) {
         b.iter(|| model.endpoint(black_box("GET /api/catalog/s17/items/{id}")))
     });
 
-    let mut stats = LearnStats::default();
-    c.bench_function("learner update (request + response)", |b| {
-        b.iter(|| {
-            t += 3;
-            let mut s = slot;
-            let e = (t % 60) as u16;
-            let visit = s.record_request(Some(e), Some(t), t, 10_000);
-            stats.observe_request(e, &visit, 60);
-            let peak = s.record_response(e, None, 200, t, 300_000);
-            stats.observe_response(e, visit.retry, 200, peak);
-        })
-    });
+    // The default settings record no absences; support thresholds (`min_addresses` > 1,
+    // against poisoning) record each first visit's absent endpoints too.
+    let hardened = Settings::from_json(br#"{"learning":{"min_addresses":3}}"#).unwrap();
+    for (name, learning) in [
+        ("learner update (request + response)", &settings.learning),
+        (
+            "learner update, absences recorded (min_addresses 3)",
+            &hardened.learning,
+        ),
+    ] {
+        let known = learning.absences_to_record(60);
+        let mut stats = LearnStats::default();
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                t += 3;
+                let mut s = slot;
+                let e = (t % 60) as u16;
+                let visit = s.record_request(Some(e), Some(t), t, 10_000);
+                stats.observe_request(e, &visit, known);
+                let peak = s.record_response(e, None, 200, t, 300_000);
+                stats.observe_response(e, visit.retry, 200, peak);
+            })
+        });
+    }
 }
 
 criterion_group!(engine, benches);
