@@ -57,11 +57,10 @@ pub struct Http {
     worker: SharedWorker,
     pending: Option<Pending>,
     scanner: Option<Scanner>,
-    /// The endpoint whose response is being scanned (the worker's scratch template belongs
-    /// to whichever request it handled last, on any stream).
-    scanned_endpoint: Option<EndpointId>,
-    /// Whether learning counts what the scanned answer carries.
-    scanned_learn: bool,
+    /// The request whose response is being scanned (`None`: no session's), with its
+    /// endpoint, its id space and whether learning counts the answer (the worker's
+    /// scratch template belongs to whichever request it handled last, on any stream).
+    scanned: Option<Pending>,
     /// A request without a session whose 401/403 answer counts against its client
     /// address, with its endpoint (if known).
     address_watch: Option<Option<EndpointId>>,
@@ -82,8 +81,7 @@ impl Http {
             worker,
             pending: None,
             scanner: None,
-            scanned_endpoint: None,
-            scanned_learn: false,
+            scanned: None,
             address_watch: None,
             deferred: None,
             failure_body: Vec::new(),
@@ -177,8 +175,7 @@ impl HttpContext for Http {
         }
         if should_inspect(w, &head) {
             self.scanner = Some(Scanner::default());
-            self.scanned_endpoint = pending.map(|p| p.endpoint);
-            self.scanned_learn = pending.is_some_and(|p| p.endpoint_facts);
+            self.scanned = pending;
         }
         Action::Continue
     }
@@ -208,15 +205,21 @@ impl HttpContext for Http {
         if end_of_stream {
             let findings = scanner.findings;
             self.scanner = None;
-            if let (true, Some(e)) = (self.scanned_learn, self.scanned_endpoint) {
-                w.delta.observe_sensitive(e, &findings); // what this endpoint normally carries
+            // An answer that straddled a model install names its endpoint in the old id
+            // space (a registry id is no model id): neither learned from nor judged.
+            if self.scanned.is_some_and(|p| p.epoch != w.epoch()) {
+                return Action::Continue;
+            }
+            if let Some(p) = self.scanned.filter(|p| p.endpoint_facts) {
+                w.delta.observe_sensitive(p.endpoint, &findings); // what it normally carries
             }
             // Judged against what the endpoint's answers normally carry; counted, not
             // logged per answer (telemetry and the counter carry it).
+            let endpoint = self.scanned.map(|p| p.endpoint);
             let beyond = w
                 .model
                 .as_ref()
-                .is_some_and(|m| m.sensitive_beyond_normal(self.scanned_endpoint, &findings));
+                .is_some_and(|m| m.sensitive_beyond_normal(endpoint, &findings));
             if beyond {
                 w.metrics.rule(Rule::SensitiveData);
                 Metrics::inc(w.metrics.flag);
