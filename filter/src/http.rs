@@ -622,11 +622,10 @@ fn sessionless(
     request_id: Option<&str>,
     address_watch: &mut Option<Option<EndpointId>>,
 ) -> HostResult<Action> {
-    let judge = w.judge();
-    let judged = judge
+    let judged = w
+        .judge()
         .sessionless(&mut EnvoyHost, address, now)
         .map_err(host::from_store)?;
-    let fp = judge.address_fingerprint(address).unwrap_or(0);
     let Some((verdict, decision)) = judged.filter(|(v, _)| !v.fired.is_empty()) else {
         return Ok(Action::Continue);
     };
@@ -637,6 +636,7 @@ fn sessionless(
             retry_after_s,
         } => {
             *address_watch = None;
+            let fp = w.judge().address_fingerprint(address).unwrap_or(0);
             block(w, status, retry_after_s, request_id, fp)?;
             Ok(Action::Pause)
         }

@@ -70,11 +70,10 @@ pub fn variable_prefixes(templates: &[String], min_distinct: u32) -> BTreeSet<St
         .collect()
 }
 
-/// Whether a template's method only reads (`GET`, `HEAD`, `OPTIONS`).
+/// Whether a template's method only reads (`GET`, `OPTIONS`; the normaliser serves `HEAD`
+/// as `GET`).
 fn is_read(template: &str) -> bool {
-    ["GET ", "HEAD ", "OPTIONS "]
-        .iter()
-        .any(|m| template.starts_with(m))
+    template.starts_with("GET ") || template.starts_with("OPTIONS ")
 }
 
 fn join(segments: &[&str]) -> String {
@@ -198,6 +197,7 @@ pub fn compile(
             // not told from a dependency otherwise, and a look at an object is no step
             // to skip.
             let object_reached = m.object_reached.get(&id).copied().unwrap_or(0);
+            let changes_state = !is_read(template);
             let bound_prerequisites: Vec<String> =
                 if has_ids && reached >= needed.max(s.min_support) {
                     m.object_prior
@@ -205,7 +205,7 @@ pub fn compile(
                         .filter(|((_, p), n)| {
                             kept(*p)
                                 && shows((**n).min(object_reached), object_reached)
-                                && (varied || (!is_read(template) && gate(*p)))
+                                && (varied || (changes_state && gate(*p)))
                         })
                         .map(|((_, p), _)| name(*p))
                         .collect()
