@@ -367,14 +367,15 @@ fn show(p: &Policy) -> String {
         p.window_s
     );
     for e in &p.endpoints {
-        let lim = |l: Option<flowguard_engine::policy::Limit>| {
+        let per = |l: Option<flowguard_engine::policy::Limit>, units: &str| {
             l.map_or("-".to_owned(), |l| {
                 format!(
-                    "{} (p50 {} p90 {} p99 {}; bound {} from {} sessions)",
+                    "{} (p50 {} p90 {} p99 {}; bound {} from {} {units})",
                     l.limit, l.p50, l.p90, l.p99, l.bound, l.units
                 )
             })
         };
+        let lim = |l| per(l, "sessions");
         let _ = writeln!(
             out,
             "  {}{}",
@@ -387,8 +388,22 @@ fn show(p: &Policy) -> String {
             lim(e.rate),
             lim(e.distinct_ids)
         );
+        if e.address_rate.is_some() || e.address_distinct_ids.is_some() {
+            let _ = writeln!(
+                out,
+                "      per address and carried session: rate/window {}   distinct ids/window {}",
+                per(e.address_rate, "addresses"),
+                per(e.address_distinct_ids, "addresses")
+            );
+        }
         if let Some(rules) = e.order_rules() {
-            let _ = writeln!(out, "      requires {rules}");
+            let _ = writeln!(out, "      requires {rules}   [blocks]");
+        }
+        if let Some(rules) = e.flag_rules() {
+            let _ = writeln!(
+                out,
+                "      requires {rules}   [flags: evidence below the blocking bound]"
+            );
         }
         if let Some(ev) = &e.evidence {
             let _ = writeln!(out, "      {}", ev.describe());

@@ -51,6 +51,9 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
             weak_session: o.weak,
             // Replay judges stored sessions from their first request on: none is mid-flow.
             midflow_ok: false,
+            // Stored requests do not say what their address carried: the lone share.
+            carried: 0,
+            ..Request::default()
         };
         let (_, v) = evaluate(Some(model), settings, &mut slot, &req);
         match v.outcome {

@@ -1,15 +1,68 @@
-//! Per-client-address state, in a second fixed table: authentication failures, and the
-//! sessions the address has contributed to learning.
+//! Per-client-address state, in a second fixed table: authentication failures, the
+//! sessions the address has contributed to learning, mid-flow joins, and how many
+//! identified sessions it carries.
 //!
 //! Credential stuffing rotates session cookies, so failures are also counted by client
 //! address; learning poisoning rotates them too, so each address's share of the learning
-//! sessions is capped. Like sessions, addresses live in `capacity` fixed slots (one candidate each;
+//! sessions is capped. An address's anonymous requests are limited per session it carries
+//! (a NAT's address is busy because many customers use it; an attacker's carries few). Like sessions, addresses live in `capacity` fixed slots (one candidate each;
 //! a colliding or idle address takes the slot over), so memory stays bounded.
 
 use crate::le::{Reader, Writer};
 use crate::rate::WindowCounter;
 
-pub const ADDRESS_SLOT_SIZE: usize = 28;
+pub const ADDRESS_SLOT_SIZE: usize = 48;
+
+/// How long an identified session counts as carried by its address after it started
+/// here: between one and two of these.
+pub const CARRIED_WINDOW_S: u32 = 300;
+
+/// Distinct identified sessions that started from one address in the current and the
+/// previous [`CARRIED_WINDOW_S`]: two 64-bit linear-counting sketches (bounded, no list
+/// of sessions; the estimate saturates near 266).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub window_start: u32,
+    pub current: u64,
+    pub previous: u64,
+}
+
+impl Carried {
+    /// Rolls the windows forward to `now` (seconds).
+    fn roll(&mut self, now: u32) {
+        let age = now.saturating_sub(self.window_start);
+        if age < CARRIED_WINDOW_S {
+            return;
+        }
+        self.previous = if age < 2 * CARRIED_WINDOW_S {
+            self.current
+        } else {
+            0
+        };
+        self.current = 0;
+        self.window_start = now - age % CARRIED_WINDOW_S;
+    }
+
+    /// Notes identified session `session` at `now`; whether the sketch changed.
+    pub fn add(&mut self, session: u64, now: u32) -> bool {
+        let before = *self;
+        self.roll(now);
+        self.current |= 1 << (session.rotate_left(23) % 64);
+        *self != before
+    }
+
+    /// Estimated distinct sessions at `now`.
+    pub fn estimate(&self, now: u32) -> u16 {
+        let mut c = *self;
+        c.roll(now);
+        let zeros = (c.current | c.previous).count_zeros();
+        if zeros == 64 {
+            return 0;
+        }
+        let n = -64.0 * (f64::from(zeros.max(1)) / 64.0).ln();
+        n.round().clamp(1.0, f64::from(u16::MAX)) as u16
+    }
+}
 
 /// One address's failure count, in seconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,6 +73,8 @@ pub struct AddressSlot {
     pub learning_sessions: u32,
     /// Sessions of this address let in mid-flow (see [`AddressSlot::let_in_midflow`]).
     pub midflow: WindowCounter,
+    /// Identified sessions started from this address lately.
+    pub carried: Carried,
 }
 
 impl AddressSlot {
@@ -62,6 +117,24 @@ impl AddressSlot {
         true
     }
 
+    /// Notes that identified session `session` started from address `fingerprint` at
+    /// `now`; whether the slot changed (an unchanged one needs no write).
+    pub fn carry(&mut self, fingerprint: u64, session: u64, now: u32) -> bool {
+        let taken = self.fingerprint != fingerprint;
+        self.take(fingerprint);
+        self.carried.add(session, now) || taken
+    }
+
+    /// Identified sessions address `fingerprint` carries at `now` (0 if the slot is
+    /// another's).
+    pub fn carried(&self, fingerprint: u64, now: u32) -> u16 {
+        if self.fingerprint == fingerprint {
+            self.carried.estimate(now)
+        } else {
+            0
+        }
+    }
+
     /// Counts a new learning session of `fingerprint`; returns how many it has started.
     pub fn start_session(&mut self, fingerprint: u64) -> u32 {
         self.take(fingerprint);
@@ -89,6 +162,9 @@ impl AddressSlot {
         w.put(&self.midflow.window_start.to_le_bytes());
         w.put(&self.midflow.count.to_le_bytes());
         w.put(&self.midflow.peak.to_le_bytes());
+        w.put(&self.carried.window_start.to_le_bytes());
+        w.put(&self.carried.current.to_le_bytes());
+        w.put(&self.carried.previous.to_le_bytes());
         b
     }
 
@@ -110,6 +186,11 @@ impl AddressSlot {
                 window_start: u32::from_le_bytes(r.take()),
                 count: u16::from_le_bytes(r.take()),
                 peak: u16::from_le_bytes(r.take()),
+            },
+            carried: Carried {
+                window_start: u32::from_le_bytes(r.take()),
+                current: u64::from_le_bytes(r.take()),
+                previous: u64::from_le_bytes(r.take()),
             },
         }
     }
@@ -154,6 +235,35 @@ mod tests {
         assert!(a.let_in_midflow(5, 701, 600, 2), "a new window");
         assert_eq!(AddressSlot::decode(&a.encode()), a);
         assert!(!a.let_in_midflow(6, 702, 600, 0), "budget 0: never");
+    }
+
+    #[test]
+    fn carried_sessions_are_counted_per_address_and_age_out() {
+        let mut a = AddressSlot::default();
+        assert_eq!(a.carried(5, 100), 0);
+        for s in 0..20u64 {
+            a.carry(5, s.wrapping_mul(0x9e37_79b9_7f4a_7c15), 100);
+        }
+        let n = a.carried(5, 100);
+        assert!((15..=26).contains(&n), "20 sessions estimated as {n}");
+        assert!(
+            !a.carry(5, 0, 101),
+            "a session already counted changes nothing"
+        );
+        assert_eq!(AddressSlot::decode(&a.encode()), a);
+        assert_eq!(a.carried(6, 100), 0, "another address carries nothing");
+        assert_eq!(
+            a.carried(5, 100 + CARRIED_WINDOW_S),
+            n,
+            "the previous window counts"
+        );
+        assert_eq!(
+            a.carried(5, 100 + 2 * CARRIED_WINDOW_S),
+            0,
+            "then it ages out"
+        );
+        assert!(a.carry(6, 1, 100), "another address takes the slot over");
+        assert_eq!(a.carried(6, 100), 1);
     }
 
     proptest! {

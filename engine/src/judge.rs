@@ -77,6 +77,9 @@ impl Judge<'_> {
         let learning = self.model.is_none();
         let mut share = None;
         let mut midflow = None;
+        if request.weak_session {
+            request.carried = self.carried(host, address, now)?;
+        }
         for _ in 0..CAS_RETRIES {
             let mut located = self.locate(host, fingerprint, now)?;
             if learning
@@ -114,12 +117,15 @@ impl Judge<'_> {
                 }
             }
             // Learning after the model counts only sessions no rule ever fired on.
-            let learns = (learning || self.relearns) && verdict.fired.is_empty();
-            if !learning && !verdict.fired.is_empty() {
+            let learns = (learning || self.relearns) && verdict.teaches();
+            if !learning && !verdict.teaches() {
                 located.slot.unlearned = true;
             }
             if !host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
                 continue;
+            }
+            if located.placement != Placement::Own && !request.weak_session {
+                self.carry(host, address, fingerprint, now)?;
             }
             return Ok(Some(Judged {
                 decision: Decision::of(self.settings.mode, !learning, &verdict),
@@ -254,6 +260,40 @@ impl Judge<'_> {
             let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
             f(&mut slot).then(|| slot.encode().to_vec())
         })
+    }
+
+    /// Identified sessions the client address carries (for a weak session's limits).
+    fn carried<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+        now: u32,
+    ) -> Result<u16, StoreError<H::Error>> {
+        let Some(fp) = self.address_fp(host, address)? else {
+            return Ok(0);
+        };
+        let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
+        let (bytes, _) = host.get(key.as_str())?;
+        Ok(bytes.map_or(0, |b| AddressSlot::decode(&b).carried(fp, now)))
+    }
+
+    /// Notes that identified session `session`, new here, came from the client address:
+    /// the address's anonymous limits grow with the customers it carries. A lost race
+    /// only leaves the count a little low.
+    pub fn carry<H: Host>(
+        &self,
+        host: &mut H,
+        address: Option<&[u8]>,
+        session: u64,
+        now: u32,
+    ) -> Result<(), StoreError<H::Error>> {
+        let Some(fp) = self.address_fp(host, address)? else {
+            return Ok(());
+        };
+        match self.update_address(host, fp, |slot| slot.carry(fp, session, now)) {
+            Ok(_) | Err(StoreError::Contended) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A new learning session's address sketch bit, and whether its address has already

@@ -31,6 +31,9 @@ pub struct Model {
     prerequisites: Vec<EndpointSet>,
     /// Prerequisites per endpoint that must have succeeded on the request's own object.
     bound: Vec<EndpointSet>,
+    /// The flag tier of both (some evidence, not enough to block).
+    flag_prerequisites: Vec<EndpointSet>,
+    flag_bound: Vec<EndpointSet>,
     /// Endpoints some bound rule waits for: the only ones whose successes per object a
     /// session records, so browsing many objects does not push out the ones that matter.
     binding: EndpointSet,
@@ -40,6 +43,9 @@ pub struct Model {
     transitions: HashSet<(EndpointId, EndpointId)>,
     rate_limits: Vec<u32>,
     ids_limits: Vec<u32>,
+    /// Per client address and identified session it carries, for anonymous requests.
+    address_rate_limits: Vec<u32>,
+    address_ids_limits: Vec<u32>,
     auth_endpoints: EndpointSet,
     deprecated: EndpointSet,
     /// Learned endpoints retired at run time for disuse (`endpoints.retire_after_s`).
@@ -102,10 +108,21 @@ impl Model {
             .iter()
             .map(|e| set_of_names(&e.bound_prerequisites))
             .collect();
-        let binding = EndpointSet(bound.iter().fold(0, |all, s| all | s.0));
+        let flag_prerequisites: Vec<EndpointSet> = policy
+            .endpoints
+            .iter()
+            .map(|e| set_of_names(&e.flag_prerequisites))
+            .collect();
+        let flag_bound: Vec<EndpointSet> = policy
+            .endpoints
+            .iter()
+            .map(|e| set_of_names(&e.flag_bound_prerequisites))
+            .collect();
+        let binding = EndpointSet(bound.iter().chain(&flag_bound).fold(0, |all, s| all | s.0));
         let required = EndpointSet(
             prerequisites
                 .iter()
+                .chain(&flag_prerequisites)
                 .fold(binding.0, |all: u128, s: &EndpointSet| all | s.0),
         );
         let transitions = policy
@@ -165,6 +182,24 @@ impl Model {
                     )
                 })
                 .collect(),
+            address_rate_limits: policy
+                .endpoints
+                .iter()
+                .map(|e| configured(limits.address_rate.limit, e.address_rate))
+                .collect(),
+            address_ids_limits: policy
+                .endpoints
+                .iter()
+                .map(|e| {
+                    configured(
+                        limits
+                            .address_enumeration
+                            .limit
+                            .filter(|_| e.template.contains('{')),
+                        e.address_distinct_ids,
+                    )
+                })
+                .collect(),
             auth_endpoints: set_of(&|i| {
                 policy.endpoints.get(i).is_some_and(|e| e.auth_failures > 0)
             }),
@@ -172,6 +207,8 @@ impl Model {
             retired: EndpointSet::EMPTY,
             prerequisites,
             bound,
+            flag_prerequisites,
+            flag_bound,
             binding,
             required,
             transitions,
@@ -249,6 +286,40 @@ impl Model {
     /// Endpoints that must have succeeded on the request's object before `id` is called.
     pub fn bound_prerequisites(&self, id: EndpointId) -> EndpointSet {
         self.bound.get(usize::from(id)).copied().unwrap_or_default()
+    }
+
+    /// The flag tier of [`Model::prerequisites`]: skipping one is flagged, not blocked.
+    pub fn flag_prerequisites(&self, id: EndpointId) -> EndpointSet {
+        self.flag_prerequisites
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The flag tier of [`Model::bound_prerequisites`].
+    pub fn flag_bound_prerequisites(&self, id: EndpointId) -> EndpointSet {
+        self.flag_bound
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Anonymous requests per window allowed to one client address on `id`, per
+    /// identified session the address carries (0: no limit).
+    pub fn address_rate_limit(&self, id: EndpointId) -> u32 {
+        self.address_rate_limits
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Distinct identifiers per window allowed to one address's anonymous requests on
+    /// `id`, per identified session it carries (0: no limit).
+    pub fn address_ids_limit(&self, id: EndpointId) -> u32 {
+        self.address_ids_limits
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether some rule waits for `id` (a success of another endpoint changes nothing).

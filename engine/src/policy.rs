@@ -94,12 +94,29 @@ pub struct EndpointPolicy {
     /// values in the path): confirming order B needs a payment of order B.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bound_prerequisites: Vec<String>,
+    /// Endpoints that some evidence (the bound at `learning.flag_confidence`), not yet
+    /// enough to block, shows sessions complete first: skipping one is flagged
+    /// (`order.missing_prerequisite`), so step-skipping shows before order is enforced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flag_prerequisites: Vec<String>,
+    /// The same tier for rules bound to the object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flag_bound_prerequisites: Vec<String>,
     /// Requests per window of one session to this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Limit>,
     /// Distinct identifiers per window of one session on this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distinct_ids: Option<Limit>,
+    /// Anonymous (address-keyed) requests per window of one client address, per
+    /// identified session it carries: learned over addresses, enforced on address-keyed
+    /// requests (a login brute force, a registration flood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_rate: Option<Limit>,
+    /// Distinct identifiers per window of one client address's anonymous requests, per
+    /// identified session it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_distinct_ids: Option<Limit>,
     /// 401/403 answers seen in learning: where credential stuffing would aim.
     #[serde(default)]
     pub auth_failures: u64,
@@ -149,13 +166,13 @@ impl EndpointPolicy {
     /// The order rules in words, `None` without any: `POST /login; same object:
     /// POST /orders/{id}/pay`.
     pub fn order_rules(&self) -> Option<String> {
-        let bound = (!self.bound_prerequisites.is_empty())
-            .then(|| format!("same object: {}", self.bound_prerequisites.join(", ")));
-        let session = (!self.prerequisites.is_empty()).then(|| self.prerequisites.join(", "));
-        match (session, bound) {
-            (Some(s), Some(b)) => Some(format!("{s}; {b}")),
-            (s, b) => s.or(b),
-        }
+        join_rules(&self.prerequisites, &self.bound_prerequisites)
+    }
+
+    /// The order rules of the flag tier in words (some evidence, not enough to block),
+    /// `None` without any.
+    pub fn flag_rules(&self) -> Option<String> {
+        join_rules(&self.flag_prerequisites, &self.flag_bound_prerequisites)
     }
 
     /// Every endpoint this one waits for, session-wide or on its object.
@@ -247,6 +264,8 @@ impl Policy {
             let lists = [
                 ("prerequisites", &e.prerequisites),
                 ("bound_prerequisites", &e.bound_prerequisites),
+                ("flag_prerequisites", &e.flag_prerequisites),
+                ("flag_bound_prerequisites", &e.flag_bound_prerequisites),
             ];
             for (field, list) in lists {
                 for (j, p) in list.iter().enumerate() {
@@ -282,6 +301,16 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// `a, b; same object: c`.
+fn join_rules(session: &[String], bound: &[String]) -> Option<String> {
+    let bound = (!bound.is_empty()).then(|| format!("same object: {}", bound.join(", ")));
+    let session = (!session.is_empty()).then(|| session.join(", "));
+    match (session, bound) {
+        (Some(s), Some(b)) => Some(format!("{s}; {b}")),
+        (s, b) => s.or(b),
     }
 }
 

@@ -102,6 +102,16 @@ impl RuleSet {
         self.0 & rule.bit() != 0
     }
 
+    /// The rules in both sets.
+    pub fn intersection(self, other: RuleSet) -> RuleSet {
+        RuleSet(self.0 & other.0)
+    }
+
+    /// The rules in `self` and not in `other`.
+    pub fn difference(self, other: RuleSet) -> RuleSet {
+        RuleSet(self.0 & !other.0)
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

@@ -36,14 +36,28 @@ pub struct Verdict {
     pub missing: EndpointSet,
     /// For rate rules: seconds until a retry can succeed.
     pub retry_after_s: u32,
+    /// `order.missing_prerequisite` fired on the flag tier only (some evidence, not enough
+    /// to block): the session still teaches, or the tier would confirm itself.
+    pub tentative_order: bool,
 }
 
 impl Verdict {
+    /// Whether the session may still teach the learner: no rule fired, or only the
+    /// flag tier of the order rule (excluding those would confirm the tier by itself).
+    pub fn teaches(&self) -> bool {
+        let mut others = self.fired;
+        if self.tentative_order {
+            others.remove(Rule::MissingPrerequisite);
+        }
+        others.is_empty()
+    }
+
     pub const ALLOW: Verdict = Verdict {
         outcome: Outcome::Allow,
         fired: RuleSet::EMPTY,
         missing: EndpointSet::EMPTY,
         retry_after_s: 0,
+        tentative_order: false,
     };
 
     /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
@@ -79,6 +93,9 @@ pub struct Request {
     /// A session new here may be taken as joining mid-flow (its address had budget left):
     /// then its order rules flag instead of blocking, for the rest of the session.
     pub midflow_ok: bool,
+    /// For a weak session: the identified sessions its address carries (its anonymous
+    /// limits are per carried session, at least one).
+    pub carried: u16,
 }
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the
@@ -99,43 +116,72 @@ pub fn evaluate(
     };
     let visit = slot.record_request(req.endpoint, req.id, req.now_ms, model.window_ms);
     let now = slot.clock(req.now_ms);
+    let weak = req.weak_session;
     let mut fired = RuleSet::EMPTY;
+    // Rules that fired but may only flag in this verdict.
+    let mut soft = RuleSet::EMPTY;
     let mut missing = EndpointSet::EMPTY;
+    let mut tentative_order = false;
     let mut retry_ms = 0u32;
+    let window_retry = |slot: &Slot, retry_ms: &mut u32| {
+        let window_start = visit
+            .entry
+            .and_then(|i| slot.rates.get(i))
+            .map_or(now, |r| r.window_start);
+        *retry_ms = (*retry_ms).max(
+            window_start
+                .saturating_add(model.window_ms)
+                .saturating_sub(now),
+        );
+    };
 
     match req.endpoint {
         Some(e) => {
-            missing = model.prerequisites(e).difference(before.completed);
             // A bound rule asks the request's own object; an object the session's table
             // has forgotten falls back to what the session completed anywhere.
-            let bound = model.bound_prerequisites(e);
-            if !bound.is_empty() {
-                let done = visit.object.unwrap_or(before.completed);
-                missing = EndpointSet(missing.0 | bound.difference(done).0);
-            }
+            let on_object = visit.object.unwrap_or(before.completed);
+            let skipped = |session: EndpointSet, bound: EndpointSet| {
+                EndpointSet(session.difference(before.completed).0 | bound.difference(on_object).0)
+            };
+            let blocking = skipped(model.prerequisites(e), model.bound_prerequisites(e));
+            let tentative = skipped(
+                model.flag_prerequisites(e),
+                model.flag_bound_prerequisites(e),
+            );
+            missing = EndpointSet(blocking.0 | tentative.0);
+            tentative_order = blocking.is_empty() && !tentative.is_empty();
             if !missing.is_empty() {
                 fired.insert(Rule::MissingPrerequisite);
+                // The flag tier's evidence is not enough to refuse anyone; a session
+                // that joined mid-flow did its earlier steps where this proxy could not
+                // see them; a weak session's steps mix the clients of one address.
+                if blocking.is_empty() || slot.midflow || weak {
+                    soft.insert(Rule::MissingPrerequisite);
+                }
             }
-            if !model.knows_transition(before.last_endpoint, e) {
+            // Clients behind one address interleave: a weak session's transitions are
+            // learned, not judged.
+            if !weak && !model.knows_transition(before.last_endpoint, e) {
                 fired.insert(Rule::UnknownTransition);
             }
             if model.is_deprecated(e) {
                 fired.insert(Rule::DeprecatedEndpoint);
             }
-            let ids_limit = model.ids_limit(e);
+            // A weak session is its client address: its anonymous requests have learned
+            // limits of their own, per identified session the address carries.
+            let per = u32::from(req.carried.max(1));
+            let (ids_limit, limit) = if weak {
+                (
+                    model.address_ids_limit(e).saturating_mul(per),
+                    model.address_rate_limit(e).saturating_mul(per),
+                )
+            } else {
+                (model.ids_limit(e), model.rate_limit(e))
+            };
             if ids_limit > 0 && u32::from(visit.tally.distinct) > ids_limit {
                 fired.insert(Rule::RateEnumeration);
-                let window_start = visit
-                    .entry
-                    .and_then(|i| slot.rates.get(i))
-                    .map_or(now, |r| r.window_start);
-                retry_ms = retry_ms.max(
-                    window_start
-                        .saturating_add(model.window_ms)
-                        .saturating_sub(now),
-                );
+                window_retry(slot, &mut retry_ms);
             }
-            let limit = model.rate_limit(e);
             if let (true, Some(entry)) =
                 (limit > 0, visit.entry.and_then(|i| slot.rates.get_mut(i)))
             {
@@ -151,7 +197,7 @@ pub fn evaluate(
         None if req.deprecated_template => fired.insert(Rule::DeprecatedEndpoint),
         None => fired.insert(Rule::UnknownEndpoint),
     }
-    if model.session_rate > 0 {
+    if model.session_rate > 0 && !weak {
         match gcra(
             slot.total.tat,
             now,
@@ -165,7 +211,12 @@ pub fn evaluate(
             }
         }
     }
-    let by_session = u32::from(before.auth.current(now, model.auth_window_ms));
+    // A weak session's own failures are its address's: the address rule counts them.
+    let by_session = if weak {
+        0
+    } else {
+        u32::from(before.auth.current(now, model.auth_window_ms))
+    };
     let by_address = u32::from(req.address_failures);
     let address_hit = model.address_auth_limit > 0 && by_address >= model.address_auth_limit;
     if (model.auth_limit > 0 && by_session >= model.auth_limit) || address_hit {
@@ -179,24 +230,12 @@ pub fn evaluate(
     }
     if req.midflow_ok && visit.new_session {
         slot.midflow = true;
-    }
-    let mut verdict = outcome(&settings.rules, fired, missing);
-    // A session that joined mid-flow did its earlier steps where this proxy could not see
-    // them: a missing one is no evidence. Other rules still block.
-    if slot.midflow && fired.contains(Rule::MissingPrerequisite) {
-        let mut others = fired;
-        others.remove(Rule::MissingPrerequisite);
-        if !matches!(
-            outcome(&settings.rules, others, missing).outcome,
-            Outcome::Block { .. }
-        ) {
-            verdict.outcome = verdict.outcome.min_flag();
+        if fired.contains(Rule::MissingPrerequisite) {
+            soft.insert(Rule::MissingPrerequisite);
         }
     }
-    // A weak session's own counts mix clients; only its address's failures block it.
-    if req.weak_session && !address_hit {
-        verdict.outcome = verdict.outcome.min_flag();
-    }
+    let mut verdict = decide(&settings.rules, fired, soft, missing);
+    verdict.tentative_order = tentative_order;
     verdict.retry_after_s = retry_ms
         .div_ceil(1000)
         .max(u32::from(!fired.is_empty() && retry_ms > 0));
@@ -222,6 +261,19 @@ fn clamp16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }
 
+/// [`outcome`] of `fired`, where the rules in `soft` may only flag.
+fn decide(actions: &RuleActions, fired: RuleSet, soft: RuleSet, missing: EndpointSet) -> Verdict {
+    let mut verdict = outcome(actions, fired.difference(soft), missing);
+    let flagged = outcome(actions, fired.intersection(soft), missing);
+    for rule in flagged.fired.iter() {
+        verdict.fired.insert(rule);
+    }
+    if flagged.outcome != Outcome::Allow && verdict.outcome == Outcome::Allow {
+        verdict.outcome = Outcome::Flag;
+    }
+    verdict
+}
+
 /// Turns fired rules into an outcome: the first blocking rule decides the status.
 pub fn outcome(actions: &RuleActions, fired: RuleSet, missing: EndpointSet) -> Verdict {
     let mut kept = RuleSet::EMPTY;
@@ -244,6 +296,7 @@ pub fn outcome(actions: &RuleActions, fired: RuleSet, missing: EndpointSet) -> V
         fired: kept,
         missing,
         retry_after_s: 0,
+        tentative_order: false,
     }
 }
 
@@ -258,6 +311,10 @@ mod tests {
     }
 
     fn shop(s: &Settings) -> Model {
+        Model::compile(&shop_policy(), s).unwrap()
+    }
+
+    fn shop_policy() -> Policy {
         let ep = |t: &str, pre: &[&str]| EndpointPolicy {
             template: t.into(),
             prerequisites: pre.iter().map(|s| s.to_string()).collect(),
@@ -283,7 +340,7 @@ mod tests {
         let mut login = ep("POST /login", &[]);
         login.auth_failures = 4;
         login.rate = lim(3);
-        let p = Policy {
+        Policy {
             version: 1,
             window_s: 10,
             endpoints: vec![
@@ -315,8 +372,7 @@ mod tests {
                 ..Limit::default()
             }),
             ..Default::default()
-        };
-        Model::compile(&p, s).unwrap()
+        }
     }
 
     fn header(v: &Verdict) -> String {
@@ -413,6 +469,98 @@ mod tests {
         assert_eq!(v.outcome, Outcome::Flag);
         let (_, v) = evaluate(Some(&m), &s, &mut slot, &weak(0, 50));
         assert_eq!(v.outcome, Outcome::Block { status: 429 });
+    }
+
+    #[test]
+    fn an_address_flooding_anonymously_is_limited_per_session_it_carries() {
+        let s = settings("{}");
+        let mut p = shop_policy();
+        let login = p.endpoints.iter_mut().find(|e| e.template == "POST /login");
+        login.unwrap().address_rate = Some(Limit {
+            limit: 4,
+            ..Limit::default()
+        });
+        let m = Model::compile(&p, &s).unwrap();
+        let weak = |t: u64, carried| Request {
+            endpoint: Some(0),
+            now_ms: t,
+            weak_session: true,
+            carried,
+            ..Default::default()
+        };
+        // A lone address: 4 logins pass, the 5th in the window is refused with a wait.
+        let mut lone = Slot::new(1, 0, 1);
+        let outcomes: Vec<Outcome> = (0..6)
+            .map(|i| {
+                evaluate(Some(&m), &s, &mut lone, &weak(i * 10, 0))
+                    .1
+                    .outcome
+            })
+            .collect();
+        assert_eq!(outcomes[..4], [Outcome::Allow; 4], "{outcomes:?}");
+        let (_, v) = evaluate(Some(&m), &s, &mut lone, &weak(70, 0));
+        assert_eq!(v.outcome, Outcome::Block { status: 429 });
+        assert!(v.fired.contains(Rule::RateSession) && v.retry_after_s >= 1);
+        // A NAT's address carrying 10 customers: 40 logins in the window pass.
+        let mut nat = Slot::new(2, 0, 1);
+        for i in 0..40 {
+            let (_, v) = evaluate(Some(&m), &s, &mut nat, &weak(i, 10));
+            assert_eq!(v.outcome, Outcome::Allow, "login {i}");
+        }
+        let (_, v) = evaluate(Some(&m), &s, &mut nat, &weak(40, 10));
+        assert_eq!(v.outcome, Outcome::Block { status: 429 }, "the 41st");
+    }
+
+    #[test]
+    fn a_step_with_some_evidence_flags_a_skip_and_teaches_on() {
+        let s = settings("{}");
+        let mut p = shop_policy();
+        let pay = p.endpoints.iter_mut().find(|e| e.template == "POST /pay");
+        let pay = pay.unwrap();
+        pay.prerequisites.clear();
+        pay.flag_prerequisites = vec!["POST /login".into()];
+        p.transitions.push(Transition {
+            from: START.into(),
+            to: "POST /pay".into(),
+            count: 5,
+        });
+        let m = Model::compile(&p, &s).unwrap();
+        let mut slot = Slot::new(1, 0, 1);
+        let v = call(&m, &s, &mut slot, Some(1), 200, 1);
+        assert_eq!(v.outcome, Outcome::Flag);
+        assert_eq!(header(&v), "flag; rules=order.missing_prerequisite");
+        assert!(
+            v.tentative_order && v.teaches(),
+            "a flag-tier skip still teaches"
+        );
+        // confirm's blocking rule is untouched, and a block does not teach.
+        let v = call(&m, &s, &mut Slot::new(2, 0, 1), Some(2), 200, 1);
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
+        assert!(!v.tentative_order && !v.teaches());
+        // After the login, no flag.
+        let mut slot = Slot::new(3, 0, 1);
+        call(&m, &s, &mut slot, Some(0), 200, 1);
+        assert_eq!(
+            call(&m, &s, &mut slot, Some(1), 200, 2).outcome,
+            Outcome::Allow
+        );
+    }
+
+    #[test]
+    fn a_weak_session_is_not_judged_on_transitions() {
+        let s = settings("{}");
+        let m = shop(&s);
+        let mut slot = Slot::new(1, 0, 1);
+        let weak = Request {
+            endpoint: Some(3),
+            id: Some(1),
+            now_ms: 1,
+            weak_session: true,
+            ..Default::default()
+        };
+        // START -> GET /orders/{id} was never seen; a weak session mixes clients.
+        let (_, v) = evaluate(Some(&m), &s, &mut slot, &weak);
+        assert!(!v.fired.contains(Rule::UnknownTransition), "{v:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::worker::Worker;
 use flowguard_engine::handover;
 use flowguard_engine::judge::read_slot;
 use flowguard_engine::session::SessionKey;
+use flowguard_engine::slot_table::Placement;
 use flowguard_engine::store::{self, Host, CAS_RETRIES};
 
 /// The session the token in this answer's JSON body hands over to.
@@ -52,6 +53,12 @@ pub fn hand_over(
         located.slot.continue_from(&from);
         if EnvoyHost.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
             Metrics::inc(w.metrics.handovers);
+            if located.placement != Placement::Own {
+                // A new identity from this address: it carries one more customer.
+                judge
+                    .carry(&mut EnvoyHost, None, to, now)
+                    .map_err(host::from_store)?;
+            }
             return Ok(());
         }
     }

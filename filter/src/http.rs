@@ -487,7 +487,7 @@ fn judge(
         let registered = w.model.as_ref().map_or(w.registry.len(), |m| m.len());
         let known = w.settings.learning.absences_to_record(registered);
         if request.weak_session {
-            w.delta.observe_inventory(e, &visit);
+            w.delta.observe_inventory(e, &visit, request.carried);
         } else {
             w.delta.observe_request(e, &visit, known);
         }

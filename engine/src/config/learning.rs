@@ -13,6 +13,9 @@ pub struct LearningSettings {
     pub prerequisite_ratio: f64,
     /// Confidence at which the data must show `prerequisite_ratio` (exact binomial bound).
     pub confidence: f64,
+    /// The lower confidence at which a prerequisite is flagged, not yet blocked (at most
+    /// `confidence`; equal to it: no flag tier).
+    pub flag_confidence: f64,
     /// Distinct routes into a step before an order rule is learned for it.
     pub min_routes: u32,
     pub transition_min_count: u64,
@@ -61,6 +64,7 @@ impl Default for LearningSettings {
             min_support: 5,
             prerequisite_ratio: 0.98,
             confidence: 0.99,
+            flag_confidence: 0.9,
             min_routes: 2,
             transition_min_count: 1,
             variable_segment_min: 16,
@@ -82,6 +86,7 @@ pub(super) struct RawLearning {
     min_support: Option<i64>,
     prerequisite_ratio: Option<f64>,
     confidence: Option<f64>,
+    flag_confidence: Option<f64>,
     min_routes: Option<i64>,
     transition_min_count: Option<i64>,
     variable_segment_min: Option<i64>,
@@ -113,6 +118,15 @@ impl TryFrom<RawLearning> for LearningSettings {
                 format!("expected a number in [0.5, 1), got {confidence}"),
             ));
         }
+        let flag_confidence = l
+            .flag_confidence
+            .unwrap_or(d.flag_confidence.min(confidence));
+        if !(0.5..=confidence).contains(&flag_confidence) {
+            return Err(invalid(
+                "learning.flag_confidence",
+                format!("expected a number in [0.5, learning.confidence], got {flag_confidence}"),
+            ));
+        }
         Ok(LearningSettings {
             min_sessions: int_in(
                 "learning.min_sessions",
@@ -137,6 +151,7 @@ impl TryFrom<RawLearning> for LearningSettings {
             )?,
             prerequisite_ratio: ratio,
             confidence,
+            flag_confidence,
             min_routes: narrow(
                 "learning.min_routes",
                 int_in(

@@ -59,6 +59,12 @@ pub struct Limits {
     /// 401/403 answers per auth window, per client address over all its sessions (NAT'd
     /// clients share an address, so its floor is higher).
     pub address_auth: Threshold,
+    /// Anonymous (address-keyed) requests per window, per client address and endpoint,
+    /// per identified session the address carries.
+    pub address_rate: Threshold,
+    /// Distinct identifiers per window of an address's anonymous requests, per template
+    /// and identified session the address carries.
+    pub address_enumeration: Threshold,
     pub auth_window_s: u32,
 }
 
@@ -88,6 +94,16 @@ impl Default for Limits {
             address_auth: Threshold {
                 margin: 3.0,
                 floor: 30,
+                limit: None,
+            },
+            address_rate: Threshold {
+                margin: 3.0,
+                floor: 10,
+                limit: None,
+            },
+            address_enumeration: Threshold {
+                margin: 3.0,
+                floor: 15,
                 limit: None,
             },
             auth_window_s: 300,
@@ -214,7 +230,8 @@ fn apply_thresholds(
         || f.floor.is_some()
         || f.limit.is_some()
         || f.window_s.is_some()
-        || f.session_floor.is_some();
+        || f.session_floor.is_some()
+        || f.address_floor.is_some();
     let target = match rule {
         Rule::RateSession => &mut limits.rate,
         Rule::RateEnumeration => &mut limits.enumeration,
@@ -244,12 +261,15 @@ fn apply_thresholds(
         )?);
     }
     if f.address_floor.is_some() {
-        if rule != Rule::AuthFailures {
-            return Err(invalid(key, "address_floor applies to auth.failures"));
-        }
         let k = format!("{key}.address_floor");
-        limits.address_auth.floor = narrow(&k, int_in(&k, f.address_floor, 0, 1, 65_535)?)?;
-        limits.address_auth.margin = limits.auth.margin;
+        let floor = narrow(&k, int_in(&k, f.address_floor, 0, 1, 65_535)?)?;
+        let (address, margin) = match rule {
+            Rule::AuthFailures => (&mut limits.address_auth, limits.auth.margin),
+            Rule::RateSession => (&mut limits.address_rate, limits.rate.margin),
+            _ => (&mut limits.address_enumeration, limits.enumeration.margin),
+        };
+        address.floor = floor;
+        address.margin = margin;
     }
     match (rule, f.window_s, f.session_floor) {
         (Rule::AuthFailures, Some(w), None) => {

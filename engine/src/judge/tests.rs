@@ -192,3 +192,44 @@ fn a_sessionless_stuffing_run_is_refused_by_its_address() {
         "{decisions:?}"
     );
 }
+
+#[test]
+fn an_address_carrying_customers_gets_their_share_of_anonymous_requests() {
+    let s = settings(r#"{"mode":"enforce"}"#);
+    let mut p = Policy::from_json(POLICY.as_bytes()).unwrap();
+    if let Some(pay) = p.endpoints.first_mut() {
+        pay.address_rate = Some(crate::policy::Limit {
+            limit: 2,
+            ..Default::default()
+        });
+    }
+    let m = Model::compile(&p, &s).unwrap();
+    let j = judge(&s, Some(&m));
+    let weak = |host: &mut MemoryHost, n: u32| {
+        let mut refused = 0;
+        for i in 0..n {
+            let mut r = request(PAY, 2_000);
+            r.now_ms += u64::from(i);
+            r.weak_session = true;
+            let judged = j.request(host, &mut r, 77, None, 2_000).unwrap().unwrap();
+            refused += u32::from(matches!(judged.decision, Decision::Reply { .. }));
+        }
+        refused
+    };
+    // An address carrying nobody: 2 anonymous payments a window, then 429s.
+    let mut lone = memory(Some("10.0.0.1:1"), 0);
+    assert_eq!(weak(&mut lone, 10), 8);
+    // The same address once 10 identified sessions started from it: 20 of 20 pass.
+    let mut nat = memory(Some("10.0.0.2:1"), 0);
+    for fp in 1..=10u64 {
+        call(
+            &j,
+            &mut nat,
+            fp.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            PAY,
+            1_990,
+        );
+    }
+    assert_eq!(weak(&mut nat, 20), 0);
+    assert!(weak(&mut nat, 5) > 0, "beyond its share, refused");
+}

@@ -171,24 +171,28 @@ pub fn compile(
             // (violators lacking the support to count as normal traffic are discounted),
             // and sessions came here by several routes: one route is a script, not order.
             // Whether `n` of `of` shows, at `confidence`, a share of at least the ratio.
-            let shows = |n: u64, of: u64| {
-                evidence::share_at_least(n, of, s.prerequisite_ratio, s.confidence)
+            // Two tiers: at `confidence` a rule blocks; at the lower `flag_confidence` it
+            // only flags, so skip attempts show while the evidence grows.
+            let shows_at = |n: u64, of: u64, confidence: f64| {
+                evidence::share_at_least(n, of, s.prerequisite_ratio, confidence)
             };
-            let prerequisites = if reached >= s.min_support && varied {
+            let session_wide = |confidence: f64| -> Vec<String> {
+                if reached < s.min_support || !varied {
+                    return Vec::new();
+                }
                 m.prior
                     .range((id, 0)..=(id, NO_ENDPOINT))
                     .filter(|((_, p), n)| {
                         let n = (**n).min(reached);
                         kept(*p)
                             && n >= s.min_support
-                            && (shows(n, reached)
-                                || (absence_unsupported(&(id, *p)) && shows(n, n)))
+                            && (shows_at(n, reached, confidence)
+                                || (absence_unsupported(&(id, *p)) && shows_at(n, n, confidence)))
                     })
                     .map(|((_, p), _)| name(*p))
                     .collect()
-            } else {
-                Vec::new()
             };
+            let prerequisites = session_wide(s.confidence);
             // `p` is bound to the object when, at the same confidence, the requests that
             // reached this step on an object found `p` already done on that object; it
             // still needs the sessions a session-wide rule needs. Then either sessions
@@ -198,25 +202,44 @@ pub fn compile(
             // to skip.
             let object_reached = m.object_reached.get(&id).copied().unwrap_or(0);
             let changes_state = !is_read(template);
-            let bound_prerequisites: Vec<String> =
-                if has_ids && reached >= needed.max(s.min_support) {
-                    m.object_prior
-                        .range((id, 0)..=(id, NO_ENDPOINT))
-                        .filter(|((_, p), n)| {
-                            kept(*p)
-                                && shows((**n).min(object_reached), object_reached)
-                                && (varied || (changes_state && gate(*p)))
-                        })
-                        .map(|((_, p), _)| name(*p))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+            let bound = |confidence: f64| -> Vec<String> {
+                let needed = evidence::sessions_needed(s.prerequisite_ratio, confidence);
+                if !has_ids || reached < needed.max(s.min_support) {
+                    return Vec::new();
+                }
+                m.object_prior
+                    .range((id, 0)..=(id, NO_ENDPOINT))
+                    .filter(|((_, p), n)| {
+                        kept(*p)
+                            && shows_at((**n).min(object_reached), object_reached, confidence)
+                            && (varied || (changes_state && gate(*p)))
+                    })
+                    .map(|((_, p), _)| name(*p))
+                    .collect()
+            };
+            let bound_prerequisites = bound(s.confidence);
             // A bound rule says more than the session-wide one for the same step.
             let prerequisites: Vec<String> = prerequisites
                 .into_iter()
                 .filter(|p| !bound_prerequisites.contains(p))
                 .collect();
+            // The flag tier: what the lower bound shows and the blocking tier does not.
+            let (flag_prerequisites, flag_bound_prerequisites) = if s.flag_confidence < s.confidence
+            {
+                let blocks =
+                    |p: &String| prerequisites.contains(p) || bound_prerequisites.contains(p);
+                let flag_bound: Vec<String> = bound(s.flag_confidence)
+                    .into_iter()
+                    .filter(|p| !blocks(p))
+                    .collect();
+                let flag_session: Vec<String> = session_wide(s.flag_confidence)
+                    .into_iter()
+                    .filter(|p| !blocks(p) && !flag_bound.contains(p))
+                    .collect();
+                (flag_session, flag_bound)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             let note = if !varied && !bound_prerequisites.is_empty() {
                 Some(format!(
                     "bound to the object on {routes} route{}: {} retried until it succeeded",
@@ -250,6 +273,18 @@ pub fn compile(
                 u8::try_from(k).map_or(0, |k| m.ids_at_least.get(&(id, k)).copied().unwrap_or(0))
             };
             let callers = rate_at(1);
+            let address_rate_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| {
+                    m.address_rate_at_least.get(&(id, k)).copied().unwrap_or(0)
+                })
+            };
+            let address_ids_at = |k: u32| {
+                u8::try_from(k).map_or(0, |k| {
+                    m.address_ids_at_least.get(&(id, k)).copied().unwrap_or(0)
+                })
+            };
+            // Addresses that called this endpoint anonymously: the units of its limits.
+            let addresses = address_rate_at(1);
             EndpointPolicy {
                 template: template.clone(),
                 entry: m
@@ -260,10 +295,30 @@ pub fn compile(
                 successes: m.succeeded.get(&id).copied().unwrap_or(0),
                 prerequisites,
                 bound_prerequisites,
+                flag_prerequisites,
+                flag_bound_prerequisites,
                 rate: (callers > 0)
                     .then(|| limit_from(rate_at, callers, 255, &limits.rate, s.confidence)),
                 distinct_ids: (has_ids && callers > 0)
                     .then(|| limit_from(ids_at, callers, 255, &limits.enumeration, s.confidence)),
+                address_rate: (addresses > 0).then(|| {
+                    limit_from(
+                        address_rate_at,
+                        addresses,
+                        255,
+                        &limits.address_rate,
+                        s.confidence,
+                    )
+                }),
+                address_distinct_ids: (has_ids && addresses > 0).then(|| {
+                    limit_from(
+                        address_ids_at,
+                        addresses,
+                        255,
+                        &limits.address_enumeration,
+                        s.confidence,
+                    )
+                }),
                 auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
                 deprecated: false,
                 evidence: Some(evidence),

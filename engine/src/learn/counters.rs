@@ -42,6 +42,11 @@ pub struct LearnStats {
     pub auth_failures: BTreeMap<EndpointId, u64>,
     /// `k`: client addresses whose 401/403 answers in one auth window reached `k`.
     pub address_auth_at_least: BTreeMap<u16, u64>,
+    /// `(endpoint, k)`: client addresses whose anonymous requests to `endpoint` in one
+    /// window reached `k` per identified session they carried.
+    pub address_rate_at_least: BTreeMap<(EndpointId, u8), u64>,
+    /// `(endpoint, k)`: the same for distinct identifiers.
+    pub address_ids_at_least: BTreeMap<(EndpointId, u8), u64>,
     /// Who reached each endpoint.
     pub reached_support: BTreeMap<EndpointId, Support>,
     /// `(endpoint, p)`: who reached `endpoint` without having completed `p` (the evidence
@@ -161,10 +166,11 @@ impl LearnStats {
         }
     }
 
-    /// Counts a request of a weak (address-keyed) session, which teaches no order and no
-    /// rate: only that the endpoint exists (its support), so steps taken before a login
-    /// stay in the inventory.
-    pub fn observe_inventory(&mut self, endpoint: EndpointId, visit: &Visit) {
+    /// Counts a request of a weak (address-keyed) session, which teaches no order: that
+    /// the endpoint exists (its support), the transition (so a visitor's first steps
+    /// before a login are known ones), and the address's peaks per window on it, per
+    /// identified session the address `carried` (a NAT's many customers are one address).
+    pub fn observe_inventory(&mut self, endpoint: EndpointId, visit: &Visit, carried: u16) {
         if !visit.learn {
             return;
         }
@@ -173,6 +179,30 @@ impl LearnStats {
         }
         if visit.first_visit {
             support(&mut self.reached_support, endpoint, visit);
+        }
+        bump(&mut self.transitions, (visit.previous, endpoint), 1);
+        support(
+            &mut self.transition_support,
+            (visit.previous, endpoint),
+            visit,
+        );
+        let per = u32::from(carried.max(1));
+        // The address's k-th request counts once for each per-session level it reaches
+        // (a level is reached when ceil(k / carried) grows).
+        let level = |k: u8| -> Option<u8> {
+            let k = u32::from(k);
+            let now = k.div_ceil(per);
+            (now > k.saturating_sub(1).div_ceil(per)).then(|| u8::try_from(now).unwrap_or(u8::MAX))
+        };
+        if let Some(k) = visit.tally.new_peak.and_then(level) {
+            bump(&mut self.address_rate_at_least, (endpoint, k), 1);
+        }
+        if let Some((from, to)) = visit.tally.new_ids_peak {
+            for k in from.saturating_add(1)..=to {
+                if let Some(l) = level(k) {
+                    bump(&mut self.address_ids_at_least, (endpoint, l), 1);
+                }
+            }
         }
     }
 
@@ -218,6 +248,11 @@ impl LearnStats {
             &mut self.address_auth_at_least,
             &other.address_auth_at_least,
         );
+        add_all(
+            &mut self.address_rate_at_least,
+            &other.address_rate_at_least,
+        );
+        add_all(&mut self.address_ids_at_least, &other.address_ids_at_least);
         merge_all(&mut self.reached_support, &other.reached_support);
         merge_all(&mut self.lacking, &other.lacking);
         merge_all(&mut self.transition_support, &other.transition_support);
@@ -311,6 +346,8 @@ impl LearnStats {
             transitions: pairs(&self.transitions, true),
             rate_at_least: with_k(&self.rate_at_least),
             ids_at_least: with_k(&self.ids_at_least),
+            address_rate_at_least: with_k(&self.address_rate_at_least),
+            address_ids_at_least: with_k(&self.address_ids_at_least),
             auth_failures: one(&self.auth_failures),
             reached_support,
             lacking: support_pairs(&self.lacking),

@@ -49,6 +49,31 @@ pub fn relearn(
                 e.prerequisites.push(p.clone());
             }
         }
+        for p in &learned.flag_bound_prerequisites {
+            if !e.flag_bound_prerequisites.contains(p) {
+                e.flag_bound_prerequisites.push(p.clone());
+            }
+        }
+        for p in &learned.flag_prerequisites {
+            if !e.flag_prerequisites.contains(p) {
+                e.flag_prerequisites.push(p.clone());
+            }
+        }
+        // A rule that blocks now leaves the flag tier.
+        let blocks = e.prerequisites.clone();
+        let blocks_bound = e.bound_prerequisites.clone();
+        e.flag_prerequisites
+            .retain(|p| !blocks.contains(p) && !blocks_bound.contains(p));
+        e.flag_bound_prerequisites
+            .retain(|p| !blocks.contains(p) && !blocks_bound.contains(p));
+        // A limit is kept as learned; one the first sample had no evidence for (no
+        // anonymous caller yet) is added.
+        if e.address_rate.is_none() {
+            e.address_rate = learned.address_rate;
+        }
+        if e.address_distinct_ids.is_none() {
+            e.address_distinct_ids = learned.address_distinct_ids;
+        }
         e.sessions = e.sessions.max(learned.sessions);
         // What answers normally carry is learned on: a larger normal is not a looser rule
         // on anyone's access, only fewer flags.

@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::{LearningSettings, Limits, Threshold};
 use crate::model::Model;
-use crate::policy::{LearnedFrom, Limit, Policy};
+use crate::policy::{LearnedFrom, Limit, Policy, START};
 use crate::slot::{Slot, NO_ENDPOINT};
 use proptest::prelude::*;
 
@@ -812,7 +812,7 @@ fn a_fixed_script_teaches_only_the_step_it_retried_until_it_succeeded() {
 }
 
 #[test]
-fn weak_sessions_teach_the_inventory_and_no_order() {
+fn weak_sessions_teach_the_inventory_transitions_and_address_rates_but_no_order() {
     let mut stats = LearnStats::default();
     let mut reg = Registry::default();
     // One shared address logs in for everyone (weak); the flows it hands over to are strong.
@@ -820,7 +820,7 @@ fn weak_sessions_teach_the_inventory_and_no_order() {
     let login = reg.add("POST /login", 128).unwrap();
     for n in 0..30u64 {
         let visit = weak.record_request(Some(login), None, n * 1000, 10_000);
-        stats.observe_inventory(login, &visit);
+        stats.observe_inventory(login, &visit, 0);
     }
     for i in 0..30u64 {
         play(
@@ -836,6 +836,42 @@ fn weak_sessions_teach_the_inventory_and_no_order() {
         p.endpoint("POST /login").is_some(),
         "still in the inventory"
     );
-    assert_eq!(p.endpoint("POST /login").unwrap().sessions, 0);
-    assert!(p.transitions.iter().all(|t| t.to != "POST /login"));
+    let login = p.endpoint("POST /login").unwrap();
+    assert_eq!(login.sessions, 0, "no session-wide fact");
+    assert!(login.prerequisites.is_empty() && login.rate.is_none());
+    // Its transitions are known (a visitor's first steps are not "unknown"), and the
+    // address's peak (one login a second: 10 per 10 s window) is its anonymous rate.
+    assert!(p
+        .transitions
+        .iter()
+        .any(|t| t.from == START && t.to == "POST /login"));
+    let rate = login.address_rate.expect("a per-address limit");
+    assert_eq!((rate.units, rate.p99, rate.bound), (1, 10, 10), "{rate:?}");
+    assert_eq!(rate.limit, 30, "3 x the bound");
+}
+
+#[test]
+fn an_address_peak_counts_per_identified_session_it_carries() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    let login = reg.add("POST /login", 128).unwrap();
+    // A NAT's address: 40 logins in one window while it carries 20 customers, and a
+    // lone customer's address: 2 logins.
+    let mut nat = Slot::new(1, 0, 0);
+    for n in 0..40u64 {
+        let visit = nat.record_request(Some(login), None, n * 100, 10_000);
+        stats.observe_inventory(login, &visit, 20);
+    }
+    let mut lone = Slot::new(2, 0, 0);
+    for n in 0..2u64 {
+        let visit = lone.record_request(Some(login), None, n * 100, 10_000);
+        stats.observe_inventory(login, &visit, 0);
+    }
+    assert_eq!(stats.address_rate_at_least.get(&(login, 1)), Some(&2));
+    assert_eq!(stats.address_rate_at_least.get(&(login, 2)), Some(&2));
+    assert_eq!(
+        stats.address_rate_at_least.get(&(login, 3)),
+        None,
+        "40 / 20 is 2"
+    );
 }
