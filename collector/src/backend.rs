@@ -14,7 +14,10 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone)]
 pub enum Backend {
-    Sqlite(Arc<Mutex<Store>>),
+    /// The store, and a second connection to it for `Sessions.Completed`: WAL lets it read
+    /// while a batch commits (with fsync) on the first, so a proxy's short deadline is not
+    /// spent waiting for another's commit.
+    Sqlite(Arc<Mutex<Store>>, Arc<Mutex<Store>>),
     Postgres(PgStore),
 }
 
@@ -30,9 +33,12 @@ impl Backend {
             )
             .into());
         }
-        Ok(Backend::Sqlite(Arc::new(Mutex::new(Store::open(
-            Path::new(db),
-        )?))))
+        let store = Store::open(Path::new(db))?;
+        let reader = Store::open(Path::new(db))?;
+        Ok(Backend::Sqlite(
+            Arc::new(Mutex::new(store)),
+            Arc::new(Mutex::new(reader)),
+        ))
     }
 
     /// Whether several collectors may share this store (each then serves the store's
@@ -46,7 +52,7 @@ impl Backend {
         match self {
             Backend::Postgres(pg) => Ok(pg.insert_batch(&batch, now_ms).await?),
             // SQLite commits with fsync: off the async workers.
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || -> Result<u64, Error> {
                     let mut store = store.lock().map_err(|_| "store lock poisoned")?;
@@ -61,7 +67,7 @@ impl Backend {
     pub async fn learn(&self, settings: &Settings, now_ms: u64) -> Result<Option<Outcome>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.learn(settings, now_ms).await?),
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let (store, settings) = (store.clone(), settings.clone());
                 tokio::task::spawn_blocking(move || -> Result<Option<Outcome>, Error> {
                     let store = store.lock().map_err(|_| "store lock poisoned")?;
@@ -76,7 +82,7 @@ impl Backend {
     pub async fn latest_row(&self) -> Result<Option<(u64, String)>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.latest_row().await?),
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let store = store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.latest_policy()?.map(|p| (p.version, p.to_json())))
             }
@@ -87,14 +93,14 @@ impl Backend {
     pub async fn newer_row(&self, known: u64) -> Result<Option<(u64, String)>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.newer_row(known).await?),
-            Backend::Sqlite(_) => Ok(self.latest_row().await?.filter(|(v, _)| *v > known)),
+            Backend::Sqlite(..) => Ok(self.latest_row().await?.filter(|(v, _)| *v > known)),
         }
     }
 
     pub async fn latest_policy(&self) -> Result<Option<Policy>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.latest_policy().await?),
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let store = store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.latest_policy()?)
             }
@@ -104,9 +110,29 @@ impl Backend {
     pub async fn events(&self, normal_only: bool) -> Result<Vec<StoredEvent>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.events(normal_only).await?),
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let store = store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.events(normal_only)?)
+            }
+        }
+    }
+
+    /// The events of `session` since `since_ms`, newest first and bounded: (template,
+    /// identifier hash, status).
+    pub async fn session_events(
+        &self,
+        session: u64,
+        since_ms: u64,
+    ) -> Result<Vec<(String, u64, u16)>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.session_events(session, since_ms).await?),
+            Backend::Sqlite(_, reader) => {
+                let reader = reader.clone();
+                tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                    let reader = reader.lock().map_err(|_| "store lock poisoned")?;
+                    Ok(reader.session_events(session, since_ms)?)
+                })
+                .await?
             }
         }
     }
@@ -115,7 +141,7 @@ impl Backend {
     pub async fn stats(&self) -> Result<(u64, u64, u64), Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.stats().await?),
-            Backend::Sqlite(store) => {
+            Backend::Sqlite(store, _) => {
                 let store = store.lock().map_err(|_| "store lock poisoned")?;
                 Ok((
                     store.event_count()?,

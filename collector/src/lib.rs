@@ -14,4 +14,6 @@ pub mod pg;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod service;
+#[cfg(feature = "server")]
+pub mod sessions;
 pub mod store;

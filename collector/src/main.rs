@@ -10,6 +10,7 @@ use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
 use flowguard_proto::v1::policies_server::PoliciesServer;
+use flowguard_proto::v1::sessions_server::SessionsServer;
 use flowguard_proto::v1::telemetry_server::TelemetryServer;
 use service::{now_ms, Collector};
 use std::net::SocketAddr;
@@ -448,6 +449,12 @@ fn serve(
             token: token.clone(),
             refresh_failing: AtomicBool::new(false),
         };
+        let sessions = Collector {
+            backend: backend.clone(),
+            current: current.clone(),
+            token: token.clone(),
+            refresh_failing: AtomicBool::new(false),
+        };
         let policies = Collector {
             backend,
             current,
@@ -471,6 +478,7 @@ fn serve(
         server
             .add_service(TelemetryServer::new(collector))
             .add_service(PoliciesServer::new(policies).max_decoding_message_size(1 << 20))
+            .add_service(SessionsServer::new(sessions).max_decoding_message_size(64 << 10))
             .serve_with_incoming_shutdown(tokio_stream_listener(listener), async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -214,6 +214,37 @@ impl PgStore {
             .transpose()
     }
 
+    /// The events of `session` since `since_ms`, newest first (see
+    /// [`crate::store::Store::session_events`]).
+    pub async fn session_events(
+        &self,
+        session: u64,
+        since_ms: u64,
+    ) -> Result<Vec<(String, u64, u16)>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT template, ids, status FROM events WHERE session = $1 AND time_ms >= $2
+                 ORDER BY time_ms DESC LIMIT $3",
+                &[
+                    &(session as i64),
+                    &(since_ms as i64),
+                    &(crate::store::COMPLETED_ROWS as i64),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1) as u64,
+                    u16::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     /// Learns the fleet policy and stores a new version if its rules changed, unless
     /// another replica is learning right now (`None`): it will store what it learns, and
     /// every replica serves the database's newest version.

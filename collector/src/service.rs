@@ -1,9 +1,14 @@
-//! The gRPC services: telemetry in (acknowledged only once stored), policy out.
+//! The gRPC services: telemetry in (acknowledged only once stored), policy out, and what
+//! a session completed across the fleet.
 
 use crate::backend::Backend;
 use flowguard_proto::v1::policies_server::Policies;
+use flowguard_proto::v1::sessions_server::Sessions;
 use flowguard_proto::v1::telemetry_server::Telemetry;
-use flowguard_proto::v1::{GetPolicyRequest, GetPolicyResponse, ReportRequest, ReportResponse};
+use flowguard_proto::v1::{
+    CompletedRequest, CompletedResponse, GetPolicyRequest, GetPolicyResponse, ReportRequest,
+    ReportResponse,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
@@ -112,5 +117,28 @@ impl Policies for Collector {
                 ..Default::default()
             },
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Sessions for Collector {
+    async fn completed(
+        &self,
+        req: Request<CompletedRequest>,
+    ) -> Result<Response<CompletedResponse>, Status> {
+        self.authorise(&req)?;
+        let q = req.into_inner();
+        if q.templates.len() > crate::sessions::MAX_TEMPLATES {
+            return Err(Status::invalid_argument(format!(
+                "at most {} templates per question",
+                crate::sessions::MAX_TEMPLATES
+            )));
+        }
+        let rows = self
+            .backend
+            .session_events(q.session, crate::sessions::since_ms(&q, now_ms()))
+            .await
+            .map_err(|e| Status::unavailable(format!("not read: {e}")))?;
+        Ok(Response::new(crate::sessions::answer(&q, &rows)))
     }
 }

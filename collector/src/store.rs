@@ -26,6 +26,10 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Events of one session read at most to answer `Sessions.Completed` (newest first): a
+/// session's recent history is far shorter; a flood of one session's events costs no more.
+pub const COMPLETED_ROWS: usize = 4096;
+
 /// A stored event with what replay and reports need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -197,6 +201,31 @@ impl Store {
             .transpose()
     }
 
+    /// The events of `session` since `since_ms`, newest first, at most
+    /// [`COMPLETED_ROWS`]: (template, identifier hash, status), for `Sessions.Completed`.
+    /// Read through the `(session, time_ms)` index.
+    pub fn session_events(
+        &self,
+        session: u64,
+        since_ms: u64,
+    ) -> Result<Vec<(String, u64, u16)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT template, ids, status FROM events WHERE session = ?1 AND time_ms >= ?2
+             ORDER BY time_ms DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![session as i64, since_ms as i64, COMPLETED_ROWS as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                ))
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn latest_version(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -254,6 +283,43 @@ mod tests {
         let weak: Vec<bool> = events.iter().map(|e| e.observation.weak).collect();
         assert_eq!(weak.iter().filter(|w| **w).count(), 2, "{weak:?}");
         assert!(s.latest_policy().unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sessions_recent_events_are_read_newest_first_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("fg-store-sessions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(&dir.join("t.db")).unwrap();
+        let mut b = batch(1, 3); // session 9 at 0, 1, 2 ms
+        b.events[2].template = "POST /pay".into();
+        b.events[2].ids = 77;
+        b.events[1].session = 10;
+        s.insert_batch(&b, 0).unwrap();
+        let many = v1::ReportRequest {
+            batch_id: 2,
+            events: (0..COMPLETED_ROWS + 10)
+                .map(|i| v1::Event {
+                    time_ms: 100 + i as u64,
+                    session: 11,
+                    ..b.events[0].clone()
+                })
+                .collect(),
+            ..b.clone()
+        };
+        s.insert_batch(&many, 0).unwrap();
+        // A second connection reads what the first committed (the collector's reader).
+        let reader = Store::open(&dir.join("t.db")).unwrap();
+        assert_eq!(
+            reader.session_events(9, 0).unwrap(),
+            [
+                ("POST /pay".to_owned(), 77, 200),
+                ("GET /a".to_owned(), 0, 200)
+            ]
+        );
+        assert_eq!(reader.session_events(9, 2).unwrap().len(), 1, "the horizon");
+        assert!(reader.session_events(12, 0).unwrap().is_empty());
+        assert_eq!(reader.session_events(11, 0).unwrap().len(), COMPLETED_ROWS);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

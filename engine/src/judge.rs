@@ -10,6 +10,7 @@ use crate::address::AddressSlot;
 use crate::config::Settings;
 use crate::decision::Decision;
 use crate::endpoint_set::EndpointId;
+use crate::fleet_join::{self, Fleet};
 use crate::model::Model;
 use crate::rule::Rule;
 use crate::session::address_host;
@@ -97,24 +98,53 @@ impl Judge<'_> {
             let (mut visit, mut verdict) =
                 verdict::evaluate(self.model, self.settings, &mut located.slot, request);
             // A new session whose first request here misses a step may have taken it at
-            // another proxy (or before a restart): within its address's budget, it joins
-            // mid-flow and its order rules flag.
+            // another proxy (or before a restart). With a collector, the fleet says
+            // whether it did (`fleet_join`): the slot waits unwritten while the filter
+            // asks, and the answer's steps count as done. Without one, or without an
+            // answer in time, within its address's budget it joins mid-flow and its
+            // order rules flag.
             let order_block = matches!(verdict.outcome, Outcome::Block { .. })
                 && verdict.fired.contains(Rule::MissingPrerequisite);
-            if order_block
-                && visit.new_session
-                && self.settings.session.midflow_open(self.started, now)
-            {
-                let granted = match midflow {
-                    Some(g) => g,
-                    None => *midflow.insert(self.may_join_midflow(host, address, now)?),
-                };
-                if granted {
+            match request.fleet {
+                _ if !order_block => {}
+                Fleet::Answered(seed) => {
                     located.slot = fresh;
-                    request.midflow_ok = true;
+                    seed.apply(&mut located.slot, request.id);
                     (visit, verdict) =
                         verdict::evaluate(self.model, self.settings, &mut located.slot, request);
                 }
+                Fleet::Unasked if visit.new_session && fleet_join::asks(self.settings) => {
+                    request.fleet = Fleet::Asking;
+                    return Ok(Some(Judged {
+                        decision: Decision::of(self.settings.mode, !learning, &verdict),
+                        verdict,
+                        visit,
+                        // Nothing written: counted as a new session when judged again.
+                        located: Located {
+                            slot: fresh,
+                            placement: Placement::Own,
+                            ..located
+                        },
+                        learns: false,
+                    }));
+                }
+                _ if visit.new_session && self.settings.session.midflow_open(self.started, now) => {
+                    let granted = match midflow {
+                        Some(g) => g,
+                        None => *midflow.insert(self.may_join_midflow(host, address, now)?),
+                    };
+                    if granted {
+                        located.slot = fresh;
+                        request.midflow_ok = true;
+                        (visit, verdict) = verdict::evaluate(
+                            self.model,
+                            self.settings,
+                            &mut located.slot,
+                            request,
+                        );
+                    }
+                }
+                _ => {}
             }
             // Learning after the model counts only sessions no rule ever fired on.
             let learns = (learning || self.relearns) && verdict.teaches();

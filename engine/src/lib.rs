@@ -13,6 +13,7 @@ pub mod endpoint_set;
 pub mod evidence;
 pub mod failure;
 pub mod fingerprint;
+pub mod fleet_join;
 pub mod handover;
 pub mod header_map;
 pub mod judge;

@@ -21,6 +21,9 @@ pub struct Event {
     pub ids: Option<u64>,
     /// Keyed by a fallback client address: a weak session.
     pub weak_session: bool,
+    /// A step some rule waits for: reported from every session, and at once, so the fleet
+    /// can tell another proxy that this session took it (`Sessions.Completed`).
+    pub prompt: bool,
 }
 
 /// Whether a session's requests are summarised at `rate`: decided by the session's
@@ -93,6 +96,7 @@ mod tests {
             summary: true,
             ids: None,
             weak_session: false,
+            prompt: false,
         }
     }
 

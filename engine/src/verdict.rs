@@ -96,6 +96,9 @@ pub struct Request {
     /// For a weak session: the identified sessions its address carries (its anonymous
     /// limits are per carried session, at least one).
     pub carried: u16,
+    /// For a session new here whose first request skips a step: where it stands with the
+    /// fleet (`crate::fleet_join`; set by the judge and the filter only).
+    pub fleet: crate::fleet_join::Fleet,
 }
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the

@@ -79,6 +79,7 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_grpc_cancel(token: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
 
@@ -259,6 +260,12 @@ pub fn dispatch_grpc_call(
         timeout,
     )
     .map_err(|status| HostError(status as u32))
+}
+
+/// Resumes a request paused in its headers phase (`Action::Pause`).
+pub fn resume_request() -> HostResult<()> {
+    // SAFETY: plain value call (0: the HTTP request stream).
+    check(unsafe { proxy_continue_stream(0) })
 }
 
 /// Cancels a gRPC callout still in flight.

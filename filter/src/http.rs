@@ -9,6 +9,7 @@ use flowguard_engine::decision::Decision;
 use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::failure;
 use flowguard_engine::fingerprint::hex;
+use flowguard_engine::fleet_join::Fleet;
 use flowguard_engine::header_map::decode_pairs;
 use flowguard_engine::judge::{Judged, Located};
 use flowguard_engine::rule::{Action as RuleAction, Rule};
@@ -73,6 +74,8 @@ pub struct Http {
     /// The session an answer's `set-cookie` hands this one over to, once the step is
     /// settled.
     handover_to: Option<u64>,
+    /// The request is paused for the fleet's answer to this callout (`crate::fleet`).
+    asking: Option<u32>,
 }
 
 impl Http {
@@ -87,11 +90,78 @@ impl Http {
             failure_body: Vec::new(),
             event: None,
             handover_to: None,
+            asking: None,
+        }
+    }
+
+    /// Forgets a question still in flight (the stream ended while paused): Envoy cancels
+    /// the callout with the stream; the worker's count of waiting requests goes down.
+    fn stop_asking(&mut self) {
+        let Some(token) = self.asking.take() else {
+            return;
+        };
+        let _ = host::cancel_grpc_call(token);
+        if let Ok(mut guard) = self.worker.try_borrow_mut() {
+            if let Some(w) = guard.as_mut() {
+                w.fleet_waiting = w.fleet_waiting.saturating_sub(1);
+            }
         }
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    /// The fleet's answer for a paused request: judge it again and resume it, or reply.
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.asking != Some(token_id) {
+            return;
+        }
+        self.asking = None;
+        let reply = crate::fleet::read(status_code, response_size);
+        let Ok(mut guard) = self.worker.try_borrow_mut() else {
+            let _ = host::resume_request();
+            return;
+        };
+        let Some(w) = guard.as_mut() else {
+            let _ = host::resume_request();
+            return;
+        };
+        w.fleet_waiting = w.fleet_waiting.saturating_sub(1);
+        let action = on_request(
+            w,
+            &mut self.pending,
+            &mut self.event,
+            &mut self.address_watch,
+            &mut self.asking,
+            Some(&reply),
+        );
+        let resume = match action {
+            Ok(Action::Pause) => false, // a local reply was sent
+            Ok(_) => true,
+            Err(e) => {
+                Metrics::inc(w.metrics.host_errors);
+                host::log(
+                    LogLevel::Debug,
+                    &format!("flowguard: fleet answer: host error {e:?}"),
+                );
+                true
+            }
+        };
+        if resume {
+            if let Err(e) = host::resume_request() {
+                // The stream is gone (reset while paused): nothing to resume.
+                host::log(
+                    LogLevel::Debug,
+                    &format!("flowguard: fleet answer: not resumed {e:?}"),
+                );
+            }
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.stop_asking();
+        true
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -108,6 +178,8 @@ impl HttpContext for Http {
             &mut self.pending,
             &mut self.event,
             &mut self.address_watch,
+            &mut self.asking,
+            None,
         ) {
             Ok(action) => action,
             Err(e) => {
@@ -229,6 +301,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        self.stop_asking();
         // The stream ended before the deferred body did (reset, cut short): fail open, the
         // status stands, so a customer's step is never lost.
         self.settle(false);
@@ -316,13 +389,19 @@ fn should_inspect(w: &Worker, head: &ResponseHead) -> bool {
             .is_none_or(|l| l <= u64::from(w.settings.sensitive.max_bytes))
 }
 
+/// Judges a request and carries out the decision; `reply` is the fleet's answer when the
+/// request was paused to ask it (then the request is judged again, from its headers).
 fn on_request(
     w: &mut Worker,
     pending: &mut Option<Pending>,
     event: &mut Option<Event>,
     address_watch: &mut Option<Option<EndpointId>>,
+    asking: &mut Option<u32>,
+    reply: Option<&crate::fleet::Reply>,
 ) -> HostResult<Action> {
-    Metrics::inc(w.metrics.requests);
+    if reply.is_none() {
+        Metrics::inc(w.metrics.requests);
+    }
     if w.model.is_none() {
         // Another worker may have published the model since this one's last tick.
         crate::tick::adopt_published(w)?;
@@ -369,6 +448,7 @@ fn on_request(
         id,
         now_ms,
         weak_session: key.kind == Source::Address.kind() && w.settings.session.address_is_weak(),
+        fleet: crate::fleet::standing(w, reply),
         ..Request::default()
     };
     if let Some(model) = &w.model {
@@ -383,12 +463,29 @@ fn on_request(
     }
 
     w.started.get_or_insert(now);
-    let Some((verdict, decision, judged)) =
-        judge(w, &mut request, fingerprint, address.as_deref(), now)?
-    else {
+    let mut judged = judge(w, &mut request, fingerprint, address.as_deref(), now)?;
+    if let (Fleet::Asking, Some((verdict, _, _))) = (request.fleet, &judged) {
+        // A new session's first request skips a step: wait for the fleet's answer (the
+        // slot was not written), or, if it cannot be asked, decide on the budget now.
+        if let Some(token) = crate::fleet::ask(w, &request, verdict, fingerprint) {
+            *asking = Some(token);
+            return Ok(Action::Pause);
+        }
+        request.fleet = Fleet::Unavailable;
+        judged = judge(w, &mut request, fingerprint, address.as_deref(), now)?;
+    }
+    let Some((verdict, decision, judged)) = judged else {
         Metrics::inc(w.metrics.slot_conflicts);
         return Ok(Action::Continue);
     };
+    match request.fleet {
+        Fleet::Answered(_) if verdict.fired.contains(Rule::MissingPrerequisite) => {
+            Metrics::inc(w.metrics.fleet_refused);
+        }
+        Fleet::Answered(_) => Metrics::inc(w.metrics.fleet_joined),
+        Fleet::Unavailable => Metrics::inc(w.metrics.fleet_unavailable),
+        Fleet::Unasked | Fleet::Asking => {}
+    }
     *pending = judged;
     if let (Some(e), false) = (endpoint, verdict.fired.contains(Rule::DeprecatedEndpoint)) {
         if let Some(t) = w.last_used.get_mut(usize::from(e)) {
@@ -548,7 +645,13 @@ fn report(
     let Some(t) = w.telemetry.as_mut() else {
         return;
     };
-    if verdict.fired.is_empty() && !sampled(fingerprint, t.settings.sample_rate) {
+    // A step some rule waits for is reported from every session, at once: the fleet
+    // answers other proxies from it (`Sessions.Completed`).
+    let prompt = request
+        .endpoint
+        .is_some_and(|e| w.model.as_ref().is_some_and(|m| m.is_required(e)));
+    let sampled = sampled(fingerprint, t.settings.sample_rate);
+    if verdict.fired.is_empty() && !sampled && !prompt {
         return;
     }
     let e = Event {
@@ -559,9 +662,10 @@ fn report(
         outcome: decision.acts().then_some(verdict.outcome),
         rules: verdict.fired,
         latency_us: 0,
-        summary: verdict.fired.is_empty(),
+        summary: verdict.fired.is_empty() && sampled,
         ids: request.id,
         weak_session: request.weak_session,
+        prompt,
     };
     match decision {
         Decision::Reply { .. } => t.record(e, &w.metrics),

@@ -4,6 +4,7 @@
 //! its verdict. A panic would kill the VM for good, so the crate denies `unwrap`,
 //! `expect`, `panic!` and indexing, and a panic hook logs at critical level.
 
+mod fleet;
 mod handover;
 mod host;
 mod http;

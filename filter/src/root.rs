@@ -90,7 +90,7 @@ impl RootContext for Root {
                 &format!("flowguard: published model not read ({e:?}): next tick"),
             );
         }
-        let period = Duration::from_millis(worker.settings.learning.tick_ms.into());
+        let period = Duration::from_millis(tick::period_ms(&worker).into());
         if let Err(e) = host::set_tick_period(period) {
             host::log(
                 LogLevel::Warn,

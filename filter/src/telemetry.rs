@@ -1,6 +1,8 @@
 //! Telemetry and policy over Envoy's gRPC callout, entirely off the request path:
 //! requests append to a bounded buffer; each worker's tick sends at most one batch and
-//! polls for a policy; answers arrive as callbacks on the root context.
+//! polls for a policy; answers arrive as callbacks on the root context. Completions of
+//! steps some rule waits for go to a second buffer, sent on every (short) tick, so the
+//! fleet can answer for them soon after (`Sessions.Completed`, `crate::fleet`).
 
 use crate::host;
 use crate::metrics::Metrics;
@@ -23,12 +25,16 @@ const MAX_IN_FLIGHT: usize = 2;
 
 enum Call {
     Report(usize),
+    /// A batch of the prompt buffer.
+    Prompt(usize),
     Policy,
 }
 
 pub struct Telemetry {
     pub settings: CollectorSettings,
     buffer: EventBuffer,
+    /// Completions of steps some rule waits for, sent on every tick.
+    prompt: EventBuffer,
     in_flight: HashMap<u32, Call>,
     /// The collector cluster as a serialized `envoy.config.core.v3.GrpcService`.
     upstream: Vec<u8>,
@@ -55,6 +61,7 @@ impl Telemetry {
         Telemetry {
             upstream: flowguard_proto::envoy_grpc_service(&settings.cluster),
             buffer: EventBuffer::new(settings.buffer_events as usize),
+            prompt: EventBuffer::new(settings.buffer_events as usize),
             settings,
             in_flight: HashMap::new(),
             batch_id: 0,
@@ -67,7 +74,12 @@ impl Telemetry {
 
     /// Buffers an event; a full buffer drops it and counts the drop.
     pub fn record(&mut self, event: Event, m: &Metrics) {
-        if !self.buffer.push(event) {
+        let buffer = if event.prompt {
+            &mut self.prompt
+        } else {
+            &mut self.buffer
+        };
+        if !buffer.push(event) {
             Metrics::inc(m.telemetry_dropped);
         }
     }
@@ -78,7 +90,7 @@ impl Telemetry {
             now_ms.saturating_sub(self.last_flush_ms) >= u64::from(self.settings.flush_interval_ms);
         if flush_due && !self.buffer.is_empty() && self.reports_in_flight() < MAX_IN_FLIGHT {
             self.last_flush_ms = now_ms;
-            self.send_batch(m);
+            self.send_batch(false, m);
         }
         let interval = u64::from(self.settings.policy_interval_ms);
         let polling = self.in_flight.values().any(|c| matches!(c, Call::Policy));
@@ -88,6 +100,23 @@ impl Telemetry {
         }
     }
 
+    /// Sends the prompt buffer's events, on every tick (see `crate::tick`).
+    pub fn send_prompt(&mut self, m: &Metrics) {
+        let in_flight = self
+            .in_flight
+            .values()
+            .filter(|c| matches!(c, Call::Prompt(_)))
+            .count();
+        if !self.prompt.is_empty() && in_flight < MAX_IN_FLIGHT {
+            self.send_batch(true, m);
+        }
+    }
+
+    /// Whether prompt events wait to be sent.
+    pub fn has_prompt(&self) -> bool {
+        !self.prompt.is_empty()
+    }
+
     fn reports_in_flight(&self) -> usize {
         self.in_flight
             .values()
@@ -95,8 +124,13 @@ impl Telemetry {
             .count()
     }
 
-    fn send_batch(&mut self, m: &Metrics) {
-        let (events, dropped) = self.buffer.take(self.settings.batch_events as usize);
+    fn send_batch(&mut self, prompt: bool, m: &Metrics) {
+        let buffer = if prompt {
+            &mut self.prompt
+        } else {
+            &mut self.buffer
+        };
+        let (events, dropped) = buffer.take(self.settings.batch_events as usize);
         let n = events.len();
         self.batch_id += 1;
         let request = v1::ReportRequest {
@@ -126,7 +160,12 @@ impl Telemetry {
             &request.encode_to_vec(),
         ) {
             Some(token) => {
-                self.in_flight.insert(token, Call::Report(n));
+                let call = if prompt {
+                    Call::Prompt(n)
+                } else {
+                    Call::Report(n)
+                };
+                self.in_flight.insert(token, call);
             }
             None => {
                 Metrics::add(m.telemetry_failed, n as u64);
@@ -152,8 +191,30 @@ impl Telemetry {
     }
 
     fn dispatch(&mut self, service: &str, method: &str, message: &[u8]) -> Option<u32> {
-        let upstream = String::from_utf8_lossy(&self.upstream).into_owned();
         let timeout = Duration::from_millis(self.settings.timeout_ms.into());
+        self.dispatch_within(service, method, message, timeout)
+    }
+
+    /// Asks the collector what a session completed (`crate::fleet`). Called from an HTTP
+    /// context, so the answer comes to that context, not to the root; it is not tracked
+    /// here.
+    pub fn ask_sessions(&mut self, message: &[u8], timeout: Duration) -> Option<u32> {
+        self.dispatch_within(
+            flowguard_proto::SESSIONS_SERVICE,
+            flowguard_proto::COMPLETED_METHOD,
+            message,
+            timeout,
+        )
+    }
+
+    fn dispatch_within(
+        &mut self,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        let upstream = String::from_utf8_lossy(&self.upstream).into_owned();
         let bearer = self.settings.token.as_ref().map(|t| format!("Bearer {t}"));
         let metadata: Vec<(&str, &[u8])> = bearer
             .iter()
@@ -192,10 +253,9 @@ impl Telemetry {
             return;
         };
         if status != 0 {
-            if let Call::Report(n) = call {
-                Metrics::add(m.telemetry_failed, n as u64);
-            } else {
-                Metrics::inc(m.policy_failed);
+            match call {
+                Call::Report(n) | Call::Prompt(n) => Metrics::add(m.telemetry_failed, n as u64),
+                Call::Policy => Metrics::inc(m.policy_failed),
             }
             self.log_failure(&format!(
                 "collector answered gRPC status {status} (cluster {})",
@@ -205,7 +265,7 @@ impl Telemetry {
         }
         self.logged_failure = false;
         match call {
-            Call::Report(n) => Metrics::add(m.telemetry_sent, n as u64),
+            Call::Report(n) | Call::Prompt(n) => Metrics::add(m.telemetry_sent, n as u64),
             Call::Policy => self.on_policy(size, settings, m),
         }
     }
@@ -265,7 +325,7 @@ impl Telemetry {
     pub fn cancel_all(&mut self, m: &Metrics) {
         for (token, call) in self.in_flight.drain() {
             let _ = host::cancel_grpc_call(token);
-            if let Call::Report(n) = call {
+            if let Call::Report(n) | Call::Prompt(n) = call {
                 Metrics::add(m.telemetry_failed, n as u64);
             }
         }

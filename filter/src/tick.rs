@@ -11,7 +11,34 @@ use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
 use proxy_wasm::types::LogLevel;
 
+/// The tick period with a collector: how long a completion some rule waits for may wait
+/// in the prompt buffer before it is sent (the rest of the periodic work keeps
+/// `learning.tick_ms`).
+pub const PROMPT_MS: u32 = 50;
+
+/// The host's tick period for these settings.
+pub fn period_ms(w: &Worker) -> u32 {
+    let tick = w.settings.learning.tick_ms;
+    match w.telemetry {
+        Some(_) => tick.min(PROMPT_MS),
+        None => tick,
+    }
+}
+
 pub fn run(w: &mut Worker) {
+    if let Some(t) = w.telemetry.as_mut() {
+        if t.has_prompt() {
+            t.send_prompt(&w.metrics);
+        }
+    }
+    let now = host::now_ms().unwrap_or(0);
+    let tick = u64::from(w.settings.learning.tick_ms);
+    // A short tick (prompt reports) does nothing else until `tick_ms` has passed.
+    if now != 0 && now.saturating_sub(w.last_tick_ms) + u64::from(PROMPT_MS) / 2 < tick {
+        Metrics::flush();
+        return;
+    }
+    w.last_tick_ms = now;
     if let Err(e) = step(w) {
         Metrics::inc(w.metrics.host_errors);
         host::log(

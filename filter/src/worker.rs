@@ -47,6 +47,11 @@ pub struct Worker {
     pub last_used: Vec<u32>,
     /// Telemetry and policy polling, when a collector is configured.
     pub telemetry: Option<Telemetry>,
+    /// Requests paused for the fleet's answer (`crate::fleet`).
+    pub fleet_waiting: u32,
+    /// When the periodic work last ran (ms): ticks come faster with a collector, for
+    /// prompt reports, and the rest runs every `learning.tick_ms`.
+    pub last_tick_ms: u64,
 }
 
 /// Buffers reused across requests, so the request path does not allocate for them.
@@ -80,6 +85,8 @@ impl Worker {
             requests_seen: 0,
             last_used: Vec::new(),
             telemetry,
+            fleet_waiting: 0,
+            last_tick_ms: 0,
         }
     }
 

@@ -111,6 +111,27 @@ impl Collector {
         let _ = self.child.wait();
     }
 
+    /// Stops the process (SIGSTOP) without closing anything: its port still accepts
+    /// connections and nothing answers, as a collector stalled by its disk or a pause.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let sent = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill {which} the collector"
+        );
+    }
+
     /// Starts again on the same port and database.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();

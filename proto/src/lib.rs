@@ -1,5 +1,5 @@
-//! flowguard's wire messages: telemetry batches and policy distribution
-//! (`proto/flowguard/v1`). With the `grpc` feature, the tonic services too.
+//! flowguard's wire messages: telemetry batches, policy distribution and fleet session
+//! questions (`proto/flowguard/v1`). With the `grpc` feature, the tonic services too.
 #![forbid(unsafe_code)]
 #![allow(clippy::all, clippy::pedantic)] // generated code
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -17,6 +17,8 @@ pub const TELEMETRY_SERVICE: &str = "flowguard.v1.Telemetry";
 pub const REPORT_METHOD: &str = "Report";
 pub const POLICIES_SERVICE: &str = "flowguard.v1.Policies";
 pub const GET_POLICY_METHOD: &str = "GetPolicy";
+pub const SESSIONS_SERVICE: &str = "flowguard.v1.Sessions";
+pub const COMPLETED_METHOD: &str = "Completed";
 
 /// `envoy.config.core.v3.GrpcService { envoy_grpc: { cluster_name } }`, serialized: how a
 /// filter names the cluster of a gRPC callout. Named this way, Envoy checks the cluster

@@ -6,7 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-const FILES: [&str; 2] = ["flowguard/v1/telemetry.proto", "flowguard/v1/policy.proto"];
+const FILES: [&str; 3] = [
+    "flowguard/v1/telemetry.proto",
+    "flowguard/v1/policy.proto",
+    "flowguard/v1/sessions.proto",
+];
 
 /// Messages and the tonic services in one file; the services only with the `grpc` feature
 /// (the filter needs the messages alone).

@@ -27,6 +27,9 @@ pub struct SessionSettings {
     /// Whether sessions may join mid-flow at any time (a fleet whose ring moves sessions),
     /// not only in the first window after this proxy started (a restart).
     pub midflow_always: bool,
+    /// How long a proxy with a collector waits for the fleet's answer about a new
+    /// session's skipped step before falling back to the budget (0: never asks).
+    pub midflow_fleet_timeout_ms: u32,
 }
 
 /// `session.handover`: which answers hand the session over to a new identity.
@@ -74,13 +77,14 @@ pub(super) struct RawSession {
     midflow: RawMidflow,
 }
 
-/// `session.midflow`: `{"budget": 3, "window_s": 600}`.
+/// `session.midflow`: `{"budget": 3, "window_s": 600, "fleet_timeout_ms": 50}`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMidflow {
     budget: Option<i64>,
     window_s: Option<i64>,
     always: Option<bool>,
+    fleet_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,6 +217,16 @@ impl TryFrom<RawSession> for SessionSettings {
                 )?,
             )?,
             midflow_always: s.midflow.always.unwrap_or(false),
+            midflow_fleet_timeout_ms: narrow(
+                "session.midflow.fleet_timeout_ms",
+                int_in(
+                    "session.midflow.fleet_timeout_ms",
+                    s.midflow.fleet_timeout_ms,
+                    50,
+                    0,
+                    1000,
+                )?,
+            )?,
         })
     }
 }
