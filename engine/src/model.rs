@@ -4,6 +4,8 @@
 use crate::config::Settings;
 use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, EndpointSet};
+#[cfg(doc)]
+use crate::policy::EndpointPolicy;
 use crate::policy::{Limit, Policy, PolicyError, START};
 use crate::sensitive::{Baseline, Findings};
 use crate::slot::NO_ENDPOINT;
@@ -47,6 +49,8 @@ pub struct Model {
     address_rate_limits: Vec<u32>,
     address_ids_limits: Vec<u32>,
     auth_endpoints: EndpointSet,
+    /// Endpoints whose unknown ways in are not flagged ([`EndpointPolicy::open_transitions`]).
+    open_transitions: EndpointSet,
     deprecated: EndpointSet,
     /// Learned endpoints retired at run time for disuse (`endpoints.retire_after_s`).
     retired: EndpointSet,
@@ -203,6 +207,9 @@ impl Model {
             auth_endpoints: set_of(&|i| {
                 policy.endpoints.get(i).is_some_and(|e| e.auth_failures > 0)
             }),
+            open_transitions: set_of(&|i| {
+                policy.endpoints.get(i).is_some_and(|e| e.open_transitions)
+            }),
             deprecated: EndpointSet::EMPTY,
             retired: EndpointSet::EMPTY,
             prerequisites,
@@ -332,9 +339,11 @@ impl Model {
         self.binding.contains(id)
     }
 
-    /// Whether `from -> to` was seen in learning (`from` = `NO_ENDPOINT`: session start).
+    /// Whether `from -> to` was seen in learning (`from` = `NO_ENDPOINT`: session start),
+    /// or is not judged: `to`'s ways in were not learned well enough
+    /// ([`EndpointPolicy::open_transitions`]).
     pub fn knows_transition(&self, from: EndpointId, to: EndpointId) -> bool {
-        self.transitions.contains(&(from, to))
+        self.open_transitions.contains(to) || self.transitions.contains(&(from, to))
     }
 
     /// Requests per window allowed to one session on `id` (0: no limit).

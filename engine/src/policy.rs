@@ -45,6 +45,10 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 fn default_window() -> u32 {
     10
 }
@@ -123,6 +127,14 @@ pub struct EndpointPolicy {
     /// A retired (zombie) endpoint: calls are flagged.
     #[serde(default)]
     pub deprecated: bool,
+    /// A call arriving here by a transition never learned is not flagged
+    /// (`order.unknown_transition`): the sample did not show how sessions arrive here well
+    /// enough for a new way in to be unusual (several routes, and a Good-Turing estimate
+    /// of the share of arrivals by unseen ways of at most `learning.transition_novelty`).
+    /// A script's one path, or a step reached in many ways by few sessions, would make
+    /// every other visitor "unknown".
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub open_transitions: bool,
     /// What the learned order rules of this endpoint stand on (learned policies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<crate::evidence::Evidence>,

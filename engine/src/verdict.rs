@@ -42,10 +42,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Whether the session may still teach the learner: no rule fired, or only the
-    /// flag tier of the order rule (excluding those would confirm the tier by itself).
+    /// Whether the session may still teach the learner: no rule fired, or only rules
+    /// that say "not seen before" (an unknown transition, the flag tier of the order
+    /// rule). Leaving those sessions out would make the model confirm itself: a new way
+    /// in would never be learned, a flag-tier rule never shown wrong.
     pub fn teaches(&self) -> bool {
         let mut others = self.fired;
+        others.remove(Rule::UnknownTransition);
         if self.tentative_order {
             others.remove(Rule::MissingPrerequisite);
         }

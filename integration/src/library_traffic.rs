@@ -200,6 +200,19 @@ pub fn address(i: usize) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
 }
 
+/// The three shared addresses (a carrier's or an office's NAT) behind which a fifth of
+/// all readers come, in learning and afterwards alike.
+pub const NAT_ADDRESSES: [&str; 3] = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
+
+/// Reader `i`'s client address: every fifth reader is behind one of [`NAT_ADDRESSES`].
+pub fn customer_address(i: usize) -> String {
+    if i % 5 == 0 {
+        NAT_ADDRESSES[(i / 5) % NAT_ADDRESSES.len()].to_owned()
+    } else {
+        address(i)
+    }
+}
+
 /// The library's attacks; each returns the answers of its decisive calls.
 pub mod attacks {
     use super::*;
@@ -250,6 +263,19 @@ pub mod attacks {
         (0..n)
             .map(|_| r.call("GET", "/api/v2/books", None))
             .collect()
+    }
+
+    /// A login brute force from one address: `n` wrong passwords for one reader, at full
+    /// speed (the library answers each with 200 `{"status": "fail"}`).
+    pub fn brute_force(r: &mut Reader, n: usize) -> Vec<Reply> {
+        (0..n)
+            .map(|i| r.login("reader_a", &format!("guess-{i}")))
+            .collect()
+    }
+
+    /// A registration flood from one address: `n` new accounts.
+    pub fn registration_flood(r: &mut Reader, n: usize) -> Vec<Reply> {
+        (0..n).map(|i| r.register(&format!("bot{i:05}"))).collect()
     }
 
     /// Credential stuffing from one address: `n` logins of other readers' names.

@@ -2,6 +2,7 @@
 //! from one sample of readers, then judges readers it never saw and the library's attacks.
 //! The figures it prints are the README's false-block rate for this API.
 
+use flowguard_engine::rule::Rule;
 use flowguard_integration::envoy::{Envoy, EnvoyConfig};
 use flowguard_integration::library::{BOOKS, DECLINED_CARD};
 use flowguard_integration::library_traffic::{self as lib, attacks, Reader, CLIENT_IP};
@@ -18,8 +19,12 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
     let client = Client::new(&envoy.url);
     let mut rng = fastrand::Rng::with_seed(11);
 
+    // A fifth of all readers come from three shared (NAT) addresses.
     for i in 0..400 {
-        lib::normal_visit(&mut Reader::new(&client, &lib::address(i)), &mut rng);
+        lib::normal_visit(
+            &mut Reader::new(&client, &lib::customer_address(i)),
+            &mut rng,
+        );
     }
     envoy.wait_for_model().expect("a model is learned");
     let policy = envoy
@@ -76,6 +81,9 @@ fn held_out_readers_pass_and_every_attack_is_caught() {
 /// from, and to each attack. Printed as the README's figures.
 struct Verdicts {
     blocked: Vec<Vec<(String, String, u16, bool)>>,
+    /// Held-out readers' requests, and how many of them were flagged.
+    requests: u64,
+    flagged: u64,
     sensitive_flags: u64,
     shadows: u64,
     caught: Vec<(&'static str, bool)>,
@@ -85,6 +93,13 @@ impl Verdicts {
     fn assert_clean(&self) {
         let blocked = &self.blocked;
         assert!(blocked.is_empty(), "held-out readers blocked: {blocked:#?}");
+        // A flag must mean something: at most 1 % of normal requests.
+        assert!(
+            self.flagged * 100 <= self.requests,
+            "{} of {} normal requests flagged",
+            self.flagged,
+            self.requests
+        );
         assert_eq!(self.sensitive_flags, 0, "normal answers flagged as leaks");
         assert_eq!(
             self.shadows, 0,
@@ -97,15 +112,37 @@ impl Verdicts {
 
 fn judge(client: &Client, envoy: &Envoy, rng: &mut fastrand::Rng, label: &str) -> Verdicts {
     // Readers it never learned from (other names, other addresses, same habits).
+    // A fifth of them behind the same three NAT addresses as in learning.
     let held_out = 200;
     let mut blocked = Vec::new();
+    let (mut nat_readers, mut nat_blocked) = (0, 0);
+    let flags_before = envoy.counter("flowguard.verdict.flag");
+    let requests_before = envoy.counter("flowguard.requests");
+    let flag_rules_before: Vec<u64> = Rule::ALL
+        .iter()
+        .map(|r| envoy.counter(&format!("flowguard.rule.{}", r.id())))
+        .collect();
     for i in 0..held_out {
-        let mut r = Reader::new(client, &lib::address(10_000 + i));
+        let ip = lib::customer_address(10_000 + i);
+        let nat = lib::NAT_ADDRESSES.contains(&ip.as_str());
+        let mut r = Reader::new(client, &ip);
         lib::normal_visit(&mut r, rng);
+        nat_readers += usize::from(nat);
         if r.was_blocked() {
+            nat_blocked += usize::from(nat);
             blocked.push(r.calls);
         }
     }
+    let flagged = envoy.counter("flowguard.verdict.flag") - flags_before;
+    let requests = envoy.counter("flowguard.requests") - requests_before;
+    let by_rule: Vec<String> = Rule::ALL
+        .iter()
+        .zip(&flag_rules_before)
+        .filter_map(|(r, before)| {
+            let n = envoy.counter(&format!("flowguard.rule.{}", r.id())) - before;
+            (n > 0).then(|| format!("{} {n}", r.id()))
+        })
+        .collect();
 
     // Their profile answers carry their own e-mail: normal for that endpoint, not flagged.
     let sensitive_flags = envoy.counter("flowguard.rule.response.sensitive_data");
@@ -143,12 +180,25 @@ fn judge(client: &Client, envoy: &Envoy, rng: &mut fastrand::Rng, label: &str) -
         "credential stuffing",
         any_block(&attacks::stuffing(&mut attacker(5), 60)),
     ));
-    // The library answers every failed login 200 {"status":"fail"}: only the failure match
-    // turns them into authentication failures (and a declined card, 200 too, into a
-    // deposit that does not unlock pickup).
+    // Anonymous floods from one address, answered 200 by the API whatever happens: the
+    // address's learned anonymous limits refuse them with 429.
+    let refused = |replies: &[flowguard_integration::traffic::Reply]| {
+        replies
+            .iter()
+            .filter(|r| lib::is_block(r) && r.status == 429)
+            .count()
+    };
+    let brute = attacks::brute_force(&mut attacker(8), 400);
+    println!("  login brute force: {} of 400 refused", refused(&brute));
     caught.push((
-        "stuffing counted as auth failures",
-        envoy.counter("flowguard.rule.auth.failures") >= 1,
+        "login brute force (400, one address)",
+        refused(&brute) >= 300,
+    ));
+    let flood = attacks::registration_flood(&mut attacker(9), 300);
+    println!("  registration flood: {} of 300 refused", refused(&flood));
+    caught.push((
+        "registration flood (300, one address)",
+        refused(&flood) >= 250,
     ));
     let mut shadow = attacker(6);
     shadow.login("reader_c", "secret");
@@ -164,15 +214,19 @@ fn judge(client: &Client, envoy: &Envoy, rng: &mut fastrand::Rng, label: &str) -
     ));
 
     println!(
-        "{label}: held-out readers blocked {} of {held_out} ({:.1} %)",
+        "{label}: held-out readers blocked {} of {held_out} ({:.1} %), behind NAT {nat_blocked} of {nat_readers}; requests flagged {flagged} of {requests} ({:.2} %: {})",
         blocked.len(),
-        blocked.len() as f64 * 100.0 / held_out as f64
+        blocked.len() as f64 * 100.0 / held_out as f64,
+        flagged as f64 * 100.0 / requests.max(1) as f64,
+        by_rule.join(", ")
     );
     for (attack, hit) in &caught {
         println!("  {attack:<34} {}", if *hit { "caught" } else { "MISSED" });
     }
     Verdicts {
         blocked,
+        requests,
+        flagged,
         sensitive_flags,
         shadows,
         caught,
@@ -192,7 +246,7 @@ fn learned_from_one_script_held_out_readers_pass_and_every_attack_is_caught() {
     let client = Client::new(&envoy.url);
     let mut rng = fastrand::Rng::with_seed(12);
     for i in 0..400 {
-        let mut r = Reader::new(&client, &lib::address(i));
+        let mut r = Reader::new(&client, &lib::customer_address(i));
         let name = lib::new_name(&mut rng);
         r.register(&name);
         r.login(&name, "secret");

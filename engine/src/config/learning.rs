@@ -19,6 +19,9 @@ pub struct LearningSettings {
     /// Distinct routes into a step before an order rule is learned for it.
     pub min_routes: u32,
     pub transition_min_count: u64,
+    /// The largest estimated share of arrivals at a step by transitions never seen at
+    /// which its unknown transitions are still flagged (Good-Turing: singletons / all).
+    pub transition_novelty: f64,
     pub variable_segment_min: u32,
     pub max_endpoints: u16,
     pub tick_ms: u32,
@@ -67,6 +70,7 @@ impl Default for LearningSettings {
             flag_confidence: 0.9,
             min_routes: 2,
             transition_min_count: 1,
+            transition_novelty: 0.01,
             variable_segment_min: 16,
             max_endpoints: MAX_ENDPOINTS as u16,
             tick_ms: 1000,
@@ -89,6 +93,7 @@ pub(super) struct RawLearning {
     flag_confidence: Option<f64>,
     min_routes: Option<i64>,
     transition_min_count: Option<i64>,
+    transition_novelty: Option<f64>,
     variable_segment_min: Option<i64>,
     max_endpoints: Option<i64>,
     tick_ms: Option<i64>,
@@ -116,6 +121,13 @@ impl TryFrom<RawLearning> for LearningSettings {
             return Err(invalid(
                 "learning.confidence",
                 format!("expected a number in [0.5, 1), got {confidence}"),
+            ));
+        }
+        let transition_novelty = l.transition_novelty.unwrap_or(d.transition_novelty);
+        if !(0.0..=1.0).contains(&transition_novelty) {
+            return Err(invalid(
+                "learning.transition_novelty",
+                format!("expected a number in [0, 1], got {transition_novelty}"),
             ));
         }
         let flag_confidence = l
@@ -169,6 +181,7 @@ impl TryFrom<RawLearning> for LearningSettings {
                 1,
                 u32::MAX.into(),
             )?,
+            transition_novelty,
             variable_segment_min: narrow(
                 "learning.variable_segment_min",
                 int_in(

@@ -151,6 +151,14 @@ pub fn compile(
                 .unwrap_or_default()
         }
     };
+    // Per step: transitions arriving there, and ways in seen exactly once (Good-Turing:
+    // their share estimates how often a normal session arrives by a way never seen).
+    let mut arrivals: HashMap<EndpointId, (u64, u64)> = HashMap::new();
+    for ((_, to), n) in &m.transitions {
+        let a = arrivals.entry(*to).or_default();
+        a.0 = a.0.saturating_add(*n);
+        a.1 += u64::from(*n == 1);
+    }
     let endpoints = merged
         .templates()
         .iter()
@@ -273,6 +281,11 @@ pub fn compile(
                 u8::try_from(k).map_or(0, |k| m.ids_at_least.get(&(id, k)).copied().unwrap_or(0))
             };
             let callers = rate_at(1);
+            // An unknown way in means something only where the sample showed how
+            // sessions arrive: by several routes (not one script), and seldom a new way.
+            let (arrived, singletons) = arrivals.get(&id).copied().unwrap_or_default();
+            let novelty = (singletons + 1) as f64 / (arrived + 1) as f64;
+            let open_transitions = !varied || novelty > s.transition_novelty;
             let address_rate_at = |k: u32| {
                 u8::try_from(k).map_or(0, |k| {
                     m.address_rate_at_least.get(&(id, k)).copied().unwrap_or(0)
@@ -321,6 +334,7 @@ pub fn compile(
                 }),
                 auth_failures: m.auth_failures.get(&id).copied().unwrap_or(0),
                 deprecated: false,
+                open_transitions,
                 evidence: Some(evidence),
                 sensitive: m.sensitive.get(&id).copied().filter(|b| !b.is_empty()),
             }

@@ -74,6 +74,9 @@ pub fn relearn(
         if e.address_distinct_ids.is_none() {
             e.address_distinct_ids = learned.address_distinct_ids;
         }
+        // Transitions are judged once a sample shows how sessions arrive (more evidence
+        // only adds the ways in it saw).
+        e.open_transitions &= learned.open_transitions;
         e.sessions = e.sessions.max(learned.sessions);
         // What answers normally carry is learned on: a larger normal is not a looser rule
         // on anyone's access, only fewer flags.

@@ -38,12 +38,13 @@ fn compile(stats: &LearnStats, reg: &Registry, s: &LearningSettings, v: u64) -> 
 }
 
 /// Small samples for tests: 22 sessions without a violation show a share of 0.9 at
-/// 0.9 confidence.
+/// 0.9 confidence; transitions are judged however few sessions arrived.
 fn settings() -> LearningSettings {
     LearningSettings {
         min_support: 3,
         prerequisite_ratio: 0.9,
         confidence: 0.9,
+        transition_novelty: 1.0,
         ..LearningSettings::default()
     }
 }
@@ -874,4 +875,54 @@ fn an_address_peak_counts_per_identified_session_it_carries() {
         None,
         "40 / 20 is 2"
     );
+}
+
+#[test]
+fn unknown_ways_in_are_judged_only_where_the_sample_showed_how_sessions_arrive() {
+    let mut stats = LearnStats::default();
+    let mut reg = Registry::default();
+    // 300 runs of one script, and 300 varied sessions that reach /pay from the menu or
+    // the cart and /cart from the menu or a search (one search seen once).
+    for i in 0..300u64 {
+        play(
+            &mut stats,
+            &mut reg,
+            i,
+            &[("POST /login", 200), ("GET /menu", 200), ("POST /pay", 200)],
+        );
+    }
+    for i in 300..600u64 {
+        let mut calls = vec![("POST /login", 200), ("GET /menu", 200)];
+        if i % 2 == 0 {
+            calls.push(("POST /cart", 200));
+        }
+        calls.push(("POST /pay", 200));
+        play(&mut stats, &mut reg, i, &calls);
+    }
+    play(
+        &mut stats,
+        &mut reg,
+        600,
+        &[("GET /search", 200), ("POST /cart", 200)],
+    );
+    let s = LearningSettings {
+        transition_novelty: 0.01,
+        ..settings()
+    };
+    let p = compile(&stats, &reg, &s, 1);
+    let open = |t: &str| p.endpoint(t).unwrap().open_transitions;
+    assert!(!open("POST /pay"), "two ways in, each seen often: judged");
+    assert!(
+        open("POST /cart"),
+        "a way in seen once among 151: new ways are not rare"
+    );
+    assert!(open("POST /login"), "one route only: a script's habit");
+    let m = Model::compile(&p, &crate::config::Settings::from_json(b"{}").unwrap()).unwrap();
+    let (login, pay, cart) = (
+        m.endpoint("POST /login").unwrap(),
+        m.endpoint("POST /pay").unwrap(),
+        m.endpoint("POST /cart").unwrap(),
+    );
+    assert!(!m.knows_transition(login, pay), "judged: unknown");
+    assert!(m.knows_transition(login, cart), "open: not flagged");
 }
