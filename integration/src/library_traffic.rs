@@ -206,7 +206,7 @@ pub const NAT_ADDRESSES: [&str; 3] = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
 
 /// Reader `i`'s client address: every fifth reader is behind one of [`NAT_ADDRESSES`].
 pub fn customer_address(i: usize) -> String {
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         NAT_ADDRESSES[(i / 5) % NAT_ADDRESSES.len()].to_owned()
     } else {
         address(i)
