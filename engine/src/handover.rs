@@ -29,7 +29,8 @@ pub fn from_set_cookie<'a>(sources: &[Source], set_cookie: &'a str) -> Option<Se
     })
 }
 
-/// The session a token handed out in an answer's JSON body (top-level `field`) starts,
+/// The session a token handed out in an answer's JSON body (the field at path `field`:
+/// `auth_token`, or `user.token` inside a nested object) starts,
 /// keyed as the first configured `authorization`-type source will key the requests that
 /// send it (a JWT claim source keys it by its claim).
 pub fn from_body(sources: &[Source], body: &[u8], field: &str) -> Option<SessionKey<'static>> {
@@ -94,6 +95,33 @@ mod tests {
         assert!(from_body(&sources(), body, "token").is_none());
         assert!(from_body(&sources(), b"not json", "auth_token").is_none());
         assert!(from_body(&[Source::Address], body, "auth_token").is_none());
+    }
+
+    #[test]
+    fn a_token_nested_in_the_answer_is_found_by_its_path() {
+        // RealWorld (Conduit) answers a login `{"user": {..., "token": ...}}`.
+        let body = br#"{"user":{"email":"a@b.c","token":"jwt.abc","bio":null,"tags":["x"]}}"#;
+        let k = from_body(&sources(), body, "user.token").unwrap();
+        assert_eq!(k.value.as_ref(), "jwt.abc");
+        assert!(
+            from_body(&sources(), body, "token").is_none(),
+            "not at the top"
+        );
+        assert!(
+            from_body(&sources(), body, "user.tags").is_none(),
+            "an array"
+        );
+        assert!(from_body(&sources(), body, "user").is_none(), "an object");
+        assert!(from_body(&sources(), body, "user.email.x").is_none());
+        let deeper = br#"{"data":{"session":{"auth":{"token":"t-9"}}}}"#;
+        assert_eq!(
+            from_body(&sources(), deeper, "data.session.auth.token")
+                .unwrap()
+                .value
+                .as_ref(),
+            "t-9"
+        );
+        assert!(from_body(&sources(), br#"{"user":{"token":"#, "user.token").is_none());
     }
 
     #[test]

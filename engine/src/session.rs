@@ -108,16 +108,37 @@ pub fn jwt_claim(token: &str, claim: &str) -> Option<String> {
     top_level_value(&json, claim)
 }
 
-/// The top-level field `key` of a JSON object (see [`top_level_value`]), bounded by
-/// [`MAX_KEY_LEN`]: a value longer than a session key is no session key.
-pub fn json_field(json: &[u8], key: &str) -> Option<String> {
-    top_level_value(json, key).filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN)
+/// The field at `path` of a JSON object (`token`, or `user.token` for a field of a nested
+/// object; see [`top_level_value`]), bounded by [`MAX_KEY_LEN`]: a value longer than a
+/// session key is no session key.
+pub fn json_field(json: &[u8], path: &str) -> Option<String> {
+    let (parents, key) = match path.rsplit_once('.') {
+        Some((parents, key)) => (Some(parents), key),
+        None => (None, path),
+    };
+    let mut object = json;
+    for parent in parents.into_iter().flat_map(|p| p.split('.')) {
+        object = raw_value(object, parent).filter(|v| v.first() == Some(&b'{'))?;
+    }
+    top_level_value(object, key).filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN)
 }
 
 /// Scans a JSON object's top level for `key` without building a document: string values
 /// come back as their raw text, numbers and literals as written; nested values are
 /// skipped by depth (strings' escapes honoured). Malformed input gives `None`.
 fn top_level_value(json: &[u8], key: &str) -> Option<String> {
+    let raw = raw_value(json, key)?;
+    let text = match raw.first() {
+        Some(b'"') => raw.get(1..raw.len().saturating_sub(1))?,
+        Some(b'{' | b'[') => return None,
+        _ => raw,
+    };
+    std::str::from_utf8(text).ok().map(str::to_owned)
+}
+
+/// The raw text of the top-level field `key` of a JSON object (an object or array value
+/// whole, a string with its quotes).
+fn raw_value<'j>(json: &'j [u8], key: &str) -> Option<&'j [u8]> {
     let mut i = json.iter().position(|b| !b.is_ascii_whitespace())?;
     if json.get(i) != Some(&b'{') {
         return None;
@@ -133,13 +154,7 @@ fn top_level_value(json: &[u8], key: &str) -> Option<String> {
         i = skip_ws(json, i + 1);
         let end = value_end(json, i)?;
         if k == key.as_bytes() {
-            let raw = json.get(i..end)?;
-            let text = match raw.first() {
-                Some(b'"') => raw.get(1..raw.len().saturating_sub(1))?,
-                Some(b'{' | b'[') => return None,
-                _ => raw,
-            };
-            return std::str::from_utf8(text).ok().map(str::to_owned);
+            return json.get(i..end);
         }
         i = skip_ws(json, end);
         match json.get(i) {

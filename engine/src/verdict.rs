@@ -174,12 +174,16 @@ pub fn evaluate(
                 fired.insert(Rule::DeprecatedEndpoint);
             }
             // A weak session is its client address: its anonymous requests have learned
-            // limits of their own, per identified session the address carries.
+            // limits of their own, per identified session the address carries. Where no
+            // anonymous caller was seen in learning, what one session does is the share.
             let per = u32::from(req.carried.max(1));
             let (ids_limit, limit) = if weak {
+                let or_session = |address: u32, session: u32| {
+                    if address > 0 { address } else { session }.saturating_mul(per)
+                };
                 (
-                    model.address_ids_limit(e).saturating_mul(per),
-                    model.address_rate_limit(e).saturating_mul(per),
+                    or_session(model.address_ids_limit(e), model.ids_limit(e)),
+                    or_session(model.address_rate_limit(e), model.rate_limit(e)),
                 )
             } else {
                 (model.ids_limit(e), model.rate_limit(e))

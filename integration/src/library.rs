@@ -135,7 +135,10 @@ async fn login(State(lib): S, Json(body): Json<Value>) -> Response {
     if let Ok(mut tokens) = lib.tokens.lock() {
         tokens.insert(token.clone(), name.to_owned());
     }
-    Json(json!({"status": "success", "auth_token": token})).into_response()
+    // The token twice: at the top (as Flask APIs do) and nested in the user (as
+    // RealWorld's Conduit does), so a hand-over by either path can be tested.
+    Json(json!({"status": "success", "auth_token": token, "user": {"username": name, "token": token}}))
+        .into_response()
 }
 
 fn caller(lib: &Library, headers: &HeaderMap) -> Option<String> {

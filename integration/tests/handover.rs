@@ -122,3 +122,40 @@ fn a_flow_continues_across_the_login_cookie_and_is_enforced_on_both_sides() {
         .counter_at_least("flowguard.learning.weak_sessions", 1)
         .unwrap();
 }
+
+/// A login answer that nests its token (`{"user": {"token": ...}}`, as RealWorld's
+/// Conduit answers): `session.handover.json_field` names it by its path, and every
+/// reader's flow continues from their address to their token.
+#[test]
+fn a_token_nested_in_the_login_answer_continues_the_flow() {
+    use flowguard_integration::library_traffic::{self as lib, Reader, CLIENT_IP};
+    let config = lib::CONFIG.replace(
+        r#""json_field":"auth_token""#,
+        r#""json_field":"user.token""#,
+    );
+    assert!(config.contains("user.token"));
+    let library = ShopServer::library().expect("library starts");
+    let mut cfg = EnvoyConfig::new(&config, library.addr);
+    cfg.client_ip_header = Some(CLIENT_IP);
+    let envoy = Envoy::start(&cfg).expect("Envoy starts");
+    let client = Client::new(&envoy.url);
+    let mut rng = fastrand::Rng::with_seed(21);
+    for i in 0..400 {
+        lib::normal_visit(&mut Reader::new(&client, &lib::address(i)), &mut rng);
+    }
+    envoy.wait_for_model().expect("a model is learned");
+    envoy
+        .counter_at_least("flowguard.sessions.handovers", 380)
+        .expect("every login hands over by the nested token");
+    let policy = envoy
+        .learned_policy()
+        .expect("the learned policy is logged");
+    let borrow = policy.endpoint("POST /api/v2/loans").expect("borrow");
+    assert!(
+        borrow
+            .prerequisites
+            .iter()
+            .any(|p| p == "POST /api/v2/users/login"),
+        "the login, made before the token, is a step of the token's flow: {borrow:?}"
+    );
+}

@@ -99,10 +99,12 @@ struct RawHandover {
 impl RawHandover {
     fn settle(self, sources: &[Source]) -> Result<Handover, ConfigError> {
         if let Some(f) = &self.json_field {
-            if f.is_empty() || f.len() > 64 || f.contains('"') {
+            // A path into the answer (`user.token`): bounded, so the scan stays cheap.
+            let segments = f.split('.').count();
+            if f.len() > 64 || f.contains('"') || segments > 4 || f.split('.').any(str::is_empty) {
                 return Err(invalid(
                     "session.handover.json_field",
-                    "expected a top-level JSON field name of 1 to 64 characters",
+                    "expected a JSON field name, or a path of up to 4 names joined by '.' (\"user.token\"), of 1 to 64 characters",
                 ));
             }
             let keyed_by_token = sources.iter().any(|s| {

@@ -233,6 +233,14 @@ fn handover_and_weak_addresses_are_configured_under_session() {
     .unwrap();
     assert!(!s.session.reads_set_cookie());
     assert_eq!(s.session.handover.json_field.as_deref(), Some("auth_token"));
+    let nested = Settings::from_json(
+        br#"{"session":{"handover":{"json_field":"user.token","templates":["POST /login"]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        nested.session.handover.json_field.as_deref(),
+        Some("user.token")
+    );
     for (json, key) in [
         (
             r#"{"handover":{"json_field":"t"}}"#,
@@ -240,6 +248,14 @@ fn handover_and_weak_addresses_are_configured_under_session() {
         ),
         (
             r#"{"handover":{"json_field":"","templates":["POST /l"]}}"#,
+            "session.handover.json_field:",
+        ),
+        (
+            r#"{"handover":{"json_field":"user..token","templates":["POST /l"]}}"#,
+            "session.handover.json_field:",
+        ),
+        (
+            r#"{"handover":{"json_field":"a.b.c.d.e","templates":["POST /l"]}}"#,
             "session.handover.json_field:",
         ),
         (
