@@ -17,6 +17,7 @@
 use flowguard_engine::config::Settings;
 use flowguard_engine::learn::{self, Observation};
 use flowguard_engine::model::Model;
+use flowguard_engine::rule::Rule;
 use flowguard_engine::slot::Slot;
 use flowguard_engine::verdict::{self, Outcome, Request};
 
@@ -201,10 +202,22 @@ fn act_once_finish_twice(api: &Api, rng: &mut Rng) -> Vec<Call> {
     ]
 }
 
-/// Whether the model blocks any call of `calls`, played as one session.
-fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool {
+/// What the model did to one session's calls.
+#[derive(Default)]
+struct Judged {
+    blocked: bool,
+    requests: u64,
+    /// Requests flagged (not blocked).
+    flagged: u64,
+    /// Whether a skipped step was flagged (`order.missing_prerequisite` on a flag).
+    skip_flagged: bool,
+}
+
+/// Plays `calls` as one session against the model, until the first block.
+fn judged(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> Judged {
     let version = u32::try_from(model.version).unwrap_or(0);
     let mut slot = Slot::new(fp, 1_000, version);
+    let mut out = Judged::default();
     for (n, (template, status, object)) in calls.iter().enumerate() {
         let now_ms = 1_000_000 + n as u64 * 2_000;
         let endpoint = model.endpoint(template);
@@ -215,8 +228,17 @@ fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool 
             ..Request::default()
         };
         let (_, v) = verdict::evaluate(Some(model), settings, &mut slot, &req);
-        if matches!(v.outcome, Outcome::Block { .. }) {
-            return true;
+        out.requests += 1;
+        match v.outcome {
+            Outcome::Block { .. } => {
+                out.blocked = true;
+                return out;
+            }
+            Outcome::Flag => {
+                out.flagged += 1;
+                out.skip_flagged |= v.fired.contains(Rule::MissingPrerequisite);
+            }
+            Outcome::Allow => {}
         }
         if let Some(e) = endpoint {
             // As the filter: successes per object only for steps a bound rule waits for.
@@ -224,7 +246,12 @@ fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool 
             slot.record_response(e, object, *status, now_ms, 300_000);
         }
     }
-    false
+    out
+}
+
+/// Whether the model blocks any call of `calls`, played as one session.
+fn blocked(model: &Model, settings: &Settings, calls: &[Call], fp: u64) -> bool {
+    judged(model, settings, calls, fp).blocked
 }
 
 /// Where a model learns from: sessions like the held-out ones, or one script.
@@ -263,8 +290,13 @@ fn learned(api: &Api, rng: &mut Rng, sessions: u64, settings: &Settings, sample:
 struct Measured {
     normal: u64,
     false_blocks: u64,
+    /// Held-out normal requests, and those flagged.
+    requests: u64,
+    flagged: u64,
     attacks: u64,
     caught: u64,
+    /// Skips not blocked but flagged (the flag tier).
+    skips_flagged: u64,
     /// Pay once, finish many.
     object_attacks: u64,
     object_caught: u64,
@@ -280,8 +312,11 @@ fn measure(settings: &Settings, learning: u64, sample: Sample) -> Measured {
         let model = learned(&api, &mut rng, learning, settings, sample);
         for h in 0..500u64 {
             let calls = session(&api, &mut rng, None);
+            let j = judged(&model, settings, &calls, 0xabc0_0000 + h);
             m.normal += 1;
-            m.false_blocks += u64::from(blocked(&model, settings, &calls, 0xabc0_0000 + h));
+            m.false_blocks += u64::from(j.blocked);
+            m.requests += j.requests;
+            m.flagged += j.flagged;
         }
         for (i, _) in api.steps.iter().enumerate() {
             if !api.steps.iter().any(|s| s.needs.contains(&i)) {
@@ -295,8 +330,10 @@ fn measure(settings: &Settings, learning: u64, sample: Sample) -> Measured {
                         .any(|s| &s.template == t && s.needs.contains(&i))
                 });
                 if skips {
+                    let j = judged(&model, settings, &calls, 0xdead_0000 + a);
                     m.attacks += 1;
-                    m.caught += u64::from(blocked(&model, settings, &calls, 0xdead_0000 + a));
+                    m.caught += u64::from(j.blocked);
+                    m.skips_flagged += u64::from(!j.blocked && j.skip_flagged);
                 }
             }
         }
@@ -315,6 +352,7 @@ fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
     let promise = 1.0 - settings.learning.prerequisite_ratio;
     for (learning, sample) in [
         (60, Sample::Varied),
+        (150, Sample::Varied),
         (1_000, Sample::Varied),
         (1_000, Sample::Scripted),
     ] {
@@ -322,16 +360,21 @@ fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
         let rate = m.false_blocks as f64 / m.normal as f64;
         let catch = m.caught as f64 / m.attacks.max(1) as f64;
         let object_catch = m.object_caught as f64 / m.object_attacks.max(1) as f64;
+        let flag_rate = m.flagged as f64 / m.requests.max(1) as f64;
         println!(
             "learned from {learning} sessions ({sample:?}): held-out normal sessions blocked {} of {} \
-             ({:.3} %); step-skipping attacks caught {} of {} ({:.1} %); pay-once-finish-many \
-             caught {} of {}",
+             ({:.3} %), requests flagged {} of {} ({:.2} %); step-skipping attacks caught {} of {} \
+             ({:.1} %), flagged but passed {}; pay-once-finish-many caught {} of {}",
             m.false_blocks,
             m.normal,
             rate * 100.0,
+            m.flagged,
+            m.requests,
+            flag_rate * 100.0,
             m.caught,
             m.attacks,
             catch * 100.0,
+            m.skips_flagged,
             m.object_caught,
             m.object_attacks,
         );
@@ -340,6 +383,18 @@ fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
             "false-block rate {rate} above the promised {promise}"
         );
         assert!(m.attacks > 100, "too few attacks to judge: {}", m.attacks);
+        assert!(
+            flag_rate <= 0.01,
+            "a flag must mean something: {flag_rate} of normal requests flagged"
+        );
+        if learning == 150 {
+            assert!(
+                m.caught == 0 && m.skips_flagged > 0,
+                "between the tiers skips are flagged, not blocked: {} caught, {} flagged",
+                m.caught,
+                m.skips_flagged
+            );
+        }
         if let Sample::Scripted = sample {
             // One route: no session-wide order, but the object's gate.
             assert!(
@@ -355,7 +410,7 @@ fn learned_models_keep_their_false_block_promise_on_held_out_sessions() {
                 object_catch >= 0.9,
                 "the per-object dependency went unlearned: caught {object_catch}"
             );
-        } else {
+        } else if learning < 100 {
             assert_eq!(m.object_caught, 0, "60 sessions are no evidence");
         }
     }
