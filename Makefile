@@ -10,7 +10,7 @@ ENVOY_VERSION := 1.40.0
 # features (minutes of CI).
 NATIVE := --workspace --exclude flowguard-filter
 
-.PHONY: help build venv npm-testdata postgres demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
+.PHONY: help build venv npm-testdata postgres prometheus demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -67,7 +67,11 @@ $(NPM_TESTDATA):
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
 
-test-integration: build build-crash venv npm-testdata postgres ## real Envoy + real filter + demo shop + real collector
+# The monitoring test checks envoy/monitoring with promtool and runs a real Prometheus (Debian's).
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus)
+
+test-integration: build build-crash venv npm-testdata postgres prometheus ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
 	cargo test $(NATIVE) --test '*' -- --test-threads 2
 
