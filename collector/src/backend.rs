@@ -14,11 +14,59 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone)]
 pub enum Backend {
-    /// The store, and a second connection to it for `Sessions.Completed`: WAL lets it read
-    /// while a batch commits (with fsync) on the first, so a proxy's short deadline is not
-    /// spent waiting for another's commit.
-    Sqlite(Arc<Mutex<Store>>, Arc<Mutex<Store>>),
+    Sqlite(Arc<Sqlite>),
     Postgres(PgStore),
+}
+
+/// One SQLite file through three connections and a writer thread. WAL lets readers go on
+/// while the writer commits (with fsync): `Sessions.Completed` answers within a proxy's
+/// short deadline, and the learner reads every event without holding up reports.
+pub struct Sqlite {
+    /// Batches (by the writer thread) and policies are written here.
+    store: Arc<Mutex<Store>>,
+    /// `Sessions.Completed` reads here.
+    questions: Mutex<Store>,
+    /// The fleet learner reads here.
+    learning: Mutex<Store>,
+    writer: std::sync::mpsc::Sender<Job>,
+}
+
+/// A batch waiting for the writer thread, and where its result goes.
+struct Job {
+    batch: v1::ReportRequest,
+    now_ms: u64,
+    done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+/// Batches committed in one transaction at most.
+const GROUP: usize = 256;
+
+/// The writer thread: every batch waiting when a commit starts goes into that commit, so
+/// many proxies' small prompt batches cost one fsync, not one each (an fsync per batch
+/// let reports fall seconds behind under a fleet's load).
+fn write_batches(store: Arc<Mutex<Store>>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = match store.lock() {
+            Ok(mut store) => store
+                .insert_batches(group.iter().map(|j| (&j.batch, j.now_ms)))
+                .map_err(|e| e.to_string()),
+            Err(_) => Err("store lock poisoned".to_owned()),
+        };
+        for (i, job) in group.into_iter().enumerate() {
+            let answer = match &result {
+                Ok(stored) => Ok(stored.get(i).copied().unwrap_or(0)),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = job.done.send(answer);
+        }
+    }
 }
 
 impl Backend {
@@ -33,12 +81,19 @@ impl Backend {
             )
             .into());
         }
-        let store = Store::open(Path::new(db))?;
-        let reader = Store::open(Path::new(db))?;
-        Ok(Backend::Sqlite(
-            Arc::new(Mutex::new(store)),
-            Arc::new(Mutex::new(reader)),
-        ))
+        let open = || Store::open(Path::new(db));
+        let store = Arc::new(Mutex::new(open()?));
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let for_writer = store.clone();
+        std::thread::Builder::new()
+            .name("flowguard-sqlite-writer".into())
+            .spawn(move || write_batches(for_writer, jobs))?;
+        Ok(Backend::Sqlite(Arc::new(Sqlite {
+            store,
+            questions: Mutex::new(open()?),
+            learning: Mutex::new(open()?),
+            writer,
+        })))
     }
 
     /// Whether several collectors may share this store (each then serves the store's
@@ -51,14 +106,17 @@ impl Backend {
     pub async fn insert_batch(&self, batch: v1::ReportRequest, now_ms: u64) -> Result<u64, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.insert_batch(&batch, now_ms).await?),
-            // SQLite commits with fsync: off the async workers.
-            Backend::Sqlite(store, _) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-                    let mut store = store.lock().map_err(|_| "store lock poisoned")?;
-                    Ok(store.insert_batch(&batch, now_ms)?)
-                })
-                .await?
+            // SQLite commits with fsync: on the writer thread, grouped.
+            Backend::Sqlite(db) => {
+                let (done, result) = tokio::sync::oneshot::channel();
+                db.writer
+                    .send(Job {
+                        batch,
+                        now_ms,
+                        done,
+                    })
+                    .map_err(|_| "the writer thread stopped")?;
+                Ok(result.await.map_err(|_| "the writer thread stopped")??)
             }
         }
     }
@@ -67,11 +125,31 @@ impl Backend {
     pub async fn learn(&self, settings: &Settings, now_ms: u64) -> Result<Option<Outcome>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.learn(settings, now_ms).await?),
-            Backend::Sqlite(store, _) => {
-                let (store, settings) = (store.clone(), settings.clone());
+            // Read and learn on the learner's connection; only storing a new version
+            // takes the writer's, so reports keep committing meanwhile.
+            Backend::Sqlite(db) => {
+                let (db, settings) = (db.clone(), settings.clone());
                 tokio::task::spawn_blocking(move || -> Result<Option<Outcome>, Error> {
-                    let store = store.lock().map_err(|_| "store lock poisoned")?;
-                    Ok(Some(fleet::learn_and_store(&store, &settings, now_ms)?))
+                    let (observations, latest, latest_version) = {
+                        let reader = db.learning.lock().map_err(|_| "store lock poisoned")?;
+                        let observations: Vec<_> = reader
+                            .events(true)?
+                            .into_iter()
+                            .map(|e| e.observation)
+                            .collect();
+                        (
+                            observations,
+                            reader.latest_policy()?,
+                            reader.latest_version()?,
+                        )
+                    };
+                    let outcome =
+                        fleet::next_policy(observations, latest, latest_version, &settings, now_ms);
+                    if let Outcome::Learned(policy) = &outcome {
+                        let store = db.store.lock().map_err(|_| "store lock poisoned")?;
+                        store.save_policy(policy, now_ms)?;
+                    }
+                    Ok(Some(outcome))
                 })
                 .await?
             }
@@ -82,8 +160,8 @@ impl Backend {
     pub async fn latest_row(&self) -> Result<Option<(u64, String)>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.latest_row().await?),
-            Backend::Sqlite(store, _) => {
-                let store = store.lock().map_err(|_| "store lock poisoned")?;
+            Backend::Sqlite(db) => {
+                let store = db.store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.latest_policy()?.map(|p| (p.version, p.to_json())))
             }
         }
@@ -100,8 +178,8 @@ impl Backend {
     pub async fn latest_policy(&self) -> Result<Option<Policy>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.latest_policy().await?),
-            Backend::Sqlite(store, _) => {
-                let store = store.lock().map_err(|_| "store lock poisoned")?;
+            Backend::Sqlite(db) => {
+                let store = db.store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.latest_policy()?)
             }
         }
@@ -110,8 +188,8 @@ impl Backend {
     pub async fn events(&self, normal_only: bool) -> Result<Vec<StoredEvent>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.events(normal_only).await?),
-            Backend::Sqlite(store, _) => {
-                let store = store.lock().map_err(|_| "store lock poisoned")?;
+            Backend::Sqlite(db) => {
+                let store = db.store.lock().map_err(|_| "store lock poisoned")?;
                 Ok(store.events(normal_only)?)
             }
         }
@@ -126,10 +204,10 @@ impl Backend {
     ) -> Result<Vec<(String, u64, u16)>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.session_events(session, since_ms).await?),
-            Backend::Sqlite(_, reader) => {
-                let reader = reader.clone();
+            Backend::Sqlite(db) => {
+                let db = db.clone();
                 tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                    let reader = reader.lock().map_err(|_| "store lock poisoned")?;
+                    let reader = db.questions.lock().map_err(|_| "store lock poisoned")?;
                     Ok(reader.session_events(session, since_ms)?)
                 })
                 .await?
@@ -141,8 +219,8 @@ impl Backend {
     pub async fn stats(&self) -> Result<(u64, u64, u64), Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.stats().await?),
-            Backend::Sqlite(store, _) => {
-                let store = store.lock().map_err(|_| "store lock poisoned")?;
+            Backend::Sqlite(db) => {
+                let store = db.store.lock().map_err(|_| "store lock poisoned")?;
                 Ok((
                     store.event_count()?,
                     store.dropped_count()?,

@@ -92,45 +92,60 @@ impl Store {
         batch: &v1::ReportRequest,
         now_ms: u64,
     ) -> Result<u64, StoreError> {
+        let stored = self.insert_batches(std::iter::once((batch, now_ms)))?;
+        Ok(stored.first().copied().unwrap_or(0))
+    }
+
+    /// Stores batches (each with when it arrived) in one transaction, one commit for all;
+    /// a batch already stored is skipped. Returns the events stored per batch.
+    pub fn insert_batches<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = (&'a v1::ReportRequest, u64)>,
+    ) -> Result<Vec<u64>, StoreError> {
         let tx = self.conn.transaction()?;
-        let fresh = tx.execute(
-            "INSERT OR IGNORE INTO batches (node, worker, batch_id, received_ms, events, dropped)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                batch.node,
-                batch.worker,
-                batch.batch_id as i64,
-                now_ms as i64,
-                batch.events.len() as i64,
-                batch.dropped as i64
-            ],
-        )?;
-        if fresh == 0 {
-            return Ok(0);
-        }
+        let mut stored = Vec::new();
         {
+            let mut claim = tx.prepare_cached(
+                "INSERT OR IGNORE INTO batches (node, worker, batch_id, received_ms, events, dropped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids, weak)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            for e in &batch.events {
-                insert.execute(params![
+            for (batch, now_ms) in batches {
+                let fresh = claim.execute(params![
                     batch.node,
-                    e.time_ms as i64,
-                    e.session as i64,
-                    e.template,
-                    e.status,
-                    e.verdict,
-                    e.rules.join(","),
-                    e.latency_us,
-                    e.summary,
-                    e.ids as i64,
-                    e.weak_session,
+                    batch.worker,
+                    batch.batch_id as i64,
+                    now_ms as i64,
+                    batch.events.len() as i64,
+                    batch.dropped as i64
                 ])?;
+                if fresh == 0 {
+                    stored.push(0);
+                    continue;
+                }
+                for e in &batch.events {
+                    insert.execute(params![
+                        batch.node,
+                        e.time_ms as i64,
+                        e.session as i64,
+                        e.template,
+                        e.status,
+                        e.verdict,
+                        e.rules.join(","),
+                        e.latency_us,
+                        e.summary,
+                        e.ids as i64,
+                        e.weak_session,
+                    ])?;
+                }
+                stored.push(batch.events.len() as u64);
             }
         }
         tx.commit()?;
-        Ok(batch.events.len() as u64)
+        Ok(stored)
     }
 
     pub fn event_count(&self) -> Result<u64, StoreError> {
@@ -283,6 +298,22 @@ mod tests {
         let weak: Vec<bool> = events.iter().map(|e| e.observation.weak).collect();
         assert_eq!(weak.iter().filter(|w| **w).count(), 2, "{weak:?}");
         assert!(s.latest_policy().unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn batches_committed_together_are_each_stored_once() {
+        let dir = std::env::temp_dir().join(format!("fg-store-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(&dir.join("t.db")).unwrap();
+        let (a, b, c) = (batch(1, 3), batch(2, 2), batch(1, 3));
+        assert_eq!(
+            s.insert_batches([(&a, 0), (&b, 0), (&c, 0)]).unwrap(),
+            [3, 2, 0],
+            "the repeated batch in the same commit is skipped"
+        );
+        assert_eq!(s.insert_batch(&b, 0).unwrap(), 0);
+        assert_eq!(s.event_count().unwrap(), 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

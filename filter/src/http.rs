@@ -243,7 +243,13 @@ impl HttpContext for Http {
             event.latency_us =
                 u32::try_from(now_ms.saturating_sub(event.time_ms).saturating_mul(1000))
                     .unwrap_or(u32::MAX);
-            t.record(event, &w.metrics);
+            if self.deferred.is_some() {
+                // The outcome waits for the body: the fleet must not take a failure
+                // answered 2xx as a completed step (`settle` reports it).
+                self.event = Some(event);
+            } else {
+                t.record(event, &w.metrics);
+            }
         }
         if should_inspect(w, &head) {
             self.scanner = Some(Scanner::default());
@@ -347,6 +353,10 @@ impl Http {
             .then(|| crate::handover::from_body(w, &self.failure_body))
             .flatten();
         self.failure_body = Vec::new();
+        if let (Some(mut event), Some(t)) = (self.event.take(), w.telemetry.as_mut()) {
+            event.status = status;
+            t.record(event, &w.metrics);
+        }
         settled(
             w,
             pending,

@@ -22,6 +22,10 @@ use std::time::Duration;
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 /// Batches in flight per worker at most; a slow collector makes events wait, then drop.
 const MAX_IN_FLIGHT: usize = 2;
+/// Prompt batches in flight per worker at most: more, as they are small and late ones
+/// are what another proxy's question misses (a batch sent is stored even if this proxy
+/// dies; one still buffered dies with it).
+const MAX_PROMPT_IN_FLIGHT: usize = 8;
 
 enum Call {
     Report(usize),
@@ -107,7 +111,7 @@ impl Telemetry {
             .values()
             .filter(|c| matches!(c, Call::Prompt(_)))
             .count();
-        if !self.prompt.is_empty() && in_flight < MAX_IN_FLIGHT {
+        if !self.prompt.is_empty() && in_flight < MAX_PROMPT_IN_FLIGHT {
             self.send_batch(true, m);
         }
     }

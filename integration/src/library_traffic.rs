@@ -26,6 +26,8 @@ pub struct Reader<'c> {
     token: Option<String>,
     /// Every answer: (method, path, status, blocked by flowguard).
     pub calls: Vec<(String, String, u16, bool)>,
+    /// Requests the upstream saw flagged (`x-flowguard-verdict: flag; ...`).
+    pub flagged: usize,
 }
 
 impl<'c> Reader<'c> {
@@ -35,6 +37,7 @@ impl<'c> Reader<'c> {
             ip: ip.to_owned(),
             token: None,
             calls: Vec::new(),
+            flagged: 0,
         }
     }
 
@@ -46,6 +49,11 @@ impl<'c> Reader<'c> {
         }
         let reply = self.client.send(method, path, &headers, body.as_ref());
         let blocked = is_block(&reply);
+        self.flagged += usize::from(
+            reply
+                .upstream_verdict()
+                .is_some_and(|v| v.starts_with("flag")),
+        );
         self.calls
             .push((method.to_owned(), path.to_owned(), reply.status, blocked));
         reply

@@ -3,13 +3,18 @@
 //! enforce the fleet policy it learns, in front of the demo shop. Normal customers pass
 //! and every attack is blocked; then one flowguard Envoy is killed under traffic and
 //! started again, and what customers experience is counted, without and with mid-flow
-//! joins (`session.midflow`). The figures it prints are the README's.
+//! joins on the fleet's evidence (`session.midflow`: a moved session's skipped step is
+//! let through only if the collector saw it taken at another proxy). The figures it
+//! prints are the README's.
 
 use flowguard_integration::collector::{scratch_db, Collector};
 use flowguard_integration::envoy::{bootstrap_yaml, repo_root, wasm_path, Envoy, EnvoyConfig};
 use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::{self, Client, Reply, Session};
+use flowguard_proto::v1::sessions_client::SessionsClient;
+use flowguard_proto::v1::CompletedRequest;
+use std::time::{Duration, Instant};
 
 const CLIENT_IP: &str = "x-client-ip";
 
@@ -141,7 +146,7 @@ fn finish(customers: Vec<(Session<'_>, u64)>) -> Vec<Session<'_>> {
 
 /// Learns, checks customers and attacks, then kills and restarts proxy 0 under traffic.
 /// Returns what customers met during the kill and during the restart.
-fn run(midflow: &str, db: &str) -> (Met, Met) {
+fn run(midflow: &str, db: &str) -> (Met, Met, u64, Duration) {
     let collector = Collector::start(
         &scratch_db(db).expect("db"),
         &["--learn-interval-s", "1", "--config", &quick_config(db)],
@@ -195,8 +200,12 @@ fn run(midflow: &str, db: &str) -> (Met, Met) {
     });
     assert!(stuffing, "credential stuffing blocked");
 
-    // Kill one proxy with customers half-way: the ring moves its sessions elsewhere.
+    // Kill one proxy with customers half-way: the ring moves its sessions elsewhere. A
+    // step completed within the reporting gap before the kill dies with the proxy: the
+    // gap for the last customer's last step is measured (under this fleet's load, the
+    // collector learning every second), then the proxy is killed.
     let started = half_way(&client, 2_000, 30);
+    let gap = reporting_gap(&collector, &started);
     fleet.kill(0);
     let during_kill = tally(&finish(started));
     // Customers who start while it is down, and finish once it is back: their sessions
@@ -216,7 +225,53 @@ fn run(midflow: &str, db: &str) -> (Met, Met) {
     })
     .expect("the restarted proxy serves again");
     let during_restart = tally(&finish(started));
-    (during_kill, during_restart)
+    let joined = fleet
+        .proxies
+        .iter()
+        .flatten()
+        .map(|p| p.counter("flowguard.midflow.fleet_joined"))
+        .sum();
+    (during_kill, during_restart, joined, gap)
+}
+
+/// How long after the last customer's last step (its order) the collector answers for
+/// it, polled every 2 ms.
+fn reporting_gap(collector: &Collector, customers: &[(Session<'_>, u64)]) -> Duration {
+    let (last, _) = customers.last().expect("customers");
+    let ordered = last.calls.last().expect("the order");
+    let session = ordered
+        .reply
+        .upstream
+        .split(" | ")
+        .find_map(|h| h.strip_prefix("x-flowguard-session="))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .expect("the session header reached the shop");
+    let since = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("http://{}", collector.addr);
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("the collector");
+        let mut sessions = SessionsClient::new(channel);
+        loop {
+            let question = CompletedRequest {
+                session,
+                templates: vec!["POST /api/orders".to_owned()],
+                ..CompletedRequest::default()
+            };
+            if let Ok(a) = sessions.completed(question).await {
+                if !a.into_inner().completed.is_empty() {
+                    return;
+                }
+            }
+            assert!(since.elapsed() < Duration::from_secs(10), "never reported");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    since.elapsed()
 }
 
 fn quick_config(db: &str) -> String {
@@ -233,16 +288,21 @@ fn quick_config(db: &str) -> String {
 
 #[test]
 fn a_fleet_keeps_customers_through_a_proxy_restart() {
-    let strict = run(r#"{"budget":0}"#, "fleet-strict");
-    let joined = run(r#"{"always":true}"#, "fleet-midflow");
+    // No budget at all in either run: only the fleet's evidence lets a moved session in.
+    let strict = run(r#"{"budget":0,"fleet_timeout_ms":0}"#, "fleet-strict");
+    let joined = run(r#"{"budget":0}"#, "fleet-midflow");
     println!("fleet of 3 behind a ring-hash edge, one proxy killed then restarted (30 customers half-way each time):");
     println!(
-        "  without mid-flow joins: kill {:?}, restart {:?}",
+        "  without mid-flow joins:              kill {:?}, restart {:?}",
         strict.0, strict.1
     );
     println!(
-        "  with mid-flow joins:    kill {:?}, restart {:?}",
-        joined.0, joined.1
+        "  with joins on the fleet's evidence: kill {:?}, restart {:?} ({} sessions joined)",
+        joined.0, joined.1, joined.2
+    );
+    println!(
+        "  reporting gap before the kill (the last customer's order -> the collector answers): {:?}, {:?}",
+        strict.3, joined.3
     );
     assert!(
         strict.0.blocked + strict.1.blocked > 0,
@@ -251,8 +311,19 @@ fn a_fleet_keeps_customers_through_a_proxy_restart() {
     assert_eq!(
         joined.0.blocked + joined.1.blocked,
         0,
-        "customers blocked with mid-flow joins"
+        "customers blocked with mid-flow joins on evidence"
     );
+    assert!(
+        joined.2 > 0,
+        "moved sessions joined on the fleet's evidence"
+    );
+    assert!(
+        strict.3.max(joined.3) < Duration::from_secs(2),
+        "completions reach the collector late: {:?}, {:?}",
+        strict.3,
+        joined.3
+    );
+    assert_eq!(strict.2, 0);
     // A request that reaches the dead proxy before the edge ejects it (two connection
     // failures) fails at the edge, whatever flowguard does: a handful at most.
     assert!(

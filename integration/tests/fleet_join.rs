@@ -106,6 +106,20 @@ fn fingerprint(reply: &Reply) -> u64 {
     u64::from_str_radix(hex, 16).expect("hex")
 }
 
+/// The session fingerprint of a `cookie` header, as the filter computes it (default
+/// `session.sources` and `hash_key`), for an upstream that does not echo it.
+fn session_of(cookie: &str) -> u64 {
+    let settings = Settings::from_json(b"{}").expect("settings");
+    let sources = &settings.session.sources;
+    let key =
+        flowguard_engine::session::derive(sources, |n| (n == "cookie").then_some(cookie), None)
+            .expect("a session key");
+    settings
+        .session
+        .fingerprinter
+        .fingerprint(key.kind, key.value.as_bytes())
+}
+
 /// The identifier hash of a path's `{id}` values, as the filter computes it.
 fn ids_of(method: &str, path: &str) -> u64 {
     let settings = Settings::from_json(b"{}").expect("settings");
@@ -399,4 +413,163 @@ fn without_the_fleets_answer_in_time_the_budget_applies_flagged_and_counted() {
     patient
         .counter_at_least("flowguard.midflow.fleet_asked", 2)
         .expect("both asked");
+}
+
+/// The same question on PostgreSQL, where several collector replicas share one database:
+/// one replica stores a proxy's report, another answers for it.
+#[test]
+fn replicas_on_postgres_answer_for_each_others_reports() {
+    use flowguard_integration::postgres::Postgres;
+    use flowguard_proto::v1::telemetry_client::TelemetryClient;
+    use flowguard_proto::v1::{Event, ReportRequest, Verdict};
+
+    let pg = Postgres::start().expect("PostgreSQL");
+    let url = pg.url();
+    let args = ["--learn-interval-s", "0"];
+    let stores = Collector::start(std::path::Path::new(&url), &args).expect("replica a");
+    let answers = Collector::start(std::path::Path::new(&url), &args).expect("replica b");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let event = |session: u64, template: &str, status: u32, ids: u64, age_s: u64| Event {
+        time_ms: now_ms - age_s * 1000,
+        session,
+        template: template.to_owned(),
+        status,
+        verdict: Verdict::Allow.into(),
+        ids,
+        ..Event::default()
+    };
+    let report = ReportRequest {
+        node: "proxy-1".into(),
+        batch_id: 1,
+        worker: 1,
+        dropped: 0,
+        events: vec![
+            event(9, "POST /api/login", 200, 0, 10),
+            event(9, PAY, 200, 77, 5),
+            event(9, PAY, 402, 78, 4),
+            event(10, "POST /api/login", 401, 0, 3),
+            event(12, "POST /api/login", 200, 0, 7_200),
+        ],
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel = |c: &Collector| {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr)).expect("url");
+            async move { endpoint.connect().await }
+        };
+        let mut telemetry = TelemetryClient::new(channel(&stores).await.expect("replica a"));
+        let stored = telemetry.report(report).await.expect("stored").into_inner();
+        assert_eq!(stored.stored, 5);
+        let mut sessions = SessionsClient::new(channel(&answers).await.expect("replica b"));
+        let paid = ask(&mut sessions, 9, 77).await;
+        assert!(paid.known);
+        assert_eq!(paid.completed, ["POST /api/login", PAY]);
+        assert_eq!(paid.on_object, [PAY]);
+        let declined = ask(&mut sessions, 9, 78).await;
+        assert!(declined.on_object.is_empty(), "its payment was declined");
+        let failed = ask(&mut sessions, 10, 0).await;
+        assert!(failed.known && failed.completed.is_empty());
+        let old = ask(&mut sessions, 12, 0).await;
+        assert!(!old.known, "beyond the horizon");
+        assert!(!ask(&mut sessions, 11, 0).await.known);
+    });
+}
+
+async fn ask(
+    sessions: &mut SessionsClient<tonic::transport::Channel>,
+    session: u64,
+    ids: u64,
+) -> flowguard_proto::v1::CompletedResponse {
+    let question = CompletedRequest {
+        session,
+        templates: vec![
+            "POST /api/login".into(),
+            "POST /api/orders".into(),
+            PAY.into(),
+        ],
+        ids,
+        horizon_s: 1800,
+    };
+    sessions
+        .completed(question)
+        .await
+        .expect("answered")
+        .into_inner()
+}
+
+/// An API that answers a failed login `200 {"status": "fail"}` (`endpoints.failure`): the
+/// fleet hears the login's outcome once its body is judged, so a failed login at one proxy
+/// is no evidence at another.
+#[test]
+fn a_failure_answered_2xx_is_no_evidence() {
+    let collector = Collector::start(
+        &scratch_db("fleet-join-failure").expect("db"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
+    let library = ShopServer::library().expect("library");
+    let json = r#"{"mode":"enforce","policy":{"version":1,"endpoints":[
+            {"template":"POST /api/v2/users/login","entry":true},
+            {"template":"POST /api/v2/loans","prerequisites":["POST /api/v2/users/login"]}],
+          "transitions":[{"from":"^","to":"POST /api/v2/users/login","count":1},
+            {"from":"POST /api/v2/users/login","to":"POST /api/v2/loans","count":1}]},
+        "endpoints":{"failure":{"json":{"status":["fail"]},"auth":["POST /api/v2/users/login"]}},
+        "collector":{"cluster":"flowguard_collector","node":"fleet","sample_rate":0.0,
+                     "flush_interval_ms":5000,"timeout_ms":1000,"policy_interval_ms":0}}"#;
+    let mut cfg = EnvoyConfig::new(json, library.addr);
+    cfg.collector = Some(collector.addr);
+    cfg.client_ip_header = Some(CLIENT_IP);
+    let a = Envoy::start(&cfg).expect("proxy a");
+    let b = Envoy::start(&cfg).expect("proxy b");
+    let (at_a, at_b) = (Client::new(&a.url), Client::new(&b.url));
+    let mut fleet = Fleet::connect(&collector);
+    let login = |c: &Customer, password: &str| {
+        let body = json!({"username": "reader_a", "password": password});
+        c.call(&at_a, "POST", "/api/v2/users/login", Some(body))
+    };
+    let reported = |fleet: &mut Fleet, c: &Customer| {
+        let question = CompletedRequest {
+            session: session_of(&c.cookie),
+            templates: vec!["POST /api/v2/users/login".into()],
+            ids: 0,
+            horizon_s: 1800,
+        };
+        eventually("the login reported", || {
+            let a = fleet
+                .runtime
+                .block_on(fleet.client.completed(question.clone()))
+                .ok()?
+                .into_inner();
+            a.known.then_some(a.completed.len())
+        })
+        .expect("reported")
+    };
+    let failed = Customer::new("failed", 20);
+    let reply = login(&failed, "wrong");
+    assert!(
+        reply.status == 200 && reply.body.contains("fail"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        reported(&mut fleet, &failed),
+        0,
+        "a failed login completes nothing"
+    );
+    let borrowed = failed.call(&at_b, "POST", "/api/v2/loans", None);
+    assert!(blocked(&borrowed), "{borrowed:?}");
+
+    let reader = Customer::new("reader", 21);
+    let reply = login(&reader, "secret");
+    assert!(reply.body.contains("success"), "{reply:?}");
+    assert_eq!(reported(&mut fleet, &reader), 1);
+    let borrowed = reader.call(&at_b, "POST", "/api/v2/loans", None);
+    assert!(!blocked(&borrowed), "{borrowed:?}");
+    b.counter_at_least("flowguard.midflow.fleet_refused", 1)
+        .expect("refused on the answer");
+    b.counter_at_least("flowguard.midflow.fleet_joined", 1)
+        .expect("joined on the answer");
 }

@@ -63,34 +63,39 @@ fn main() {
     println!("   model version {version} learned, active on both workers.\n");
     if let Some(policy) = world.envoy.learned_policy() {
         println!(
-            "   {:<32} {:>10} {:>12}  must succeed first (or why nothing is enforced)",
-            "endpoint", "rate/10s", "ids/10s"
+            "   {:<32} {:>10} {:>12} {:>10}  must succeed first (or why nothing is enforced)",
+            "endpoint", "rate/10s", "ids/10s", "anon/10s"
         );
         for e in &policy.endpoints {
             let lim = |l: Option<flowguard_engine::policy::Limit>| {
                 l.map_or("-".into(), |l| format!("p99 {} -> {}", l.p99, l.limit))
             };
-            let order = match (&e.evidence, e.order_rules()) {
+            let mut order = match (&e.evidence, e.order_rules()) {
                 (Some(ev), None) => format!("- ({})", ev.describe()),
-                (_, rules) => rules.unwrap_or_default(),
+                (_, rules) => format!("{} [blocks]", rules.unwrap_or_default()),
             };
+            if let Some(flagged) = e.flag_rules() {
+                order.push_str(&format!("; {flagged} [flags: some evidence]"));
+            }
             println!(
-                "   {:<32} {:>10} {:>12}  {}",
+                "   {:<32} {:>10} {:>12} {:>10}  {}",
                 e.template,
                 lim(e.rate),
                 lim(e.distinct_ids),
+                e.address_rate.map_or("-".into(), |l| l.limit.to_string()),
                 order
             );
         }
+        println!("   (anon: requests without a cookie or token, per client address and customer it carries)");
         println!();
     }
 
     println!("2. enforcing: customers and attackers side by side\n");
     println!(
-        "{:<44} {:>8} {:>8} {:>8}  rules that fired",
-        "scenario", "requests", "allowed", "blocked"
+        "{:<44} {:>8} {:>8} {:>8} {:>8}  rules that fired",
+        "scenario", "requests", "allowed", "blocked", "flagged"
     );
-    println!("{}", "-".repeat(110));
+    println!("{}", "-".repeat(119));
     let client = world.client.clone();
     scenario(
         &world.envoy,
@@ -184,12 +189,57 @@ fn main() {
     let statuses = traffic::credential_stuffing_from(&client, 60, CLIENT_IP, "172.16.0.9");
     let blocked = statuses.iter().filter(|s| **s == 429).count();
     println!(
-        "{:<44} {:>8} {:>8} {:>8}  {}",
+        "{:<44} {:>8} {:>8} {:>8} {:>8}  {}",
         "credential stuffing: 60 logins, new cookie each",
         statuses.len(),
         statuses.len() - blocked,
         blocked,
+        "-",
         fired_since(&world.envoy, &before)
+    );
+    // No cookie at all: the request is keyed by its client address, whose anonymous
+    // requests have limits of their own (the shop takes any password but "wrong": no
+    // failure to count, only the rate shows it).
+    let before = rule_counts(&world.envoy);
+    let replies: Vec<traffic::Reply> = (0..400)
+        .map(|i| {
+            let body = serde_json::json!({"user": "alice", "password": format!("guess{i}")});
+            client.send(
+                "POST",
+                "/api/login",
+                &[(CLIENT_IP, "172.16.0.10")],
+                Some(&body),
+            )
+        })
+        .collect();
+    let blocked = replies
+        .iter()
+        .filter(|r| r.body.contains("request blocked"))
+        .count();
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8}  {}",
+        "anonymous brute force: 400 logins, no cookie",
+        replies.len(),
+        replies.len() - blocked,
+        blocked,
+        replies.iter().filter(|r| is_flagged(r)).count(),
+        fired_since(&world.envoy, &before)
+    );
+    scenario(
+        &world.envoy,
+        "fresh sessions confirm first (10 addresses)",
+        |s| {
+            // Each a session this proxy never saw, from its own address, whose first
+            // request confirms an order: the collector is asked whether the fleet saw it
+            // pay; it did not, so the skip is blocked.
+            for i in 0..10 {
+                let ip = traffic::numbered_address(7_000 + i);
+                let mut c = Session::from_address(&client, CLIENT_IP, &ip);
+                c.confirm(1 + i as u64);
+                s.calls.extend(c.calls);
+            }
+        },
+        &client,
     );
 
     println!(
@@ -288,9 +338,12 @@ fn library_demo() {
     let envoy = Envoy::start(&cfg).unwrap_or_else(|e| fail(&e));
     let client = Client::new(&envoy.url);
     let mut rng = fastrand::Rng::with_seed(7);
-    println!("   learning from 400 readers, default evidence and session sources...");
+    println!("   learning from 400 readers (a fifth behind three NAT addresses), default evidence and session sources...");
     for i in 0..400 {
-        lib::normal_visit(&mut Reader::new(&client, &lib::address(i)), &mut rng);
+        lib::normal_visit(
+            &mut Reader::new(&client, &lib::customer_address(i)),
+            &mut rng,
+        );
     }
     if let Err(e) = envoy.wait_for_model() {
         fail(&format!("{e}\n{}", envoy.log()));
@@ -305,20 +358,29 @@ fn library_demo() {
             policy.endpoints.len()
         );
         for e in policy.endpoints.iter().filter(|e| e.template.contains('{')) {
-            let order = match (&e.evidence, e.order_rules()) {
+            let mut order = match (&e.evidence, e.order_rules()) {
                 (Some(ev), None) => format!("({})", ev.describe()),
-                (_, rules) => format!("needs {}", rules.unwrap_or_default()),
+                (_, rules) => format!("needs {} [blocks]", rules.unwrap_or_default()),
             };
+            if let Some(flagged) = e.flag_rules() {
+                order.push_str(&format!("; {flagged} [flags]"));
+            }
             println!("     {:<36} {order}", e.template);
         }
     }
-    let mut wronged = 0;
+    let (mut wronged, mut nat, mut requests, mut flagged) = (0, 0, 0, 0);
     for i in 0..200 {
-        let mut r = Reader::new(&client, &lib::address(10_000 + i));
+        let ip = lib::customer_address(10_000 + i);
+        let mut r = Reader::new(&client, &ip);
         lib::normal_visit(&mut r, &mut rng);
         wronged += usize::from(r.was_blocked());
+        nat += usize::from(lib::NAT_ADDRESSES.contains(&ip.as_str()));
+        requests += r.calls.len();
+        flagged += r.flagged;
     }
-    println!("   200 readers it never learned from: {wronged} blocked");
+    println!(
+        "   200 readers it never learned from ({nat} behind the NAT addresses): {wronged} blocked, {flagged} of {requests} requests flagged"
+    );
     let blocked = |replies: Vec<flowguard_integration::traffic::Reply>| {
         let n = replies.iter().filter(|r| lib::is_block(r)).count();
         format!("{n} of {} decisive calls blocked", replies.len())
@@ -351,6 +413,14 @@ fn library_demo() {
         (
             "credential stuffing (60 logins)",
             blocked(attacks::stuffing(&mut reader(5), 60)),
+        ),
+        (
+            "login brute force (400, no token)",
+            blocked(attacks::brute_force(&mut reader(7), 400)),
+        ),
+        (
+            "registration flood (300 accounts)",
+            blocked(attacks::registration_flood(&mut reader(8), 300)),
         ),
     ] {
         println!("   {name:<34} {outcome}");
@@ -402,12 +472,19 @@ fn scenario(
         .iter()
         .filter(|c| c.reply.body.contains("request blocked"))
         .count();
+    let flagged = s.calls.iter().filter(|c| is_flagged(&c.reply)).count();
     println!(
-        "{:<44} {:>8} {:>8} {:>8}  {}",
+        "{:<44} {:>8} {:>8} {:>8} {:>8}  {}",
         name,
         s.calls.len(),
         s.calls.len() - blocked,
         blocked,
+        flagged,
         fired_since(envoy, &before)
     );
+}
+
+/// Whether the upstream saw the request flagged (`x-flowguard-verdict: flag; ...`).
+fn is_flagged(r: &traffic::Reply) -> bool {
+    r.upstream_verdict().is_some_and(|v| v.starts_with("flag"))
 }
