@@ -306,7 +306,7 @@ fn every_dashboard_query_and_alert_answers_on_a_real_prometheus_scraping_envoy()
     )
     .expect("collector");
     let shop = ShopServer::start().expect("shop");
-    let collector_json = r#""collector":{"cluster":"flowguard_collector","node":"monitoring","flush_interval_ms":100,"policy_interval_ms":300,"timeout_ms":1000}"#;
+    let collector_json = r#""collector":{"cluster":"flowguard_collector","node":"monitoring","flush_interval_ms":100,"policy_interval_ms":300,"timeout_ms":5000}"#;
     let mut cfg = EnvoyConfig::new(
         &quick_learning(
             "enforce",
