@@ -1,7 +1,6 @@
 //! Fleet learning: one policy from every proxy's stored traffic, by the engine's own
 //! learner (`flowguard_engine::learn`), exactly as each filter learns.
 
-use crate::store::{Store, StoreError};
 use flowguard_engine::config::Settings;
 use flowguard_engine::learn::{self, Observation};
 use flowguard_engine::policy::Policy;
@@ -36,30 +35,6 @@ pub fn learn_policy(
         &settings.limits,
         version,
     ))
-}
-
-/// Learns from the store and keeps a new version when the result differs.
-pub fn learn_and_store(
-    store: &Store,
-    settings: &Settings,
-    now_ms: u64,
-) -> Result<Outcome, StoreError> {
-    let observations: Vec<Observation> = store
-        .events(true)?
-        .into_iter()
-        .map(|e| e.observation)
-        .collect();
-    let outcome = next_policy(
-        observations,
-        store.latest_policy()?,
-        store.latest_version()?,
-        settings,
-        now_ms,
-    );
-    if let Outcome::Learned(policy) = &outcome {
-        store.save_policy(policy, now_ms)?;
-    }
-    Ok(outcome)
 }
 
 /// What learning from `observations` yields after the stored `latest` policy (and the
