@@ -11,6 +11,7 @@ pub mod decision;
 pub mod endpoint;
 pub mod endpoint_set;
 pub mod evidence;
+pub mod exchange;
 pub mod failure;
 pub mod fingerprint;
 pub mod fleet_join;

@@ -1,0 +1,239 @@
+//! The exchange on an in-memory host: what the filter does with a request and its answer.
+
+use super::*;
+use crate::store::MemoryHost;
+
+const POLICY: &str = r#"{"version":1,"window_s":60,"endpoints":[
+    {"template":"POST /pay","entry":true},
+    {"template":"POST /confirm","prerequisites":["POST /pay"]},
+    {"template":"GET /items","entry":true,
+     "rate":{"p50":1,"p90":2,"p99":3,"limit":3}}],
+  "transitions":[{"from":"^","to":"POST /pay","count":9},
+    {"from":"POST /pay","to":"POST /confirm","count":9},
+    {"from":"^","to":"GET /items","count":9}]}"#;
+
+fn settings(mode: &str) -> Settings {
+    let json = format!(
+        r#"{{"mode":"{mode}","session":{{"sources":[{{"cookie":"session"}}]}},"policy":{POLICY}}}"#
+    );
+    Settings::from_json(json.as_bytes()).unwrap()
+}
+
+struct World {
+    settings: Settings,
+    model: Model,
+    base: Normaliser,
+    host: MemoryHost,
+    delta: LearnStats,
+}
+
+impl World {
+    fn new(mode: &str) -> World {
+        let settings = settings(mode);
+        let policy = settings.policy.clone().unwrap();
+        let model = Model::compile(&policy, &settings).unwrap();
+        let base = base_normaliser(&settings, &Registry::default());
+        World {
+            settings,
+            model,
+            base,
+            host: MemoryHost::default(),
+            delta: LearnStats::default(),
+        }
+    }
+
+    /// One exchange: the request's step, and (unless it was answered locally) the
+    /// upstream's `status`.
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        session: &str,
+        status: u16,
+        now: u64,
+    ) -> RequestStep {
+        let scope = Scope {
+            settings: &self.settings,
+            model: Some(&self.model),
+            registry_map: &[],
+            base_normaliser: &self.base,
+            started: 1,
+            relearns: false,
+        };
+        let cookie = format!("session={session}");
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", method.as_bytes()),
+            (b":path", path.as_bytes()),
+            (b"cookie", cookie.as_bytes()),
+            (b"x-request-id", b"req-1"),
+            (b"X-Flowguard-Verdict", b"allow"),
+        ];
+        let mut exchange = Exchange::default();
+        let now_ms = now * 1000;
+        let step = exchange
+            .request(&scope, &mut self.host, &headers, now_ms, 1, &mut self.delta)
+            .unwrap();
+        if step.reply.is_none() {
+            exchange
+                .response_head(&scope, &mut self.host, status, now_ms, &mut self.delta)
+                .unwrap();
+        }
+        step
+    }
+}
+
+fn header<'a>(step: &'a RequestStep, name: &str) -> Option<&'a str> {
+    step.set
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_skipped_step_is_refused_in_enforce() {
+    let mut w = World::new("enforce");
+    let step = w.call("POST", "/confirm", "a", 200, 1_000);
+    let reply = step.reply.expect("a local reply");
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.body,
+        r#"{"error":"request blocked","request_id":"req-1"}"#
+    );
+    assert_eq!(
+        reply.headers,
+        vec![("content-type", "application/json".to_owned())]
+    );
+    assert_eq!(step.counts.outcome, Some(Outcome::Block { status: 403 }));
+    assert_eq!(
+        step.strip,
+        vec![b"X-Flowguard-Verdict".to_vec()],
+        "client header stripped"
+    );
+}
+
+#[test]
+fn the_answer_completes_the_step_so_the_next_passes() {
+    let mut w = World::new("enforce");
+    let pay = w.call("POST", "/pay", "b", 200, 1_000);
+    assert!(pay.reply.is_none());
+    assert_eq!(header(&pay, VERDICT_HEADER), Some("allow"));
+    let session = header(&pay, SESSION_HEADER).expect("session header");
+    assert_eq!(session.len(), 16);
+    let confirm = w.call("POST", "/confirm", "b", 200, 1_001);
+    assert!(confirm.reply.is_none(), "{confirm:?}");
+    assert_eq!(header(&confirm, VERDICT_HEADER), Some("allow"));
+    assert_eq!(header(&confirm, SESSION_HEADER), Some(session));
+}
+
+#[test]
+fn a_failed_step_completes_nothing() {
+    let mut w = World::new("enforce");
+    w.call("POST", "/pay", "c", 402, 1_000);
+    let confirm = w.call("POST", "/confirm", "c", 200, 1_001);
+    assert_eq!(confirm.reply.map(|r| r.status), Some(403));
+}
+
+#[test]
+fn a_flood_gets_429_with_retry_after() {
+    let mut w = World::new("enforce");
+    let replies: Vec<_> = (0..10)
+        .filter_map(|_| w.call("GET", "/items", "d", 200, 1_000).reply)
+        .collect();
+    assert!(!replies.is_empty(), "the flood was refused");
+    assert!(replies.len() <= 7, "the burst passed: {}", replies.len());
+    let reply = &replies[0];
+    assert_eq!(reply.status, 429);
+    let retry = reply
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "retry-after")
+        .map(|(_, v)| v.parse::<u32>().unwrap());
+    assert!(retry.is_some_and(|s| s >= 1), "{reply:?}");
+    // Another session is not affected.
+    assert!(w.call("GET", "/items", "e", 200, 1_000).reply.is_none());
+}
+
+#[test]
+fn monitor_annotates_instead_of_blocking() {
+    let mut w = World::new("monitor");
+    let step = w.call("POST", "/confirm", "f", 200, 1_000);
+    assert!(step.reply.is_none());
+    let verdict = header(&step, VERDICT_HEADER).unwrap_or_default();
+    assert!(
+        verdict.starts_with("block; rules=order.missing_prerequisite"),
+        "{verdict}"
+    );
+    assert!(header(&step, SESSION_HEADER).is_some());
+}
+
+#[test]
+fn learn_passes_untouched_and_counts() {
+    let settings =
+        Settings::from_json(br#"{"mode":"learn","session":{"sources":[{"cookie":"session"}]}}"#)
+            .unwrap();
+    let base = base_normaliser(&settings, &Registry::default());
+    let scope = Scope {
+        settings: &settings,
+        model: None,
+        registry_map: &[],
+        base_normaliser: &base,
+        started: 1,
+        relearns: false,
+    };
+    let mut host = MemoryHost::default();
+    let mut delta = LearnStats::default();
+    for (i, path) in ["/pay", "/confirm"].iter().enumerate() {
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":path", path.as_bytes()),
+            (b"cookie", b"session=g"),
+        ];
+        let mut x = Exchange::default();
+        let now_ms = 1_000_000 + i as u64;
+        let step = x
+            .request(&scope, &mut host, &headers, now_ms, 1, &mut delta)
+            .unwrap();
+        assert_eq!(step.decision, Some(Decision::Pass));
+        assert!(step.set.is_empty() && step.reply.is_none());
+        let done = x
+            .response_head(&scope, &mut host, 200, now_ms, &mut delta)
+            .unwrap();
+        assert!(done.completed);
+    }
+    assert_eq!(delta.requests, 2);
+    let (reg, _) = host.get(REGISTRY_KEY).unwrap();
+    assert_eq!(
+        Registry::decode(&reg.unwrap()).len(),
+        2,
+        "templates registered"
+    );
+}
+
+#[test]
+fn no_session_no_judgement() {
+    let mut w = World::new("enforce");
+    let scope = Scope {
+        settings: &w.settings,
+        model: Some(&w.model),
+        registry_map: &[],
+        base_normaliser: &w.base,
+        started: 1,
+        relearns: false,
+    };
+    let headers: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", b"/confirm")];
+    let step = Exchange::default()
+        .request(&scope, &mut w.host, &headers, 1_000_000, 1, &mut w.delta)
+        .unwrap();
+    assert!(step.counts.sessionless && step.reply.is_none() && step.set.is_empty());
+}
+
+#[test]
+fn the_fallback_request_id_is_unique_and_plain() {
+    let r = local_reply(429, 0, None, 0xab, 7);
+    assert_eq!(
+        r.body,
+        r#"{"error":"request blocked","request_id":"fg-00000000000000ab-7"}"#
+    );
+    assert!(r.headers.contains(&("retry-after", "1".to_owned())));
+    assert!(!is_safe_id("a\"b") && !is_safe_id("") && is_safe_id("x-1_Y"));
+}
