@@ -94,13 +94,14 @@ impl Http {
         }
     }
 
-    /// Forgets a question still in flight (the stream ended while paused): Envoy cancels
-    /// the callout with the stream; the worker's count of waiting requests goes down.
+    /// Forgets a question still in flight (the stream ended while paused). The callout is
+    /// not cancelled: the host owns gRPC calls by the root context, so its answer still
+    /// comes within the deadline and the SDK forgets the token then (a cancelled call
+    /// never answers, and the SDK would keep its token forever).
     fn stop_asking(&mut self) {
-        let Some(token) = self.asking.take() else {
+        if self.asking.take().is_none() {
             return;
-        };
-        let _ = host::cancel_grpc_call(token);
+        }
         if let Ok(mut guard) = self.worker.try_borrow_mut() {
             if let Some(w) = guard.as_mut() {
                 w.fleet_waiting = w.fleet_waiting.saturating_sub(1);
