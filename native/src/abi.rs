@@ -1,0 +1,730 @@
+//! Envoy's dynamic-module C ABI, as flowguard uses it: every `unsafe` line of the crate.
+//!
+//! Declared by hand from Envoy's `source/extensions/dynamic_modules/abi/abi.h` (ABI
+//! `v0.2.0`, Envoy 1.40). Envoy resolves every HTTP-filter event hook by name when a
+//! filter configuration is created and refuses the configuration if one is missing, so
+//! all 30 are exported, the unused ones doing nothing. A panic never crosses the ABI:
+//! every hook runs its body under `catch_unwind` and fails open (the request continues).
+//!
+//! Buffers cross as `{ptr, length}` pairs passed by value; statuses are C enums
+//! (`int`-sized; 0 is Continue).
+#![allow(unsafe_code)]
+
+use crate::{counted, fired, rule_counter, Counter, Filter, Level, Stream, COUNTERS};
+use flowguard_engine::rule::Rule;
+use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// The ABI version this module is built against (`ENVOY_DYNAMIC_MODULES_ABI_VERSION`).
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// A buffer Envoy owns (`envoy_dynamic_module_type_envoy_buffer`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+/// A buffer the module owns (`envoy_dynamic_module_type_module_buffer`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+/// A header Envoy owns (`envoy_dynamic_module_type_envoy_http_header`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// A header the module owns (`envoy_dynamic_module_type_module_http_header`).
+#[repr(C)]
+pub struct ModuleHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+type ConfigEnvoy = *mut c_void;
+type ConfigModule = *const c_void;
+type FilterEnvoy = *mut c_void;
+type FilterModule = *const c_void;
+
+// `envoy_dynamic_module_type_http_header_type`
+const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
+// `envoy_dynamic_module_type_attribute_id_SourceAddress`
+const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+// `..._on_http_filter_request_headers_status`
+const CONTINUE: u32 = 0;
+const STOP_ITERATION: u32 = 1;
+// `envoy_dynamic_module_type_metrics_result_Success`
+const METRICS_SUCCESS: u32 = 0;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_http_get_headers_size(filter: FilterEnvoy, kind: u32)
+        -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoy,
+        kind: u32,
+        result: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: FilterEnvoy,
+        kind: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_count: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoy,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoy,
+        status: u32,
+        headers: *mut ModuleHeader,
+        headers_count: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoy,
+        id: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: ConfigEnvoy,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoy,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+}
+
+fn module_buffer(bytes: &[u8]) -> ModuleBuffer {
+    ModuleBuffer {
+        ptr: bytes.as_ptr(),
+        length: bytes.len(),
+    }
+}
+
+const NULL_BUFFER: ModuleBuffer = ModuleBuffer {
+    ptr: std::ptr::null(),
+    length: 0,
+};
+
+/// Bytes Envoy owns, valid until the end of the current hook.
+///
+/// # Safety
+/// `ptr` must point at `length` readable bytes for the lifetime chosen.
+unsafe fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(ptr, length)
+    }
+}
+
+/// A line in Envoy's log (`[dynamic_modules]`).
+pub fn log(level: Level, message: &str) {
+    // SAFETY: the buffer is valid for the call; Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, module_buffer(message.as_bytes())) }
+}
+
+/// What Envoy holds for a filter configuration: the filter and its counters' ids.
+struct Config {
+    filter: Arc<Filter>,
+    counters: Counters,
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    ids: Vec<(Counter, usize)>,
+    rules: Vec<(Rule, usize)>,
+}
+
+/// One stream as Envoy holds it.
+struct StreamState {
+    stream: Stream,
+    counters: Counters,
+}
+
+fn define_counter(config: ConfigEnvoy, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: `config` is the pointer Envoy gave the config hook; `id` is a valid out slot.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_define_counter(
+            config,
+            module_buffer(name.as_bytes()),
+            std::ptr::null_mut(),
+            0,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+fn increment(filter: FilterEnvoy, id: usize) {
+    // SAFETY: `filter` is the stream's Envoy pointer, valid during the hook.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_increment_counter(
+            filter,
+            id,
+            std::ptr::null_mut(),
+            0,
+            1,
+        );
+    }
+}
+
+impl Counters {
+    fn count(&self, filter: FilterEnvoy, counter: Counter) {
+        if let Some((_, id)) = self.ids.iter().find(|(c, _)| *c == counter) {
+            increment(filter, *id);
+        }
+    }
+
+    fn rule(&self, filter: FilterEnvoy, rule: Rule) {
+        if let Some((_, id)) = self.rules.iter().find(|(r, _)| *r == rule) {
+            increment(filter, *id);
+        }
+    }
+}
+
+/// Runs a hook's body; a panic is logged and answered with `fallback` (fail open).
+fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(_) => {
+            // Even the log line must not unwind across the ABI.
+            let _ = catch_unwind(|| log(Level::Error, "flowguard: panic caught, failing open"));
+            fallback
+        }
+    }
+}
+
+fn request_headers(filter: FilterEnvoy) -> Vec<EnvoyHeader> {
+    // SAFETY: `filter` is valid during the hook; the vector has room for `n` headers.
+    unsafe {
+        let n = envoy_dynamic_module_callback_http_get_headers_size(filter, REQUEST_HEADER);
+        let mut headers = vec![
+            EnvoyHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            };
+            n
+        ];
+        if n == 0
+            || !envoy_dynamic_module_callback_http_get_headers(
+                filter,
+                REQUEST_HEADER,
+                headers.as_mut_ptr(),
+            )
+        {
+            headers.clear();
+        }
+        headers
+    }
+}
+
+fn client_address(filter: FilterEnvoy) -> Option<Vec<u8>> {
+    let mut out = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+    // SAFETY: `filter` is valid during the hook; the result is copied before it returns.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_get_attribute_string(
+            filter,
+            ATTRIBUTE_SOURCE_ADDRESS,
+            &mut out,
+        )
+        .then(|| envoy_bytes(out.ptr, out.length).to_vec())
+        .filter(|a| !a.is_empty())
+    }
+}
+
+fn set_header(filter: FilterEnvoy, name: &[u8], value: Option<&[u8]>) {
+    // SAFETY: both buffers are valid for the call; Envoy copies them.
+    unsafe {
+        envoy_dynamic_module_callback_http_set_header(
+            filter,
+            REQUEST_HEADER,
+            module_buffer(name),
+            value.map_or(NULL_BUFFER, module_buffer),
+        );
+    }
+}
+
+fn response_status(filter: FilterEnvoy) -> u16 {
+    let mut out = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+    // SAFETY: `filter` is valid during the hook; the value is parsed before it returns.
+    unsafe {
+        if !envoy_dynamic_module_callback_http_get_header(
+            filter,
+            RESPONSE_HEADER,
+            module_buffer(b":status"),
+            &mut out,
+            0,
+            std::ptr::null_mut(),
+        ) {
+            return 0;
+        }
+        std::str::from_utf8(envoy_bytes(out.ptr, out.length))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn send_response(filter: FilterEnvoy, status: u16, headers: &[(&str, String)], body: &str) {
+    let mut headers: Vec<ModuleHeader> = headers
+        .iter()
+        .map(|(k, v)| ModuleHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect();
+    // SAFETY: every buffer lives until the call returns; Envoy copies them.
+    unsafe {
+        envoy_dynamic_module_callback_http_send_response(
+            filter,
+            u32::from(status),
+            headers.as_mut_ptr(),
+            headers.len(),
+            module_buffer(body.as_bytes()),
+            module_buffer(b"flowguard_blocked"),
+        );
+    }
+}
+
+/// The module's state for `module` (a pointer `on_http_filter_new` returned).
+///
+/// # Safety
+/// `module` must be null or a live `StreamState` this module allocated.
+unsafe fn stream_state<'a>(module: FilterModule) -> Option<&'a mut StreamState> {
+    (module as *mut StreamState).as_mut()
+}
+
+// ------------------------------------------------------------------- event hooks
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr().cast()
+}
+
+/// # Safety
+/// Envoy passes its config pointer and two buffers valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoy,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModule {
+    let config = envoy_bytes(config.ptr, config.length);
+    let _ = name;
+    guarded(std::ptr::null(), || {
+        let filter = match Filter::new(config, log) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                log(
+                    Level::Critical,
+                    &format!("flowguard: invalid plugin configuration: {e}"),
+                );
+                return std::ptr::null();
+            }
+        };
+        let counters = Counters {
+            ids: COUNTERS
+                .iter()
+                .filter_map(|(c, name)| Some((*c, define_counter(config_envoy, name)?)))
+                .collect(),
+            rules: Rule::ALL
+                .iter()
+                .filter_map(|r| Some((*r, define_counter(config_envoy, &rule_counter(*r))?)))
+                .collect(),
+        };
+        log(
+            Level::Info,
+            &format!(
+                "flowguard: native module configured, mode {:?}",
+                filter.settings.mode
+            ),
+        );
+        Box::into_raw(Box::new(Config { filter, counters })) as ConfigModule
+    })
+}
+
+/// # Safety
+/// `config` is a pointer `on_http_filter_config_new` returned, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ConfigModule) {
+    if !config.is_null() {
+        let config = Box::from_raw(config as *mut Config);
+        guarded((), move || drop(config));
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    _config: EnvoyBuffer,
+) -> *const c_void {
+    // No per-route configuration: refused.
+    std::ptr::null()
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    _config: *const c_void,
+) {
+}
+
+/// # Safety
+/// `config` is a live pointer `on_http_filter_config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModule,
+    _filter: FilterEnvoy,
+) -> FilterModule {
+    let Some(config) = (config as *const Config).as_ref() else {
+        return std::ptr::null();
+    };
+    guarded(std::ptr::null(), || {
+        let state = StreamState {
+            stream: config.filter.stream(),
+            counters: config.counters.clone(),
+        };
+        Box::into_raw(Box::new(state)) as FilterModule
+    })
+}
+
+/// # Safety
+/// Envoy passes the stream's pointers, valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter: FilterEnvoy,
+    module: FilterModule,
+    _end_of_stream: bool,
+) -> u32 {
+    let Some(state) = stream_state(module) else {
+        return CONTINUE;
+    };
+    guarded(CONTINUE, || {
+        let raw = request_headers(filter);
+        // SAFETY: Envoy's header buffers stay valid until the hook returns or a setter is
+        // called; they are only read before the first `set_header` below.
+        let pairs: Vec<(&[u8], &[u8])> = raw
+            .iter()
+            .map(|h| unsafe {
+                (
+                    envoy_bytes(h.key_ptr, h.key_length),
+                    envoy_bytes(h.value_ptr, h.value_length),
+                )
+            })
+            .collect();
+        let step = match state.stream.request(&pairs, || client_address(filter)) {
+            Ok(step) => step,
+            Err(e) => {
+                state.counters.count(filter, Counter::Requests);
+                state.counters.count(filter, Counter::HostErrors);
+                log(
+                    Level::Debug,
+                    &format!("flowguard: request: host error {e:?}"),
+                );
+                return CONTINUE;
+            }
+        };
+        drop(pairs);
+        for name in &step.strip {
+            set_header(filter, name, None);
+        }
+        for counter in counted(&step) {
+            state.counters.count(filter, counter);
+        }
+        for rule in fired(&step) {
+            state.counters.rule(filter, rule);
+        }
+        if let Some(reply) = &step.reply {
+            send_response(filter, reply.status, &reply.headers, &reply.body);
+            return STOP_ITERATION;
+        }
+        for (name, value) in &step.set {
+            set_header(filter, name.as_bytes(), Some(value.as_bytes()));
+        }
+        CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy passes the stream's pointers, valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter: FilterEnvoy,
+    module: FilterModule,
+    _end_of_stream: bool,
+) -> u32 {
+    let Some(state) = stream_state(module) else {
+        return CONTINUE;
+    };
+    guarded(CONTINUE, || {
+        let status = response_status(filter);
+        if let Err(e) = state
+            .stream
+            .response_head(status, || client_address(filter))
+        {
+            state.counters.count(filter, Counter::HostErrors);
+            log(
+                Level::Debug,
+                &format!("flowguard: response: host error {e:?}"),
+            );
+        }
+        CONTINUE
+    })
+}
+
+/// # Safety
+/// `module` is a pointer `on_http_filter_new` returned, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: FilterModule) {
+    if !module.is_null() {
+        let state = Box::from_raw(module as *mut StreamState);
+        guarded((), move || drop(state));
+    }
+}
+
+// Hooks flowguard does not use: Envoy refuses a module without them.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _end_of_stream: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _end_of_stream: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _response_code: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const EnvoyHeader,
+    _headers_size: usize,
+    _body: *const EnvoyBuffer,
+    _body_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _stream_id: u64,
+    _headers: *const EnvoyHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _stream_id: u64,
+    _trailers: *const EnvoyHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter: FilterEnvoy,
+    _module: FilterModule,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const EnvoyHeader,
+    _headers_size: usize,
+    _body: *const EnvoyBuffer,
+    _body_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _stream_id: u64,
+    _headers: *const EnvoyHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _stream_id: u64,
+    _trailers: *const EnvoyHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _config_envoy: ConfigEnvoy,
+    _config: ConfigModule,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}

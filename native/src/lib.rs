@@ -1,0 +1,409 @@
+//! flowguard as an Envoy dynamic module: the engine's exchange (`engine::exchange`) over
+//! in-process state, loaded by `envoy.filters.http.dynamic_modules`.
+//!
+//! One [`Filter`] per filter configuration (Envoy's `filter_config`, the same JSON as the
+//! Wasm filter's plugin configuration), shared by every worker thread: a bounded sharded
+//! slot table ([`table::Table`], Envoy shared data's compare-and-swap semantics), the
+//! installed model behind an `RwLock<Arc<…>>` swapped whole, and the learning counters
+//! behind a `Mutex`, merged after each exchange. When `learning.min_sessions` and
+//! `learning.min_requests` are met the policy is compiled and the model swapped in, as
+//! the Wasm filter's tick does.
+//!
+//! Everything here is safe Rust and testable without Envoy; `abi` holds every `unsafe`
+//! line: the hooks Envoy resolves and the callbacks the module calls.
+
+#[cfg(not(test))]
+pub mod abi;
+pub mod table;
+
+use flowguard_engine::config::Settings;
+use flowguard_engine::endpoint::Normaliser;
+use flowguard_engine::endpoint_set::EndpointId;
+use flowguard_engine::exchange::{self, Exchange, RequestStep, ResponseStep, Scope, REGISTRY_KEY};
+use flowguard_engine::learn::{self, LearnStats, Registry};
+use flowguard_engine::model::Model;
+use flowguard_engine::rule::Rule;
+use flowguard_engine::verdict::Outcome;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use table::{Table, TableError, TableHost};
+
+/// Log levels, as Envoy numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug = 1,
+    Info = 2,
+    Error = 4,
+    Critical = 5,
+}
+
+/// Where log lines go (Envoy's log in the module; a test's buffer in tests).
+pub type Log = fn(Level, &str);
+
+/// Counters, under the Wasm filter's names (`flowguard.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Requests,
+    Sessionless,
+    Allow,
+    Flag,
+    Block,
+    LocalReplies,
+    SessionsNew,
+    Evictions,
+    SlotConflicts,
+    Midflow,
+    HostErrors,
+}
+
+pub const COUNTERS: [(Counter, &str); 11] = [
+    (Counter::Requests, "flowguard.requests"),
+    (Counter::Sessionless, "flowguard.requests_without_session"),
+    (Counter::Allow, "flowguard.verdict.allow"),
+    (Counter::Flag, "flowguard.verdict.flag"),
+    (Counter::Block, "flowguard.verdict.block"),
+    (Counter::LocalReplies, "flowguard.local_replies"),
+    (Counter::SessionsNew, "flowguard.sessions.new"),
+    (Counter::Evictions, "flowguard.slots.evictions"),
+    (Counter::SlotConflicts, "flowguard.slots.conflicts"),
+    (Counter::Midflow, "flowguard.sessions.midflow"),
+    (Counter::HostErrors, "flowguard.host_errors"),
+];
+
+/// The counter name of a rule (`flowguard.rule.<id>`).
+pub fn rule_counter(rule: Rule) -> String {
+    format!("flowguard.rule.{}", rule.id())
+}
+
+/// What the host counts for a request step.
+pub fn counted(step: &RequestStep) -> impl Iterator<Item = Counter> {
+    let c = step.counts;
+    [
+        (true, Counter::Requests),
+        (c.sessionless, Counter::Sessionless),
+        (c.slot_conflict, Counter::SlotConflicts),
+        (c.new_session, Counter::SessionsNew),
+        (c.eviction, Counter::Evictions),
+        (c.midflow, Counter::Midflow),
+        (c.outcome == Some(Outcome::Allow), Counter::Allow),
+        (c.outcome == Some(Outcome::Flag), Counter::Flag),
+        (
+            matches!(c.outcome, Some(Outcome::Block { .. })),
+            Counter::Block,
+        ),
+        (step.reply.is_some(), Counter::LocalReplies),
+    ]
+    .into_iter()
+    .filter_map(|(on, counter)| on.then_some(counter))
+}
+
+/// The rules a counted verdict fired.
+pub fn fired(step: &RequestStep) -> impl Iterator<Item = Rule> {
+    step.verdict
+        .filter(|_| step.counts.outcome.is_some())
+        .map(|v| v.fired)
+        .into_iter()
+        .flat_map(|f| f.iter().collect::<Vec<_>>())
+}
+
+/// The installed model with what goes with it; swapped whole.
+pub struct Installed {
+    pub model: Option<Model>,
+    /// Learning-registry id to model id, for slots recorded while learning.
+    pub registry_map: Vec<Option<EndpointId>>,
+    /// Normalises while learning.
+    pub base: Normaliser,
+    /// How many learned variable positions `base` holds.
+    prefixes: usize,
+}
+
+struct Learner {
+    stats: LearnStats,
+    /// Requests merged since the registry was last looked at.
+    since_sync: u32,
+}
+
+/// How often (requests) learning looks at the registry for new variable positions.
+const SYNC_EVERY: u32 = 32;
+
+/// One filter configuration: settings and the state every worker shares.
+pub struct Filter {
+    pub settings: Settings,
+    table: Table,
+    installed: RwLock<Arc<Installed>>,
+    learner: Mutex<Learner>,
+    started: AtomicU32,
+    serial: AtomicU64,
+    log: Log,
+}
+
+/// One stream's exchange and the filter it belongs to.
+pub struct Stream {
+    pub filter: Arc<Filter>,
+    pub exchange: Exchange,
+    /// The model the request was judged with (its answer is settled with the same one).
+    installed: Option<Arc<Installed>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Filter {
+    /// Parses the configuration JSON (the Wasm filter's), compiling a configured policy.
+    /// The error names the offending key.
+    pub fn new(json: &[u8], log: Log) -> Result<Filter, String> {
+        let settings = Settings::from_json(json).map_err(|e| e.to_string())?;
+        let model = match &settings.policy {
+            Some(policy) => {
+                Some(Model::compile(policy, &settings).map_err(|e| format!("policy.{e}"))?)
+            }
+            None => None,
+        };
+        let base = exchange::base_normaliser(&settings, &Registry::default());
+        let table = Table::for_capacity(settings.session.capacity);
+        Ok(Filter {
+            installed: RwLock::new(Arc::new(Installed {
+                model,
+                registry_map: Vec::new(),
+                base,
+                prefixes: 0,
+            })),
+            learner: Mutex::new(Learner {
+                stats: LearnStats::default(),
+                since_sync: 0,
+            }),
+            started: AtomicU32::new(0),
+            serial: AtomicU64::new(0),
+            table,
+            settings,
+            log,
+        })
+    }
+
+    /// The installed model (and what goes with it).
+    pub fn installed(&self) -> Arc<Installed> {
+        self.installed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn scope<'a>(&'a self, installed: &'a Installed) -> Scope<'a> {
+        Scope {
+            settings: &self.settings,
+            model: installed.model.as_ref(),
+            registry_map: &installed.registry_map,
+            base_normaliser: &installed.base,
+            started: self.started.load(Ordering::Relaxed),
+            relearns: false,
+        }
+    }
+
+    pub fn stream(self: &Arc<Self>) -> Stream {
+        Stream {
+            filter: self.clone(),
+            exchange: Exchange::default(),
+            installed: None,
+        }
+    }
+
+    /// Merges an exchange's learning counters; compiles and installs the model when the
+    /// thresholds are met.
+    fn learn(&self, delta: LearnStats) {
+        if self.settings.policy.is_some() || self.installed().model.is_some() {
+            return;
+        }
+        let ready = {
+            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
+            if !delta.is_empty() {
+                learner.stats.merge(&delta);
+            }
+            learner.since_sync = learner.since_sync.saturating_add(1);
+            let sync = learner.since_sync >= SYNC_EVERY;
+            if sync {
+                learner.since_sync = 0;
+            }
+            let installed = self.installed();
+            if installed.model.is_some() {
+                return;
+            }
+            if learner.stats.is_ready(&self.settings.learning) {
+                Some(std::mem::take(&mut learner.stats))
+            } else {
+                if sync {
+                    self.sync_normaliser(&installed);
+                }
+                None
+            }
+        };
+        if let Some(stats) = ready {
+            self.compile(&stats);
+        }
+    }
+
+    fn registry(&self) -> Registry {
+        match self.table.get(REGISTRY_KEY) {
+            Ok((Some(bytes), _)) => Registry::decode(&bytes),
+            _ => Registry::default(),
+        }
+    }
+
+    /// Learning normalises with the registry's learned variable positions.
+    fn sync_normaliser(&self, installed: &Installed) {
+        let registry = self.registry();
+        let prefixes = registry.variable_prefixes().len();
+        if prefixes == installed.prefixes {
+            return;
+        }
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.model.is_none() {
+            *slot = Arc::new(Installed {
+                model: None,
+                registry_map: Vec::new(),
+                base: exchange::base_normaliser(&self.settings, &registry),
+                prefixes,
+            });
+        }
+    }
+
+    /// Compiles the learned policy and swaps the model in.
+    fn compile(&self, stats: &LearnStats) {
+        let registry = self.registry();
+        let s = &self.settings;
+        let policy = learn::compile(stats, &registry, &s.learning, &s.limits, 1);
+        let model = match Model::compile(&policy, s) {
+            Ok(m) => m,
+            Err(e) => {
+                (self.log)(
+                    Level::Error,
+                    &format!("flowguard: learned policy is invalid: {e}"),
+                );
+                return;
+            }
+        };
+        let registry_map = registry
+            .templates()
+            .iter()
+            .map(|t| {
+                let (method, path) = t.split_once(' ').unwrap_or(("", t));
+                let mut out = String::new();
+                model.normaliser.normalise(method, path, &mut out);
+                model.endpoint(&out)
+            })
+            .collect();
+        (self.log)(
+            Level::Info,
+            &format!(
+                "flowguard: learned policy version {} from {} sessions, {} requests: {}",
+                policy.version,
+                stats.sessions,
+                stats.requests,
+                policy.to_json()
+            ),
+        );
+        (self.log)(
+            Level::Info,
+            &format!(
+                "flowguard: model version {} active ({} endpoints)",
+                model.version,
+                model.len()
+            ),
+        );
+        let base = exchange::base_normaliser(s, &registry);
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *slot = Arc::new(Installed {
+            model: Some(model),
+            registry_map,
+            base,
+            prefixes: registry.variable_prefixes().len(),
+        });
+    }
+}
+
+impl Stream {
+    /// The request step; `address` reads the client address (`ip:port`) when the engine
+    /// needs it. A table error fails open (the request passes; counted).
+    pub fn request(
+        &mut self,
+        headers: &[(&[u8], &[u8])],
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<RequestStep, TableError> {
+        let filter = self.filter.clone();
+        let now_ms = now_ms();
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let _ = filter
+            .started
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let installed = filter.installed();
+        let serial = filter.serial.fetch_add(1, Ordering::Relaxed);
+        let mut delta = LearnStats::default();
+        let mut host = TableHost {
+            table: &filter.table,
+            address,
+        };
+        let step = self
+            .exchange
+            .request(
+                &filter.scope(&installed),
+                &mut host,
+                headers,
+                now_ms,
+                serial,
+                &mut delta,
+            )
+            .map_err(store_error);
+        self.installed = Some(installed);
+        filter.learn(delta);
+        step
+    }
+
+    /// The response step, from the answer's status.
+    pub fn response_head(
+        &mut self,
+        status: u16,
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<ResponseStep, TableError> {
+        let filter = self.filter.clone();
+        let Some(installed) = self.installed.take() else {
+            return Ok(ResponseStep::default());
+        };
+        let mut delta = LearnStats::default();
+        let mut host = TableHost {
+            table: &filter.table,
+            address,
+        };
+        let step = self
+            .exchange
+            .response_head(
+                &filter.scope(&installed),
+                &mut host,
+                status,
+                now_ms(),
+                &mut delta,
+            )
+            .map_err(store_error);
+        if !delta.is_empty() {
+            filter.learn(delta);
+        }
+        step
+    }
+}
+
+fn store_error(e: flowguard_engine::store::StoreError<TableError>) -> TableError {
+    match e {
+        flowguard_engine::store::StoreError::Host(e) => e,
+        flowguard_engine::store::StoreError::Contended => TableError::Contended,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! The native host's shared state: a sharded, bounded in-process key-value table with
+//! Envoy shared data's compare-and-swap semantics, behind [`store::Host`].
+//!
+//! Every key carries a version token; a write with a stale token loses (`Ok(false)`), a
+//! write with token 0 is unconditional. The engine bounds the keys it writes (`fg/s/<n>`
+//! and `fg/a/<n>` up to `session.capacity` each, a few others); the table also refuses a
+//! new key beyond its `max_keys`, so its memory is bounded whatever the traffic.
+
+use flowguard_engine::store::Host;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+const SHARDS: usize = 16;
+
+/// Why the table did not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableError {
+    /// A shard's lock was poisoned (a panic while it was held).
+    Poisoned,
+    /// A new key beyond the bound.
+    Full,
+    /// Every compare-and-swap attempt of an update lost its race.
+    Contended,
+}
+
+#[derive(Default)]
+struct Shard {
+    values: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+pub struct Table {
+    shards: [Mutex<Shard>; SHARDS],
+    hasher: RandomState,
+    /// New keys each shard may still take.
+    max_per_shard: usize,
+}
+
+impl Table {
+    /// A table of at most about `max_keys` keys (rounded up to a multiple of the shards).
+    pub fn new(max_keys: usize) -> Table {
+        Table {
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            hasher: RandomState::new(),
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// The bound for `capacity` session slots: as many address slots, and room for the
+    /// learning registry, counters and model keys.
+    pub fn for_capacity(capacity: u32) -> Table {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        Table::new(capacity.saturating_mul(2).saturating_add(64 * SHARDS))
+    }
+
+    /// The shard of `key`, locked. A lock poisoned by a panic is taken over: the
+    /// values are plain bytes, each written whole.
+    fn shard(&self, key: &str) -> Result<std::sync::MutexGuard<'_, Shard>, TableError> {
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+        Ok(self
+            .shards
+            .get(index)
+            .ok_or(TableError::Poisoned)?
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), TableError> {
+        let shard = self.shard(key)?;
+        Ok(shard
+            .values
+            .get(key)
+            .map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
+    }
+
+    /// Writes `value` if the key's token is still `cas` (0: unconditionally).
+    pub fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, TableError> {
+        let mut shard = self.shard(key)?;
+        let max = self.max_per_shard;
+        let shard = &mut *shard;
+        shard.next_cas = shard.next_cas.wrapping_add(1).max(1);
+        let token = shard.next_cas;
+        let full = shard.values.len() >= max;
+        match shard.values.get_mut(key) {
+            Some((_, current)) if cas != 0 && cas != *current => Ok(false),
+            Some((old, current)) => {
+                old.clear();
+                old.extend_from_slice(value);
+                *current = token;
+                Ok(true)
+            }
+            None if cas != 0 => Ok(false), // the key the token named is gone
+            None if full => Err(TableError::Full),
+            None => {
+                shard.values.insert(key.to_owned(), (value.to_vec(), token));
+                Ok(true)
+            }
+        }
+    }
+
+    /// How many keys hold a value.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.values.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The table as one request's [`Host`]: the client address comes from `address`, asked
+/// only when the engine needs it.
+pub struct TableHost<'a, F: FnMut() -> Option<Vec<u8>>> {
+    pub table: &'a Table,
+    pub address: F,
+}
+
+impl<F: FnMut() -> Option<Vec<u8>>> Host for TableHost<'_, F> {
+    type Error = TableError;
+
+    fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), TableError> {
+        self.table.get(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, TableError> {
+        self.table.set(key, value, cas)
+    }
+
+    fn client_address(&mut self) -> Result<Option<Vec<u8>>, TableError> {
+        Ok((self.address)())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowguard_engine::store::{self, StoreError};
+
+    #[test]
+    fn a_stale_token_loses() {
+        let t = Table::new(100);
+        assert_eq!(t.set("k", b"a", 0), Ok(true));
+        let (_, cas) = t.get("k").unwrap();
+        assert_eq!(t.set("k", b"b", cas), Ok(true));
+        assert_eq!(t.set("k", b"c", cas), Ok(false), "token used");
+        assert_eq!(t.get("k").unwrap().0.as_deref(), Some(&b"b"[..]));
+        assert_eq!(t.set("absent", b"x", 7), Ok(false));
+        assert_eq!(t.get("absent").unwrap(), (None, 0));
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let t = Table::new(SHARDS * 2);
+        let refused = (0..1000)
+            .filter(|i| t.set(&format!("k{i}"), b"v", 0) == Err(TableError::Full))
+            .count();
+        assert!(refused > 0);
+        assert!(t.len() <= SHARDS * 2, "{}", t.len());
+        // Known keys are still written.
+        let (_, cas) = t.get("k0").unwrap();
+        if cas != 0 {
+            assert_eq!(t.set("k0", b"w", cas), Ok(true));
+        }
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let t = std::sync::Arc::new(Table::new(100));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut host = TableHost {
+                        table: &t,
+                        address: || None,
+                    };
+                    let mut done = 0;
+                    while done < 500 {
+                        let r = store::update(&mut host, "n", |b| {
+                            let n = b.map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()));
+                            Some((n + 1).to_le_bytes().to_vec())
+                        });
+                        match r {
+                            Ok(true) => done += 1,
+                            Err(StoreError::Contended) => {}
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let (n, _) = t.get("n").unwrap();
+        assert_eq!(u32::from_le_bytes(n.unwrap().try_into().unwrap()), 2000);
+    }
+}

@@ -1,0 +1,75 @@
+//! The native host without Envoy: configuration, the exchange over the table, learning.
+
+use super::*;
+
+fn quiet(_: Level, _: &str) {}
+
+const POLICY: &str = r#"{"version":1,"window_s":60,"endpoints":[
+    {"template":"POST /pay","entry":true},
+    {"template":"POST /confirm","prerequisites":["POST /pay"]}],
+  "transitions":[{"from":"^","to":"POST /pay","count":9},
+    {"from":"POST /pay","to":"POST /confirm","count":9}]}"#;
+
+fn call(filter: &Arc<Filter>, method: &str, path: &str, session: &str, status: u16) -> RequestStep {
+    let cookie = format!("session={session}");
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", method.as_bytes()),
+        (b":path", path.as_bytes()),
+        (b"cookie", cookie.as_bytes()),
+    ];
+    let mut stream = filter.stream();
+    let step = stream.request(&headers, || None).unwrap();
+    if step.reply.is_none() {
+        stream.response_head(status, || None).unwrap();
+    }
+    step
+}
+
+#[test]
+fn a_bad_configuration_names_its_key() {
+    let err = Filter::new(br#"{"mode":"enforce","sesion":{}}"#, quiet)
+        .err()
+        .unwrap();
+    assert!(err.contains("sesion"), "{err}");
+    let err = Filter::new(br#"{"session":{"capacity":"x"}}"#, quiet)
+        .err()
+        .unwrap();
+    assert!(err.starts_with("session.capacity"), "{err}");
+}
+
+#[test]
+fn a_configured_policy_enforces_from_the_first_request() {
+    let json = format!(
+        r#"{{"mode":"enforce","session":{{"sources":[{{"cookie":"session"}}]}},"policy":{POLICY}}}"#
+    );
+    let filter = Arc::new(Filter::new(json.as_bytes(), quiet).unwrap());
+    let skip = call(&filter, "POST", "/confirm", "a", 200);
+    assert_eq!(skip.reply.map(|r| r.status), Some(403));
+    assert!(call(&filter, "POST", "/pay", "b", 200).reply.is_none());
+    let step = call(&filter, "POST", "/confirm", "b", 200);
+    assert!(step.reply.is_none());
+    assert!(counted(&step).any(|c| c == Counter::Allow));
+}
+
+#[test]
+fn learns_in_process_then_enforces() {
+    let json = br#"{"mode":"enforce","session":{"sources":[{"cookie":"session"}]},
+        "learning":{"min_sessions":50,"min_requests":150,"min_routes":1,"confidence":0.9,"prerequisite_ratio":0.9}}"#;
+    let filter = Arc::new(Filter::new(json, quiet).unwrap());
+    for i in 0..60 {
+        let s = format!("s{i}");
+        call(&filter, "GET", "/items", &s, 200);
+        call(&filter, "POST", "/pay", &s, 200);
+        call(&filter, "POST", "/confirm", &s, 200);
+    }
+    let installed = filter.installed();
+    let model = installed.model.as_ref().expect("a model was learned");
+    assert!(model.len() >= 3, "{}", model.len());
+    let step = call(&filter, "POST", "/confirm", "attacker", 200);
+    assert_eq!(
+        step.reply.map(|r| r.status),
+        Some(403),
+        "{:?}",
+        step.verdict
+    );
+}
