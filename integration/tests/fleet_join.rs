@@ -40,8 +40,12 @@ const POLICY: &str = r#"{"version":3,"endpoints":[
 /// A flowguard Envoy reporting to `collector`. Sampling is off and the regular flush is
 /// slow: what the fleet knows comes from the prompt reports alone.
 fn proxy(shop: &ShopServer, collector: &Collector, midflow: &str) -> Envoy {
+    proxy_in("enforce", shop, collector, midflow)
+}
+
+fn proxy_in(mode: &str, shop: &ShopServer, collector: &Collector, midflow: &str) -> Envoy {
     let json = format!(
-        r#"{{"mode":"enforce","session":{{"midflow":{midflow}}},"policy":{POLICY},
+        r#"{{"mode":"{mode}","session":{{"midflow":{midflow}}},"policy":{POLICY},
             "collector":{{"cluster":"flowguard_collector","node":"fleet","sample_rate":0.0,
                          "flush_interval_ms":5000,"timeout_ms":1000,"policy_interval_ms":0}}}}"#
     );
@@ -299,6 +303,31 @@ fn the_fleets_evidence_lets_customers_in_and_every_skip_is_blocked() {
         .count();
     println!("the same skips at a proxy without the fleet's evidence: {passed} of 50 passed");
     assert_eq!(passed, 50);
+
+    // In monitor the fleet is asked too, so the verdict the upstream is told is the one
+    // enforce would act on: a moved customer is not said to skip, a skipper is.
+    let monitor = proxy_in("monitor", &shop, &collector, r#"{"always":true}"#);
+    let at_monitor = Client::new(&monitor.url);
+    let (customer, order) = &customers[0];
+    let moved = Customer {
+        cookie: customer.cookie.clone(),
+        ip: customer.ip.clone(),
+    };
+    let told = moved.confirm(&at_monitor, *order);
+    let verdict = told.upstream_verdict().unwrap_or_default().to_owned();
+    assert!(
+        told.status == 200 && !verdict.contains("order.missing_prerequisite"),
+        "{verdict}"
+    );
+    let (skipper, order) = &skippers[1];
+    let told = skipper.confirm(&at_monitor, *order);
+    let verdict = told.upstream_verdict().unwrap_or_default().to_owned();
+    assert!(
+        told.status == 200
+            && verdict.starts_with("block")
+            && verdict.contains("order.missing_prerequisite"),
+        "{verdict}"
+    );
 }
 
 /// A raw request whose client gives up after `wait`: the stream is reset while the
