@@ -10,7 +10,7 @@ ENVOY_VERSION := 1.40.0
 # features (minutes of CI).
 NATIVE := --workspace --exclude flowguard-filter
 
-.PHONY: help build venv npm-testdata postgres prometheus demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
+.PHONY: help build native venv npm-testdata postgres prometheus demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -20,6 +20,11 @@ build: ## build flowguard.wasm (release, size-optimised) into target/
 	cargo build -p flowguard-filter --target $(WASM_TARGET) --release
 	cp target/$(WASM_TARGET)/release/flowguard_filter.wasm $(WASM)
 	@ls -l $(WASM)
+
+native: ## build flowguard as an Envoy dynamic module (native, speed-optimised) into target/libflowguard.so
+	cargo build -p flowguard-native --profile native
+	cp target/native/libflowguard.so target/libflowguard.so
+	@ls -l target/libflowguard.so
 
 build-crash: ## a test-only build with the crash switch (for Envoy failure-policy tests)
 	cargo build -q -p flowguard-filter --features crash-switch --target $(WASM_TARGET) --release
@@ -71,7 +76,7 @@ postgres:
 prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus)
 
-test-integration: build build-crash venv npm-testdata postgres prometheus ## real Envoy + real filter + demo shop + real collector
+test-integration: build build-crash native venv npm-testdata postgres prometheus ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
 	cargo test $(NATIVE) --test '*' -- --test-threads 2
 

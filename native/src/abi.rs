@@ -375,7 +375,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         log(
             Level::Info,
             &format!(
-                "flowguard: native module configured, mode {:?}",
+                "flowguard: configured (native module), mode {:?}",
                 filter.settings.mode
             ),
         );
