@@ -6,6 +6,7 @@ pub mod collector;
 pub mod envoy;
 pub mod library;
 pub mod library_traffic;
+pub mod native_envoy;
 pub mod oci;
 pub mod patience;
 pub mod pki;

@@ -1,0 +1,88 @@
+//! A real Envoy 1.40 running flowguard's native build (`make native`:
+//! `target/libflowguard.so`, loaded by `envoy.filters.http.dynamic_modules`) instead of the
+//! Wasm filter: the same bootstrap as [`crate::envoy::bootstrap_yaml`], the filter swapped.
+
+use crate::envoy::{bootstrap_yaml, repo_root, Envoy, EnvoyConfig};
+use std::path::{Path, PathBuf};
+
+/// The module built by `make native`.
+pub fn module_path() -> Result<PathBuf, String> {
+    let path = repo_root().join("target/libflowguard.so");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no module at {}: run `make native` first",
+            path.display()
+        ))
+    }
+}
+
+/// The dynamic-module filter entry carrying `filter_json`.
+fn native_filter(filter_json: &str, module: &Path) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    let configuration = serde_json::to_string(filter_json).unwrap_or_default();
+    let module = serde_json::to_string(&module.display().to_string()).unwrap_or_default();
+    format!(
+        r#"          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                module: {{ local: {{ filename: {module} }} }}
+              filter_name: flowguard
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {configuration}
+"#
+    )
+}
+
+/// The bootstrap of [`bootstrap_yaml`] with the Wasm filter replaced by the module.
+pub fn native_yaml(cfg: &EnvoyConfig, module: &Path) -> Result<String, String> {
+    let wasm = bootstrap_yaml(cfg, Path::new("unused.wasm"));
+    let start = wasm
+        .find("          - name: envoy.filters.http.wasm")
+        .ok_or("no Wasm filter in the bootstrap")?;
+    let end = wasm
+        .find("          - name: envoy.filters.http.router")
+        .ok_or("no router in the bootstrap")?;
+    let (head, tail) = (wasm.get(..start), wasm.get(end..));
+    match (head, tail) {
+        (Some(head), Some(tail)) => Ok(format!(
+            "{head}{}{tail}",
+            native_filter(&cfg.filter_json, module)
+        )),
+        _ => Err("bootstrap out of order".into()),
+    }
+}
+
+/// Starts Envoy with the native module and waits until it is ready.
+pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
+    let yaml = native_yaml(cfg, &module_path()?)?;
+    Envoy::start_yaml(&yaml, cfg.concurrency, "info")
+}
+
+/// Runs Envoy with the native module and `cfg`, expecting it to refuse to start; its log.
+pub fn expect_refusal(cfg: &EnvoyConfig) -> Result<String, String> {
+    match start(cfg) {
+        Ok(envoy) => Err(format!(
+            "Envoy started with a bad configuration:\n{}",
+            envoy.log()
+        )),
+        Err(log) => Ok(log),
+    }
+}
+
+/// A counter the native module defines (`flowguard.…`), whatever prefix Envoy gives
+/// dynamic-module stats; 0 if absent.
+pub fn counter(envoy: &Envoy, name: &str) -> u64 {
+    let body = envoy
+        .admin_get(&format!("/stats?filter={}$", name.replace('.', "\\.")))
+        .map(|r| r.1)
+        .unwrap_or_default();
+    body.lines()
+        .filter_map(|l| l.rsplit_once(": "))
+        .filter(|(k, _)| k.ends_with(name))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
