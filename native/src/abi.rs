@@ -13,7 +13,6 @@
 use crate::{counted, fired, rule_counter, Counter, Filter, Level, Stream, COUNTERS};
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The ABI version this module is built against (`ENVOY_DYNAMIC_MODULES_ABI_VERSION`).
@@ -214,14 +213,7 @@ impl Counters {
 
 /// Runs a hook's body; a panic is logged and answered with `fallback` (fail open).
 fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(v) => v,
-        Err(_) => {
-            // Even the log line must not unwind across the ABI.
-            let _ = catch_unwind(|| log(Level::Error, "flowguard: panic caught, failing open"));
-            fallback
-        }
-    }
+    crate::guarded(fallback, log, body)
 }
 
 fn request_headers(filter: FilterEnvoy) -> Vec<EnvoyHeader> {

@@ -272,6 +272,37 @@ impl Filter {
         }
     }
 
+    /// From now on, requests to `endpoint` (of model `version`) are checked against their
+    /// client address's failures: it answered 401/403 (the learning sample may have held
+    /// none). The model is copied with the note and swapped in, once per endpoint.
+    fn note_auth_failure(&self, version: u64, endpoint: EndpointId) {
+        let noted = |i: &Installed| {
+            i.model
+                .as_ref()
+                .is_none_or(|m| m.version != version || m.checks_address(Some(endpoint)))
+        };
+        if noted(&self.installed()) {
+            return;
+        }
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if noted(&slot) {
+            return;
+        }
+        let mut model = slot.model.clone();
+        if let Some(m) = model.as_mut() {
+            m.note_auth_failure(endpoint);
+        }
+        *slot = Arc::new(Installed {
+            model,
+            registry_map: slot.registry_map.clone(),
+            base: slot.base.clone(),
+            prefixes: slot.prefixes,
+        });
+    }
+
     /// Compiles the learned policy and swaps the model in.
     fn compile(&self, stats: &LearnStats) {
         let registry = self.registry();
@@ -394,7 +425,33 @@ impl Stream {
         if !delta.is_empty() {
             filter.learn(delta);
         }
+        let version = installed.model.as_ref().map(|m| m.version);
+        if let (
+            Ok(ResponseStep {
+                auth_failure: Some(Some(endpoint)),
+                ..
+            }),
+            Some(version),
+        ) = (&step, version)
+        {
+            filter.note_auth_failure(version, *endpoint);
+        }
         step
+    }
+}
+
+/// Runs `body`; a panic is answered with `fallback` (fail open) and reported to `log`.
+/// Every ABI hook runs under it: a panic must never unwind into Envoy.
+pub fn guarded<T>(fallback: T, log: Log, body: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(_) => {
+            // Even the log line must not unwind across the ABI.
+            let _ = std::panic::catch_unwind(|| {
+                log(Level::Error, "flowguard: panic caught, failing open")
+            });
+            fallback
+        }
     }
 }
 

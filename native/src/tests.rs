@@ -73,3 +73,47 @@ fn learns_in_process_then_enforces() {
         step.verdict
     );
 }
+
+#[test]
+fn a_panic_is_caught_and_fails_open() {
+    static LOGGED: AtomicU32 = AtomicU32::new(0);
+    fn count(_: Level, _: &str) {
+        LOGGED.fetch_add(1, Ordering::Relaxed);
+    }
+    #[allow(clippy::panic)]
+    let v = guarded(7, count, || panic!("boom"));
+    assert_eq!(v, 7);
+    assert_eq!(LOGGED.load(Ordering::Relaxed), 1);
+    assert_eq!(guarded(7, count, || 8), 8);
+}
+
+#[test]
+fn a_login_seen_failing_is_checked_against_its_address_from_then_on() {
+    // The policy saw no failed login: only the answers teach that the login is one.
+    let json = br#"{"mode":"enforce","session":{"sources":[{"cookie":"session"}]},
+        "policy":{"version":1,"address_auth_failures":{"p50":0,"p90":0,"p99":0,"limit":3},"endpoints":[{"template":"POST /login","entry":true}],
+          "transitions":[{"from":"^","to":"POST /login","count":9}]}}"#;
+    let filter = Arc::new(Filter::new(json, quiet).unwrap());
+    let login = |session: &str, status: u16| {
+        let cookie = format!("session={session}");
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":path", b"/login"),
+            (b"cookie", cookie.as_bytes()),
+        ];
+        let mut stream = filter.stream();
+        let address = || Some(b"192.0.2.7:4000".to_vec());
+        let step = stream.request(&headers, address).unwrap();
+        if step.reply.is_none() {
+            stream.response_head(status, address).unwrap();
+        }
+        step
+    };
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| login(&format!("v{i}"), 401).reply.map_or(401, |r| r.status))
+        .collect();
+    assert!(
+        statuses.contains(&429),
+        "credential stuffing refused: {statuses:?}"
+    );
+}
