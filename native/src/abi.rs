@@ -371,6 +371,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 filter.settings.mode
             ),
         );
+        if filter.settings.collector.is_some() {
+            log(
+                Level::Warn,
+                "flowguard: collector: not supported by the native module yet (no telemetry, fleet policy or fleet answers)",
+            );
+        }
         Box::into_raw(Box::new(Config { filter, counters })) as ConfigModule
     })
 }

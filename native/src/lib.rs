@@ -33,6 +33,7 @@ use table::{Table, TableError, TableHost};
 pub enum Level {
     Debug = 1,
     Info = 2,
+    Warn = 3,
     Error = 4,
     Critical = 5,
 }
