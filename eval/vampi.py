@@ -239,7 +239,16 @@ def start_vampi(py: str, vampi_dir: str, run_dir: str) -> tuple[Proc, int]:
                # phases from turning into expired-token 401s.
                tokentimetolive="600")
     p = Proc("VAmPI", [py, "-c", LAUNCHER], vampi_dir, env, os.path.join(run_dir, "vampi.log"))
-    wait_until("VAmPI", lambda: http_get(port, "/")[0] == 200, 30, [p])
+    try:
+        wait_until("VAmPI", lambda: http_get(port, "/")[0] == 200, 30, [p])
+        create_db(port)
+    except BaseException:
+        p.stop()
+        raise
+    return p, port
+
+
+def create_db(port: int) -> None:
     # /createdb gives its three users a book "bookTitle<random 0-99>" each; a repeated
     # number breaks the titles' unique constraint (500, about 3 % of runs): ask again.
     for _ in range(5):
@@ -248,7 +257,6 @@ def start_vampi(py: str, vampi_dir: str, run_dir: str) -> tuple[Proc, int]:
             break
     if status != 200:
         raise RuntimeError(f"VAmPI /createdb answered {status}: {body!r}")
-    return p, port
 
 
 # ------------------------------------------------------------------------------ Envoy
@@ -351,7 +359,8 @@ class Envoy:
         try:
             self.admin_port = int(wait_until("Envoy admin", admin, 30, [self.proc]).rsplit(":", 1)[1])
             wait_until("Envoy /ready", lambda: self.admin("/ready")[0] == 200, 30, [self.proc])
-        except RuntimeError as e:
+        except BaseException as e:
+            self.proc.stop()
             raise RuntimeError(f"{e}\n--- Envoy log ---\n{self.log()[-4000:]}") from None
         listeners = json.loads(self.admin("/listeners?format=json")[1])
         self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
