@@ -5,27 +5,32 @@
 //!
 //! Steps: [`Exchange::request`] (strip client-sent `x-flowguard-*` headers, derive the
 //! session, normalise, judge, decide: pass, headers for the upstream, or a local reply),
-//! [`Exchange::response_head`] (the answer's status: a completed step is recorded in the
-//! session's slot by compare-and-swap, a 401/403 counted against the client address).
-//! The exchange ends when it is dropped: nothing is held but the pending step.
+//! [`Exchange::response_head`] (the answer's head: a completed step is recorded in the
+//! session's slot by compare-and-swap, a 401/403 counted against the client address, a
+//! new session cookie noted for the hand-over; a 2xx JSON answer whose outcome depends on
+//! its body waits for it), [`Exchange::response_body`] (each chunk: the bounded body a
+//! deferred outcome or a login's token is judged from, the sensitive-data scan), and
+//! [`Exchange::finish`] (the stream ended: a deferred outcome stands as its status).
 //!
-//! Not here yet (still only in the Wasm filter): a failure judged from the answer's body,
-//! identity hand-over, the sensitive-data scan, telemetry events and the fleet callout.
+//! Not here yet (still only in the Wasm filter): telemetry events and the fleet callout.
 
 use crate::config::Settings;
 use crate::decision::Decision;
 use crate::endpoint::Normaliser;
 use crate::endpoint_set::EndpointId;
+use crate::failure;
 use crate::fingerprint::hex;
 use crate::fleet_join::Fleet;
-use crate::judge::{Judge, Judged, Located};
+use crate::handover;
+use crate::judge::{read_slot, Judge, Judged, Located};
 use crate::learn::{LearnStats, Registry};
 use crate::model::Model;
 use crate::rule::{Action as RuleAction, Rule};
+use crate::sensitive::Scanner;
 use crate::session::{self, Source};
 use crate::slot::{is_auth_failure, is_success, Slot, Visit};
 use crate::slot_table::Placement;
-use crate::store::{self, Host, StoreError};
+use crate::store::{self, Host, StoreError, CAS_RETRIES};
 use crate::verdict::{Outcome, Request, Verdict};
 
 /// The session the upstream is told (16 hex digits of the fingerprint).
@@ -101,6 +106,61 @@ pub struct Pending {
     pub retry: bool,
     /// Learning counts what this exchange shows about its endpoint.
     pub endpoint_facts: bool,
+    /// A configured login (`endpoints.failure.auth`): a failure by body is an
+    /// authentication failure.
+    pub auth_step: bool,
+    /// Its answer may carry the next identity's token (`session.handover.templates`).
+    pub handover_step: bool,
+}
+
+/// What the response phase needs from an answer's headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// 0 when missing or unreadable.
+    pub status: u16,
+    /// `content-type` names JSON.
+    pub json: bool,
+    pub content_length: Option<u64>,
+    /// The session a configured session cookie in `set-cookie` starts.
+    pub cookie_session: Option<u64>,
+}
+
+impl ResponseHead {
+    /// Reads the answer's `(name, value)` header pairs.
+    pub fn from_headers(settings: &Settings, pairs: &[(&[u8], &[u8])]) -> ResponseHead {
+        let mut head = ResponseHead::default();
+        let reads_cookie = settings.session.reads_set_cookie();
+        for (name, value) in pairs {
+            if *name == b":status" {
+                head.status = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                head.json = value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                head.content_length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            } else if reads_cookie
+                && head.cookie_session.is_none()
+                && name.eq_ignore_ascii_case(b"set-cookie")
+            {
+                head.cookie_session = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| handover::from_set_cookie(&settings.session.sources, v))
+                    .map(|key| fingerprint(settings, &key));
+            }
+        }
+        head
+    }
+}
+
+fn fingerprint(settings: &Settings, key: &session::SessionKey<'_>) -> u64 {
+    settings
+        .session
+        .fingerprinter
+        .fingerprint(key.kind, key.value.as_bytes())
 }
 
 /// A local reply: the client learns that it was blocked, never which rule fired.
@@ -149,15 +209,31 @@ pub struct ResponseStep {
     /// A 401/403 answer on this endpoint (or on an unknown one): from now on requests to
     /// it are checked against their address's failures (`Model::note_auth_failure`).
     pub auth_failure: Option<Option<EndpointId>>,
+    /// The session's flow was continued in the identity its answer issued.
+    pub handed_over: bool,
+    /// Every compare-and-swap attempt of the hand-over lost its race.
+    pub slot_conflict: bool,
+    /// The answer carried more sensitive data than its endpoint's answers normally do
+    /// (`response.sensitive_data`, a flag).
+    pub sensitive: bool,
 }
 
 /// One exchange: what the response phase needs from the request phase.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Exchange {
     pub pending: Option<Pending>,
     /// A request without a session whose 401/403 answer counts against its client
     /// address, with its endpoint (if known).
     pub address_watch: Option<Option<EndpointId>>,
+    /// A 2xx JSON answer whose outcome waits for its body, with its status, and the body
+    /// read so far (at most `failure::MAX_BODY`).
+    deferred: Option<(Pending, u16)>,
+    body: Vec<u8>,
+    /// The session the answer's `set-cookie` hands this one over to.
+    handover_to: Option<u64>,
+    /// The answer being scanned for sensitive data, and the request it answers.
+    scanner: Option<Scanner>,
+    scanned: Option<Pending>,
 }
 
 /// The request's headers as the host read them.
@@ -335,9 +411,12 @@ impl Exchange {
                 delta.observe_request(e, &visit, known);
             }
         }
-        self.pending = request
-            .endpoint
-            .map(|e| pending_for(scope, e, &request, &located, &visit, fingerprint, learns));
+        self.pending = request.endpoint.map(|e| {
+            let mut p = pending_for(scope, e, &request, &located, &visit, fingerprint, learns);
+            p.auth_step = settings.endpoints.failure.auth.contains(&template);
+            p.handover_step = settings.session.handover.templates.contains(&template);
+            p
+        });
         step.verdict = Some(verdict);
         step.decision = Some(decision);
         if decision.acts() {
@@ -411,30 +490,228 @@ impl Exchange {
         Ok(())
     }
 
-    /// The response step: the answer's `status` settles the pending step (recorded in the
-    /// slot by compare-and-swap; learning counts it), and a 401/403 counts against the
-    /// client address.
+    /// The response-head step: the answer's status settles the pending step (recorded in
+    /// the slot by compare-and-swap; learning counts it), a 401/403 counts against the
+    /// client address, and a new session cookie is noted for the hand-over. A 2xx JSON
+    /// answer whose outcome depends on its body (`endpoints.failure`, or a login whose
+    /// token is in its body) is settled by [`Exchange::response_body`] or
+    /// [`Exchange::finish`]; so is the sensitive-data scan. `end_of_stream`: no body
+    /// follows.
     pub fn response_head<H: Host>(
         &mut self,
         scope: &Scope,
         host: &mut H,
-        status: u16,
+        head: &ResponseHead,
+        end_of_stream: bool,
         now_ms: u64,
         delta: &mut LearnStats,
     ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let settings = scope.settings;
         let mut step = ResponseStep::default();
+        let status = head.status;
+        let pending = self.pending.take();
         if let (Some(endpoint), true) = (self.address_watch.take(), is_auth_failure(status)) {
             step.auth_failure = Some(endpoint);
             record_address_failure(scope, host, now_ms, delta)?;
         }
-        if let Some(p) = self.pending.take() {
-            step.completed = settle(scope, host, p, status, now_ms, delta)?;
-            if is_auth_failure(status) {
-                step.auth_failure = Some(Some(p.endpoint));
-            }
+        if let (true, Some(p)) = (is_success(status), pending) {
+            self.handover_to = head.cookie_session.filter(|to| *to != p.fingerprint);
+        }
+        let defer = !end_of_stream
+            && is_success(status)
+            && head.json
+            && (!settings.endpoints.failure.is_empty() || pending.is_some_and(|p| p.handover_step));
+        if let (true, Some(p)) = (defer, pending) {
+            self.deferred = Some((p, status));
+            self.body.clear();
+        } else if let Some(p) = pending {
+            let to = self.handover_to.take();
+            self.settled(scope, host, p, status, to, now_ms, delta, &mut step)?;
+        }
+        let inspect = settings.rules.get(Rule::SensitiveData) != RuleAction::Off
+            && !end_of_stream
+            && (200..300).contains(&status)
+            && head.json
+            && head
+                .content_length
+                .is_none_or(|l| l <= u64::from(settings.sensitive.max_bytes));
+        if inspect {
+            self.scanner = Some(Scanner::default());
+            self.scanned = pending;
         }
         Ok(step)
     }
+
+    /// Whether the host should hand this exchange the answer's body.
+    pub fn wants_body(&self) -> bool {
+        self.deferred.is_some() || self.scanner.is_some()
+    }
+
+    /// The response-body step: one chunk of the answer (`end_of_stream`: the last). The
+    /// chunk streams on unchanged; only a bounded prefix (deferred outcome) and a short
+    /// tail (the scanner) are kept.
+    pub fn response_body<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        chunk: &[u8],
+        end_of_stream: bool,
+        now_ms: u64,
+        delta: &mut LearnStats,
+    ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let mut step = ResponseStep::default();
+        if self.deferred.is_some() {
+            let room = failure::MAX_BODY.saturating_sub(self.body.len());
+            if chunk.len() > room {
+                self.settle_deferred(scope, host, false, now_ms, delta, &mut step)?;
+            } else {
+                self.body.extend_from_slice(chunk);
+                if end_of_stream {
+                    self.settle_deferred(scope, host, true, now_ms, delta, &mut step)?;
+                }
+            }
+        }
+        let settings = scope.settings;
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Ok(step);
+        };
+        let max = usize::try_from(settings.sensitive.max_bytes).unwrap_or(usize::MAX);
+        if scanner.scanned.saturating_add(chunk.len()) > max {
+            self.scanner = None; // too large to inspect: it streams untouched
+            return Ok(step);
+        }
+        scanner.feed(chunk, &settings.sensitive.fields, end_of_stream);
+        if end_of_stream {
+            let findings = scanner.findings;
+            self.scanner = None;
+            // An answer that straddled a model install names its endpoint in the old ids.
+            if self.scanned.is_some_and(|p| p.epoch != scope.epoch()) {
+                return Ok(step);
+            }
+            if let Some(p) = self.scanned.filter(|p| p.endpoint_facts) {
+                delta.observe_sensitive(p.endpoint, &findings);
+            }
+            let endpoint = self.scanned.map(|p| p.endpoint);
+            step.sensitive = scope
+                .model
+                .is_some_and(|m| m.sensitive_beyond_normal(endpoint, &findings));
+        }
+        Ok(step)
+    }
+
+    /// The stream ended (completed, reset or cut short): an outcome still waiting for its
+    /// body stands as its status (fail open: a customer's step is never lost).
+    pub fn finish<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        now_ms: u64,
+        delta: &mut LearnStats,
+    ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let mut step = ResponseStep::default();
+        self.settle_deferred(scope, host, false, now_ms, delta, &mut step)?;
+        self.scanner = None;
+        Ok(step)
+    }
+
+    /// Records the deferred outcome: judged by the body when `judge`, else as its status.
+    fn settle_deferred<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        judge: bool,
+        now_ms: u64,
+        delta: &mut LearnStats,
+        step: &mut ResponseStep,
+    ) -> Result<(), StoreError<H::Error>> {
+        let Some((pending, status)) = self.deferred.take() else {
+            return Ok(());
+        };
+        let settings = scope.settings;
+        let status = if judge {
+            settings
+                .endpoints
+                .failure
+                .effective_status(status, pending.auth_step, &self.body)
+        } else {
+            status
+        };
+        let token_session = (judge && pending.handover_step)
+            .then(|| {
+                let field = settings.session.handover.json_field.as_deref()?;
+                handover::from_body(&settings.session.sources, &self.body, field)
+                    .map(|key| fingerprint(settings, &key))
+            })
+            .flatten();
+        self.body = Vec::new();
+        let to = self.handover_to.take().or(token_session);
+        self.settled(scope, host, pending, status, to, now_ms, delta, step)
+    }
+
+    /// Records a step's outcome, then hands the session over to the identity its answer
+    /// issued (`to`: by a cookie, or a token in the body), so the step goes with it.
+    #[allow(clippy::too_many_arguments)]
+    fn settled<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        p: Pending,
+        status: u16,
+        to: Option<u64>,
+        now_ms: u64,
+        delta: &mut LearnStats,
+        step: &mut ResponseStep,
+    ) -> Result<(), StoreError<H::Error>> {
+        step.completed = settle(scope, host, p, status, now_ms, delta)?;
+        if is_auth_failure(status) {
+            step.auth_failure = Some(Some(p.endpoint));
+        }
+        if let (Some(to), true) = (to, is_success(status)) {
+            match hand_over(scope, host, p, to, now_ms)? {
+                Some(true) => step.handed_over = true,
+                Some(false) => {}
+                None => step.slot_conflict = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Continues the flow of `p`'s session in session `to`'s slot, claiming one for it if it
+/// has none. `Some(true)`: handed over; `Some(false)`: nothing to continue; `None`: every
+/// compare-and-swap attempt lost.
+fn hand_over<H: Host>(
+    scope: &Scope,
+    host: &mut H,
+    p: Pending,
+    to: u64,
+    now_ms: u64,
+) -> Result<Option<bool>, StoreError<H::Error>> {
+    if to == p.fingerprint {
+        return Ok(Some(false));
+    }
+    let (from, _) = read_slot(host, store::slot_key(p.index))?;
+    let Some(from) = from.filter(|s| s.fingerprint == p.fingerprint && s.model_version == p.epoch)
+    else {
+        return Ok(Some(false)); // the slot changed hands meanwhile
+    };
+    let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+    let judge = scope.judge();
+    for _ in 0..CAS_RETRIES {
+        let mut located = judge.locate(host, to, now)?;
+        if located.slot.model_version != p.epoch {
+            return Ok(Some(false)); // another policy's step ids
+        }
+        located.slot.continue_from(&from);
+        if host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+            if located.placement != Placement::Own {
+                // A new identity from this address: it carries one more customer.
+                judge.carry(host, None, to, now)?;
+            }
+            return Ok(Some(true));
+        }
+    }
+    Ok(None)
 }
 
 /// Records a step's outcome in its slot (`filter/src/http.rs` `on_response`). Returns
@@ -557,6 +834,8 @@ fn pending_for(
         learn: learns && visit.learn && !request.weak_session,
         retry: visit.retry,
         endpoint_facts: learns && visit.learn,
+        auth_step: false,
+        handover_step: false,
     }
 }
 

@@ -207,3 +207,49 @@ fn a_bad_configuration_is_refused_at_load_naming_the_key() {
         assert!(line.contains("critical"), "logged as critical: {line}");
     }
 }
+
+#[test]
+fn the_native_module_reads_answers_hands_over_and_scans() {
+    let shop = ShopServer::start().expect("shop starts");
+    let json = r#"{"mode":"enforce","session":{"midflow":{"budget":0}},
+        "policy":{"version":1,"endpoints":[
+          {"template":"POST /api/auth/session","entry":true},
+          {"template":"POST /api/orders","prerequisites":["POST /api/auth/session"]},
+          {"template":"GET /api/users","entry":true}],
+          "transitions":[{"from":"^","to":"POST /api/auth/session","count":9},
+                         {"from":"POST /api/auth/session","to":"POST /api/orders","count":9},
+                         {"from":"^","to":"GET /api/users","count":9}]}}"#;
+    let envoy = native(json, &shop);
+    let client = Client::new(&envoy.url);
+
+    // A web login replaces the session cookie: the login step goes with it.
+    let mut customer = Session::new(&client);
+    let login = customer.cookie_login();
+    assert_eq!(login.status, 200);
+    assert!(login.set_cookie.is_some(), "the shop issued a new cookie");
+    let order = customer.call("POST", "/api/orders", None);
+    assert_eq!(
+        order.status, 201,
+        "the new identity continues the flow: {order:?}"
+    );
+    let mut skipper = Session::new(&client);
+    assert_blocked(&skipper.call("POST", "/api/orders", None), 403);
+    eventually("the hand-over counted", || {
+        (native_envoy::counter(&envoy, "flowguard.sessions.handovers") >= 1).then_some(())
+    })
+    .unwrap();
+
+    // An answer leaking e-mails and card numbers, which no learned baseline allows: flagged
+    // from its streamed body, and passed on untouched.
+    let mut reader = Session::new(&client);
+    let users = reader.call("GET", "/api/users", None);
+    assert_eq!(users.status, 200);
+    assert!(
+        users.body.contains("4111 1111 1111 1111"),
+        "the body streams on"
+    );
+    eventually("the sensitive-data flag counted", || {
+        (native_envoy::counter(&envoy, "flowguard.rule.response.sensitive_data") >= 1).then_some(())
+    })
+    .unwrap();
+}

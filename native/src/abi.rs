@@ -10,7 +10,10 @@
 //! (`int`-sized; 0 is Continue).
 #![allow(unsafe_code)]
 
-use crate::{counted, fired, rule_counter, Counter, Filter, Level, Stream, COUNTERS};
+use crate::{
+    counted, counted_response, fired, rule_counter, Counter, Filter, Level, Stream, COUNTERS,
+};
+use flowguard_engine::exchange::ResponseStep;
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
@@ -61,6 +64,8 @@ type FilterModule = *const c_void;
 // `envoy_dynamic_module_type_http_header_type`
 const REQUEST_HEADER: u32 = 0;
 const RESPONSE_HEADER: u32 = 2;
+// `envoy_dynamic_module_type_http_body_type_ReceivedResponseBody`
+const RECEIVED_RESPONSE_BODY: u32 = 2;
 // `envoy_dynamic_module_type_attribute_id_SourceAddress`
 const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 // `..._on_http_filter_request_headers_status`
@@ -78,14 +83,6 @@ extern "C" {
         kind: u32,
         result: *mut EnvoyHeader,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_get_header(
-        filter: FilterEnvoy,
-        kind: u32,
-        key: ModuleBuffer,
-        result: *mut EnvoyBuffer,
-        index: usize,
-        optional_count: *mut usize,
-    ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterEnvoy,
         kind: u32,
@@ -100,6 +97,15 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: FilterEnvoy,
+        body_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterEnvoy,
+        body_type: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: FilterEnvoy,
         id: u32,
@@ -216,10 +222,10 @@ fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     crate::guarded(fallback, log, body)
 }
 
-fn request_headers(filter: FilterEnvoy) -> Vec<EnvoyHeader> {
+fn headers(filter: FilterEnvoy, kind: u32) -> Vec<EnvoyHeader> {
     // SAFETY: `filter` is valid during the hook; the vector has room for `n` headers.
     unsafe {
-        let n = envoy_dynamic_module_callback_http_get_headers_size(filter, REQUEST_HEADER);
+        let n = envoy_dynamic_module_callback_http_get_headers_size(filter, kind);
         let mut headers = vec![
             EnvoyHeader {
                 key_ptr: std::ptr::null(),
@@ -230,15 +236,52 @@ fn request_headers(filter: FilterEnvoy) -> Vec<EnvoyHeader> {
             n
         ];
         if n == 0
-            || !envoy_dynamic_module_callback_http_get_headers(
-                filter,
-                REQUEST_HEADER,
-                headers.as_mut_ptr(),
-            )
+            || !envoy_dynamic_module_callback_http_get_headers(filter, kind, headers.as_mut_ptr())
         {
             headers.clear();
         }
         headers
+    }
+}
+
+/// Envoy's headers as `(name, value)` slices.
+///
+/// # Safety
+/// Valid until the hook returns or a header setter is called.
+unsafe fn pairs(raw: &[EnvoyHeader]) -> Vec<(&[u8], &[u8])> {
+    raw.iter()
+        .map(|h| {
+            (
+                envoy_bytes(h.key_ptr, h.key_length),
+                envoy_bytes(h.value_ptr, h.value_length),
+            )
+        })
+        .collect()
+}
+
+/// The chunks of the answer's body received in this event.
+fn response_chunks(filter: FilterEnvoy) -> Vec<EnvoyBuffer> {
+    // SAFETY: `filter` is valid during the hook; the vector has room for `n` buffers.
+    unsafe {
+        let n =
+            envoy_dynamic_module_callback_http_get_body_chunks_size(filter, RECEIVED_RESPONSE_BODY);
+        let mut chunks = vec![
+            EnvoyBuffer {
+                ptr: std::ptr::null(),
+                length: 0,
+            };
+            n
+        ];
+        if n == 0
+            || !envoy_dynamic_module_callback_http_get_body_chunks(
+                filter,
+                RECEIVED_RESPONSE_BODY,
+                chunks.as_mut_ptr(),
+            )
+        {
+            chunks.clear();
+        }
+        chunks
     }
 }
 
@@ -268,30 +311,6 @@ fn set_header(filter: FilterEnvoy, name: &[u8], value: Option<&[u8]>) {
             module_buffer(name),
             value.map_or(NULL_BUFFER, module_buffer),
         );
-    }
-}
-
-fn response_status(filter: FilterEnvoy) -> u16 {
-    let mut out = EnvoyBuffer {
-        ptr: std::ptr::null(),
-        length: 0,
-    };
-    // SAFETY: `filter` is valid during the hook; the value is parsed before it returns.
-    unsafe {
-        if !envoy_dynamic_module_callback_http_get_header(
-            filter,
-            RESPONSE_HEADER,
-            module_buffer(b":status"),
-            &mut out,
-            0,
-            std::ptr::null_mut(),
-        ) {
-            return 0;
-        }
-        std::str::from_utf8(envoy_bytes(out.ptr, out.length))
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
     }
 }
 
@@ -437,18 +456,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         return CONTINUE;
     };
     guarded(CONTINUE, || {
-        let raw = request_headers(filter);
+        let raw = headers(filter, REQUEST_HEADER);
         // SAFETY: Envoy's header buffers stay valid until the hook returns or a setter is
         // called; they are only read before the first `set_header` below.
-        let pairs: Vec<(&[u8], &[u8])> = raw
-            .iter()
-            .map(|h| unsafe {
-                (
-                    envoy_bytes(h.key_ptr, h.key_length),
-                    envoy_bytes(h.value_ptr, h.value_length),
-                )
-            })
-            .collect();
+        let pairs = unsafe { pairs(&raw) };
         let step = match state.stream.request(&pairs, || client_address(filter)) {
             Ok(step) => step,
             Err(e) => {
@@ -488,25 +499,96 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterEnvoy,
     module: FilterModule,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
     let Some(state) = stream_state(module) else {
         return CONTINUE;
     };
     guarded(CONTINUE, || {
-        let status = response_status(filter);
-        if let Err(e) = state
+        let raw = headers(filter, RESPONSE_HEADER);
+        // SAFETY: read before the hook returns; nothing is set meanwhile.
+        let pairs = unsafe { pairs(&raw) };
+        let step = state
             .stream
-            .response_head(status, || client_address(filter))
-        {
+            .response_head(&pairs, end_of_stream, || client_address(filter));
+        count_response(state, filter, step);
+        CONTINUE
+    })
+}
+
+fn count_response(
+    state: &StreamState,
+    filter: FilterEnvoy,
+    step: Result<ResponseStep, crate::table::TableError>,
+) {
+    match step {
+        Ok(step) => {
+            for counter in counted_response(&step) {
+                state.counters.count(filter, counter);
+            }
+            if step.sensitive {
+                state.counters.rule(filter, Rule::SensitiveData);
+            }
+        }
+        Err(e) => {
             state.counters.count(filter, Counter::HostErrors);
             log(
                 Level::Debug,
                 &format!("flowguard: response: host error {e:?}"),
             );
         }
+    }
+}
+
+/// # Safety
+/// Envoy passes the stream's pointers, valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    filter: FilterEnvoy,
+    module: FilterModule,
+    end_of_stream: bool,
+) -> u32 {
+    let Some(state) = stream_state(module) else {
+        return CONTINUE;
+    };
+    guarded(CONTINUE, || {
+        if !state.stream.wants_body() {
+            return CONTINUE;
+        }
+        let chunks = response_chunks(filter);
+        let last = chunks.len().saturating_sub(1);
+        if chunks.is_empty() && end_of_stream {
+            let step = state
+                .stream
+                .response_body(&[], true, || client_address(filter));
+            count_response(state, filter, step);
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            // SAFETY: Envoy's body buffers are valid until the hook returns.
+            let bytes = unsafe { envoy_bytes(chunk.ptr, chunk.length) };
+            let step = state
+                .stream
+                .response_body(bytes, end_of_stream && i == last, || client_address(filter));
+            count_response(state, filter, step);
+        }
         CONTINUE
     })
+}
+
+/// # Safety
+/// Envoy passes the stream's pointers, valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    filter: FilterEnvoy,
+    module: FilterModule,
+) {
+    let Some(state) = stream_state(module) else {
+        return;
+    };
+    guarded((), || {
+        let step = state.stream.finish(|| client_address(filter));
+        count_response(state, filter, step);
+    });
 }
 
 /// # Safety
@@ -539,27 +621,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter: FilterEnvoy,
-    _module: FilterModule,
-    _end_of_stream: bool,
-) -> u32 {
-    CONTINUE
-}
-
-#[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     _filter: FilterEnvoy,
     _module: FilterModule,
 ) -> u32 {
     CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter: FilterEnvoy,
-    _module: FilterModule,
-) {
 }
 
 #[no_mangle]

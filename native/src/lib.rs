@@ -19,7 +19,9 @@ pub mod table;
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::EndpointId;
-use flowguard_engine::exchange::{self, Exchange, RequestStep, ResponseStep, Scope, REGISTRY_KEY};
+use flowguard_engine::exchange::{
+    self, Exchange, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
+};
 use flowguard_engine::learn::{self, LearnStats, Registry};
 use flowguard_engine::model::Model;
 use flowguard_engine::rule::Rule;
@@ -54,10 +56,11 @@ pub enum Counter {
     Evictions,
     SlotConflicts,
     Midflow,
+    Handovers,
     HostErrors,
 }
 
-pub const COUNTERS: [(Counter, &str); 11] = [
+pub const COUNTERS: [(Counter, &str); 12] = [
     (Counter::Requests, "flowguard.requests"),
     (Counter::Sessionless, "flowguard.requests_without_session"),
     (Counter::Allow, "flowguard.verdict.allow"),
@@ -68,6 +71,7 @@ pub const COUNTERS: [(Counter, &str); 11] = [
     (Counter::Evictions, "flowguard.slots.evictions"),
     (Counter::SlotConflicts, "flowguard.slots.conflicts"),
     (Counter::Midflow, "flowguard.sessions.midflow"),
+    (Counter::Handovers, "flowguard.sessions.handovers"),
     (Counter::HostErrors, "flowguard.host_errors"),
 ];
 
@@ -93,6 +97,17 @@ pub fn counted(step: &RequestStep) -> impl Iterator<Item = Counter> {
             Counter::Block,
         ),
         (step.reply.is_some(), Counter::LocalReplies),
+    ]
+    .into_iter()
+    .filter_map(|(on, counter)| on.then_some(counter))
+}
+
+/// What the host counts for a response step (and the rule it flagged, if any).
+pub fn counted_response(step: &ResponseStep) -> impl Iterator<Item = Counter> {
+    [
+        (step.handed_over, Counter::Handovers),
+        (step.slot_conflict, Counter::SlotConflicts),
+        (step.sensitive, Counter::Flag),
     ]
     .into_iter()
     .filter_map(|(on, counter)| on.then_some(counter))
@@ -398,14 +413,62 @@ impl Stream {
         step
     }
 
-    /// The response step, from the answer's status.
+    /// The response-head step, from the answer's headers (`end_of_stream`: no body).
     pub fn response_head(
         &mut self,
-        status: u16,
+        headers: &[(&[u8], &[u8])],
+        end_of_stream: bool,
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<ResponseStep, TableError> {
+        let head = ResponseHead::from_headers(&self.filter.settings, headers);
+        self.respond(address, |x, scope, host, delta| {
+            x.response_head(scope, host, &head, end_of_stream, now_ms(), delta)
+        })
+    }
+
+    /// Whether the answer's body is wanted ([`Stream::response_body`]).
+    pub fn wants_body(&self) -> bool {
+        self.exchange.wants_body()
+    }
+
+    /// The response-body step: one chunk of the answer.
+    pub fn response_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<ResponseStep, TableError> {
+        self.respond(address, |x, scope, host, delta| {
+            x.response_body(scope, host, chunk, end_of_stream, now_ms(), delta)
+        })
+    }
+
+    /// The stream ended: what still waits for the body is settled by its status.
+    pub fn finish(
+        &mut self,
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<ResponseStep, TableError> {
+        let step = self.respond(address, |x, scope, host, delta| {
+            x.finish(scope, host, now_ms(), delta)
+        });
+        self.installed = None;
+        step
+    }
+
+    /// Runs a response step with the model the request was judged with.
+    fn respond<F: FnMut() -> Option<Vec<u8>>>(
+        &mut self,
+        address: F,
+        step: impl FnOnce(
+            &mut Exchange,
+            &Scope,
+            &mut TableHost<'_, F>,
+            &mut LearnStats,
+        )
+            -> Result<ResponseStep, flowguard_engine::store::StoreError<TableError>>,
+    ) -> Result<ResponseStep, TableError> {
         let filter = self.filter.clone();
-        let Some(installed) = self.installed.take() else {
+        let Some(installed) = self.installed.clone() else {
             return Ok(ResponseStep::default());
         };
         let mut delta = LearnStats::default();
@@ -413,16 +476,13 @@ impl Stream {
             table: &filter.table,
             address,
         };
-        let step = self
-            .exchange
-            .response_head(
-                &filter.scope(&installed),
-                &mut host,
-                status,
-                now_ms(),
-                &mut delta,
-            )
-            .map_err(store_error);
+        let step = step(
+            &mut self.exchange,
+            &filter.scope(&installed),
+            &mut host,
+            &mut delta,
+        )
+        .map_err(store_error);
         if !delta.is_empty() {
             filter.learn(delta);
         }

@@ -20,7 +20,10 @@ fn call(filter: &Arc<Filter>, method: &str, path: &str, session: &str, status: u
     let mut stream = filter.stream();
     let step = stream.request(&headers, || None).unwrap();
     if step.reply.is_none() {
-        stream.response_head(status, || None).unwrap();
+        let code = status.to_string();
+        let answer: Vec<(&[u8], &[u8])> = vec![(b":status", code.as_bytes())];
+        stream.response_head(&answer, true, || None).unwrap();
+        stream.finish(|| None).unwrap();
     }
     step
 }
@@ -105,7 +108,9 @@ fn a_login_seen_failing_is_checked_against_its_address_from_then_on() {
         let address = || Some(b"192.0.2.7:4000".to_vec());
         let step = stream.request(&headers, address).unwrap();
         if step.reply.is_none() {
-            stream.response_head(status, address).unwrap();
+            let code = status.to_string();
+            let answer: Vec<(&[u8], &[u8])> = vec![(b":status", code.as_bytes())];
+            stream.response_head(&answer, true, address).unwrap();
         }
         step
     };

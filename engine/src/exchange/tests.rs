@@ -13,10 +13,21 @@ const POLICY: &str = r#"{"version":1,"window_s":60,"endpoints":[
     {"from":"^","to":"GET /items","count":9}]}"#;
 
 fn settings(mode: &str) -> Settings {
+    settings_with(mode, "")
+}
+
+fn settings_with(mode: &str, extra: &str) -> Settings {
     let json = format!(
-        r#"{{"mode":"{mode}","session":{{"sources":[{{"cookie":"session"}}]}},"policy":{POLICY}}}"#
+        r#"{{"mode":"{mode}","session":{{"sources":[{{"cookie":"session"}}]}},"policy":{POLICY}{extra}}}"#
     );
     Settings::from_json(json.as_bytes()).unwrap()
+}
+
+fn status(status: u16) -> ResponseHead {
+    ResponseHead {
+        status,
+        ..ResponseHead::default()
+    }
 }
 
 struct World {
@@ -29,7 +40,10 @@ struct World {
 
 impl World {
     fn new(mode: &str) -> World {
-        let settings = settings(mode);
+        World::with(settings(mode))
+    }
+
+    fn with(settings: Settings) -> World {
         let policy = settings.policy.clone().unwrap();
         let model = Model::compile(&policy, &settings).unwrap();
         let base = base_normaliser(&settings, &Registry::default());
@@ -49,9 +63,23 @@ impl World {
         method: &str,
         path: &str,
         session: &str,
-        status: u16,
+        code: u16,
         now: u64,
     ) -> RequestStep {
+        self.exchange(method, path, session, &status(code), &[], now)
+            .0
+    }
+
+    /// One exchange whose answer has `head` and then `body` (one chunk per element).
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        session: &str,
+        head: &ResponseHead,
+        body: &[&[u8]],
+        now: u64,
+    ) -> (RequestStep, ResponseStep) {
         let scope = Scope {
             settings: &self.settings,
             model: Some(&self.model),
@@ -73,12 +101,33 @@ impl World {
         let step = exchange
             .request(&scope, &mut self.host, &headers, now_ms, 1, &mut self.delta)
             .unwrap();
+        let mut answer = ResponseStep::default();
         if step.reply.is_none() {
-            exchange
-                .response_head(&scope, &mut self.host, status, now_ms, &mut self.delta)
+            answer = exchange
+                .response_head(
+                    &scope,
+                    &mut self.host,
+                    head,
+                    body.is_empty(),
+                    now_ms,
+                    &mut self.delta,
+                )
                 .unwrap();
+            for (i, chunk) in body.iter().enumerate() {
+                let last = i + 1 == body.len();
+                let more = exchange
+                    .response_body(&scope, &mut self.host, chunk, last, now_ms, &mut self.delta)
+                    .unwrap();
+                answer.completed |= more.completed;
+                answer.handed_over |= more.handed_over;
+                answer.sensitive |= more.sensitive;
+            }
+            let end = exchange
+                .finish(&scope, &mut self.host, now_ms, &mut self.delta)
+                .unwrap();
+            answer.completed |= end.completed;
         }
-        step
+        (step, answer)
     }
 }
 
@@ -196,7 +245,7 @@ fn learn_passes_untouched_and_counts() {
         assert_eq!(step.decision, Some(Decision::Pass));
         assert!(step.set.is_empty() && step.reply.is_none());
         let done = x
-            .response_head(&scope, &mut host, 200, now_ms, &mut delta)
+            .response_head(&scope, &mut host, &status(200), true, now_ms, &mut delta)
             .unwrap();
         assert!(done.completed);
     }
@@ -236,4 +285,107 @@ fn the_fallback_request_id_is_unique_and_plain() {
     );
     assert!(r.headers.contains(&("retry-after", "1".to_owned())));
     assert!(!is_safe_id("a\"b") && !is_safe_id("") && is_safe_id("x-1_Y"));
+}
+
+#[test]
+fn a_2xx_failure_by_body_completes_nothing() {
+    let extra = r#","endpoints":{"failure":{"json":{"status":["fail"]}}}"#;
+    let mut w = World::with(settings_with("enforce", extra));
+    let json = ResponseHead {
+        status: 200,
+        json: true,
+        ..ResponseHead::default()
+    };
+    // A payment answered 200 {"status":"fail"}: not completed.
+    let (_, paid) = w.exchange(
+        "POST",
+        "/pay",
+        "h",
+        &json,
+        &[b"{\"status\":", b"\"fail\"}"],
+        1_000,
+    );
+    assert!(!paid.completed);
+    assert_eq!(
+        w.call("POST", "/confirm", "h", 200, 1_001)
+            .reply
+            .map(|r| r.status),
+        Some(403)
+    );
+    // Answered 200 {"status":"ok"}: completed, so the confirm passes.
+    let (_, paid) = w.exchange("POST", "/pay", "i", &json, &[b"{\"status\":\"ok\"}"], 1_000);
+    assert!(paid.completed);
+    assert!(w.call("POST", "/confirm", "i", 200, 1_001).reply.is_none());
+    // A body cut short (the stream ended before it did): the status stands.
+    let scope = Scope {
+        settings: &w.settings,
+        model: Some(&w.model),
+        registry_map: &[],
+        base_normaliser: &w.base,
+        started: 1,
+        relearns: false,
+    };
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":path", b"/pay"),
+        (b"cookie", b"session=j"),
+    ];
+    let mut x = Exchange::default();
+    x.request(&scope, &mut w.host, &headers, 1_000_000, 1, &mut w.delta)
+        .unwrap();
+    let head = x
+        .response_head(&scope, &mut w.host, &json, false, 1_000_000, &mut w.delta)
+        .unwrap();
+    assert!(
+        !head.completed && x.wants_body(),
+        "the outcome waits for the body"
+    );
+    let end = x
+        .finish(&scope, &mut w.host, 1_000_000, &mut w.delta)
+        .unwrap();
+    assert!(end.completed && !x.wants_body());
+}
+
+#[test]
+fn a_new_session_cookie_takes_the_flow_with_it() {
+    let mut w = World::new("enforce");
+    let settings = w.settings.clone();
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b":status", b"200"),
+        (b"set-cookie", b"session=after-login; Path=/; HttpOnly"),
+    ];
+    let head = ResponseHead::from_headers(&settings, &pairs);
+    assert_eq!(head.status, 200);
+    assert!(head.cookie_session.is_some());
+    let (_, paid) = w.exchange("POST", "/pay", "before", &head, &[], 1_000);
+    assert!(paid.completed && paid.handed_over, "{paid:?}");
+    // The new identity has paid: its confirm passes; another identity's does not.
+    assert!(w
+        .call("POST", "/confirm", "after-login", 200, 1_001)
+        .reply
+        .is_none());
+    assert!(w
+        .call("POST", "/confirm", "stranger", 200, 1_001)
+        .reply
+        .is_some());
+}
+
+#[test]
+fn the_response_head_is_read_from_its_headers() {
+    let s = settings("enforce");
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b":status", b"201"),
+        (b"Content-Type", b"application/problem+json"),
+        (b"content-length", b" 42"),
+    ];
+    let head = ResponseHead::from_headers(&s, &pairs);
+    assert_eq!(
+        head,
+        ResponseHead {
+            status: 201,
+            json: true,
+            content_length: Some(42),
+            cookie_session: None
+        }
+    );
 }
