@@ -137,6 +137,8 @@ fn a_configured_policy_is_enforced_by_the_native_module() {
     let replies = native_envoy::counter(&envoy, "flowguard.local_replies");
     assert!(replies >= 3, "local replies counted: {replies}");
     assert!(native_envoy::counter(&envoy, "flowguard.rule.order.missing_prerequisite") >= 2);
+    assert_eq!(native_envoy::counter(&envoy, "flowguard.policy.version"), 3);
+    assert_eq!(native_envoy::counter(&envoy, "flowguard.endpoints"), 8);
 }
 
 #[test]
@@ -180,6 +182,8 @@ fn the_native_module_learns_in_process_then_blocks_the_skip() {
 
     let mut attacker = Session::new(&client);
     assert_blocked(&traffic::skip_payment(&mut attacker), 403);
+    assert_eq!(native_envoy::counter(&envoy, "flowguard.policy.version"), 1);
+    assert!(native_envoy::counter(&envoy, "flowguard.learning.sessions") >= 60);
     let mut customer = Session::new(&client);
     let reply = traffic::normal_order(&mut customer);
     assert_eq!(

@@ -11,11 +11,13 @@
 #![allow(unsafe_code)]
 
 use crate::{
-    counted, counted_response, fired, rule_counter, Counter, Filter, Level, Stream, COUNTERS,
+    counted, counted_response, fired, rule_counter, Counter, Filter, Gauge, Level, Stream,
+    COUNTERS, GAUGES,
 };
 use flowguard_engine::exchange::ResponseStep;
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The ABI version this module is built against (`ENVOY_DYNAMIC_MODULES_ABI_VERSION`).
@@ -118,6 +120,20 @@ extern "C" {
         label_names_length: usize,
         id: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoy,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoy,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoy,
         id: usize,
@@ -157,22 +173,53 @@ pub fn log(level: Level, message: &str) {
     unsafe { envoy_dynamic_module_callback_log(level as u32, module_buffer(message.as_bytes())) }
 }
 
-/// What Envoy holds for a filter configuration: the filter and its counters' ids.
+/// What Envoy holds for a filter configuration: the filter and its metrics' ids.
 struct Config {
     filter: Arc<Filter>,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Counters {
     ids: Vec<(Counter, usize)>,
     rules: Vec<(Rule, usize)>,
+    gauges: Vec<(Gauge, usize)>,
+    /// The filter's generation the gauges were last reported at.
+    reported: AtomicU64,
 }
 
 /// One stream as Envoy holds it.
 struct StreamState {
     stream: Stream,
-    counters: Counters,
+    counters: Arc<Counters>,
+}
+
+fn define_gauge(config: ConfigEnvoy, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: `config` is the pointer Envoy gave the config hook; `id` is a valid out slot.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            config,
+            module_buffer(name.as_bytes()),
+            std::ptr::null_mut(),
+            0,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+fn set_gauge(filter: FilterEnvoy, id: usize, value: u64) {
+    // SAFETY: `filter` is the stream's Envoy pointer, valid during the hook.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_set_gauge(
+            filter,
+            id,
+            std::ptr::null_mut(),
+            0,
+            value,
+        );
+    }
 }
 
 fn define_counter(config: ConfigEnvoy, name: &str) -> Option<usize> {
@@ -207,6 +254,19 @@ impl Counters {
     fn count(&self, filter: FilterEnvoy, counter: Counter) {
         if let Some((_, id)) = self.ids.iter().find(|(c, _)| *c == counter) {
             increment(filter, *id);
+        }
+    }
+
+    /// Reports the gauges if the filter's state changed since they were last reported.
+    fn gauges(&self, filter: FilterEnvoy, state: &Filter) {
+        let generation = state.generation();
+        if self.reported.swap(generation, Ordering::Relaxed) == generation {
+            return;
+        }
+        for (gauge, value) in state.gauges() {
+            if let Some((_, id)) = self.gauges.iter().find(|(g, _)| *g == gauge) {
+                set_gauge(filter, *id, value);
+            }
         }
     }
 
@@ -382,6 +442,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 .iter()
                 .filter_map(|r| Some((*r, define_counter(config_envoy, &rule_counter(*r))?)))
                 .collect(),
+            gauges: GAUGES
+                .iter()
+                .filter_map(|(g, name)| Some((*g, define_gauge(config_envoy, name)?)))
+                .collect(),
+            reported: AtomicU64::new(0),
         };
         log(
             Level::Info,
@@ -396,7 +461,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 "flowguard: collector: not supported by the native module yet (no telemetry, fleet policy or fleet answers)",
             );
         }
-        Box::into_raw(Box::new(Config { filter, counters })) as ConfigModule
+        Box::into_raw(Box::new(Config {
+            filter,
+            counters: Arc::new(counters),
+        })) as ConfigModule
     })
 }
 
@@ -482,6 +550,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         for rule in fired(&step) {
             state.counters.rule(filter, rule);
         }
+        state.counters.gauges(filter, &state.stream.filter);
         if let Some(reply) = &step.reply {
             send_response(filter, reply.status, &reply.headers, &reply.body);
             return STOP_ITERATION;

@@ -75,6 +75,22 @@ pub const COUNTERS: [(Counter, &str); 12] = [
     (Counter::HostErrors, "flowguard.host_errors"),
 ];
 
+/// Gauges, under the Wasm filter's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gauge {
+    PolicyVersion,
+    Endpoints,
+    LearningSessions,
+    LearningRequests,
+}
+
+pub const GAUGES: [(Gauge, &str); 4] = [
+    (Gauge::PolicyVersion, "flowguard.policy.version"),
+    (Gauge::Endpoints, "flowguard.endpoints"),
+    (Gauge::LearningSessions, "flowguard.learning.sessions"),
+    (Gauge::LearningRequests, "flowguard.learning.requests"),
+];
+
 /// The counter name of a rule (`flowguard.rule.<id>`).
 pub fn rule_counter(rule: Rule) -> String {
     format!("flowguard.rule.{}", rule.id())
@@ -150,6 +166,10 @@ pub struct Filter {
     learner: Mutex<Learner>,
     started: AtomicU32,
     serial: AtomicU64,
+    /// Learning's merged sessions and requests, for the gauges.
+    learned: [AtomicU64; 2],
+    /// Bumped whenever a gauge's value may have changed.
+    generation: AtomicU64,
     log: Log,
 }
 
@@ -193,10 +213,33 @@ impl Filter {
             }),
             started: AtomicU32::new(0),
             serial: AtomicU64::new(0),
+            learned: [AtomicU64::new(0), AtomicU64::new(0)],
+            generation: AtomicU64::new(1),
             table,
             settings,
             log,
         })
+    }
+
+    /// Changes whenever a gauge's value may have (a host reports them when it does).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The gauges' values now.
+    pub fn gauges(&self) -> [(Gauge, u64); 4] {
+        let installed = self.installed();
+        let (version, endpoints) = installed
+            .model
+            .as_ref()
+            .map_or((0, 0), |m| (m.version, m.len() as u64));
+        let [sessions, requests] = &self.learned;
+        [
+            (Gauge::PolicyVersion, version),
+            (Gauge::Endpoints, endpoints),
+            (Gauge::LearningSessions, sessions.load(Ordering::Relaxed)),
+            (Gauge::LearningRequests, requests.load(Ordering::Relaxed)),
+        ]
     }
 
     /// The installed model (and what goes with it).
@@ -236,6 +279,10 @@ impl Filter {
             let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
             if !delta.is_empty() {
                 learner.stats.merge(&delta);
+                let [sessions, requests] = &self.learned;
+                sessions.store(learner.stats.sessions, Ordering::Relaxed);
+                requests.store(learner.stats.requests, Ordering::Relaxed);
+                self.generation.fetch_add(1, Ordering::Relaxed);
             }
             learner.since_sync = learner.since_sync.saturating_add(1);
             let sync = learner.since_sync >= SYNC_EVERY;
