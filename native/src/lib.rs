@@ -24,6 +24,7 @@ use flowguard_engine::exchange::{
 };
 use flowguard_engine::learn::{self, LearnStats, Registry};
 use flowguard_engine::model::Model;
+use flowguard_engine::policy::Policy;
 use flowguard_engine::rule::Rule;
 use flowguard_engine::verdict::Outcome;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -147,9 +148,20 @@ pub struct Installed {
     pub base: Normaliser,
     /// How many learned variable positions `base` holds.
     prefixes: usize,
+    /// The policy this host learned (relearning starts from it).
+    policy: Option<Policy>,
+}
+
+impl Installed {
+    /// The endpoint-id space learning counts in: the model's layout (0: the registry's).
+    fn space(&self) -> u64 {
+        self.model.as_ref().map_or(0, |m| m.layout)
+    }
 }
 
 struct Learner {
+    /// The id space `stats` count in ([`Installed::space`]).
+    space: u64,
     stats: LearnStats,
     /// Requests merged since the registry was last looked at.
     since_sync: u32,
@@ -206,8 +218,10 @@ impl Filter {
                 registry_map: Vec::new(),
                 base,
                 prefixes: 0,
+                policy: None,
             })),
             learner: Mutex::new(Learner {
+                space: 0,
                 stats: LearnStats::default(),
                 since_sync: 0,
             }),
@@ -257,8 +271,14 @@ impl Filter {
             registry_map: &installed.registry_map,
             base_normaliser: &installed.base,
             started: self.started.load(Ordering::Relaxed),
-            relearns: false,
+            relearns: self.relearns(),
         }
+    }
+
+    /// Whether learning goes on once a model is active: for a model this host learned
+    /// itself (a configured policy is the operator's), as the Wasm filter does.
+    fn relearns(&self) -> bool {
+        self.settings.policy.is_none() && self.settings.collector.is_none()
     }
 
     pub fn stream(self: &Arc<Self>) -> Stream {
@@ -269,14 +289,22 @@ impl Filter {
         }
     }
 
-    /// Merges an exchange's learning counters; compiles and installs the model when the
-    /// thresholds are met.
-    fn learn(&self, delta: LearnStats) {
-        if self.settings.policy.is_some() || self.installed().model.is_some() {
+    /// Merges an exchange's learning counters (counted in id space `space`); compiles and
+    /// installs the model when the thresholds are met, and learns it again (adding only
+    /// rules that now have their evidence) once the counters have grown by a quarter.
+    fn learn(&self, delta: LearnStats, space: u64) {
+        if self.settings.policy.is_some() {
             return;
         }
-        let ready = {
+        let installed = self.installed();
+        if installed.model.is_some() && !self.relearns() {
+            return;
+        }
+        let first = {
             let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
+            if learner.space != space {
+                return; // counted in another model's ids (one was installed meanwhile)
+            }
             if !delta.is_empty() {
                 learner.stats.merge(&delta);
                 let [sessions, requests] = &self.learned;
@@ -289,22 +317,83 @@ impl Filter {
             if sync {
                 learner.since_sync = 0;
             }
-            let installed = self.installed();
-            if installed.model.is_some() {
-                return;
-            }
-            if learner.stats.is_ready(&self.settings.learning) {
-                Some(std::mem::take(&mut learner.stats))
-            } else {
-                if sync {
-                    self.sync_normaliser(&installed);
+            match (&installed.model, &installed.policy) {
+                (None, _) if learner.stats.is_ready(&self.settings.learning) => {
+                    Some(std::mem::take(&mut learner.stats))
                 }
-                None
+                (None, _) => {
+                    if sync {
+                        self.sync_normaliser(&installed);
+                    }
+                    None
+                }
+                (Some(model), Some(current))
+                    if learn::relearn_due(
+                        model.learned_sessions,
+                        &learner.stats,
+                        &self.settings.learning,
+                    ) =>
+                {
+                    // Under the lock: one relearning at a time, rarely.
+                    self.relearn(&installed, current, &learner.stats);
+                    None
+                }
+                (Some(_), _) => None,
             }
         };
-        if let Some(stats) = ready {
+        if let Some(stats) = first {
             self.compile(&stats);
         }
+    }
+
+    /// Learns the installed policy again from `stats` (in its ids) and swaps it in.
+    fn relearn(&self, installed: &Installed, current: &Policy, stats: &LearnStats) {
+        let s = &self.settings;
+        let policy = learn::relearn(current, stats, &s.learning, &s.limits);
+        let model = match Model::compile(&policy, s) {
+            Ok(m) => m,
+            Err(e) => {
+                (self.log)(
+                    Level::Error,
+                    &format!("flowguard: learned policy is invalid: {e}"),
+                );
+                return;
+            }
+        };
+        self.log_learned(&policy, &model, stats);
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        *slot = Arc::new(Installed {
+            model: Some(model),
+            registry_map: installed.registry_map.clone(),
+            base: installed.base.clone(),
+            prefixes: installed.prefixes,
+            policy: Some(policy),
+        });
+    }
+
+    fn log_learned(&self, policy: &Policy, model: &Model, stats: &LearnStats) {
+        (self.log)(
+            Level::Info,
+            &format!(
+                "flowguard: learned policy version {} from {} sessions, {} requests: {}",
+                policy.version,
+                stats.sessions,
+                stats.requests,
+                policy.to_json()
+            ),
+        );
+        (self.log)(
+            Level::Info,
+            &format!(
+                "flowguard: model version {} active ({} endpoints)",
+                model.version,
+                model.len()
+            ),
+        );
     }
 
     fn registry(&self) -> Registry {
@@ -331,6 +420,7 @@ impl Filter {
                 registry_map: Vec::new(),
                 base: exchange::base_normaliser(&self.settings, &registry),
                 prefixes,
+                policy: None,
             });
         }
     }
@@ -363,6 +453,7 @@ impl Filter {
             registry_map: slot.registry_map.clone(),
             base: slot.base.clone(),
             prefixes: slot.prefixes,
+            policy: slot.policy.clone(),
         });
     }
 
@@ -381,7 +472,7 @@ impl Filter {
                 return;
             }
         };
-        let registry_map = registry
+        let registry_map: Vec<Option<EndpointId>> = registry
             .templates()
             .iter()
             .map(|t| {
@@ -391,35 +482,32 @@ impl Filter {
                 model.endpoint(&out)
             })
             .collect();
-        (self.log)(
-            Level::Info,
-            &format!(
-                "flowguard: learned policy version {} from {} sessions, {} requests: {}",
-                policy.version,
-                stats.sessions,
-                stats.requests,
-                policy.to_json()
-            ),
-        );
-        (self.log)(
-            Level::Info,
-            &format!(
-                "flowguard: model version {} active ({} endpoints)",
-                model.version,
-                model.len()
-            ),
-        );
+        self.log_learned(&policy, &model, stats);
         let base = exchange::base_normaliser(s, &registry);
-        let mut slot = self
-            .installed
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        *slot = Arc::new(Installed {
-            model: Some(model),
-            registry_map,
-            base,
-            prefixes: registry.variable_prefixes().len(),
-        });
+        let layout = model.layout;
+        {
+            let mut slot = self
+                .installed
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            *slot = Arc::new(Installed {
+                model: Some(model),
+                registry_map: registry_map.clone(),
+                base,
+                prefixes: registry.variable_prefixes().len(),
+                policy: Some(policy),
+            });
+        }
+        if self.relearns() {
+            // Learning goes on in the model's ids: what was counted is carried over.
+            let map = |id: EndpointId| registry_map.get(usize::from(id)).copied().flatten();
+            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut carried = stats.remap(map);
+            carried.merge(&learner.stats.remap(map));
+            learner.stats = carried;
+            learner.space = layout;
+        }
     }
 }
 
@@ -455,8 +543,9 @@ impl Stream {
                 &mut delta,
             )
             .map_err(store_error);
+        let space = installed.space();
         self.installed = Some(installed);
-        filter.learn(delta);
+        filter.learn(delta, space);
         step
     }
 
@@ -531,7 +620,7 @@ impl Stream {
         )
         .map_err(store_error);
         if !delta.is_empty() {
-            filter.learn(delta);
+            filter.learn(delta, installed.space());
         }
         let version = installed.model.as_ref().map(|m| m.version);
         if let (

@@ -122,3 +122,37 @@ fn a_login_seen_failing_is_checked_against_its_address_from_then_on() {
         "credential stuffing refused: {statuses:?}"
     );
 }
+
+#[test]
+fn learning_goes_on_after_the_model_and_relearns() {
+    let json = br#"{"mode":"enforce","session":{"sources":[{"cookie":"session"}]},
+        "learning":{"min_sessions":50,"min_requests":150,"min_routes":1,"confidence":0.9,"prerequisite_ratio":0.9}}"#;
+    let filter = Arc::new(Filter::new(json, quiet).unwrap());
+    let mut played = 0;
+    let mut play = |n: usize| {
+        for _ in 0..n {
+            let s = format!("r{played}");
+            played += 1;
+            call(&filter, "GET", "/items", &s, 200);
+            call(&filter, "POST", "/pay", &s, 200);
+            call(&filter, "POST", "/confirm", &s, 200);
+        }
+    };
+    play(60);
+    let first = filter.installed();
+    let model = first.model.as_ref().expect("learned");
+    assert_eq!(model.version, 1);
+    // A quarter more sessions, at least `min_sessions`: learned again, same endpoint ids.
+    play(120);
+    let again = filter.installed();
+    let relearned = again.model.as_ref().expect("still a model");
+    // 50 sessions, then due at 100 and again at 150 (a quarter more, at least 50).
+    assert_eq!(relearned.version, 3, "relearned");
+    assert_eq!(relearned.layout, model.layout, "same endpoint ids");
+    assert_eq!(
+        call(&filter, "POST", "/confirm", "skipper", 200)
+            .reply
+            .map(|r| r.status),
+        Some(403)
+    );
+}
