@@ -193,6 +193,31 @@ pub struct Stream {
     installed: Option<Arc<Installed>>,
 }
 
+thread_local! {
+    /// The learning counters of the exchange step under way, reused by each worker
+    /// thread: a step that teaches nothing (a configured policy, say) leaves them empty
+    /// and costs no allocation.
+    static DELTA: std::cell::RefCell<LearnStats> = std::cell::RefCell::new(LearnStats::default());
+}
+
+/// Runs `step` with this thread's learning counters; returns what it counted if
+/// learning takes it (`learning`), leaving the counters empty.
+fn counting<T>(learning: bool, step: impl FnOnce(&mut LearnStats) -> T) -> (T, Option<LearnStats>) {
+    DELTA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut delta) => {
+            let out = step(&mut delta);
+            let taken = learning.then(|| std::mem::take(&mut *delta));
+            (out, taken)
+        }
+        // Re-entered (never on Envoy's threads): count into a fresh one.
+        Err(_) => {
+            let mut delta = LearnStats::default();
+            let out = step(&mut delta);
+            (out, learning.then_some(delta))
+        }
+    })
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -273,6 +298,11 @@ impl Filter {
             started: self.started.load(Ordering::Relaxed),
             relearns: self.relearns(),
         }
+    }
+
+    /// Whether exchanges judged with `installed` teach anything.
+    fn learning(&self, installed: &Installed) -> bool {
+        self.settings.policy.is_none() && (installed.model.is_none() || self.relearns())
     }
 
     /// Whether learning goes on once a model is active: for a model this host learned
@@ -527,25 +557,21 @@ impl Stream {
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         let installed = filter.installed();
         let serial = filter.serial.fetch_add(1, Ordering::Relaxed);
-        let mut delta = LearnStats::default();
         let mut host = TableHost {
             table: &filter.table,
             address,
         };
-        let step = self
-            .exchange
-            .request(
-                &filter.scope(&installed),
-                &mut host,
-                headers,
-                now_ms,
-                serial,
-                &mut delta,
-            )
-            .map_err(store_error);
+        let scope = filter.scope(&installed);
+        let (step, delta) = counting(filter.learning(&installed), |delta| {
+            self.exchange
+                .request(&scope, &mut host, headers, now_ms, serial, delta)
+                .map_err(store_error)
+        });
         let space = installed.space();
+        if let Some(delta) = delta {
+            filter.learn(delta, space);
+        }
         self.installed = Some(installed);
-        filter.learn(delta, space);
         step
     }
 
@@ -607,19 +633,15 @@ impl Stream {
         let Some(installed) = self.installed.clone() else {
             return Ok(ResponseStep::default());
         };
-        let mut delta = LearnStats::default();
         let mut host = TableHost {
             table: &filter.table,
             address,
         };
-        let step = step(
-            &mut self.exchange,
-            &filter.scope(&installed),
-            &mut host,
-            &mut delta,
-        )
-        .map_err(store_error);
-        if !delta.is_empty() {
+        let scope = filter.scope(&installed);
+        let (step, delta) = counting(filter.learning(&installed), |delta| {
+            step(&mut self.exchange, &scope, &mut host, delta).map_err(store_error)
+        });
+        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
             filter.learn(delta, installed.space());
         }
         let version = installed.model.as_ref().map(|m| m.version);
