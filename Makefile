@@ -22,6 +22,9 @@ build: ## build flowguard.wasm (release, size-optimised) into target/
 	@ls -l $(WASM)
 
 native: ## build flowguard as an Envoy dynamic module (native, speed-optimised) into target/libflowguard.so
+	cargo build -q -p flowguard-native --profile native --features crash-switch
+	cp target/native/libflowguard.so target/libflowguard-crash-switch.so
+	@# The test-only build first, then the plain one in place (the same target dir).
 	cargo build -p flowguard-native --profile native
 	cp target/native/libflowguard.so target/libflowguard.so
 	@ls -l target/libflowguard.so

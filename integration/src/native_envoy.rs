@@ -18,6 +18,20 @@ pub fn module_path() -> Result<PathBuf, String> {
     }
 }
 
+/// The test-only build of `make native` whose request hook panics on
+/// `x-flowguard-test-crash` (`--features crash-switch`).
+pub fn crash_switch_path() -> Result<PathBuf, String> {
+    let path = repo_root().join("target/libflowguard-crash-switch.so");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no module at {}: run `make native` first",
+            path.display()
+        ))
+    }
+}
+
 /// The dynamic-module filter entry carrying `filter_json`.
 fn native_filter(filter_json: &str, module: &Path) -> String {
     // A JSON string is a valid YAML double-quoted scalar.
@@ -58,7 +72,12 @@ pub fn native_yaml(cfg: &EnvoyConfig, module: &Path) -> Result<String, String> {
 
 /// Starts Envoy with the native module and waits until it is ready.
 pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
-    let yaml = native_yaml(cfg, &module_path()?)?;
+    start_module(cfg, &module_path()?)
+}
+
+/// Starts Envoy with the module at `module`.
+pub fn start_module(cfg: &EnvoyConfig, module: &Path) -> Result<Envoy, String> {
+    let yaml = native_yaml(cfg, module)?;
     Envoy::start_yaml(&yaml, cfg.concurrency, "info")
 }
 

@@ -257,3 +257,32 @@ fn the_native_module_reads_answers_hands_over_and_scans() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_panic_in_the_module_is_caught_and_the_request_fails_open() {
+    let shop = ShopServer::start().expect("shop starts");
+    let cfg = EnvoyConfig::new(&format!(r#"{{"mode":"enforce",{POLICY}}}"#), shop.addr);
+    let module = native_envoy::crash_switch_path().expect("the crash-switch build");
+    let envoy = native_envoy::start_module(&cfg, &module).expect("Envoy starts");
+    let client = Client::new(&envoy.url);
+    // A skip that the module would refuse, with the switch pulled: the hook panics, the
+    // panic stops at the ABI, and the request passes unjudged (fail open).
+    let crashed = client.send(
+        "POST",
+        "/api/orders/1/confirm",
+        &[("cookie", "session=crash"), ("x-flowguard-test-crash", "1")],
+        None,
+    );
+    assert_ne!(crashed.status, 403, "{crashed:?}");
+    assert_ne!(crashed.status, 0, "Envoy answered: {crashed:?}");
+    eventually("the caught panic logged", || {
+        envoy
+            .log()
+            .contains("flowguard: panic caught, failing open")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    // Envoy and the module go on: the same skip without the switch is refused.
+    let mut attacker = Session::new(&client);
+    assert_blocked(&traffic::skip_payment(&mut attacker), 403);
+}

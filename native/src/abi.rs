@@ -397,6 +397,19 @@ fn send_response(filter: FilterEnvoy, status: u16, headers: &[(&str, String)], b
     }
 }
 
+/// Test builds only (`--features crash-switch`): a request carrying
+/// `x-flowguard-test-crash` panics inside the hook, so a test can watch it caught.
+#[cfg(feature = "crash-switch")]
+#[allow(clippy::panic)]
+fn crash_switch(pairs: &[(&[u8], &[u8])]) {
+    if pairs
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(b"x-flowguard-test-crash"))
+    {
+        panic!("crash switch pulled");
+    }
+}
+
 /// The module's state for `module` (a pointer `on_http_filter_new` returned).
 ///
 /// # Safety
@@ -528,6 +541,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         // SAFETY: Envoy's header buffers stay valid until the hook returns or a setter is
         // called; they are only read before the first `set_header` below.
         let pairs = unsafe { pairs(&raw) };
+        #[cfg(feature = "crash-switch")]
+        crash_switch(&pairs);
         let step = match state.stream.request(&pairs, || client_address(filter)) {
             Ok(step) => step,
             Err(e) => {
