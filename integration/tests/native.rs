@@ -286,3 +286,45 @@ fn a_panic_in_the_module_is_caught_and_the_request_fails_open() {
     let mut attacker = Session::new(&client);
     assert_blocked(&traffic::skip_payment(&mut attacker), 403);
 }
+
+#[test]
+fn rotating_session_ids_stay_within_the_native_table() {
+    const CAPACITY: u64 = 2000;
+    const THREADS: u64 = 4;
+    let shop = ShopServer::start().expect("shop starts");
+    let json = format!(
+        r#"{{"mode":"enforce","session":{{"capacity":{CAPACITY}}},
+            "policy":{{"version":1,"endpoints":[{{"template":"GET /api/menu","entry":true}}],
+                       "transitions":[{{"from":"^","to":"GET /api/menu","count":1}}]}}}}"#
+    );
+    let envoy = native(&json, &shop);
+    let rotate = |from: u64, to: u64| {
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let client = Client::new(&envoy.url);
+                s.spawn(move || {
+                    for id in (from + t..to).step_by(THREADS as usize) {
+                        let cookie = format!("session=rot{id}");
+                        let reply = client.send("GET", "/api/menu", &[("cookie", &cookie)], None);
+                        assert_eq!(reply.status, 200, "{}", reply.body);
+                    }
+                });
+            }
+        });
+    };
+    rotate(0, 10_000);
+    let rss_warm = envoy.rss_kib();
+    rotate(10_000, 60_000);
+    let rss_end = envoy.rss_kib();
+    let new = native_envoy::counter(&envoy, "flowguard.sessions.new");
+    let evicted = native_envoy::counter(&envoy, "flowguard.slots.evictions");
+    eprintln!("60000 sessions: new {new}, evicted {evicted}, RSS {rss_warm} KiB -> {rss_end} KiB");
+    assert_eq!(new, 60_000, "every rotated id was a new session");
+    assert!(evicted >= 60_000 - CAPACITY, "evicted {evicted}");
+    assert_eq!(native_envoy::counter(&envoy, "flowguard.host_errors"), 0);
+    // Unbounded per-session keys would cost >= 50,000 x ~250 B = ~12 MiB here.
+    assert!(
+        rss_end.saturating_sub(rss_warm) < 4 * 1024,
+        "Envoy grew from {rss_warm} KiB to {rss_end} KiB"
+    );
+}
