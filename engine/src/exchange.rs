@@ -199,6 +199,9 @@ pub struct RequestStep {
     pub verdict: Option<Verdict>,
     pub decision: Option<Decision>,
     pub counts: Counts,
+    /// The endpoint judged (model or registry id), when the request had a session and
+    /// its endpoint is in the inventory (for the host's last-use times).
+    pub endpoint: Option<EndpointId>,
 }
 
 /// What the response step found (for the host's metrics and its model).
@@ -417,6 +420,7 @@ impl Exchange {
             p.handover_step = settings.session.handover.templates.contains(&template);
             p
         });
+        step.endpoint = request.endpoint;
         step.verdict = Some(verdict);
         step.decision = Some(decision);
         if decision.acts() {

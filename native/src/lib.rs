@@ -18,7 +18,7 @@ pub mod table;
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
-use flowguard_engine::endpoint_set::EndpointId;
+use flowguard_engine::endpoint_set::{EndpointId, EndpointSet};
 use flowguard_engine::exchange::{
     self, Exchange, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
 };
@@ -150,6 +150,19 @@ pub struct Installed {
     prefixes: usize,
     /// The policy this host learned (relearning starts from it).
     policy: Option<Policy>,
+    /// When each model endpoint was last called normally (seconds), for retiring those
+    /// unused for `endpoints.retire_after_s`; shared by the models of one endpoint list.
+    last_used: Arc<Vec<AtomicU32>>,
+    /// The endpoints the model has retired for disuse.
+    retired: EndpointSet,
+}
+
+fn last_used(model: Option<&Model>, now: u32) -> Arc<Vec<AtomicU32>> {
+    Arc::new(
+        (0..model.map_or(0, Model::len))
+            .map(|_| AtomicU32::new(now))
+            .collect(),
+    )
 }
 
 impl Installed {
@@ -182,6 +195,8 @@ pub struct Filter {
     learned: [AtomicU64; 2],
     /// Bumped whenever a gauge's value may have changed.
     generation: AtomicU64,
+    /// When unused endpoints were last looked for (ms).
+    retire_checked_ms: AtomicU64,
     log: Log,
 }
 
@@ -218,6 +233,10 @@ fn counting<T>(learning: bool, step: impl FnOnce(&mut LearnStats) -> T) -> (T, O
     })
 }
 
+fn now_secs() -> u32 {
+    u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -239,6 +258,8 @@ impl Filter {
         let table = Table::for_capacity(settings.session.capacity);
         Ok(Filter {
             installed: RwLock::new(Arc::new(Installed {
+                last_used: last_used(model.as_ref(), now_secs()),
+                retired: EndpointSet::EMPTY,
                 model,
                 registry_map: Vec::new(),
                 base,
@@ -254,6 +275,7 @@ impl Filter {
             serial: AtomicU64::new(0),
             learned: [AtomicU64::new(0), AtomicU64::new(0)],
             generation: AtomicU64::new(1),
+            retire_checked_ms: AtomicU64::new(0),
             table,
             settings,
             log,
@@ -402,6 +424,10 @@ impl Filter {
             base: installed.base.clone(),
             prefixes: installed.prefixes,
             policy: Some(policy),
+            // The same endpoint list: the same last-use times; retired again on the next
+            // look.
+            last_used: installed.last_used.clone(),
+            retired: EndpointSet::EMPTY,
         });
     }
 
@@ -451,6 +477,8 @@ impl Filter {
                 base: exchange::base_normaliser(&self.settings, &registry),
                 prefixes,
                 policy: None,
+                last_used: Arc::new(Vec::new()),
+                retired: EndpointSet::EMPTY,
             });
         }
     }
@@ -484,6 +512,64 @@ impl Filter {
             base: slot.base.clone(),
             prefixes: slot.prefixes,
             policy: slot.policy.clone(),
+            last_used: slot.last_used.clone(),
+            retired: slot.retired,
+        });
+    }
+
+    /// Retires the model's endpoints unused for `endpoints.retire_after_s` (looked at
+    /// every `learning.tick_ms`): a copy of the model with them retired is swapped in
+    /// when the set changed, as the Wasm filter's tick does.
+    fn retire_unused(&self, now_ms: u64) {
+        let retire_after = self.settings.endpoints.retire_after_s;
+        if retire_after == 0 {
+            return;
+        }
+        let last = self.retire_checked_ms.load(Ordering::Relaxed);
+        let tick = u64::from(self.settings.learning.tick_ms);
+        if now_ms.saturating_sub(last) < tick
+            || self
+                .retire_checked_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return; // not due, or another thread looks
+        }
+        let installed = self.installed();
+        if installed.model.is_none() {
+            return;
+        }
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let mut retired = EndpointSet::EMPTY;
+        for (i, last) in installed.last_used.iter().enumerate() {
+            if now.saturating_sub(last.load(Ordering::Relaxed)) > retire_after {
+                if let Ok(id) = EndpointId::try_from(i) {
+                    retired.insert(id);
+                }
+            }
+        }
+        if retired == installed.retired {
+            return;
+        }
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, &installed) {
+            return; // swapped meanwhile: the next look sees the new one
+        }
+        let mut model = slot.model.clone();
+        if let Some(m) = model.as_mut() {
+            m.set_retired(retired);
+        }
+        *slot = Arc::new(Installed {
+            model,
+            registry_map: slot.registry_map.clone(),
+            base: slot.base.clone(),
+            prefixes: slot.prefixes,
+            policy: slot.policy.clone(),
+            last_used: slot.last_used.clone(),
+            retired,
         });
     }
 
@@ -522,6 +608,8 @@ impl Filter {
                 .unwrap_or_else(PoisonError::into_inner);
             self.generation.fetch_add(1, Ordering::Relaxed);
             *slot = Arc::new(Installed {
+                last_used: last_used(Some(&model), now_secs()),
+                retired: EndpointSet::EMPTY,
                 model: Some(model),
                 registry_map: registry_map.clone(),
                 base,
@@ -571,6 +659,19 @@ impl Stream {
         if let Some(delta) = delta {
             filter.learn(delta, space);
         }
+        if let Ok(RequestStep {
+            endpoint: Some(e),
+            verdict: Some(v),
+            ..
+        }) = &step
+        {
+            if !v.fired.contains(Rule::DeprecatedEndpoint) {
+                if let Some(t) = installed.last_used.get(usize::from(*e)) {
+                    t.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+        filter.retire_unused(now_ms);
         self.installed = Some(installed);
         step
     }

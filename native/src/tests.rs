@@ -156,3 +156,29 @@ fn learning_goes_on_after_the_model_and_relearns() {
         Some(403)
     );
 }
+
+#[test]
+fn an_endpoint_unused_for_retire_after_s_is_retired() {
+    let json = br#"{"mode":"monitor","session":{"sources":[{"cookie":"session"}]},
+        "endpoints":{"retire_after_s":1},"learning":{"tick_ms":100},
+        "policy":{"version":1,"endpoints":[{"template":"GET /a","entry":true},{"template":"GET /b","entry":true}],
+          "transitions":[{"from":"^","to":"GET /a","count":9},{"from":"^","to":"GET /b","count":9},
+                         {"from":"GET /a","to":"GET /b","count":9},{"from":"GET /b","to":"GET /a","count":9},
+                         {"from":"GET /a","to":"GET /a","count":9}]}}"#;
+    let filter = Arc::new(Filter::new(json, quiet).unwrap());
+    let verdict = |step: &RequestStep| {
+        step.set
+            .iter()
+            .find(|(n, _)| *n == exchange::VERDICT_HEADER)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(verdict(&call(&filter, "GET", "/b", "u", 200)), "allow");
+    for i in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        call(&filter, "GET", "/a", &format!("k{i}"), 200); // /a stays in use
+    }
+    let step = call(&filter, "GET", "/b", "v", 200);
+    assert_eq!(verdict(&step), "flag; rules=inventory.deprecated_endpoint");
+    assert_eq!(verdict(&call(&filter, "GET", "/a", "w", 200)), "allow");
+}
