@@ -11,7 +11,7 @@
 use crate::le::{Reader, Writer};
 use crate::rate::WindowCounter;
 
-pub const ADDRESS_SLOT_SIZE: usize = 48;
+pub const ADDRESS_SLOT_SIZE: usize = 50;
 
 /// How long an identified session counts as carried by its address after it started
 /// here: between one and two of these.
@@ -19,12 +19,19 @@ pub const CARRIED_WINDOW_S: u32 = 300;
 
 /// Distinct identified sessions that started from one address in the current and the
 /// previous [`CARRIED_WINDOW_S`]: two 64-bit linear-counting sketches (bounded, no list
-/// of sessions; the estimate saturates near 266).
+/// of sessions; the estimate saturates near 266), and the credit they earn.
+///
+/// The credit grows at most twofold (plus one) per window: a NAT's customers arrive over
+/// minutes and its credit follows them, while an attacker who logs in throwaway accounts
+/// to pass for a NAT (and widen his anonymous share) needs eight windows, 40 minutes, to
+/// reach 255.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Carried {
     pub window_start: u32,
     pub current: u64,
     pub previous: u64,
+    /// The credit of the previous window.
+    pub credited: u16,
 }
 
 impl Carried {
@@ -34,11 +41,13 @@ impl Carried {
         if age < CARRIED_WINDOW_S {
             return;
         }
-        self.previous = if age < 2 * CARRIED_WINDOW_S {
-            self.current
+        if age < 2 * CARRIED_WINDOW_S {
+            self.credited = self.credit();
+            self.previous = self.current;
         } else {
-            0
-        };
+            self.credited = 0;
+            self.previous = 0;
+        }
         self.current = 0;
         self.window_start = now - age % CARRIED_WINDOW_S;
     }
@@ -51,16 +60,27 @@ impl Carried {
         *self != before
     }
 
-    /// Estimated distinct sessions at `now`.
-    pub fn estimate(&self, now: u32) -> u16 {
-        let mut c = *self;
-        c.roll(now);
-        let zeros = (c.current | c.previous).count_zeros();
+    /// Distinct sessions in the two windows as counted (no roll).
+    fn counted(&self) -> u16 {
+        let zeros = (self.current | self.previous).count_zeros();
         if zeros == 64 {
             return 0;
         }
         let n = -64.0 * (f64::from(zeros.max(1)) / 64.0).ln();
         n.round().clamp(1.0, f64::from(u16::MAX)) as u16
+    }
+
+    /// What the counted sessions earn in the current window (no roll).
+    fn credit(&self) -> u16 {
+        self.counted()
+            .min(self.credited.saturating_mul(2).saturating_add(1))
+    }
+
+    /// The sessions credited at `now`: counted, at most twice the last window's plus one.
+    pub fn estimate(&self, now: u32) -> u16 {
+        let mut c = *self;
+        c.roll(now);
+        c.credit()
     }
 }
 
@@ -165,6 +185,7 @@ impl AddressSlot {
         w.put(&self.carried.window_start.to_le_bytes());
         w.put(&self.carried.current.to_le_bytes());
         w.put(&self.carried.previous.to_le_bytes());
+        w.put(&self.carried.credited.to_le_bytes());
         b
     }
 
@@ -191,6 +212,7 @@ impl AddressSlot {
                 window_start: u32::from_le_bytes(r.take()),
                 current: u64::from_le_bytes(r.take()),
                 previous: u64::from_le_bytes(r.take()),
+                credited: u16::from_le_bytes(r.take()),
             },
         }
     }
@@ -238,29 +260,51 @@ mod tests {
     }
 
     #[test]
-    fn carried_sessions_are_counted_per_address_and_age_out() {
+    fn carried_sessions_earn_credit_that_at_most_doubles_per_window() {
         let mut a = AddressSlot::default();
+        let w = CARRIED_WINDOW_S;
         assert_eq!(a.carried(5, 100), 0);
-        for s in 0..20u64 {
-            a.carry(5, s.wrapping_mul(0x9e37_79b9_7f4a_7c15), 100);
+        // Session fingerprints are keyed hashes: mix the test's numbers like one.
+        let session = |i: u64| {
+            let z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        // 20 sessions at once (a warm-up, or a NAT's first minutes): credit 1.
+        for s in 0..20 {
+            a.carry(5, session(s), 100);
         }
-        let n = a.carried(5, 100);
-        assert!((15..=26).contains(&n), "20 sessions estimated as {n}");
+        assert_eq!(a.carried(5, 100), 1);
         assert!(
-            !a.carry(5, 0, 101),
+            !a.carry(5, session(0), 101),
             "a session already counted changes nothing"
         );
         assert_eq!(AddressSlot::decode(&a.encode()), a);
-        assert_eq!(a.carried(6, 100), 0, "another address carries nothing");
+        // Sessions keep arriving: 3, 7, 15, then what is counted.
+        let mut credits = Vec::new();
+        for k in 1..=5u32 {
+            let now = 100 + k * w;
+            for s in 0..10 {
+                a.carry(5, session(u64::from(k) * 100 + s), now);
+            }
+            credits.push(a.carried(5, now));
+        }
+        assert_eq!(credits[..3], [3, 7, 15], "{credits:?}");
+        assert!(
+            credits[3..].iter().all(|c| (15..=26).contains(c)),
+            "20 sessions counted: {credits:?}"
+        );
+        assert_eq!(AddressSlot::decode(&a.encode()), a);
         assert_eq!(
-            a.carried(5, 100 + CARRIED_WINDOW_S),
-            n,
-            "the previous window counts"
+            a.carried(6, 100 + 5 * w),
+            0,
+            "another address carries nothing"
         );
         assert_eq!(
-            a.carried(5, 100 + 2 * CARRIED_WINDOW_S),
+            a.carried(5, 100 + 8 * w),
             0,
-            "then it ages out"
+            "idle for two windows: it ages out"
         );
         assert!(a.carry(6, 1, 100), "another address takes the slot over");
         assert_eq!(a.carried(6, 100), 1);

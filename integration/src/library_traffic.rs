@@ -281,6 +281,20 @@ pub mod attacks {
             .collect()
     }
 
+    /// A brute force from a warmed address: first `accounts` throwaway accounts registered
+    /// and logged in from it (each login's token is a session the address carries, to
+    /// pass for a NAT and widen its anonymous share), then `n` wrong passwords for one
+    /// reader without a token. Returns the brute force's answers.
+    pub fn warmed_brute_force(client: &Client, ip: &str, accounts: usize, n: usize) -> Vec<Reply> {
+        for i in 0..accounts {
+            let mut throwaway = Reader::new(client, ip);
+            throwaway.register(&format!("warm{i:04}"));
+            throwaway.login(&format!("warm{i:04}"), "secret");
+            throwaway.call("GET", "/api/v2/books", None);
+        }
+        brute_force(&mut Reader::new(client, ip), n)
+    }
+
     /// A registration flood from one address: `n` new accounts.
     pub fn registration_flood(r: &mut Reader, n: usize) -> Vec<Reply> {
         (0..n).map(|i| r.register(&format!("bot{i:05}"))).collect()

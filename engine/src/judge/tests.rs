@@ -219,17 +219,25 @@ fn an_address_carrying_customers_gets_their_share_of_anonymous_requests() {
     // An address carrying nobody: 2 anonymous payments a window, then 429s.
     let mut lone = memory(Some("10.0.0.1:1"), 0);
     assert_eq!(weak(&mut lone, 10), 8);
-    // The same address once 10 identified sessions started from it: 20 of 20 pass.
+    // A NAT: 5 identified sessions start from it every window (5 minutes), for five
+    // windows: it carries the last two windows' 10, and 20 of 20 anonymous payments pass.
+    let fp = |i: u64| {
+        let z = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z ^ (z >> 31)
+    };
     let mut nat = memory(Some("10.0.0.2:1"), 0);
-    for fp in 1..=10u64 {
-        call(
-            &j,
-            &mut nat,
-            fp.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            PAY,
-            1_990,
-        );
+    for k in 0..5u32 {
+        for i in 0..5u64 {
+            call(&j, &mut nat, fp(u64::from(k) * 10 + i), PAY, 600 + k * 300);
+        }
     }
     assert_eq!(weak(&mut nat, 20), 0);
     assert!(weak(&mut nat, 5) > 0, "beyond its share, refused");
+    // An attacker who starts 10 sessions at once to pass for a NAT earns one share.
+    let mut warmed = memory(Some("10.0.0.3:1"), 0);
+    for i in 0..10u64 {
+        call(&j, &mut warmed, fp(100 + i), PAY, 1_990);
+    }
+    assert_eq!(weak(&mut warmed, 10), 8);
 }
