@@ -298,6 +298,9 @@ fn run_dir() -> PathBuf {
 impl Envoy {
     /// Starts Envoy and waits until it is ready; on failure, the error carries its log.
     pub fn start(cfg: &EnvoyConfig) -> Result<Envoy, String> {
+        if cfg.wasm.is_none() && crate::native_envoy::selected() {
+            return crate::native_envoy::start(cfg); // FLOWGUARD_BUILD=native
+        }
         let wasm = match &cfg.wasm {
             Some(w) => w.clone(),
             None => wasm_path()?,
@@ -435,7 +438,7 @@ impl Envoy {
 
     /// A flowguard metric (`flowguard.…`), as Envoy names custom Wasm metrics, now.
     pub fn metric(&self, name: &str) -> u64 {
-        self.stat(&format!("wasmcustom.{name}"))
+        self.stat(&format!("{}{name}", crate::native_envoy::metric_prefix()))
     }
 
     /// A flowguard counter once everything before this call is counted: the filter counts

@@ -5,6 +5,21 @@
 use crate::envoy::{bootstrap_yaml, repo_root, Envoy, EnvoyConfig};
 use std::path::{Path, PathBuf};
 
+/// Whether the tests run against the native build (`FLOWGUARD_BUILD=native`):
+/// [`crate::envoy::Envoy::start`] then loads the module instead of the Wasm filter.
+pub fn selected() -> bool {
+    std::env::var("FLOWGUARD_BUILD").is_ok_and(|b| b == "native")
+}
+
+/// How Envoy names flowguard's stats for the build under test.
+pub fn metric_prefix() -> &'static str {
+    if selected() {
+        "dynamicmodulescustom."
+    } else {
+        "wasmcustom."
+    }
+}
+
 /// The module built by `make native`.
 pub fn module_path() -> Result<PathBuf, String> {
     let path = repo_root().join("target/libflowguard.so");

@@ -83,13 +83,20 @@ pub enum Gauge {
     Endpoints,
     LearningSessions,
     LearningRequests,
+    LearningUnlearned,
+    LearningWeak,
 }
 
-pub const GAUGES: [(Gauge, &str); 4] = [
+pub const GAUGES: [(Gauge, &str); 6] = [
     (Gauge::PolicyVersion, "flowguard.policy.version"),
     (Gauge::Endpoints, "flowguard.endpoints"),
     (Gauge::LearningSessions, "flowguard.learning.sessions"),
     (Gauge::LearningRequests, "flowguard.learning.requests"),
+    (
+        Gauge::LearningUnlearned,
+        "flowguard.learning.unlearned_sessions",
+    ),
+    (Gauge::LearningWeak, "flowguard.learning.weak_sessions"),
 ];
 
 /// The counter name of a rule (`flowguard.rule.<id>`).
@@ -191,8 +198,8 @@ pub struct Filter {
     learner: Mutex<Learner>,
     started: AtomicU32,
     serial: AtomicU64,
-    /// Learning's merged sessions and requests, for the gauges.
-    learned: [AtomicU64; 2],
+    /// Learning's merged sessions, requests, unlearned and weak sessions, for the gauges.
+    learned: [AtomicU64; 4],
     /// Bumped whenever a gauge's value may have changed.
     generation: AtomicU64,
     /// When unused endpoints were last looked for (ms).
@@ -273,7 +280,7 @@ impl Filter {
             }),
             started: AtomicU32::new(0),
             serial: AtomicU64::new(0),
-            learned: [AtomicU64::new(0), AtomicU64::new(0)],
+            learned: std::array::from_fn(|_| AtomicU64::new(0)),
             generation: AtomicU64::new(1),
             retire_checked_ms: AtomicU64::new(0),
             table,
@@ -288,18 +295,20 @@ impl Filter {
     }
 
     /// The gauges' values now.
-    pub fn gauges(&self) -> [(Gauge, u64); 4] {
+    pub fn gauges(&self) -> [(Gauge, u64); 6] {
         let installed = self.installed();
         let (version, endpoints) = installed
             .model
             .as_ref()
             .map_or((0, 0), |m| (m.version, m.len() as u64));
-        let [sessions, requests] = &self.learned;
+        let [sessions, requests, unlearned, weak] = &self.learned;
         [
             (Gauge::PolicyVersion, version),
             (Gauge::Endpoints, endpoints),
             (Gauge::LearningSessions, sessions.load(Ordering::Relaxed)),
             (Gauge::LearningRequests, requests.load(Ordering::Relaxed)),
+            (Gauge::LearningUnlearned, unlearned.load(Ordering::Relaxed)),
+            (Gauge::LearningWeak, weak.load(Ordering::Relaxed)),
         ]
     }
 
@@ -359,9 +368,16 @@ impl Filter {
             }
             if !delta.is_empty() {
                 learner.stats.merge(&delta);
-                let [sessions, requests] = &self.learned;
-                sessions.store(learner.stats.sessions, Ordering::Relaxed);
-                requests.store(learner.stats.requests, Ordering::Relaxed);
+                let st = &learner.stats;
+                let values = [
+                    st.sessions,
+                    st.requests,
+                    st.unlearned_sessions,
+                    st.weak_sessions,
+                ];
+                for (gauge, value) in self.learned.iter().zip(values) {
+                    gauge.store(value, Ordering::Relaxed);
+                }
                 self.generation.fetch_add(1, Ordering::Relaxed);
             }
             learner.since_sync = learner.since_sync.saturating_add(1);
