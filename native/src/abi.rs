@@ -1,7 +1,12 @@
 //! Envoy's dynamic-module C ABI, as flowguard uses it: every `unsafe` line of the crate.
 //!
-//! Declared by hand from Envoy's `source/extensions/dynamic_modules/abi/abi.h` (ABI
-//! `v0.2.0`, Envoy 1.40). Envoy resolves every HTTP-filter event hook by name when a
+//! Declared by hand from Envoy's `source/extensions/dynamic_modules/abi/abi.h`, the
+//! revision with `{ptr, length}` buffer structs, `get_headers_size` / `get_headers` and
+//! `get_body_chunks` (the callbacks the 1.40 binary exports). The revisions of the header
+//! at hand declare `ENVOY_DYNAMIC_MODULES_ABI_VERSION "v0.1.0"`; Envoy 1.40 logs
+//! "Dynamic module ABI version v0.2.0 matched." for `v0.2.0` (and loads any other string
+//! with a deprecation warning), so the module returns `v0.2.0`, and the real-Envoy test
+//! checks that line and every hook and callback used here. Envoy resolves every HTTP-filter event hook by name when a
 //! filter configuration is created and refuses the configuration if one is missing, so
 //! all 30 are exported, the unused ones doing nothing. A panic never crosses the ABI:
 //! every hook runs its body under `catch_unwind` and fails open (the request continues).
