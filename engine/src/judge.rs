@@ -302,9 +302,14 @@ impl Judge<'_> {
         let Some(fp) = self.address_fp(host, address)? else {
             return Ok(0);
         };
+        Ok(self.read_address(host, fp)?.carried(fp, now))
+    }
+
+    /// Client address `fp`'s slot as stored (empty when absent or another's record).
+    fn read_address<H: Host>(&self, host: &mut H, fp: u64) -> Result<AddressSlot, H::Error> {
         let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
         let (bytes, _) = host.get(key.as_str())?;
-        Ok(bytes.map_or(0, |b| AddressSlot::decode(&b).carried(fp, now)))
+        Ok(bytes.map(|b| AddressSlot::decode(&b)).unwrap_or_default())
     }
 
     /// Notes that identified session `session`, new here, came from the client address:
@@ -382,11 +387,9 @@ impl Judge<'_> {
         let Some(fp) = address.and_then(|a| self.address_fingerprint(a)) else {
             return Ok(0);
         };
-        let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
-        let (bytes, _) = host.get(key.as_str())?;
-        Ok(bytes.map_or(0, |b| {
-            AddressSlot::decode(&b).current(fp, now, self.settings.limits.auth_window_s)
-        }))
+        Ok(self
+            .read_address(host, fp)?
+            .current(fp, now, self.settings.limits.auth_window_s))
     }
 
     /// Counts a 401/403 answer against the client address (over all its sessions, and
