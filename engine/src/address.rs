@@ -140,13 +140,23 @@ impl AddressSlot {
     /// Notes that identified session `session` started from address `fingerprint` at
     /// `now`; whether the slot changed (an unchanged one needs no write).
     pub fn carry(&mut self, fingerprint: u64, session: u64, now: u32) -> bool {
+        // Another address's live credit is not taken over: a colliding address (or one
+        // rotated to collide) must not reset a NAT's shares. The newcomer earns none.
+        if self.fingerprint != fingerprint && self.carries_anyone(now) {
+            return false;
+        }
         let taken = self.fingerprint != fingerprint;
         self.take(fingerprint);
         self.carried.add(session, now) || taken
     }
 
+    /// Whether this slot's address carried identified sessions in the last two windows.
+    pub fn carries_anyone(&self, now: u32) -> bool {
+        self.fingerprint != 0 && self.carried.estimate(now) > 0
+    }
+
     /// Identified sessions address `fingerprint` carries at `now` (0 if the slot is
-    /// another's).
+    /// another's: see [`AddressSlot::carries_anyone`]).
     pub fn carried(&self, fingerprint: u64, now: u32) -> u16 {
         if self.fingerprint == fingerprint {
             self.carried.estimate(now)
@@ -306,8 +316,15 @@ mod tests {
             0,
             "idle for two windows: it ages out"
         );
-        assert!(a.carry(6, 1, 100), "another address takes the slot over");
-        assert_eq!(a.carried(6, 100), 1);
+        let live = 100 + 5 * w;
+        assert!(
+            !a.carry(6, 1, live),
+            "a colliding address does not reset a live credit"
+        );
+        assert_eq!((a.fingerprint, a.carried(6, live)), (5, 0));
+        let idle = 100 + 8 * w;
+        assert!(a.carry(6, 1, idle), "an idle slot is taken over");
+        assert_eq!(a.carried(6, idle), 1);
     }
 
     proptest! {

@@ -52,7 +52,11 @@ pub fn asks(settings: &Settings) -> bool {
 /// The templates to ask about: the steps the verdict found missing. Bound steps are
 /// asked about on the request's object too (`request.id`, sent alongside).
 pub fn question<'m>(model: &'m Model, verdict: &Verdict) -> impl Iterator<Item = &'m str> {
-    verdict.missing.iter().filter_map(|e| model.template(e))
+    // Every step some rule waits for, not only the ones this request misses: the answer
+    // seeds the slot once, and the session's later steps are judged against it.
+    EndpointSet(verdict.missing.0 | model.required().0)
+        .iter()
+        .filter_map(|e| model.template(e))
 }
 
 /// The object a question names: the request's identifier hash, when a bound rule of its

@@ -12,7 +12,6 @@ use crate::decision::Decision;
 use crate::endpoint_set::EndpointId;
 use crate::fleet_join::{self, Fleet};
 use crate::model::Model;
-use crate::rule::Rule;
 use crate::session::address_host;
 use crate::slot::{Slot, Visit};
 use crate::slot_table::{self, Placement};
@@ -79,7 +78,7 @@ impl Judge<'_> {
         let mut share = None;
         let mut midflow = None;
         if request.weak_session {
-            request.carried = self.carried(host, address, now)?;
+            (request.carried, request.address_shared) = self.carried(host, address, now)?;
         }
         for _ in 0..CAS_RETRIES {
             let mut located = self.locate(host, fingerprint, now)?;
@@ -103,8 +102,7 @@ impl Judge<'_> {
             // asks, and the answer's steps count as done. Without one, or without an
             // answer in time, within its address's budget it joins mid-flow and its
             // order rules flag.
-            let order_block = matches!(verdict.outcome, Outcome::Block { .. })
-                && verdict.fired.contains(Rule::MissingPrerequisite);
+            let order_block = verdict.order_blocks;
             match request.fleet {
                 _ if !order_block => {}
                 Fleet::Answered(seed) => {
@@ -154,7 +152,11 @@ impl Judge<'_> {
             if !host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
                 continue;
             }
-            if located.placement != Placement::Own && !request.weak_session {
+            // A refused request earns its address no share of anonymous requests.
+            if located.placement != Placement::Own
+                && !request.weak_session
+                && !matches!(verdict.outcome, Outcome::Block { .. })
+            {
                 self.carry(host, address, fingerprint, now)?;
             }
             return Ok(Some(Judged {
@@ -292,17 +294,21 @@ impl Judge<'_> {
         })
     }
 
-    /// Identified sessions the client address carries (for a weak session's limits).
+    /// Identified sessions the client address carries (for a weak session's limits), and
+    /// whether its slot holds another address's live credit (a collision: this address's
+    /// own count is unknown).
     fn carried<H: Host>(
         &self,
         host: &mut H,
         address: Option<&[u8]>,
         now: u32,
-    ) -> Result<u16, StoreError<H::Error>> {
+    ) -> Result<(u16, bool), StoreError<H::Error>> {
         let Some(fp) = self.address_fp(host, address)? else {
-            return Ok(0);
+            return Ok((0, false));
         };
-        Ok(self.read_address(host, fp)?.carried(fp, now))
+        let slot = self.read_address(host, fp)?;
+        let shared = slot.fingerprint != fp && slot.carries_anyone(now);
+        Ok((slot.carried(fp, now), shared))
     }
 
     /// Client address `fp`'s slot as stored (empty when absent or another's record).

@@ -329,6 +329,11 @@ impl Model {
             .unwrap_or(0)
     }
 
+    /// Every step some rule waits for.
+    pub fn required(&self) -> EndpointSet {
+        self.required
+    }
+
     /// Whether some rule waits for `id` (a success of another endpoint changes nothing).
     pub fn is_required(&self, id: EndpointId) -> bool {
         self.required.contains(id)

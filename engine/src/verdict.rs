@@ -39,6 +39,9 @@ pub struct Verdict {
     /// `order.missing_prerequisite` fired on the flag tier only (some evidence, not enough
     /// to block): the session still teaches, or the tier would confirm itself.
     pub tentative_order: bool,
+    /// The request is blocked for a skipped step and for nothing else: only then may
+    /// evidence that the step was done elsewhere (the fleet, a mid-flow join) change it.
+    pub order_blocks: bool,
 }
 
 impl Verdict {
@@ -47,6 +50,9 @@ impl Verdict {
     /// rule). Leaving those sessions out would make the model confirm itself: a new way
     /// in would never be learned, a flag-tier rule never shown wrong.
     pub fn teaches(&self) -> bool {
+        if matches!(self.outcome, Outcome::Block { .. }) {
+            return false; // whatever rule blocked it, as the operator configured
+        }
         let mut others = self.fired;
         others.remove(Rule::UnknownTransition);
         if self.tentative_order {
@@ -61,6 +67,7 @@ impl Verdict {
         missing: EndpointSet::EMPTY,
         retry_after_s: 0,
         tentative_order: false,
+        order_blocks: false,
     };
 
     /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
@@ -99,6 +106,9 @@ pub struct Request {
     /// For a weak session: the identified sessions its address carries (its anonymous
     /// limits are per carried session, at least one).
     pub carried: u16,
+    /// For a weak session: its address's slot holds another address's count (a
+    /// collision), so what it carries is unknown and its anonymous limits only flag.
+    pub address_shared: bool,
     /// For a session new here whose first request skips a step: where it stands with the
     /// fleet (`crate::fleet_join`; set by the judge and the filter only).
     pub fleet: crate::fleet_join::Fleet,
@@ -192,6 +202,10 @@ pub fn evaluate(
                 fired.insert(Rule::RateEnumeration);
                 window_retry(slot, &mut retry_ms);
             }
+            if weak && req.address_shared {
+                soft.insert(Rule::RateEnumeration);
+                soft.insert(Rule::RateSession);
+            }
             if let (true, Some(entry)) =
                 (limit > 0, visit.entry.and_then(|i| slot.rates.get_mut(i)))
             {
@@ -246,6 +260,17 @@ pub fn evaluate(
     }
     let mut verdict = decide(&settings.rules, fired, soft, missing);
     verdict.tentative_order = tentative_order;
+    if matches!(verdict.outcome, Outcome::Block { .. })
+        && fired.contains(Rule::MissingPrerequisite)
+        && !soft.contains(Rule::MissingPrerequisite)
+    {
+        let mut others = fired;
+        others.remove(Rule::MissingPrerequisite);
+        verdict.order_blocks = !matches!(
+            decide(&settings.rules, others, soft, missing).outcome,
+            Outcome::Block { .. }
+        );
+    }
     verdict.retry_after_s = retry_ms
         .div_ceil(1000)
         .max(u32::from(!fired.is_empty() && retry_ms > 0));
@@ -307,6 +332,7 @@ pub fn outcome(actions: &RuleActions, fired: RuleSet, missing: EndpointSet) -> V
         missing,
         retry_after_s: 0,
         tentative_order: false,
+        order_blocks: false,
     }
 }
 
@@ -519,6 +545,76 @@ mod tests {
         }
         let (_, v) = evaluate(Some(&m), &s, &mut nat, &weak(40, 10));
         assert_eq!(v.outcome, Outcome::Block { status: 429 }, "the 41st");
+    }
+
+    #[test]
+    fn an_order_block_is_one_only_when_nothing_else_blocks() {
+        let s = settings("{}");
+        let m = shop(&s);
+        // Confirm without paying: blocked for the skip alone.
+        let (_, v) = evaluate(
+            Some(&m),
+            &s,
+            &mut Slot::new(1, 0, 1),
+            &Request {
+                endpoint: Some(2),
+                now_ms: 1,
+                ..Default::default()
+            },
+        );
+        assert!(v.order_blocks && !v.teaches());
+        // The same skip from an address over its failure limit: the failures block it,
+        // and no evidence of the step would change that.
+        let (_, v) = evaluate(
+            Some(&m),
+            &s,
+            &mut Slot::new(2, 0, 1),
+            &Request {
+                endpoint: Some(2),
+                now_ms: 1,
+                address_failures: 50,
+                ..Default::default()
+            },
+        );
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
+        assert!(!v.order_blocks);
+    }
+
+    #[test]
+    fn a_blocked_request_never_teaches_whatever_rule_blocked_it() {
+        let s = settings(r#"{"rules":{"order.unknown_transition":"block"}}"#);
+        let m = shop(&s);
+        let mut slot = Slot::new(2, 0, 1);
+        let v = call(&m, &s, &mut slot, Some(1), 200, 1); // START -> pay: unknown
+        assert_eq!(v.outcome, Outcome::Block { status: 403 });
+        assert!(
+            !v.teaches(),
+            "an unknown transition the operator blocks teaches nothing"
+        );
+    }
+
+    #[test]
+    fn an_address_whose_slot_holds_another_only_flags_its_anonymous_limits() {
+        let s = settings("{}");
+        let mut p = shop_policy();
+        let login = p.endpoints.iter_mut().find(|e| e.template == "POST /login");
+        login.unwrap().address_rate = Some(Limit {
+            limit: 2,
+            ..Limit::default()
+        });
+        let m = Model::compile(&p, &s).unwrap();
+        let mut slot = Slot::new(1, 0, 1);
+        let weak = |t: u64| Request {
+            endpoint: Some(0),
+            now_ms: t,
+            weak_session: true,
+            address_shared: true,
+            ..Default::default()
+        };
+        let outcomes: Vec<Outcome> = (0..5)
+            .map(|i| evaluate(Some(&m), &s, &mut slot, &weak(i)).1.outcome)
+            .collect();
+        assert_eq!(outcomes[4], Outcome::Flag, "{outcomes:?}");
     }
 
     #[test]

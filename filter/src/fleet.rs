@@ -25,9 +25,13 @@ pub enum Reply {
     Unavailable,
 }
 
-/// Asks the collector what session `fingerprint` completed among the steps `verdict`
-/// found missing. Returns the callout's token (the request then waits), or `None` when
-/// no question could be sent.
+/// How far back a question looks: a customer who logged in hours ago and stayed active
+/// is still mid-flow.
+const FLEET_HORIZON_S: u32 = 7 * 86_400;
+
+/// Asks the collector what session `fingerprint` completed among the steps some rule
+/// waits for. Returns the callout's token (the request then waits), or `None` when no
+/// question could be sent.
 pub fn ask(w: &mut Worker, request: &Request, verdict: &Verdict, fingerprint: u64) -> Option<u32> {
     if w.fleet_waiting >= MAX_WAITING {
         return None;
@@ -39,7 +43,9 @@ pub fn ask(w: &mut Worker, request: &Request, verdict: &Verdict, fingerprint: u6
             .map(str::to_owned)
             .collect(),
         ids: fleet_join::question_object(model, request).unwrap_or(0),
-        horizon_s: w.settings.session.idle_timeout_s,
+        // A session's age, not its idle time, says how far back its steps lie: ask for
+        // all the collector keeps (it caps the horizon at 7 days).
+        horizon_s: FLEET_HORIZON_S,
     };
     let timeout = Duration::from_millis(w.settings.session.midflow_fleet_timeout_ms.into());
     let token = w

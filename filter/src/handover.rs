@@ -4,11 +4,15 @@
 use crate::host::{self, EnvoyHost, HostResult};
 use crate::metrics::Metrics;
 use crate::worker::Worker;
+use flowguard_engine::endpoint_set::EndpointSet;
 use flowguard_engine::handover;
 use flowguard_engine::judge::read_slot;
+use flowguard_engine::rule::RuleSet;
 use flowguard_engine::session::SessionKey;
+use flowguard_engine::slot::Slot;
 use flowguard_engine::slot_table::Placement;
 use flowguard_engine::store::{self, Host, CAS_RETRIES};
+use flowguard_engine::telemetry::Event;
 
 /// The session the token in this answer's JSON body hands over to.
 pub fn from_body(w: &Worker, body: &[u8]) -> Option<u64> {
@@ -59,9 +63,41 @@ pub fn hand_over(
                     .carry(&mut EnvoyHost, None, to, now)
                     .map_err(host::from_store)?;
             }
-            return Ok(());
+            return report_continued(w, &from, to);
         }
     }
     Metrics::inc(w.metrics.slot_conflicts);
+    Ok(())
+}
+
+/// Tells the fleet which steps the new identity continues from: at the edge a login's new
+/// cookie or token may hash to another proxy, which asks the collector about it
+/// (`Sessions.Completed`) and must find them. Session-wide steps only: an object's steps
+/// are kept by a short key here, and a flow usually reaches its objects after the login.
+fn report_continued(w: &mut Worker, from: &Slot, to: u64) -> HostResult<()> {
+    let (Some(model), Some(t)) = (w.model.as_ref(), w.telemetry.as_mut()) else {
+        return Ok(());
+    };
+    let steps = EndpointSet(from.completed.0 & model.required().0);
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let now_ms = host::now_ms()?;
+    for template in steps.iter().filter_map(|e| model.template(e)) {
+        let event = Event {
+            time_ms: now_ms,
+            session: to,
+            template: template.to_owned(),
+            status: 200,
+            outcome: None,
+            rules: RuleSet::EMPTY,
+            latency_us: 0,
+            summary: false,
+            ids: None,
+            weak_session: false,
+            prompt: true,
+        };
+        t.record(event, &w.metrics);
+    }
     Ok(())
 }

@@ -673,7 +673,9 @@ fn report(
         outcome: decision.acts().then_some(verdict.outcome),
         rules: verdict.fired,
         latency_us: 0,
-        summary: verdict.fired.is_empty() && sampled,
+        // The fleet learner learns what this filter's learner would: a session flagged
+        // only as "not seen before" still teaches (`Verdict::teaches`).
+        summary: verdict.teaches() && sampled,
         ids: request.id,
         weak_session: request.weak_session,
         prompt,

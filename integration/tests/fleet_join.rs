@@ -605,3 +605,84 @@ fn a_failure_answered_2xx_is_no_evidence() {
     b.counter_at_least("flowguard.midflow.fleet_joined", 1)
         .expect("joined on the answer");
 }
+
+/// A login that sets a new session cookie continues the flow under the new cookie at the
+/// proxy that saw it (`session.handover`); at the edge that cookie may hash to another
+/// proxy, which asks the fleet about it: the hand-over is reported, so the customer goes
+/// on, while a cookie that never logged in is still refused.
+#[test]
+fn a_login_cookie_continues_at_another_proxy() {
+    const WEB: &str = r#"{"version":4,"endpoints":[
+        {"template":"POST /api/auth/session","entry":true},
+        {"template":"POST /api/orders","prerequisites":["POST /api/auth/session"]}],
+        "transitions":[{"from":"^","to":"POST /api/auth/session","count":1},
+                       {"from":"POST /api/auth/session","to":"POST /api/orders","count":1}]}"#;
+    let collector = Collector::start(
+        &scratch_db("fleet-join-handover").expect("db"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
+    let shop = ShopServer::start().expect("shop");
+    let web_proxy = || {
+        let json = format!(
+            r#"{{"mode":"enforce","session":{{"midflow":{{"budget":0}}}},"policy":{WEB},
+                "collector":{{"cluster":"flowguard_collector","node":"fleet","sample_rate":0.0,
+                             "flush_interval_ms":5000,"timeout_ms":1000,"policy_interval_ms":0}}}}"#
+        );
+        let mut cfg = EnvoyConfig::new(&json, shop.addr);
+        cfg.collector = Some(collector.addr);
+        cfg.client_ip_header = Some(CLIENT_IP);
+        Envoy::start(&cfg).expect("a flowguard Envoy")
+    };
+    let (a, b) = (web_proxy(), web_proxy());
+    let (at_a, at_b) = (Client::new(&a.url), Client::new(&b.url));
+    let mut fleet = Fleet::connect(&collector);
+
+    let anonymous = Customer::new("web", 1);
+    let login = anonymous.call(
+        &at_a,
+        "POST",
+        "/api/auth/session",
+        Some(json!({"user": "alice", "password": "secret"})),
+    );
+    let set_cookie = login.set_cookie.expect("the login sets a new cookie");
+    let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+    a.counter_at_least("flowguard.sessions.handovers", 1)
+        .expect("handed over at proxy A");
+    let logged_in = session_of(&cookie);
+    eventually("the fleet knows the new cookie logged in", || {
+        let question = CompletedRequest {
+            session: logged_in,
+            templates: vec!["POST /api/auth/session".to_owned()],
+            ids: 0,
+            horizon_s: 1800,
+        };
+        fleet
+            .runtime
+            .block_on(fleet.client.completed(question))
+            .ok()
+            .filter(|a| {
+                a.get_ref()
+                    .completed
+                    .iter()
+                    .any(|t| t == "POST /api/auth/session")
+            })
+    })
+    .expect("the hand-over is reported");
+
+    let customer = Customer {
+        cookie,
+        ip: anonymous.ip.clone(),
+    };
+    let order = customer.call(&at_b, "POST", "/api/orders", None);
+    assert!(
+        !blocked(&order),
+        "the logged-in customer is refused at B: {order:?}"
+    );
+    let stranger = Customer::new("web", 2);
+    let skip = stranger.call(&at_b, "POST", "/api/orders", None);
+    assert!(
+        blocked(&skip),
+        "a cookie that never logged in passes: {skip:?}"
+    );
+}

@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::Mode;
 use crate::policy::Policy;
+use crate::rule::Rule;
 use crate::store::MemoryHost;
 
 const POLICY: &str = r#"{"version":1,"endpoints":[
