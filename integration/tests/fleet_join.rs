@@ -44,8 +44,18 @@ fn proxy(shop: &ShopServer, collector: &Collector, midflow: &str) -> Envoy {
 }
 
 fn proxy_in(mode: &str, shop: &ShopServer, collector: &Collector, midflow: &str) -> Envoy {
+    proxy_with(POLICY, mode, shop, collector, midflow)
+}
+
+fn proxy_with(
+    policy: &str,
+    mode: &str,
+    shop: &ShopServer,
+    collector: &Collector,
+    midflow: &str,
+) -> Envoy {
     let json = format!(
-        r#"{{"mode":"{mode}","session":{{"midflow":{midflow}}},"policy":{POLICY},
+        r#"{{"mode":"{mode}","session":{{"midflow":{midflow}}},"policy":{policy},
             "collector":{{"cluster":"flowguard_collector","node":"fleet","sample_rate":0.0,
                          "flush_interval_ms":5000,"timeout_ms":1000,"policy_interval_ms":0}}}}"#
     );
@@ -623,17 +633,7 @@ fn a_login_cookie_continues_at_another_proxy() {
     )
     .expect("collector");
     let shop = ShopServer::start().expect("shop");
-    let web_proxy = || {
-        let json = format!(
-            r#"{{"mode":"enforce","session":{{"midflow":{{"budget":0}}}},"policy":{WEB},
-                "collector":{{"cluster":"flowguard_collector","node":"fleet","sample_rate":0.0,
-                             "flush_interval_ms":5000,"timeout_ms":1000,"policy_interval_ms":0}}}}"#
-        );
-        let mut cfg = EnvoyConfig::new(&json, shop.addr);
-        cfg.collector = Some(collector.addr);
-        cfg.client_ip_header = Some(CLIENT_IP);
-        Envoy::start(&cfg).expect("a flowguard Envoy")
-    };
+    let web_proxy = || proxy_with(WEB, "enforce", &shop, &collector, r#"{"budget":0}"#);
     let (a, b) = (web_proxy(), web_proxy());
     let (at_a, at_b) = (Client::new(&a.url), Client::new(&b.url));
     let mut fleet = Fleet::connect(&collector);
