@@ -47,8 +47,8 @@ pub fn crash_switch_path() -> Result<PathBuf, String> {
     }
 }
 
-/// The dynamic-module filter entry carrying `filter_json`.
-fn native_filter(filter_json: &str, module: &Path) -> String {
+/// The dynamic-module filter entry carrying `filter_json` (also the benchmark's).
+pub fn native_filter(filter_json: &str, module: &Path) -> String {
     // A JSON string is a valid YAML double-quoted scalar.
     let configuration = serde_json::to_string(filter_json).unwrap_or_default();
     let module = serde_json::to_string(&module.display().to_string()).unwrap_or_default();

@@ -2,15 +2,36 @@
 //!
 //! Every variant runs in its own Envoy (`--concurrency 1`); wrk measures them interleaved
 //! (A B C … A B C …) so drift hits all alike, and the median round is reported with its
-//! ratio to Envoy without any Wasm filter. Results go to bench/results/.
+//! ratio to Envoy without any filter and to the empty Wasm filter. Results go to
+//! bench/results/. `FLOWGUARD_BENCH_ROUNDS` / `FLOWGUARD_BENCH_SECONDS` shorten a run
+//! (defaults 5 rounds of 4 s).
 
 use flowguard_integration::envoy::{listener_head, repo_root, Envoy};
+use flowguard_integration::native_envoy;
 use flowguard_integration::shop_server::ShopServer;
 use serde_json::json;
 use std::process::Command;
 
 const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
+
+/// `ROUNDS`, or `FLOWGUARD_BENCH_ROUNDS` for a shorter run.
+fn rounds() -> usize {
+    std::env::var("FLOWGUARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
+
+/// `SECONDS` per wrk run, or `FLOWGUARD_BENCH_SECONDS`.
+fn seconds() -> u32 {
+    std::env::var("FLOWGUARD_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SECONDS)
+}
 const CONNECTIONS: u32 = 16;
 const ENDPOINTS: usize = 60;
 const SESSIONS: usize = 10_000;
@@ -178,7 +199,7 @@ fn wrk(url: &str, seconds: u32) -> Result<Sample, String> {
 
 /// Starts one Envoy per variant's filter, warms each up (JIT, connection pools, 10,000
 /// live sessions in each slot table), then runs wrk on them interleaved (A B C … A B C …)
-/// for `ROUNDS` rounds, so drift hits all alike: each variant's samples, and the Envoys.
+/// for `rounds()` rounds, so drift hits all alike: each variant's samples, and the Envoys.
 fn measure_keeping<N: AsRef<str>>(
     variants: &[(N, String)],
     upstream: Option<std::net::SocketAddr>,
@@ -192,9 +213,9 @@ fn measure_keeping<N: AsRef<str>>(
         wrk(&e.url, 2)?;
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for ((name, _), (e, out)) in variants.iter().zip(envoys.iter().zip(&mut samples)) {
-            let s = wrk(&e.url, SECONDS)?;
+            let s = wrk(&e.url, seconds())?;
             eprintln!(
                 "{label} round {round} {:<24} {:>9.0} rps p50 {:>6.0} µs p99 {:>6.0} µs",
                 name.as_ref(),
@@ -482,6 +503,7 @@ fn run() -> Result<(), String> {
         }
     }
     let (noop, fg) = (noop.display().to_string(), fg.display().to_string());
+    let module = native_envoy::module_path()?;
     let shop = ShopServer::start().map_err(|e| e.to_string())?;
     let variants: Vec<(&str, String)> = vec![
         ("no Wasm filter", String::new()),
@@ -499,9 +521,13 @@ fn run() -> Result<(), String> {
             "flowguard enforce",
             wasm_filter(&fg, &flowguard_config("enforce")),
         ),
+        (
+            "flowguard native enforce",
+            native_envoy::native_filter(&flowguard_config("enforce"), &module),
+        ),
     ];
     let mut rows = Vec::new();
-    let mut table = "| scenario | variant | requests/s | ratio to no filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|\n".to_string();
+    let mut table = "| scenario | variant | requests/s | ratio to no filter | ratio to empty Wasm filter | p50 µs | p99 µs | p99 − no filter µs |\n|---|---|---:|---:|---:|---:|---:|---:|\n".to_string();
     for (scenario, upstream) in [("direct", None), ("proxied", Some(shop.addr))] {
         let (samples, envoys) = measure_keeping(&variants, upstream, scenario)?;
         let meds: Vec<(f64, f64, f64)> = samples
@@ -515,18 +541,22 @@ fn run() -> Result<(), String> {
             })
             .collect();
         let (base_rps, _, base_p99) = meds[0];
+        let empty_rps = meds[1].0;
         for ((name, _), (rps, p50, p99)) in variants.iter().zip(&meds) {
             let ratio = rps / base_rps;
+            let to_empty = rps / empty_rps;
             table += &format!(
-                "| {scenario} | {name} | {rps:.0} | {ratio:.2} | {p50:.0} | {p99:.0} | {:+.0} |\n",
+                "| {scenario} | {name} | {rps:.0} | {ratio:.2} | {to_empty:.2} | {p50:.0} | {p99:.0} | {:+.0} |\n",
                 p99 - base_p99
             );
-            rows.push(json!({"scenario": scenario, "variant": name, "rps": rps, "ratio": ratio, "p50_us": p50, "p99_us": p99}));
+            rows.push(json!({"scenario": scenario, "variant": name, "rps": rps, "ratio": ratio, "ratio_to_empty": to_empty, "p50_us": p50, "p99_us": p99}));
         }
-        if let Some(e) = envoys.last() {
-            let sessions = e.metric("flowguard.sessions.new");
+        let n = envoys.len();
+        if let (Some(wasm), Some(native)) = (envoys.get(n.wrapping_sub(2)), envoys.last()) {
+            let sessions = wasm.stat("wasmcustom.flowguard.sessions.new");
+            let native_sessions = native_envoy::counter(native, "flowguard.sessions.new");
             eprintln!(
-                "{scenario}: flowguard enforce saw {sessions} sessions ({SESSIONS} in the mix)"
+                "{scenario}: flowguard enforce saw {sessions} sessions, native {native_sessions} ({SESSIONS} in the mix)"
             );
         }
     }
@@ -539,9 +569,12 @@ fn run() -> Result<(), String> {
     let dir = root.join("bench/results");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let header = format!(
-        "# flowguard benchmark\n\nCommit `{commit}`; Envoy 1.40.0 `--concurrency 1`; `wrk -t1 -c{CONNECTIONS} -d{SECONDS}s`, {ROUNDS} interleaved rounds, median shown. \
+        "# flowguard benchmark\n\nCommit `{commit}`; Envoy 1.40.0 `--concurrency 1`; `wrk -t1 -c{CONNECTIONS} -d{}s`, {} interleaved rounds, median shown. \
          Request mix: {ENDPOINTS} endpoint templates × 1000 ids, {SESSIONS} rotating session cookies (`bench/mix.lua`); flowguard runs an inline policy of {ENDPOINTS} endpoints and {} transitions, with {SESSIONS} live sessions in its slot table. \
+         `flowguard native enforce` is the dynamic module (`make native`) with the same filter JSON as the Wasm `enforce`; `native local_ratelimit` is Envoy's own token bucket, sized never to refuse. \
          `direct`: Envoy answers itself (only filter cost shows); `proxied`: Envoy forwards to the demo shop on the same 2 cores.\n\n",
+        seconds(),
+        rounds(),
         ENDPOINTS * ENDPOINTS + ENDPOINTS
     );
     std::fs::write(dir.join("results.md"), format!("{header}{table}"))
