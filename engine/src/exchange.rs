@@ -12,7 +12,11 @@
 //! deferred outcome or a login's token is judged from, the sensitive-data scan), and
 //! [`Exchange::finish`] (the stream ended: a deferred outcome stands as its status).
 //!
-//! Not here yet (still only in the Wasm filter): telemetry events and the fleet callout.
+//! Telemetry: with a collector configured, the steps return the exchange's event
+//! ([`Event`]) once it is complete (a local reply at once, else with the answer's status)
+//! for the host to buffer. The fleet: a host that can ask the collector (`can_ask`) gets a
+//! [`Question`] instead of a decision for a new session's step-skipping first request,
+//! pauses the request, and finishes it with [`Exchange::resume`] and the answer.
 
 use crate::config::Settings;
 use crate::decision::Decision;
@@ -20,17 +24,18 @@ use crate::endpoint::Normaliser;
 use crate::endpoint_set::EndpointId;
 use crate::failure;
 use crate::fingerprint::hex;
-use crate::fleet_join::Fleet;
+use crate::fleet_join::{self, Fleet};
 use crate::handover;
 use crate::judge::{read_slot, Judge, Judged, Located};
 use crate::learn::{LearnStats, Registry};
 use crate::model::Model;
-use crate::rule::{Action as RuleAction, Rule};
+use crate::rule::{Action as RuleAction, Rule, RuleSet};
 use crate::sensitive::Scanner;
 use crate::session::{self, Source};
 use crate::slot::{is_auth_failure, is_success, Slot, Visit};
 use crate::slot_table::Placement;
 use crate::store::{self, Host, StoreError, CAS_RETRIES};
+use crate::telemetry::{sampled, Event};
 use crate::verdict::{Outcome, Request, Verdict};
 
 /// The session the upstream is told (16 hex digits of the fingerprint).
@@ -57,6 +62,9 @@ pub struct Scope<'a> {
     pub started: u32,
     /// Whether learning goes on with a model installed.
     pub relearns: bool,
+    /// The host's cache of the learning registry (while learning): a template it holds
+    /// costs no shared-data read. `None`: always read.
+    pub registry: Option<&'a Registry>,
 }
 
 impl Scope<'_> {
@@ -111,6 +119,34 @@ pub struct Pending {
     pub auth_step: bool,
     /// Its answer may carry the next identity's token (`session.handover.templates`).
     pub handover_step: bool,
+}
+
+/// How far back a question to the fleet looks: a customer who logged in hours ago and
+/// stayed active is still mid-flow (the collector caps it at 7 days).
+pub const FLEET_HORIZON_S: u32 = 7 * 86_400;
+
+/// What to ask the fleet about a session new here whose first request skips a step
+/// (`Sessions.Completed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub session: u64,
+    /// Every step some rule waits for (the answer seeds the session once).
+    pub templates: Vec<String>,
+    /// The request's object, when a bound rule of its endpoint waits for steps on it (0:
+    /// none).
+    pub object: u64,
+    pub horizon_s: u32,
+}
+
+/// What the fleet made of a question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetCount {
+    /// The fleet's answer let the session join.
+    Joined,
+    /// The fleet answered and the step is still missing.
+    Refused,
+    /// No answer (or none could be asked): the mid-flow budget decided.
+    Unavailable,
 }
 
 /// What the response phase needs from an answer's headers.
@@ -185,6 +221,8 @@ pub struct Counts {
     pub midflow: bool,
     /// The verdict's outcome, when a model decided it in `monitor`/`enforce`.
     pub outcome: Option<Outcome>,
+    /// The fleet was asked about this request (it was resumed with the answer).
+    pub fleet: Option<FleetCount>,
 }
 
 /// What the host does with the request.
@@ -202,10 +240,18 @@ pub struct RequestStep {
     /// The endpoint judged (model or registry id), when the request had a session and
     /// its endpoint is in the inventory (for the host's last-use times).
     pub endpoint: Option<EndpointId>,
+    /// Pause the request and ask the fleet this; then [`Exchange::resume`] decides (no
+    /// decision yet, nothing written).
+    pub ask: Option<Question>,
+    /// A complete telemetry event to buffer now (a local reply's).
+    pub event: Option<Event>,
+    /// The learning registry as shared data holds it, when it was read (for the host's
+    /// cache and its learning normaliser).
+    pub registry: Option<Registry>,
 }
 
 /// What the response step found (for the host's metrics and its model).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseStep {
     /// The answer completed a step in the session's slot.
     pub completed: bool,
@@ -219,12 +265,25 @@ pub struct ResponseStep {
     /// The answer carried more sensitive data than its endpoint's answers normally do
     /// (`response.sensitive_data`, a flag).
     pub sensitive: bool,
+    /// Complete telemetry events to buffer: the exchange's own, and, after a hand-over,
+    /// the steps the new identity continues from (the fleet must find them under it).
+    pub events: Vec<Event>,
 }
 
 /// One exchange: what the response phase needs from the request phase.
 #[derive(Debug, Default)]
 pub struct Exchange {
+    /// The host can pause the request to ask the fleet (a callout is possible and within
+    /// its bound); otherwise the mid-flow budget decides at once.
+    pub can_ask: bool,
+    /// The request's endpoint template after the request step. A host may hand in a buffer
+    /// it reuses, so the request path does not allocate one.
+    pub template: String,
     pub pending: Option<Pending>,
+    /// The request waiting for the fleet's answer.
+    asking: Option<Box<Prepared>>,
+    /// This exchange's telemetry event, waiting for the answer's status.
+    event: Option<Event>,
     /// A request without a session whose 401/403 answer counts against its client
     /// address, with its endpoint (if known).
     pub address_watch: Option<Option<EndpointId>>,
@@ -288,37 +347,56 @@ pub fn local_reply(
     }
 }
 
-/// The endpoint id of `template`: the model's, or the learning registry's in shared data
-/// (adding the template, generalised by the positions learned so far, if it is new and
-/// there is room). `template` becomes the template the id stands for.
+/// The endpoint id of `template`: the model's, or the learning registry's (the host's
+/// cache, else shared data, adding the template, generalised by the positions learned so
+/// far, if it is new and there is room). `template` becomes the template the id stands
+/// for; `latest` receives the registry when shared data was read.
 pub fn endpoint_id<H: Host>(
     scope: &Scope,
     host: &mut H,
     template: &mut String,
+    latest: &mut Option<Registry>,
 ) -> Result<Option<EndpointId>, StoreError<H::Error>> {
     if let Some(model) = scope.model {
         return Ok(model.endpoint(template));
     }
-    let (bytes, _) = host.get(REGISTRY_KEY)?;
-    let cached = bytes.as_deref().map(Registry::decode).unwrap_or_default();
-    if let Some(id) = cached.get(template) {
+    if let Some(id) = scope.registry.and_then(|r| r.get(template)) {
         return Ok(Some(id));
     }
     let limit = scope.settings.learning.max_endpoints;
     let min_distinct = scope.settings.learning.variable_segment_min;
     let mut found = None;
-    let mut latest = Registry::default();
+    let mut read = Registry::default();
+    // The last attempt saw (and, if it wrote, extended) what is shared: other hosts'
+    // additions too. It is the host's new cache; no second read.
     store::update(host, REGISTRY_KEY, |bytes| {
-        latest = bytes.map(Registry::decode).unwrap_or_default();
-        let before = latest.encode();
-        found = latest.learn(template, limit, min_distinct);
-        let after = latest.encode();
+        read = bytes.map(Registry::decode).unwrap_or_default();
+        if let Some(id) = read.get(template) {
+            found = Some(id);
+            return None;
+        }
+        let before = read.encode();
+        found = read.learn(template, limit, min_distinct);
+        let after = read.encode();
         (after != before).then_some(after)
     })?;
-    if let Some(t) = found.and_then(|id| latest.templates().get(usize::from(id))) {
+    if let Some(t) = found.and_then(|id| read.templates().get(usize::from(id))) {
         template.clone_from(t);
     }
+    *latest = Some(read);
     Ok(found)
+}
+
+/// A request with a session, ready to be judged; kept while the fleet is asked.
+#[derive(Debug)]
+struct Prepared {
+    request: Request,
+    fingerprint: u64,
+    address: Option<Vec<u8>>,
+    /// `x-request-id`, kept only while the request waits for the fleet.
+    request_id: Option<String>,
+    /// The layout its endpoint id is in, kept only while the request waits.
+    epoch: u32,
 }
 
 impl Exchange {
@@ -338,12 +416,14 @@ impl Exchange {
             strip: own_headers(headers),
             ..RequestStep::default()
         };
-        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let now = secs(now_ms);
         let headers = Headers(headers);
         let header_key = session::derive(&settings.session.sources, |n| headers.get(n), None);
-        let mut template = String::new();
+        let mut template = std::mem::take(&mut self.template);
         let id = normalise(scope, &headers, &mut template);
-        let endpoint = endpoint_id(scope, host, &mut template)?;
+        let endpoint = endpoint_id(scope, host, &mut template, &mut step.registry);
+        self.template = template;
+        let endpoint = endpoint?;
         let check_address = scope.model.is_some_and(|m| m.checks_address(endpoint))
             && settings.rules.get(Rule::AuthFailures) != RuleAction::Off;
         let address = if check_address
@@ -365,10 +445,7 @@ impl Exchange {
             }
             return Ok(step);
         };
-        let fingerprint = settings
-            .session
-            .fingerprinter
-            .fingerprint(key.kind, key.value.as_bytes());
+        let fingerprint = fingerprint(settings, &key);
         let mut request = Request {
             endpoint,
             id,
@@ -377,18 +454,105 @@ impl Exchange {
             ..Request::default()
         };
         if let Some(model) = scope.model {
-            request.deprecated_template = endpoint.is_none() && model.matches_deprecated(&template);
+            request.deprecated_template =
+                endpoint.is_none() && model.matches_deprecated(&self.template);
         }
-        let judge = scope.judge();
         if check_address {
+            let judge = scope.judge();
             request.address_failures = judge.address_failures(host, address.as_deref(), now)?;
         }
-        let mut judged = judge.request(host, &mut request, fingerprint, address.as_deref(), now)?;
-        if request.fleet == Fleet::Asking {
-            // No fleet callout from this host: decide on the mid-flow budget now.
-            request.fleet = Fleet::Unavailable;
-            judged = judge.request(host, &mut request, fingerprint, address.as_deref(), now)?;
+        let prepared = Prepared {
+            request,
+            fingerprint,
+            address,
+            request_id: None,
+            epoch: 0,
+        };
+        self.judge(
+            scope,
+            host,
+            prepared,
+            headers.request_id(),
+            serial,
+            delta,
+            step,
+        )
+    }
+
+    /// Finishes a request paused by [`RequestStep::ask`] with the fleet's answer
+    /// (`Fleet::Answered`, or anything else: none came). A request whose model changed
+    /// meanwhile passes unjudged (its endpoint id means another endpoint now).
+    pub fn resume<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        fleet: Fleet,
+        now_ms: u64,
+        serial: u64,
+        delta: &mut LearnStats,
+    ) -> Result<RequestStep, StoreError<H::Error>> {
+        let Some(mut prepared) = self.asking.take().map(|p| *p) else {
+            return Ok(RequestStep::default());
+        };
+        if prepared.epoch != scope.epoch() {
+            return Ok(RequestStep::default());
         }
+        prepared.request.fleet = match fleet {
+            Fleet::Answered(_) => fleet,
+            _ => Fleet::Unavailable,
+        };
+        prepared.request.now_ms = now_ms;
+        let request_id = prepared.request_id.take();
+        let step = RequestStep::default();
+        self.judge(
+            scope,
+            host,
+            prepared,
+            request_id.as_deref(),
+            serial,
+            delta,
+            step,
+        )
+    }
+
+    /// Judges a prepared request against its session's slot and decides.
+    #[allow(clippy::too_many_arguments)]
+    fn judge<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        mut p: Prepared,
+        request_id: Option<&str>,
+        serial: u64,
+        delta: &mut LearnStats,
+        mut step: RequestStep,
+    ) -> Result<RequestStep, StoreError<H::Error>> {
+        let settings = scope.settings;
+        let judge = scope.judge();
+        let now = secs(p.request.now_ms);
+        let (fingerprint, address) = (p.fingerprint, p.address.as_deref());
+        let mut judged = judge.request(host, &mut p.request, fingerprint, address, now)?;
+        if p.request.fleet == Fleet::Asking {
+            // A new session's first request skips a step: the host asks the fleet (nothing
+            // was written), or, if it cannot, the mid-flow budget decides now.
+            if let (true, Some(model), Some(j)) = (self.can_ask, scope.model, &judged) {
+                step.ask = Some(Question {
+                    session: fingerprint,
+                    templates: fleet_join::question(model, &j.verdict)
+                        .map(str::to_owned)
+                        .collect(),
+                    object: fleet_join::question_object(model, &p.request).unwrap_or(0),
+                    horizon_s: FLEET_HORIZON_S,
+                });
+                p.request_id = request_id.map(str::to_owned);
+                p.epoch = scope.epoch();
+                self.asking = Some(Box::new(p));
+                return Ok(step);
+            }
+            p.request.fleet = Fleet::Unavailable;
+            judged = judge.request(host, &mut p.request, fingerprint, address, now)?;
+        }
+        let request = p.request;
         let Some(Judged {
             verdict,
             decision,
@@ -400,13 +564,23 @@ impl Exchange {
             step.counts.slot_conflict = true;
             return Ok(step);
         };
+        step.counts.fleet = match request.fleet {
+            Fleet::Answered(_) if verdict.fired.contains(Rule::MissingPrerequisite) => {
+                Some(FleetCount::Refused)
+            }
+            Fleet::Answered(_) => Some(FleetCount::Joined),
+            Fleet::Unavailable => Some(FleetCount::Unavailable),
+            Fleet::Unasked | Fleet::Asking => None,
+        };
         step.counts.midflow = request.midflow_ok;
         step.counts.new_session = located.placement != Placement::Own;
         step.counts.eviction = located.placement == Placement::Evict;
         if let (true, Some(e)) = (learns, request.endpoint) {
-            let registered = scope
-                .model
-                .map_or_else(|| registry_len(host), |m| Ok(m.len()))?;
+            let registered = match (scope.model, &step.registry, scope.registry) {
+                (Some(m), _, _) => m.len(),
+                (None, Some(r), _) | (None, None, Some(r)) => r.len(),
+                (None, None, None) => registry_len(host)?,
+            };
             let known = settings.learning.absences_to_record(registered);
             if request.weak_session {
                 delta.observe_inventory(e, &visit, request.carried);
@@ -416,8 +590,8 @@ impl Exchange {
         }
         self.pending = request.endpoint.map(|e| {
             let mut p = pending_for(scope, e, &request, &located, &visit, fingerprint, learns);
-            p.auth_step = settings.endpoints.failure.auth.contains(&template);
-            p.handover_step = settings.session.handover.templates.contains(&template);
+            p.auth_step = settings.endpoints.failure.auth.contains(&self.template);
+            p.handover_step = settings.session.handover.templates.contains(&self.template);
             p
         });
         step.endpoint = request.endpoint;
@@ -425,6 +599,12 @@ impl Exchange {
         step.decision = Some(decision);
         if decision.acts() {
             step.counts.outcome = Some(verdict.outcome);
+        }
+        if let Some(event) = self.event_of(scope, &request, &verdict, decision, fingerprint) {
+            match decision {
+                Decision::Reply { .. } => step.event = Some(event),
+                _ => self.event = Some(event),
+            }
         }
         if decision == Decision::Pass {
             return Ok(step);
@@ -443,13 +623,50 @@ impl Exchange {
                 step.reply = Some(local_reply(
                     status,
                     retry_after_s,
-                    headers.request_id(),
+                    request_id,
                     fingerprint,
                     serial,
                 ));
             }
         }
         Ok(step)
+    }
+
+    /// The request's telemetry event, if it is reported (a collector is configured, and a
+    /// rule fired, the session is sampled, or the step is one some rule waits for).
+    fn event_of(
+        &self,
+        scope: &Scope,
+        request: &Request,
+        verdict: &Verdict,
+        decision: Decision,
+        fingerprint: u64,
+    ) -> Option<Event> {
+        let collector = scope.settings.collector.as_ref()?;
+        // A step some rule waits for is reported from every session, at once: the fleet
+        // answers other proxies from it (`Sessions.Completed`).
+        let prompt = request
+            .endpoint
+            .is_some_and(|e| scope.model.is_some_and(|m| m.is_required(e)));
+        let sampled = sampled(fingerprint, collector.sample_rate);
+        if verdict.fired.is_empty() && !sampled && !prompt {
+            return None;
+        }
+        Some(Event {
+            time_ms: request.now_ms,
+            session: fingerprint,
+            template: self.template.clone(),
+            status: decision.reply_status().unwrap_or(0),
+            outcome: decision.acts().then_some(verdict.outcome),
+            rules: verdict.fired,
+            latency_us: 0,
+            // The fleet learner learns what this host's learner would: a session flagged
+            // only as "not seen before" still teaches (`Verdict::teaches`).
+            summary: verdict.teaches() && sampled,
+            ids: request.id,
+            weak_session: request.weak_session,
+            prompt,
+        })
     }
 
     /// A request no session source matched, from a watched client address: the per-address
@@ -528,7 +745,19 @@ impl Exchange {
         if let (true, Some(p)) = (defer, pending) {
             self.deferred = Some((p, status));
             self.body.clear();
-        } else if let Some(p) = pending {
+        }
+        if let Some(mut event) = self.event.take() {
+            event.status = status;
+            event.latency_us = latency_us(&event, now_ms);
+            if self.deferred.is_some() {
+                // The outcome waits for the body: the fleet must not take a failure
+                // answered 2xx as a completed step (settled with the body).
+                self.event = Some(event);
+            } else {
+                step.events.push(event);
+            }
+        }
+        if let (false, Some(p)) = (defer, pending) {
             let to = self.handover_to.take();
             self.settled(scope, host, p, status, to, now_ms, delta, &mut step)?;
         }
@@ -613,7 +842,14 @@ impl Exchange {
         delta: &mut LearnStats,
     ) -> Result<ResponseStep, StoreError<H::Error>> {
         let mut step = ResponseStep::default();
+        self.asking = None;
         self.settle_deferred(scope, host, false, now_ms, delta, &mut step)?;
+        if let Some(mut event) = self.event.take() {
+            // No answer came (the upstream reset or the client left): reported as such
+            // (status 0) rather than lost.
+            event.latency_us = latency_us(&event, now_ms);
+            step.events.push(event);
+        }
         self.scanner = None;
         Ok(step)
     }
@@ -648,6 +884,10 @@ impl Exchange {
             })
             .flatten();
         self.body = Vec::new();
+        if let Some(mut event) = self.event.take() {
+            event.status = status;
+            step.events.push(event);
+        }
         let to = self.handover_to.take().or(token_session);
         self.settled(scope, host, pending, status, to, now_ms, delta, step)
     }
@@ -671,7 +911,7 @@ impl Exchange {
             step.auth_failure = Some(Some(p.endpoint));
         }
         if let (Some(to), true) = (to, is_success(status)) {
-            match hand_over(scope, host, p, to, now_ms)? {
+            match hand_over(scope, host, p, to, now_ms, &mut step.events)? {
                 Some(true) => step.handed_over = true,
                 Some(false) => {}
                 None => step.slot_conflict = true,
@@ -681,15 +921,21 @@ impl Exchange {
     }
 }
 
+fn latency_us(event: &Event, now_ms: u64) -> u32 {
+    u32::try_from(now_ms.saturating_sub(event.time_ms).saturating_mul(1000)).unwrap_or(u32::MAX)
+}
+
 /// Continues the flow of `p`'s session in session `to`'s slot, claiming one for it if it
-/// has none. `Some(true)`: handed over; `Some(false)`: nothing to continue; `None`: every
-/// compare-and-swap attempt lost.
+/// has none. `Some(true)`: handed over (with a collector, `events` gains the steps it
+/// continues from); `Some(false)`: nothing to continue; `None`: every compare-and-swap
+/// attempt lost.
 fn hand_over<H: Host>(
     scope: &Scope,
     host: &mut H,
     p: Pending,
     to: u64,
     now_ms: u64,
+    events: &mut Vec<Event>,
 ) -> Result<Option<bool>, StoreError<H::Error>> {
     if to == p.fingerprint {
         return Ok(Some(false));
@@ -712,13 +958,45 @@ fn hand_over<H: Host>(
                 // A new identity from this address: it carries one more customer.
                 judge.carry(host, None, to, now)?;
             }
+            if scope.settings.collector.is_some() {
+                continued(scope, &from, to, now_ms, events);
+            }
             return Ok(Some(true));
         }
     }
     Ok(None)
 }
 
-/// Records a step's outcome in its slot (`filter/src/http.rs` `on_response`). Returns
+/// Tells the fleet which steps the new identity `to` continues from: at the edge a login's
+/// new cookie or token may hash to another proxy, which asks the collector about it
+/// (`Sessions.Completed`) and must find them. Session-wide steps only: an object's steps
+/// are kept by a short key here, and a flow usually reaches its objects after the login.
+fn continued(scope: &Scope, from: &Slot, to: u64, now_ms: u64, events: &mut Vec<Event>) {
+    let Some(model) = scope.model else {
+        return;
+    };
+    let steps = crate::endpoint_set::EndpointSet(from.completed.0 & model.required().0);
+    events.extend(
+        steps
+            .iter()
+            .filter_map(|e| model.template(e))
+            .map(|t| Event {
+                time_ms: now_ms,
+                session: to,
+                template: t.to_owned(),
+                status: 200,
+                outcome: None,
+                rules: RuleSet::EMPTY,
+                latency_us: 0,
+                summary: false,
+                ids: None,
+                weak_session: false,
+                prompt: true,
+            }),
+    );
+}
+
+/// Records a step's outcome in its slot. Returns
 /// whether the slot was written.
 fn settle<H: Host>(
     scope: &Scope,
@@ -763,12 +1041,16 @@ fn record_address_failure<H: Host>(
     now_ms: u64,
     delta: &mut LearnStats,
 ) -> Result<(), StoreError<H::Error>> {
-    let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+    let now = secs(now_ms);
     let peak = scope.judge().record_address_failure(host, now)?;
     if scope.model.is_none() {
         delta.observe_address_failure(peak);
     }
     Ok(())
+}
+
+fn secs(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
 /// The names of client-sent `x-flowguard-*` headers.

@@ -328,6 +328,7 @@ impl Filter {
             base_normaliser: &installed.base,
             started: self.started.load(Ordering::Relaxed),
             relearns: self.relearns(),
+            registry: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The exchange on an in-memory host: what the filter does with a request and its answer.
 
 use super::*;
+use crate::fleet_join::Seed;
 use crate::store::MemoryHost;
 
 const POLICY: &str = r#"{"version":1,"window_s":60,"endpoints":[
@@ -87,6 +88,7 @@ impl World {
             base_normaliser: &self.base,
             started: 1,
             relearns: false,
+            registry: None,
         };
         let cookie = format!("session={session}");
         let headers: Vec<(&[u8], &[u8])> = vec![
@@ -228,6 +230,7 @@ fn learn_passes_untouched_and_counts() {
         base_normaliser: &base,
         started: 1,
         relearns: false,
+        registry: None,
     };
     let mut host = MemoryHost::default();
     let mut delta = LearnStats::default();
@@ -268,6 +271,7 @@ fn no_session_no_judgement() {
         base_normaliser: &w.base,
         started: 1,
         relearns: false,
+        registry: None,
     };
     let headers: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", b"/confirm")];
     let step = Exchange::default()
@@ -324,6 +328,7 @@ fn a_2xx_failure_by_body_completes_nothing() {
         base_normaliser: &w.base,
         started: 1,
         relearns: false,
+        registry: None,
     };
     let headers: Vec<(&[u8], &[u8])> = vec![
         (b":method", b"POST"),
@@ -387,5 +392,129 @@ fn the_response_head_is_read_from_its_headers() {
             content_length: Some(42),
             cookie_session: None
         }
+    );
+}
+
+const COLLECTOR: &str = r#","collector":{"cluster":"fg","sample_rate":1.0}"#;
+
+/// A request from session `session` through a fresh exchange that may ask the fleet.
+fn ask(w: &mut World, x: &mut Exchange, path: &str, session: &str, now: u64) -> RequestStep {
+    let scope = Scope {
+        settings: &w.settings,
+        model: Some(&w.model),
+        registry_map: &[],
+        base_normaliser: &w.base,
+        started: 1,
+        relearns: false,
+        registry: None,
+    };
+    let cookie = format!("session={session}");
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":path", path.as_bytes()),
+        (b"cookie", cookie.as_bytes()),
+        (b"x-request-id", b"req-7"),
+    ];
+    x.can_ask = true;
+    x.request(&scope, &mut w.host, &headers, now * 1000, 1, &mut w.delta)
+        .unwrap()
+}
+
+fn resume(w: &mut World, x: &mut Exchange, fleet: Fleet, now: u64) -> RequestStep {
+    let scope = Scope {
+        settings: &w.settings,
+        model: Some(&w.model),
+        registry_map: &[],
+        base_normaliser: &w.base,
+        started: 1,
+        relearns: false,
+        registry: None,
+    };
+    x.resume(&scope, &mut w.host, fleet, now * 1000, 2, &mut w.delta)
+        .unwrap()
+}
+
+#[test]
+fn events_are_complete_with_the_answer_or_at_once_for_a_reply() {
+    let mut w = World::with(settings_with("enforce", COLLECTOR));
+    let (step, answer) = w.exchange("POST", "/pay", "e", &status(200), &[], 1_000);
+    assert!(step.event.is_none(), "held for the answer's status");
+    let [event] = answer.events.as_slice() else {
+        panic!("one event: {:?}", answer.events);
+    };
+    assert_eq!(
+        (event.template.as_str(), event.status, event.prompt),
+        ("POST /pay", 200, true)
+    );
+    assert_eq!(event.outcome, Some(Outcome::Allow));
+    // Skipping the payment with no fleet to ask: refused, the event goes at once.
+    let step = w.call("POST", "/confirm", "f", 200, 1_000);
+    let event = step.event.expect("a local reply's event");
+    assert_eq!(Some(event.status), step.reply.as_ref().map(|r| r.status));
+    assert!(event.rules.contains(Rule::MissingPrerequisite));
+    assert_eq!(step.counts.fleet, Some(FleetCount::Unavailable));
+    // Without a collector nothing is reported.
+    let mut quiet = World::new("enforce");
+    let (step, answer) = quiet.exchange("POST", "/pay", "e", &status(200), &[], 1_000);
+    assert!(step.event.is_none() && answer.events.is_empty());
+}
+
+#[test]
+fn an_answer_that_never_came_is_reported_not_lost() {
+    let mut w = World::with(settings_with("enforce", COLLECTOR));
+    let mut x = Exchange::default();
+    let step = ask(&mut w, &mut x, "/pay", "g", 1_000);
+    assert!(step.reply.is_none() && step.event.is_none());
+    let scope = Scope {
+        settings: &w.settings,
+        model: Some(&w.model),
+        registry_map: &[],
+        base_normaliser: &w.base,
+        started: 1,
+        relearns: false,
+        registry: None,
+    };
+    let end = x
+        .finish(&scope, &mut w.host, 1_000_250, &mut w.delta)
+        .unwrap();
+    let [event] = end.events.as_slice() else {
+        panic!("the held event: {:?}", end.events);
+    };
+    assert_eq!((event.status, event.latency_us), (0, 250_000));
+}
+
+#[test]
+fn a_skipping_new_session_waits_for_the_fleet_and_its_answer_decides() {
+    let mut w = World::with(settings_with("enforce", COLLECTOR));
+    // The fleet saw the payment: the session joins and its confirm passes.
+    let mut x = Exchange::default();
+    let step = ask(&mut w, &mut x, "/confirm", "h", 1_000);
+    let question = step.ask.expect("the fleet is asked");
+    assert!(step.decision.is_none() && step.reply.is_none());
+    assert_eq!(question.templates, vec!["POST /pay".to_owned()]);
+    assert_eq!(question.horizon_s, FLEET_HORIZON_S);
+    let seed = Seed::from_answer(&w.model, true, ["POST /pay"], []);
+    let step = resume(&mut w, &mut x, Fleet::Answered(seed), 1_000);
+    assert!(step.reply.is_none(), "{step:?}");
+    assert_eq!(step.counts.fleet, Some(FleetCount::Joined));
+    assert!(step.counts.new_session);
+    // The fleet never saw it pay: refused, with the request id it came with.
+    let mut x = Exchange::default();
+    assert!(ask(&mut w, &mut x, "/confirm", "k", 1_000).ask.is_some());
+    let refused = Seed::from_answer(&w.model, true, [], []);
+    let step = resume(&mut w, &mut x, Fleet::Answered(refused), 1_000);
+    let reply = step.reply.expect("refused");
+    assert!(reply.body.contains("req-7"), "{}", reply.body);
+    assert_eq!(step.counts.fleet, Some(FleetCount::Refused));
+    // No answer in time: the mid-flow budget decides (closed here: refused).
+    let mut x = Exchange::default();
+    assert!(ask(&mut w, &mut x, "/confirm", "m", 1_000).ask.is_some());
+    let step = resume(&mut w, &mut x, Fleet::Unasked, 1_000);
+    assert!(step.reply.is_some());
+    assert_eq!(step.counts.fleet, Some(FleetCount::Unavailable));
+    // Resumed twice (a late second answer): nothing more happens.
+    assert_eq!(
+        resume(&mut w, &mut x, Fleet::Unavailable, 1_000),
+        RequestStep::default()
     );
 }
