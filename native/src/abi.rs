@@ -15,9 +15,10 @@
 //! (`int`-sized; 0 is Continue).
 #![allow(unsafe_code)]
 
+use crate::registry::{self, Origin};
 use crate::{
-    counted, counted_response, fired, rule_counter, Counter, Filter, Gauge, Level, Stream,
-    COUNTERS, GAUGES,
+    counted, counted_response, fired, rule_counter, telemetry_counts, Counter, Filter, Gauge,
+    Level, Stream, COUNTERS, GAUGES,
 };
 use flowguard_engine::exchange::ResponseStep;
 use flowguard_engine::rule::Rule;
@@ -139,6 +140,28 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoy,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoy,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoy,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoy,
         id: usize,
@@ -182,6 +205,51 @@ pub fn log(level: Level, message: &str) {
 struct Config {
     filter: Arc<Filter>,
     counters: Arc<Counters>,
+    /// With a collector: Envoy's scheduler for this configuration (its address) and the
+    /// waker registered with the telemetry thread, which commits to it when it has counts
+    /// for Envoy; the scheduled hook reports them on the main thread.
+    scheduler: Option<(usize, u64)>,
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        if let Some((scheduler, waker)) = self.scheduler.take() {
+            // Unregistered first: once `unregister` returns no thread commits to it.
+            if let Some(pending) = self.filter.pending() {
+                pending.unregister(waker);
+            }
+            // SAFETY: the scheduler `scheduler_new` returned, deleted once, never used after.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+                    scheduler as *mut c_void,
+                );
+            }
+        }
+    }
+}
+
+/// With a collector: an Envoy scheduler for `config_envoy`, registered as the telemetry
+/// thread's waker.
+fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64)> {
+    let pending = filter.pending()?;
+    // SAFETY: `config_envoy` is the pointer Envoy gave the config hook.
+    let scheduler =
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy) };
+    if scheduler.is_null() {
+        return None;
+    }
+    let address = scheduler as usize;
+    let waker = pending.register(Box::new(move || {
+        // SAFETY: called only while registered, before `Config::drop` deletes it; Envoy's
+        // commit may be called from any thread.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                address as *mut c_void,
+                0,
+            );
+        }
+    }));
+    Some((address, waker))
 }
 
 #[derive(Default)]
@@ -441,8 +509,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     let config = envoy_bytes(config.ptr, config.length);
     let _ = name;
     guarded(std::ptr::null(), || {
-        let filter = match Filter::new(config, log) {
-            Ok(f) => Arc::new(f),
+        let (filter, origin) = match registry::global().filter(config, log) {
+            Ok(f) => f,
             Err(e) => {
                 log(
                     Level::Critical,
@@ -473,15 +541,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 filter.settings.mode
             ),
         );
-        if filter.settings.collector.is_some() {
+        if origin == Origin::Adopted {
             log(
-                Level::Warn,
-                "flowguard: collector: not supported by the native module yet (no telemetry, fleet policy or fleet answers)",
+                Level::Info,
+                "flowguard: the same configuration as a live one: its model, sessions and telemetry carry on",
             );
         }
+        if filter.settings.collector.is_some() {
+            log(
+                Level::Info,
+                "flowguard: reporting to the collector from a background thread",
+            );
+        }
+        let scheduler = scheduler(config_envoy, &filter);
         Box::into_raw(Box::new(Config {
             filter,
             counters: Arc::new(counters),
+            scheduler,
         })) as ConfigModule
     })
 }
@@ -812,12 +888,57 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
+/// The telemetry thread has counts for Envoy (or a new model's gauges): reported here, on
+/// the main thread, through the configuration's own metrics.
+///
+/// # Safety
+/// Envoy passes its config pointer and a live pointer `on_http_filter_config_new` returned.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _config_envoy: ConfigEnvoy,
-    _config: ConfigModule,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigEnvoy,
+    config: ConfigModule,
     _event_id: u64,
 ) {
+    let Some(config) = (config as *const Config).as_ref() else {
+        return;
+    };
+    guarded((), || {
+        let Some(pending) = config.filter.pending() else {
+            return;
+        };
+        let ids = &config.counters;
+        for (counter, n) in telemetry_counts(pending.take()) {
+            if let (Some((_, id)), true) = (ids.ids.iter().find(|(c, _)| *c == counter), n > 0) {
+                // SAFETY: `config_envoy` is valid during the hook.
+                unsafe {
+                    envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                        config_envoy,
+                        *id,
+                        std::ptr::null_mut(),
+                        0,
+                        n,
+                    );
+                }
+            }
+        }
+        let generation = config.filter.generation();
+        if ids.reported.swap(generation, Ordering::Relaxed) != generation {
+            for (gauge, value) in config.filter.gauges() {
+                if let Some((_, id)) = ids.gauges.iter().find(|(g, _)| *g == gauge) {
+                    // SAFETY: `config_envoy` is valid during the hook.
+                    unsafe {
+                        envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                            config_envoy,
+                            *id,
+                            std::ptr::null_mut(),
+                            0,
+                            value,
+                        );
+                    }
+                }
+            }
+        }
+    });
 }
 
 #[no_mangle]

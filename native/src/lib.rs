@@ -14,7 +14,9 @@
 
 #[cfg(not(test))]
 pub mod abi;
+pub mod registry;
 pub mod table;
+pub mod telemetry;
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
@@ -59,9 +61,15 @@ pub enum Counter {
     Midflow,
     Handovers,
     HostErrors,
+    TelemetrySent,
+    TelemetryDropped,
+    TelemetryFailed,
+    PolicyUpdates,
+    PolicyRefused,
+    PolicyFailed,
 }
 
-pub const COUNTERS: [(Counter, &str); 12] = [
+pub const COUNTERS: [(Counter, &str); 18] = [
     (Counter::Requests, "flowguard.requests"),
     (Counter::Sessionless, "flowguard.requests_without_session"),
     (Counter::Allow, "flowguard.verdict.allow"),
@@ -74,7 +82,25 @@ pub const COUNTERS: [(Counter, &str); 12] = [
     (Counter::Midflow, "flowguard.sessions.midflow"),
     (Counter::Handovers, "flowguard.sessions.handovers"),
     (Counter::HostErrors, "flowguard.host_errors"),
+    (Counter::TelemetrySent, "flowguard.telemetry.sent"),
+    (Counter::TelemetryDropped, "flowguard.telemetry.dropped"),
+    (Counter::TelemetryFailed, "flowguard.telemetry.failed"),
+    (Counter::PolicyUpdates, "flowguard.policy.updates"),
+    (Counter::PolicyRefused, "flowguard.policy.refused"),
+    (Counter::PolicyFailed, "flowguard.policy.poll_failed"),
 ];
+
+/// The telemetry thread's counts, by counter (reported from Envoy's main thread).
+pub fn telemetry_counts(c: telemetry::Counts) -> [(Counter, u64); 6] {
+    [
+        (Counter::TelemetrySent, c.sent),
+        (Counter::TelemetryDropped, c.dropped),
+        (Counter::TelemetryFailed, c.failed),
+        (Counter::PolicyUpdates, c.policy_updates),
+        (Counter::PolicyRefused, c.policy_refused),
+        (Counter::PolicyFailed, c.policy_failed),
+    ]
+}
 
 /// Gauges, under the Wasm filter's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,8 +216,25 @@ struct Learner {
 /// How often (requests) learning looks at the registry for new variable positions.
 const SYNC_EVERY: u32 = 32;
 
-/// One filter configuration: settings and the state every worker shares.
+/// One filter configuration: the state every worker shares ([`Core`]) and the telemetry
+/// thread, if a collector is configured. Configurations with the same JSON share one
+/// (`registry`), so a reload keeps the model and the sessions.
 pub struct Filter {
+    core: Arc<Core>,
+    /// Dropped last: stops and joins the thread.
+    telemetry: Option<telemetry::Telemetry>,
+}
+
+impl std::ops::Deref for Filter {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Settings and the state every worker (and the telemetry thread) shares.
+pub struct Core {
     pub settings: Settings,
     table: Table,
     installed: RwLock<Arc<Installed>>,
@@ -251,9 +294,78 @@ fn now_ms() -> u64 {
 }
 
 impl Filter {
-    /// Parses the configuration JSON (the Wasm filter's), compiling a configured policy.
-    /// The error names the offending key.
+    /// Parses the configuration JSON (the Wasm filter's, plus the native-only
+    /// `collector.address`), compiling a configured policy, and starts the telemetry thread
+    /// if a collector is configured. The error names the offending key.
     pub fn new(json: &[u8], log: Log) -> Result<Filter, String> {
+        let (json, address) = telemetry::split_address(json)?;
+        let core = Arc::new(Core::new(&json, log)?);
+        let telemetry = match (&core.settings.collector, address) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(
+                    "collector.address: the native module reports to the collector \
+                    itself: give its address (http://host:port)"
+                        .to_owned(),
+                )
+            }
+            (Some(c), Some(address)) => Some(telemetry::Telemetry::start(
+                address,
+                &core.settings,
+                c,
+                core.clone(),
+            )?),
+        };
+        Ok(Filter { core, telemetry })
+    }
+
+    pub fn stream(self: &Arc<Self>) -> Stream {
+        Stream {
+            filter: self.clone(),
+            exchange: Exchange::default(),
+            installed: None,
+        }
+    }
+
+    /// Buffers a telemetry event (never waits; a full buffer drops and counts it).
+    pub fn record(&self, event: flowguard_engine::telemetry::Event) {
+        if let Some(t) = &self.telemetry {
+            t.queue.push(event);
+        }
+    }
+
+    /// The telemetry thread's counts and wakers, when a collector is configured.
+    pub fn pending(&self) -> Option<&Arc<telemetry::Pending>> {
+        self.telemetry.as_ref().map(|t| &t.queue.pending)
+    }
+
+    /// Whether the telemetry thread runs (tests).
+    pub fn reporting(&self) -> bool {
+        self.telemetry
+            .as_ref()
+            .is_some_and(telemetry::Telemetry::is_running)
+    }
+}
+
+impl telemetry::Sink for Core {
+    fn version(&self) -> u64 {
+        self.installed().model.as_ref().map_or(0, |m| m.version)
+    }
+
+    fn install(&self, policy: Policy, model: Model) -> bool {
+        if self.settings.policy.is_some() {
+            return false; // the operator's policy stands
+        }
+        self.adopt(policy, model)
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        (self.log)(level, message);
+    }
+}
+
+impl Core {
+    fn new(json: &[u8], log: Log) -> Result<Core, String> {
         let settings = Settings::from_json(json).map_err(|e| e.to_string())?;
         let model = match &settings.policy {
             Some(policy) => {
@@ -263,7 +375,7 @@ impl Filter {
         };
         let base = exchange::base_normaliser(&settings, &Registry::default());
         let table = Table::for_capacity(settings.session.capacity);
-        Ok(Filter {
+        Ok(Core {
             installed: RwLock::new(Arc::new(Installed {
                 last_used: last_used(model.as_ref(), now_secs()),
                 retired: EndpointSet::EMPTY,
@@ -341,14 +453,6 @@ impl Filter {
     /// itself (a configured policy is the operator's), as the Wasm filter does.
     fn relearns(&self) -> bool {
         self.settings.policy.is_none() && self.settings.collector.is_none()
-    }
-
-    pub fn stream(self: &Arc<Self>) -> Stream {
-        Stream {
-            filter: self.clone(),
-            exchange: Exchange::default(),
-            installed: None,
-        }
     }
 
     /// Merges an exchange's learning counters (counted in id space `space`); compiles and
@@ -605,6 +709,28 @@ impl Filter {
                 return;
             }
         };
+        self.log_learned(&policy, &model, stats);
+        let layout = model.layout;
+        let registry_map = self.install(policy, model, &registry);
+        if self.relearns() {
+            // Learning goes on in the model's ids: what was counted is carried over.
+            let map = |id: EndpointId| registry_map.get(usize::from(id)).copied().flatten();
+            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut carried = stats.remap(map);
+            carried.merge(&learner.stats.remap(map));
+            learner.stats = carried;
+            learner.space = layout;
+        }
+    }
+
+    /// Swaps `model` in (for `policy`); slots recorded while learning map through
+    /// `registry`. The learning-registry-to-model map.
+    fn install(
+        &self,
+        policy: Policy,
+        model: Model,
+        registry: &Registry,
+    ) -> Vec<Option<EndpointId>> {
         let registry_map: Vec<Option<EndpointId>> = registry
             .templates()
             .iter()
@@ -615,34 +741,38 @@ impl Filter {
                 model.endpoint(&out)
             })
             .collect();
-        self.log_learned(&policy, &model, stats);
-        let base = exchange::base_normaliser(s, &registry);
+        let base = exchange::base_normaliser(&self.settings, registry);
+        let mut slot = self
+            .installed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        *slot = Arc::new(Installed {
+            last_used: last_used(Some(&model), now_secs()),
+            retired: EndpointSet::EMPTY,
+            model: Some(model),
+            registry_map: registry_map.clone(),
+            base,
+            prefixes: registry.variable_prefixes().len(),
+            policy: Some(policy),
+        });
+        registry_map
+    }
+
+    /// Installs a policy the collector served (compiled by the telemetry thread), unless
+    /// its version is the installed one's.
+    fn adopt(&self, policy: Policy, model: Model) -> bool {
+        if self.installed().model.as_ref().map(|m| m.version) == Some(model.version) {
+            return false;
+        }
+        let registry = self.registry();
         let layout = model.layout;
-        {
-            let mut slot = self
-                .installed
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.generation.fetch_add(1, Ordering::Relaxed);
-            *slot = Arc::new(Installed {
-                last_used: last_used(Some(&model), now_secs()),
-                retired: EndpointSet::EMPTY,
-                model: Some(model),
-                registry_map: registry_map.clone(),
-                base,
-                prefixes: registry.variable_prefixes().len(),
-                policy: Some(policy),
-            });
-        }
-        if self.relearns() {
-            // Learning goes on in the model's ids: what was counted is carried over.
-            let map = |id: EndpointId| registry_map.get(usize::from(id)).copied().flatten();
-            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut carried = stats.remap(map);
-            carried.merge(&learner.stats.remap(map));
-            learner.stats = carried;
-            learner.space = layout;
-        }
+        self.install(policy, model, &registry);
+        // Local learning stops with a collector; its counts were in another id space.
+        let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
+        learner.space = layout;
+        learner.stats = LearnStats::default();
+        true
     }
 }
 
@@ -690,6 +820,10 @@ impl Stream {
         }
         filter.retire_unused(now_ms);
         self.installed = Some(installed);
+        let mut step = step;
+        if let Some(event) = step.as_mut().ok().and_then(|s| s.event.take()) {
+            filter.record(event); // a local reply's, complete now
+        }
         step
     }
 
@@ -761,6 +895,12 @@ impl Stream {
         });
         if let Some(delta) = delta.filter(|d| !d.is_empty()) {
             filter.learn(delta, installed.space());
+        }
+        let mut step = step;
+        if let Ok(s) = &mut step {
+            for event in s.events.drain(..) {
+                filter.record(event);
+            }
         }
         let version = installed.model.as_ref().map(|m| m.version);
         if let (

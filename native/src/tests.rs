@@ -182,3 +182,104 @@ fn an_endpoint_unused_for_retire_after_s_is_retired() {
     assert_eq!(verdict(&step), "flag; rules=inventory.deprecated_endpoint");
     assert_eq!(verdict(&call(&filter, "GET", "/a", "w", 200)), "allow");
 }
+
+/// The threads of this process named `flowguard-telemet` (Linux truncates to 15 bytes).
+fn telemetry_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "flowguard-telem")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_collector_needs_an_address_natively() {
+    let err = Filter::new(br#"{"collector":{"cluster":"flowguard_collector"}}"#, quiet)
+        .err()
+        .unwrap();
+    assert!(err.starts_with("collector.address"), "{err}");
+}
+
+#[test]
+fn the_telemetry_thread_stops_when_its_filter_is_dropped() {
+    // A collector that accepts connections and never answers: calls stay in flight.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let json = format!(
+        r#"{{"mode":"monitor","session":{{"sources":[{{"cookie":"session"}}]}},
+            "collector":{{"address":"http://{}","sample_rate":1.0,"flush_interval_ms":50,
+                          "timeout_ms":60000,"policy_interval_ms":50}}}}"#,
+        silent.local_addr().unwrap()
+    );
+    let before = telemetry_threads();
+    let filter = Arc::new(Filter::new(json.as_bytes(), quiet).unwrap());
+    assert!(filter.reporting());
+    // The thread names itself once it runs.
+    let named = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        telemetry_threads() == before + 1
+    });
+    assert!(named, "one telemetry thread: {}", telemetry_threads());
+    for i in 0..20 {
+        call(&filter, "GET", "/items", &format!("s{i}"), 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300)); // batches and a poll in flight
+    let started = std::time::Instant::now();
+    drop(filter);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "in-flight calls are abandoned, not awaited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(telemetry_threads(), before, "the thread is gone");
+}
+
+#[test]
+fn a_reload_with_the_same_json_keeps_the_model_and_the_sessions() {
+    let registry = registry::Registry::default();
+    let json = br#"{"mode":"enforce","session":{"sources":[{"cookie":"session"}]},
+        "learning":{"min_sessions":50,"min_requests":150,"min_routes":1,"confidence":0.9,"prerequisite_ratio":0.9}}"#;
+    let (first, origin) = registry.filter(json, quiet).unwrap();
+    assert_eq!(origin, registry::Origin::New);
+    for i in 0..60 {
+        let s = format!("s{i}");
+        call(&first, "GET", "/items", &s, 200);
+        call(&first, "POST", "/pay", &s, 200);
+        call(&first, "POST", "/confirm", &s, 200);
+    }
+    assert!(first.installed().model.is_some(), "learned");
+    // A customer pays before the reload.
+    call(&first, "GET", "/items", "mid", 200);
+    call(&first, "POST", "/pay", "mid", 200);
+
+    // Envoy builds the new configuration before it destroys the old one.
+    let (second, origin) = registry.filter(json, quiet).unwrap();
+    drop(first);
+    assert_eq!(origin, registry::Origin::Adopted);
+    assert!(second.installed().model.is_some(), "no relearning");
+    let step = call(&second, "POST", "/confirm", "mid", 200);
+    assert!(
+        step.reply.is_none(),
+        "the payment made before the reload counts"
+    );
+    let skip = call(&second, "POST", "/confirm", "attacker", 200);
+    assert_eq!(skip.reply.map(|r| r.status), Some(403));
+
+    // Another JSON starts fresh; so does the same JSON once no configuration holds it.
+    let other = br#"{"mode":"monitor","session":{"sources":[{"cookie":"session"}]}}"#;
+    let (third, origin) = registry.filter(other, quiet).unwrap();
+    assert_eq!(origin, registry::Origin::New);
+    assert!(third.installed().model.is_none());
+    assert_eq!(registry.live(), 2);
+    drop(second);
+    let (again, origin) = registry.filter(json, quiet).unwrap();
+    assert_eq!(origin, registry::Origin::New);
+    assert!(again.installed().model.is_none());
+    drop((third, again));
+    assert_eq!(registry.live(), 0);
+}
