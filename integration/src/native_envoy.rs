@@ -3,6 +3,7 @@
 //! Wasm filter: the same bootstrap as [`crate::envoy::bootstrap_yaml`], the filter swapped.
 
 use crate::envoy::{bootstrap_yaml, repo_root, Envoy, EnvoyConfig};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Whether the tests run against the native build (`FLOWGUARD_BUILD=native`):
@@ -79,9 +80,28 @@ pub fn native_yaml(cfg: &EnvoyConfig, module: &Path) -> Result<String, String> {
     match (head, tail) {
         (Some(head), Some(tail)) => Ok(format!(
             "{head}{}{tail}",
-            native_filter(&cfg.filter_json, module)
+            native_filter(&with_address(&cfg.filter_json, cfg.collector), module)
         )),
         _ => Err("bootstrap out of order".into()),
+    }
+}
+
+/// The filter JSON the module is given: a `collector` section without the native-only
+/// `collector.address` (the Wasm filter names Envoy's cluster instead) gains the address
+/// of the harness's collector, so the same test configuration serves both builds.
+pub fn with_address(filter_json: &str, collector: Option<SocketAddr>) -> String {
+    let Some(addr) = collector else {
+        return filter_json.to_owned();
+    };
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(filter_json) else {
+        return filter_json.to_owned();
+    };
+    match json.get_mut("collector").and_then(|c| c.as_object_mut()) {
+        Some(c) if !c.contains_key("address") => {
+            c.insert("address".into(), format!("http://{addr}").into());
+            json.to_string()
+        }
+        _ => filter_json.to_owned(),
     }
 }
 
