@@ -149,6 +149,17 @@ pub enum FleetCount {
     Unavailable,
 }
 
+/// How much of an answer's head a host must read ([`Exchange::answer_needs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerNeeds {
+    /// The response step can be skipped.
+    Nothing,
+    /// `:status` alone.
+    Status,
+    /// Every header ([`ResponseHead::from_headers`]).
+    Headers,
+}
+
 /// What the response phase needs from an answer's headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -773,6 +784,25 @@ impl Exchange {
             self.scanned = pending;
         }
         Ok(step)
+    }
+
+    /// How much of the answer's head the response step needs, so a host reads no more:
+    /// the whole map for a cookie, a body to wait for or inspect; the status for a step
+    /// to settle, a failure to count or an event to complete; else nothing at all.
+    pub fn answer_needs(&self, settings: &Settings) -> AnswerNeeds {
+        let whole = settings.rules.get(Rule::SensitiveData) != RuleAction::Off
+            || self.pending.is_some_and(|p| {
+                p.handover_step
+                    || settings.session.reads_set_cookie()
+                    || !settings.endpoints.failure.is_empty()
+            });
+        if whole {
+            AnswerNeeds::Headers
+        } else if self.pending.is_some() || self.address_watch.is_some() || self.event.is_some() {
+            AnswerNeeds::Status
+        } else {
+            AnswerNeeds::Nothing
+        }
     }
 
     /// Whether the host should hand this exchange the answer's body.

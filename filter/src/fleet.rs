@@ -1,13 +1,13 @@
 //! Asking the fleet about a session new here whose first request skips a step
 //! (`flowguard_engine::fleet_join`): the request is paused, the collector is asked over
 //! Envoy's gRPC callout with a short deadline (`session.midflow.fleet_timeout_ms`), and
-//! the answer comes back to the request's HTTP context, which judges it again.
+//! the answer comes back to the request's HTTP context, whose exchange resumes with it.
 
 use crate::host;
 use crate::metrics::Metrics;
 use crate::worker::Worker;
-use flowguard_engine::fleet_join::{self, Fleet, Seed};
-use flowguard_engine::verdict::{Request, Verdict};
+use flowguard_engine::exchange::Question;
+use flowguard_engine::fleet_join::{Fleet, Seed};
 use flowguard_proto::v1;
 use flowguard_proto::Message;
 use proxy_wasm::types::BufferType;
@@ -25,33 +25,24 @@ pub enum Reply {
     Unavailable,
 }
 
-/// How far back a question looks: a customer who logged in hours ago and stayed active
-/// is still mid-flow.
-const FLEET_HORIZON_S: u32 = 7 * 86_400;
-
-/// Asks the collector what session `fingerprint` completed among the steps some rule
-/// waits for. Returns the callout's token (the request then waits), or `None` when no
-/// question could be sent.
-pub fn ask(w: &mut Worker, request: &Request, verdict: &Verdict, fingerprint: u64) -> Option<u32> {
+/// Sends the exchange's question about a session new here (`Sessions.Completed`).
+/// Returns the callout's token (the request then waits), or `None` when it could not be
+/// sent.
+pub fn ask(w: &mut Worker, question: &Question) -> Option<u32> {
     if w.fleet_waiting >= MAX_WAITING {
         return None;
     }
-    let model = w.model.as_ref()?;
-    let question = v1::CompletedRequest {
-        session: fingerprint,
-        templates: fleet_join::question(model, verdict)
-            .map(str::to_owned)
-            .collect(),
-        ids: fleet_join::question_object(model, request).unwrap_or(0),
-        // A session's age, not its idle time, says how far back its steps lie: ask for
-        // all the collector keeps (it caps the horizon at 7 days).
-        horizon_s: FLEET_HORIZON_S,
+    let message = v1::CompletedRequest {
+        session: question.session,
+        templates: question.templates.clone(),
+        ids: question.object,
+        horizon_s: question.horizon_s,
     };
     let timeout = Duration::from_millis(w.settings.session.midflow_fleet_timeout_ms.into());
     let token = w
         .telemetry
         .as_mut()?
-        .ask_sessions(&question.encode_to_vec(), timeout)?;
+        .ask_sessions(&message.encode_to_vec(), timeout)?;
     w.fleet_waiting += 1;
     Metrics::inc(w.metrics.fleet_asked);
     Some(token)
@@ -73,15 +64,14 @@ pub fn read(status: u32, size: usize) -> Reply {
 }
 
 /// Where the request stands with the fleet, in the installed model's ids.
-pub fn standing(w: &Worker, reply: Option<&Reply>) -> Fleet {
+pub fn standing(w: &Worker, reply: &Reply) -> Fleet {
     match (reply, w.model.as_ref()) {
-        (None, _) => Fleet::Unasked,
-        (Some(Reply::Answer(a)), Some(model)) => Fleet::Answered(Seed::from_answer(
+        (Reply::Answer(a), Some(model)) => Fleet::Answered(Seed::from_answer(
             model,
             a.known,
             a.completed.iter().map(String::as_str),
             a.on_object.iter().map(String::as_str),
         )),
-        (Some(_), _) => Fleet::Unavailable,
+        _ => Fleet::Unavailable,
     }
 }

@@ -5,11 +5,9 @@
 //! `expect`, `panic!` and indexing, and a panic hook logs at critical level.
 
 mod fleet;
-mod handover;
 mod host;
 mod http;
 mod metrics;
-mod response_head;
 mod root;
 mod shared;
 mod telemetry;

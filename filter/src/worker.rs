@@ -1,17 +1,16 @@
-//! One worker's state: settings, the cached model, learning deltas and scratch buffers.
+//! One worker's state: settings, the cached model, learning deltas and a scratch buffer.
 //!
 //! Each Envoy worker thread runs its own VM, so this is per worker; what workers share
 //! goes through `shared`.
 
-use crate::host::{self, HostResult};
+use crate::host;
 use crate::metrics::Metrics;
-use crate::shared;
 use crate::telemetry::Telemetry;
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::EndpointId;
-use flowguard_engine::judge::Judge;
+use flowguard_engine::exchange::Scope;
 use flowguard_engine::learn::{LearnStats, Registry};
 use flowguard_engine::model::Model;
 use proxy_wasm::types::LogLevel;
@@ -40,7 +39,8 @@ pub struct Worker {
     /// count in (see [`crate::shared::decode_stats`]).
     pub delta: LearnStats,
     pub delta_space: u64,
-    pub scratch: Scratch,
+    /// The template buffer each request's exchange borrows, so none allocates one.
+    pub scratch_template: String,
     pub requests_seen: u64,
     /// When each model endpoint was last called normally here (seconds), for retiring
     /// endpoints unused for `endpoints.retire_after_s`.
@@ -52,13 +52,6 @@ pub struct Worker {
     /// When the periodic work last ran (ms): ticks come faster with a collector, for
     /// prompt reports, and the rest runs every `learning.tick_ms`.
     pub last_tick_ms: u64,
-}
-
-/// Buffers reused across requests, so the request path does not allocate for them.
-#[derive(Default)]
-pub struct Scratch {
-    pub template: String,
-    pub header: String,
 }
 
 impl Worker {
@@ -81,23 +74,13 @@ impl Worker {
             registry_map: Vec::new(),
             delta: LearnStats::default(),
             delta_space: 0,
-            scratch: Scratch::default(),
+            scratch_template: String::new(),
             requests_seen: 0,
             last_used: Vec::new(),
             telemetry,
             fleet_waiting: 0,
             last_tick_ms: 0,
         }
-    }
-
-    /// The tag slots are written under: the model's layout, the first version with its
-    /// endpoint ids (0 while learning). A relearned model keeps its predecessor's ids and
-    /// so its tag: workers that have installed it and workers still on the previous
-    /// version agree on what every session has completed.
-    pub fn epoch(&self) -> u32 {
-        self.model
-            .as_ref()
-            .map_or(0, |m| u32::try_from(m.layout).unwrap_or(u32::MAX))
     }
 
     /// The installed model's version (0: none).
@@ -152,39 +135,6 @@ impl Worker {
         self.model = Some(model);
     }
 
-    /// The endpoint id of `scratch.template`: the model's, or the learning registry's
-    /// (adding the template, generalised by the positions learned so far, to the shared
-    /// registry if it is new and there is room). `scratch.template` becomes the template
-    /// the id stands for.
-    pub fn endpoint_id(&mut self) -> HostResult<Option<EndpointId>> {
-        let template = self.scratch.template.as_str();
-        if let Some(model) = &self.model {
-            return Ok(model.endpoint(template));
-        }
-        if let Some(id) = self.registry.get(template) {
-            return Ok(Some(id));
-        }
-        let limit = self.settings.learning.max_endpoints;
-        let min_distinct = self.settings.learning.variable_segment_min;
-        let mut found = None;
-        let mut latest = Registry::default();
-        shared::update(shared::REGISTRY_KEY, |bytes| {
-            latest = bytes.map(Registry::decode).unwrap_or_default();
-            let before = latest.encode();
-            found = latest.learn(template, limit, min_distinct);
-            let after = latest.encode();
-            (after != before).then_some(after)
-        })?;
-        // The last attempt saw (and, if it wrote, extended) what is shared: other workers'
-        // additions too. It is the new local cache; no second read.
-        self.registry = latest;
-        if let Some(t) = found.and_then(|id| self.registry.templates().get(usize::from(id))) {
-            self.scratch.template.clone_from(t);
-        }
-        self.sync_normaliser();
-        Ok(found)
-    }
-
     /// Learning normalises with the registry's learned variable positions, so identifier
     /// values there are counted as identifiers (distinct ids per window) from the start.
     pub fn sync_normaliser(&mut self) {
@@ -201,15 +151,19 @@ impl Worker {
         .case_insensitive(self.settings.endpoints.case_insensitive);
     }
 
-    /// What this worker knows to judge a request with (`engine::judge`).
-    pub fn judge(&self) -> Judge<'_> {
-        Judge {
+    /// What the exchange (`engine::exchange`) judges with, and the learning counters it
+    /// adds to (borrowed apart).
+    pub fn scope(&mut self) -> (Scope<'_>, &mut LearnStats) {
+        let relearns = self.relearns();
+        let scope = Scope {
             settings: &self.settings,
             model: self.model.as_ref(),
-            epoch: self.epoch(),
             registry_map: &self.registry_map,
+            base_normaliser: &self.base_normaliser,
             started: self.started.unwrap_or(0),
-            relearns: self.relearns(),
-        }
+            relearns,
+            registry: Some(&self.registry),
+        };
+        (scope, &mut self.delta)
     }
 }

@@ -518,3 +518,47 @@ fn a_skipping_new_session_waits_for_the_fleet_and_its_answer_decides() {
         RequestStep::default()
     );
 }
+
+#[test]
+fn the_answer_is_read_only_as_far_as_it_matters() {
+    let json = format!(
+        r#"{{"mode":"enforce","session":{{"sources":[{{"header":"x-user"}}]}},
+            "rules":{{"response.sensitive_data":"off"}},"policy":{POLICY}}}"#
+    );
+    let quiet = Settings::from_json(json.as_bytes()).unwrap();
+    let mut x = Exchange::default();
+    assert_eq!(x.answer_needs(&quiet), AnswerNeeds::Nothing);
+    x.address_watch = Some(None);
+    assert_eq!(x.answer_needs(&quiet), AnswerNeeds::Status);
+    let pending = Pending {
+        index: 0,
+        fingerprint: 1,
+        endpoint: 0,
+        epoch: 1,
+        completed: true,
+        object: None,
+        learn: false,
+        retry: false,
+        endpoint_facts: false,
+        auth_step: false,
+        handover_step: false,
+    };
+    x.pending = Some(pending);
+    assert_eq!(x.answer_needs(&quiet), AnswerNeeds::Status);
+    // A login that may hand out the next identity: its whole head (and body) matter.
+    x.pending = Some(Pending {
+        handover_step: true,
+        ..pending
+    });
+    assert_eq!(x.answer_needs(&quiet), AnswerNeeds::Headers);
+    // So does a step's answer where a cookie names the session (a new one hands over).
+    let cookies = settings_with("enforce", r#","rules":{"response.sensitive_data":"off"}"#);
+    x.pending = Some(pending);
+    assert_eq!(x.answer_needs(&cookies), AnswerNeeds::Headers);
+    // So does every answer that may be scanned for sensitive data (on by default).
+    let scanning = settings("enforce");
+    assert_eq!(
+        Exchange::default().answer_needs(&scanning),
+        AnswerNeeds::Headers
+    );
+}
