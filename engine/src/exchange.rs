@@ -45,7 +45,7 @@ pub const VERDICT_HEADER: &str = "x-flowguard-verdict";
 /// Headers with this prefix are flowguard's: a client may never send one.
 pub const OWN_PREFIX: &[u8] = b"x-flowguard-";
 /// The learning registry's key (templates and learned variable positions).
-pub const REGISTRY_KEY: &str = "fg/reg";
+pub const REGISTRY_KEY: &str = crate::keys::REGISTRY;
 
 /// What a host knows when it starts an exchange: settings, the installed model and how to
 /// normalise while learning.

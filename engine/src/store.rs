@@ -1,10 +1,8 @@
 //! Shared data as the request path needs it: what the engine asks of its host.
 //!
 //! The filter implements [`Host`] on Envoy's shared data (every worker of a VM id sees
-//! it) and the downstream connection; tests and the fuzzer implement it on a map. Keys:
-//! `fg/s/<n>` session slots, `fg/a/<n>` client-address slots.
-
-use std::fmt::Write;
+//! it) and the downstream connection; tests and the fuzzer implement it on a map. The
+//! keys are `crate::keys`'.
 
 /// How often a compare-and-swap is retried before the caller gives up on the write.
 pub const CAS_RETRIES: usize = 4;
@@ -36,57 +34,8 @@ impl<E> From<E> for StoreError<E> {
     }
 }
 
-/// A shared-data key of a slot (`fg/s/<n>`, `fg/a/<n>`: at most 15 bytes), on the stack,
-/// passed by value: the request path neither allocates one nor shares a buffer for it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Key {
-    bytes: [u8; 16],
-    len: usize,
-}
-
-impl Key {
-    fn new(prefix: &str, index: u32) -> Key {
-        let mut key = Key {
-            bytes: [0; 16],
-            len: 0,
-        };
-        let _ = write!(key, "{prefix}{index}");
-        key
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.bytes
-            .get(..self.len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Write for Key {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        room.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The key of session slot `index`.
-pub fn slot_key(index: u32) -> Key {
-    Key::new("fg/s/", index)
-}
-
-/// The key of client-address slot `index`.
-pub fn address_key(index: u32) -> Key {
-    Key::new("fg/a/", index)
-}
+// Every key lives in `crate::keys`; these are what the request path names most.
+pub use crate::keys::{address_key, slot_key, Key};
 
 /// Read-modify-write of `key` under compare-and-swap: `f` gets the current bytes and
 /// returns the new ones (or `None` to leave the key alone). Returns whether a write
@@ -160,12 +109,6 @@ impl Host for MemoryHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_short_stack_values() {
-        assert_eq!(slot_key(4_294_967_295).as_str(), "fg/s/4294967295");
-        assert_eq!(address_key(7).as_str(), "fg/a/7");
-    }
 
     #[test]
     fn update_retries_a_lost_race_and_gives_up_after_its_retries() {

@@ -65,7 +65,7 @@ pub fn read(status: u32, size: usize) -> Reply {
 
 /// Where the request stands with the fleet, in the installed model's ids.
 pub fn standing(w: &Worker, reply: &Reply) -> Fleet {
-    match (reply, w.model.as_ref()) {
+    match (reply, w.model()) {
         (Reply::Answer(a), Some(model)) => Fleet::Answered(Seed::from_answer(
             model,
             a.known,

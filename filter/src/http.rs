@@ -164,7 +164,7 @@ impl HttpContext for Http {
 /// local reply, or a pause while the fleet is asked.
 fn on_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> HostResult<Action> {
     Metrics::inc(w.metrics.requests);
-    if w.model.is_none() {
+    if w.node.model.is_none() {
         // Another worker may have published the model since this one's last tick.
         crate::tick::adopt_published(w)?;
     }
@@ -180,7 +180,8 @@ fn on_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> Hos
 
 fn judge_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> HostResult<Action> {
     let now_ms = host::now_ms()?;
-    w.started
+    w.node
+        .started
         .get_or_insert(u32::try_from(now_ms / 1000).unwrap_or(u32::MAX));
     let bytes = host::header_pairs(MapType::HttpRequestHeaders)?;
     let pairs = decode_pairs(&bytes);
@@ -197,8 +198,7 @@ fn judge_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> 
         host::remove_header(MapType::HttpRequestHeaders, name)?;
     }
     if let Some(registry) = step.registry.take() {
-        w.registry = registry;
-        w.sync_normaliser();
+        w.node.adopt_registry(&w.settings, registry);
     }
     if let Some(question) = &step.ask {
         if let Some(token) = crate::fleet::ask(w, question) {
@@ -238,7 +238,7 @@ fn apply(w: &mut Worker, x: &Exchange, step: RequestStep, now_ms: u64) -> HostRe
     }
     if let (Some(e), Some(v)) = (step.endpoint, step.verdict) {
         if !v.fired.contains(Rule::DeprecatedEndpoint) {
-            if let Some(t) = w.last_used.get_mut(usize::from(e)) {
+            if let Some(t) = w.node.last_used.get_mut(usize::from(e)) {
                 *t = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
             }
         }
@@ -346,7 +346,7 @@ fn applied_response(w: &mut Worker, step: HostResult<ResponseStep>) {
     }
     // From now on, requests to an endpoint that answered 401/403 are checked against
     // their client address's failures (the learning sample may have held none).
-    if let (Some(Some(e)), Some(model)) = (step.auth_failure, w.model.as_mut()) {
+    if let (Some(Some(e)), Some(model)) = (step.auth_failure, w.node.model.as_mut()) {
         model.note_auth_failure(e);
     }
     if let Some(t) = w.telemetry.as_mut() {

@@ -9,7 +9,6 @@ mod host;
 mod http;
 mod metrics;
 mod root;
-mod shared;
 mod telemetry;
 mod tick;
 mod worker;

@@ -1,13 +1,13 @@
 //! The root context: configuration at load, periodic work on tick, one HTTP context per
 //! request.
 
-use crate::host;
+use crate::host::{self, EnvoyHost};
 use crate::http::Http;
-use crate::shared;
 use crate::tick;
 use crate::worker::{SharedWorker, Worker};
 use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
+use flowguard_engine::node::Node;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use std::time::Duration;
@@ -81,9 +81,9 @@ impl RootContext for Root {
                     return false;
                 }
             }
-        } else if let Ok((None, _)) = host::shared_get(shared::MODEL_VERSION_KEY) {
+        } else if let Ok((0, _)) = Node::published_version(&mut EnvoyHost) {
             // Create the probe key, so publishing a model later is a real compare-and-swap.
-            let _ = host::shared_set(shared::MODEL_VERSION_KEY, &0u64.to_le_bytes(), 0);
+            let _ = Node::create_version_key(&mut EnvoyHost);
         } else if let Err(e) = crate::tick::adopt_published(&mut worker) {
             host::log(
                 LogLevel::Warn,

@@ -4,11 +4,11 @@
 //! steps some rule waits for go to a second buffer, sent on every (short) tick, so the
 //! fleet can answer for them soon after (`Sessions.Completed`, `crate::fleet`).
 
-use crate::host;
+use crate::host::{self, EnvoyHost};
 use crate::metrics::Metrics;
-use crate::shared;
 use flowguard_engine::config::{CollectorSettings, Settings};
 use flowguard_engine::model::Model;
+use flowguard_engine::node::Node;
 use flowguard_engine::policy::Policy;
 use flowguard_engine::telemetry::{Event, EventBuffer};
 use flowguard_engine::verdict::Outcome;
@@ -340,11 +340,11 @@ impl Telemetry {
 fn publish(policy: &Policy, json: &str, m: &Metrics) {
     // Every worker polls: the first to see a new version publishes it, the others find it
     // published (or lose the claim to the one publishing it).
-    let result = shared::model_version().and_then(|(current, cas)| {
+    let result = Node::published_version(&mut EnvoyHost).and_then(|(current, cas)| {
         if current == policy.version {
             return Ok(false);
         }
-        shared::publish_model(policy.version, json, cas)
+        Node::publish(&mut EnvoyHost, policy.version, json, cas)
     });
     match result {
         Ok(false) => {}
