@@ -85,7 +85,7 @@ test-integration: build build-crash native venv npm-testdata postgres prometheus
 
 # cargo fuzz needs -Z sanitizer flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
 FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
-FUZZ_TARGETS = config request records policy collector_report collector_access_log
+FUZZ_TARGETS = config request exchange records policy collector_report collector_access_log
 FUZZ_SECONDS ?= 5
 # Unoptimised with overflow checks for the short CI run (builds in half the time); -O for long runs.
 FUZZ_BUILD ?= --dev
