@@ -468,10 +468,7 @@ impl Exchange {
             request.deprecated_template =
                 endpoint.is_none() && model.matches_deprecated(&self.template);
         }
-        if check_address {
-            let judge = scope.judge();
-            request.address_failures = judge.address_failures(host, address.as_deref(), now)?;
-        }
+        request.checks_address = check_address;
         let prepared = Prepared {
             request,
             fingerprint,

@@ -77,8 +77,8 @@ impl Judge<'_> {
         let learning = self.model.is_none();
         let mut share = None;
         let mut midflow = None;
-        if request.weak_session {
-            (request.carried, request.address_shared) = self.carried(host, address, now)?;
+        if request.weak_session || request.checks_address {
+            self.address_facts(host, address, request, now)?;
         }
         for _ in 0..CAS_RETRIES {
             let mut located = self.locate(host, fingerprint, now)?;
@@ -294,21 +294,30 @@ impl Judge<'_> {
         })
     }
 
-    /// Identified sessions the client address carries (for a weak session's limits), and
-    /// whether its slot holds another address's live credit (a collision: this address's
-    /// own count is unknown).
-    fn carried<H: Host>(
+    /// What the request needs from its client address's slot, in one read: for a weak
+    /// session the identified sessions the address carries (its anonymous limits) and
+    /// whether the slot holds another address's live credit (a collision: this address's
+    /// own count is unknown); with `checks_address`, its recent 401/403 answers.
+    fn address_facts<H: Host>(
         &self,
         host: &mut H,
         address: Option<&[u8]>,
+        request: &mut Request,
         now: u32,
-    ) -> Result<(u16, bool), StoreError<H::Error>> {
+    ) -> Result<(), StoreError<H::Error>> {
         let Some(fp) = self.address_fp(host, address)? else {
-            return Ok((0, false));
+            return Ok(());
         };
         let slot = self.read_address(host, fp)?;
-        let shared = slot.fingerprint != fp && slot.carries_anyone(now);
-        Ok((slot.carried(fp, now), shared))
+        if request.weak_session {
+            request.carried = slot.carried(fp, now);
+            request.address_shared = slot.fingerprint != fp && slot.carries_anyone(now);
+        }
+        if request.checks_address {
+            let window = self.settings.limits.auth_window_s;
+            request.address_failures = slot.current(fp, now, window);
+        }
+        Ok(())
     }
 
     /// Client address `fp`'s slot as stored (empty when absent or another's record).

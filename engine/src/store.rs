@@ -66,6 +66,8 @@ pub struct MemoryHost {
     pub address: Option<String>,
     /// Writes still to lose (as if another worker had written first), for race tests.
     pub lose_writes: usize,
+    /// Reads answered so far (for tests that count a path's shared-data reads).
+    pub reads: usize,
 }
 
 impl MemoryHost {
@@ -83,6 +85,7 @@ impl Host for MemoryHost {
     type Error = std::convert::Infallible;
 
     fn get(&mut self, key: &str) -> Result<(Option<Vec<u8>>, u32), Self::Error> {
+        self.reads += 1;
         Ok(self
             .values
             .get(key)

@@ -97,6 +97,9 @@ pub struct Request {
     pub now_ms: u64,
     /// 401/403 answers to the client address in the current auth window (0 if unchecked).
     pub address_failures: u16,
+    /// The judge reads `address_failures` (the endpoint is checked per address): with
+    /// a weak session's address facts, in the same read.
+    pub checks_address: bool,
     /// The session is keyed by a fallback client address, which customers behind one NAT
     /// share: its steps and rates mix clients, so only per-address rules may block it.
     pub weak_session: bool,

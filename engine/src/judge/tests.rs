@@ -242,3 +242,29 @@ fn an_address_carrying_customers_gets_their_share_of_anonymous_requests() {
     }
     assert_eq!(weak(&mut warmed, 10), 8);
 }
+
+#[test]
+fn a_weak_session_on_a_checked_endpoint_reads_its_address_once() {
+    let s = settings(r#"{"mode":"enforce","session":{"sources":["address"]}}"#);
+    let m = model(&s);
+    let j = judge(&s, Some(&m));
+    let reads = |checks_address: bool| {
+        let mut host = memory(Some("10.0.0.9:1234"), 0);
+        j.record_address_failure(&mut host, 1_990).unwrap();
+        let mut r = Request {
+            weak_session: true,
+            checks_address,
+            ..request(PAY, 2_000)
+        };
+        j.request(&mut host, &mut r, 77, Some(b"10.0.0.9:1234"), 2_000)
+            .unwrap()
+            .expect("written");
+        (host.reads, r.address_failures)
+    };
+    let (checked, unchecked) = (reads(true), reads(false));
+    assert_eq!(
+        checked.0, unchecked.0,
+        "carried and failures share one read"
+    );
+    assert_eq!((checked.1, unchecked.1), (1, 0));
+}
