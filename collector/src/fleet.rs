@@ -53,6 +53,9 @@ pub fn next_policy(
         Err((sessions, requests)) => return Outcome::NotReady { sessions, requests },
     };
     if let Some(old) = latest {
+        // Learning never overrides an operator's decisions (the console's): they carry
+        // over, as far as the endpoints they name are still learned.
+        policy.carry_decisions(&old.decisions);
         // Endpoints the fleet knew keep their ids (new ones come after them), so proxies
         // keep every session's progress across the new version instead of forgetting it.
         let kept = keep_layout(&old, &mut policy);

@@ -435,8 +435,9 @@ impl Exchange {
         let endpoint = endpoint_id(scope, host, &mut template, &mut step.registry);
         self.template = template;
         let endpoint = endpoint?;
+        let actions = scope.model.map_or(&settings.rules, |m| m.actions(endpoint));
         let check_address = scope.model.is_some_and(|m| m.checks_address(endpoint))
-            && settings.rules.get(Rule::AuthFailures) != RuleAction::Off;
+            && actions.get(Rule::AuthFailures) != RuleAction::Off;
         let address = if check_address
             || (header_key.is_none() && settings.session.sources.contains(&Source::Address))
         {
@@ -448,7 +449,7 @@ impl Exchange {
         let derived = || session::derive(&settings.session.sources, |n| headers.get(n), addr);
         let Some(key) = header_key.or_else(derived) else {
             step.counts.sessionless = true;
-            if settings.rules.get(Rule::AuthFailures) != RuleAction::Off {
+            if actions.get(Rule::AuthFailures) != RuleAction::Off {
                 self.address_watch = Some(endpoint);
             }
             if let (true, Some(a)) = (check_address, address.as_deref()) {
@@ -769,7 +770,11 @@ impl Exchange {
             let to = self.handover_to.take();
             self.settled(scope, host, p, status, to, now_ms, delta, &mut step)?;
         }
-        let inspect = settings.rules.get(Rule::SensitiveData) != RuleAction::Off
+        let scanned_endpoint = pending.map(|p| p.endpoint);
+        let actions = scope
+            .model
+            .map_or(&settings.rules, |m| m.actions(scanned_endpoint));
+        let inspect = actions.get(Rule::SensitiveData) != RuleAction::Off
             && !end_of_stream
             && (200..300).contains(&status)
             && head.json

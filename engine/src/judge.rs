@@ -182,7 +182,7 @@ impl Judge<'_> {
         let Some(model) = self.model else {
             return Ok(None);
         };
-        let verdict = verdict::address_only(model, self.settings, failures);
+        let verdict = verdict::address_only(model, failures);
         Ok(Some((
             verdict,
             Decision::of(self.settings.mode, true, &verdict),

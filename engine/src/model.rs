@@ -1,12 +1,12 @@
 //! The compiled model: a policy plus configuration turned into bitsets, limits and hash
 //! lookups for the request path.
 
-use crate::config::Settings;
+use crate::config::{RuleActions, Settings};
 use crate::endpoint::{template_parts, Normaliser};
 use crate::endpoint_set::{EndpointId, EndpointSet};
-#[cfg(doc)]
-use crate::policy::EndpointPolicy;
-use crate::policy::{Limit, Policy, PolicyError, START};
+use crate::policy::{
+    Decisions, EndpointDecisions, EndpointPolicy, Limit, Policy, PolicyError, START,
+};
 use crate::sensitive::{Baseline, Findings};
 use crate::slot::NO_ENDPOINT;
 use std::collections::{HashMap, HashSet};
@@ -57,6 +57,26 @@ pub struct Model {
     deprecated_rules: Vec<(Option<String>, String)>,
     /// What each endpoint's answers normally carry.
     sensitive: Vec<Baseline>,
+    /// Each rule's action per endpoint, and for requests without one: the plugin
+    /// configuration's `rules` with the operator's decisions over them.
+    actions: Vec<RuleActions>,
+    global_actions: RuleActions,
+}
+
+/// `configured` with the policy-wide decisions over it, then the endpoint's.
+fn decided_actions(
+    configured: &RuleActions,
+    decisions: &Decisions,
+    endpoint: Option<&EndpointDecisions>,
+) -> RuleActions {
+    let mut actions = *configured;
+    let endpoint_rules = endpoint.map(|e| &e.rules).into_iter().flatten();
+    for (id, action) in decisions.rules.iter().chain(endpoint_rules) {
+        if let Some(rule) = Decisions::rule(id) {
+            actions.set(rule, *action);
+        }
+    }
+    actions
 }
 
 fn configured(limit: Option<u32>, learned: Option<Limit>) -> u32 {
@@ -102,26 +122,63 @@ impl Model {
                 .for_each(|p| set.insert(p));
             set
         };
+        // The operator's decisions (`Policy::decisions`) over what was learned: pinned
+        // prerequisites are enforced, forgotten ones neither enforced nor flagged.
+        let decided = |e: &EndpointPolicy| policy.decisions.endpoint(&e.template);
+        let forgotten =
+            |e: &EndpointPolicy| decided(e).map_or(EndpointSet::EMPTY, |d| set_of_names(&d.forget));
         let prerequisites: Vec<EndpointSet> = policy
             .endpoints
             .iter()
-            .map(|e| set_of_names(&e.prerequisites))
+            .map(|e| {
+                let names: Vec<String> = e
+                    .decided_prerequisites(decided(e))
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                set_of_names(&names)
+            })
             .collect();
-        let bound: Vec<EndpointSet> = policy
-            .endpoints
-            .iter()
-            .map(|e| set_of_names(&e.bound_prerequisites))
-            .collect();
-        let flag_prerequisites: Vec<EndpointSet> = policy
-            .endpoints
-            .iter()
-            .map(|e| set_of_names(&e.flag_prerequisites))
-            .collect();
-        let flag_bound: Vec<EndpointSet> = policy
-            .endpoints
-            .iter()
-            .map(|e| set_of_names(&e.flag_bound_prerequisites))
-            .collect();
+        let less = |sets: Vec<EndpointSet>, minus: &dyn Fn(usize) -> EndpointSet| {
+            sets.into_iter()
+                .enumerate()
+                .map(|(i, s)| EndpointSet(s.0 & !minus(i).0))
+                .collect::<Vec<EndpointSet>>()
+        };
+        let forgotten_at = |i: usize| {
+            policy
+                .endpoints
+                .get(i)
+                .map_or(EndpointSet::EMPTY, forgotten)
+        };
+        let bound = less(
+            policy
+                .endpoints
+                .iter()
+                .map(|e| set_of_names(&e.bound_prerequisites))
+                .collect(),
+            &forgotten_at,
+        );
+        let enforced_or_forgotten = |i: usize| {
+            let enforced = prerequisites.get(i).copied().unwrap_or(EndpointSet::EMPTY);
+            EndpointSet(forgotten_at(i).0 | enforced.0)
+        };
+        let flag_prerequisites = less(
+            policy
+                .endpoints
+                .iter()
+                .map(|e| set_of_names(&e.flag_prerequisites))
+                .collect(),
+            &enforced_or_forgotten,
+        );
+        let flag_bound = less(
+            policy
+                .endpoints
+                .iter()
+                .map(|e| set_of_names(&e.flag_bound_prerequisites))
+                .collect(),
+            &forgotten_at,
+        );
         let binding = EndpointSet(bound.iter().chain(&flag_bound).fold(0, |all, s| all | s.0));
         let required = EndpointSet(
             prerequisites
@@ -171,8 +228,21 @@ impl Model {
             rate_limits: policy
                 .endpoints
                 .iter()
-                .map(|e| configured(limits.rate.limit, e.rate))
+                .map(|e| {
+                    let limit = configured(limits.rate.limit, e.rate);
+                    match decided(e).and_then(|d| d.rate_limit) {
+                        // Loosened by an operator (0 is no limit: nothing to loosen).
+                        Some(at_least) if limit > 0 => limit.max(at_least),
+                        _ => limit,
+                    }
+                })
                 .collect(),
+            actions: policy
+                .endpoints
+                .iter()
+                .map(|e| decided_actions(&settings.rules, &policy.decisions, decided(e)))
+                .collect(),
+            global_actions: decided_actions(&settings.rules, &policy.decisions, None),
             ids_limits: policy
                 .endpoints
                 .iter()
@@ -374,6 +444,14 @@ impl Model {
     /// never seen failing is still refused.
     pub fn note_auth_failure(&mut self, endpoint: EndpointId) {
         self.auth_endpoints.insert(endpoint);
+    }
+
+    /// Each rule's action for a request to `endpoint` (`None`: outside the inventory, or
+    /// no session): the configuration's, as the operator's decisions changed it.
+    pub fn actions(&self, endpoint: Option<EndpointId>) -> &RuleActions {
+        endpoint
+            .and_then(|e| self.actions.get(usize::from(e)))
+            .unwrap_or(&self.global_actions)
     }
 
     /// Whether `id` is retired: declared deprecated, or unused for too long.

@@ -4,8 +4,9 @@
 //! this; endpoints are named by template, so a policy moves between proxies.
 
 use crate::endpoint_set::MAX_ENDPOINTS;
+use crate::rule::{Action, Rule};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// `from` of a transition that starts a session.
 pub const START: &str = "^";
@@ -39,6 +40,79 @@ pub struct Policy {
     /// installed: a policy relearned with more evidence must not reset customers mid-flow.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub layout_since: u64,
+    /// An operator's decisions over what was learned (the console); learning carries
+    /// them into every version it learns after.
+    #[serde(default, skip_serializing_if = "Decisions::is_empty")]
+    pub decisions: Decisions,
+}
+
+/// An operator's decisions over what learning found. They ride in the policy, so the
+/// fleet installs them as it installs any version; the learned fields stay what learning
+/// found (the evidence stays visible) and the decisions apply when the model is compiled.
+/// Learning never overrides them: a relearned or fleet-learned version carries them over.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decisions {
+    /// Rule id to action for every endpoint, over the plugin configuration's `rules`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, Action>,
+    /// Per endpoint template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, EndpointDecisions>,
+}
+
+/// An operator's decisions for one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointDecisions {
+    /// Rule id to action on this endpoint (over the policy-wide decisions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, Action>,
+    /// Prerequisites enforced whatever learning says (session-wide).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pin: Vec<String>,
+    /// Prerequisites never enforced nor flagged, whatever learning says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<String>,
+    /// The endpoint's per-session rate limit is at least this (a loosened limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+}
+
+impl Decisions {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.endpoints.is_empty()
+    }
+
+    /// The rule of `id`, if it names one.
+    pub fn rule(id: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.id() == id)
+    }
+
+    /// `endpoint`'s decisions, if any.
+    pub fn endpoint(&self, template: &str) -> Option<&EndpointDecisions> {
+        self.endpoints.get(template)
+    }
+}
+
+impl EndpointPolicy {
+    /// The session-wide prerequisites in force: learned ones and pinned ones, less the
+    /// forgotten ones.
+    pub fn decided_prerequisites<'a>(&'a self, d: Option<&'a EndpointDecisions>) -> Vec<&'a str> {
+        let forgotten = |p: &&String| d.is_none_or(|d| !d.forget.contains(p));
+        let mut out: Vec<&str> = self
+            .prerequisites
+            .iter()
+            .filter(forgotten)
+            .map(String::as_str)
+            .collect();
+        for p in d.map(|d| d.pin.as_slice()).unwrap_or_default() {
+            if !out.contains(&p.as_str()) && !d.is_some_and(|d| d.forget.contains(p)) {
+                out.push(p);
+            }
+        }
+        out
+    }
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -312,7 +386,104 @@ impl Policy {
                 ));
             }
         }
+        self.validate_decisions(&known)
+    }
+
+    /// Decisions name known rules and endpoints, and a pin never closes a cycle (two
+    /// steps each waiting for the other would refuse every session).
+    fn validate_decisions(&self, known: &HashSet<&str>) -> Result<(), PolicyError> {
+        let d = &self.decisions;
+        let check_rules = |at: &str, rules: &BTreeMap<String, Action>| match rules
+            .keys()
+            .find(|id| Decisions::rule(id).is_none())
+        {
+            Some(id) => Err(bad(format!("{at}.{id}"), "unknown rule id")),
+            None => Ok(()),
+        };
+        check_rules("decisions.rules", &d.rules)?;
+        for (t, e) in &d.endpoints {
+            let at = format!("decisions.endpoints.{t}");
+            if !known.contains(t.as_str()) {
+                return Err(bad(at, "not an endpoint of the policy"));
+            }
+            check_rules(&format!("{at}.rules"), &e.rules)?;
+            for (field, list) in [("pin", &e.pin), ("forget", &e.forget)] {
+                for (j, p) in list.iter().enumerate() {
+                    if !known.contains(p.as_str()) || p == t {
+                        return Err(bad(
+                            format!("{at}.{field}[{j}]"),
+                            format!("{p:?} is not another endpoint of the policy"),
+                        ));
+                    }
+                }
+            }
+            if e.rate_limit.is_some_and(|l| l == 0 || l > 1_000_000) {
+                return Err(bad(format!("{at}.rate_limit"), "expected 1 to 1000000"));
+            }
+        }
+        if let Some((t, p)) = self.pinned_cycle() {
+            return Err(bad(
+                format!("decisions.endpoints.{t}.pin"),
+                format!("pinning {p:?} makes two steps wait for each other"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Takes `from`'s decisions over, as far as this policy's endpoints allow (a fleet
+    /// policy learned again may lack an endpoint a decision named): the decisions that
+    /// name a missing endpoint, and pins that would close a cycle, are left out.
+    pub fn carry_decisions(&mut self, from: &Decisions) {
+        let known: HashSet<String> = self.endpoints.iter().map(|e| e.template.clone()).collect();
+        let mut decisions = from.clone();
+        decisions.endpoints.retain(|t, _| known.contains(t));
+        for (t, e) in &mut decisions.endpoints {
+            e.pin.retain(|p| known.contains(p) && p != t);
+            e.forget.retain(|p| known.contains(p) && p != t);
+        }
+        self.decisions = decisions;
+        while let Some((t, p)) = self.pinned_cycle() {
+            let (t, p) = (t.to_owned(), p.to_owned());
+            if let Some(e) = self.decisions.endpoints.get_mut(&t) {
+                e.pin.retain(|x| *x != p);
+            }
+        }
+    }
+
+    /// A pin on a cycle of the prerequisites in force, as (endpoint, pinned step).
+    fn pinned_cycle(&self) -> Option<(&str, &str)> {
+        let after: HashMap<&str, Vec<&str>> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let d = self.decisions.endpoint(&e.template);
+                let mut needs = e.decided_prerequisites(d);
+                needs.extend(e.bound_prerequisites.iter().map(String::as_str));
+                (e.template.as_str(), needs)
+            })
+            .collect();
+        // Whether `from` waits, directly or not, for `to`.
+        let waits = |from: &str, to: &str| {
+            let mut seen = HashSet::new();
+            let mut stack = vec![from];
+            while let Some(at) = stack.pop() {
+                for next in after.get(at).into_iter().flatten() {
+                    if *next == to {
+                        return true;
+                    }
+                    if seen.insert(*next) {
+                        stack.push(next);
+                    }
+                }
+            }
+            false
+        };
+        self.decisions.endpoints.iter().find_map(|(t, e)| {
+            e.pin
+                .iter()
+                .find(|p| waits(p, t))
+                .map(|p| (t.as_str(), p.as_str()))
+        })
     }
 }
 

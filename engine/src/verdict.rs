@@ -261,7 +261,8 @@ pub fn evaluate(
             soft.insert(Rule::MissingPrerequisite);
         }
     }
-    let mut verdict = decide(&settings.rules, fired, soft, missing);
+    let actions = model.actions(req.endpoint);
+    let mut verdict = decide(actions, fired, soft, missing);
     verdict.tentative_order = tentative_order;
     if matches!(verdict.outcome, Outcome::Block { .. })
         && fired.contains(Rule::MissingPrerequisite)
@@ -270,7 +271,7 @@ pub fn evaluate(
         let mut others = fired;
         others.remove(Rule::MissingPrerequisite);
         verdict.order_blocks = !matches!(
-            decide(&settings.rules, others, soft, missing).outcome,
+            decide(actions, others, soft, missing).outcome,
             Outcome::Block { .. }
         );
     }
@@ -283,12 +284,12 @@ pub fn evaluate(
 /// The verdict on a request that has no session (none of the configured sources was
 /// present) but a client address: only the per-address rule applies, so a stuffing bot
 /// that sends no cookie is still counted and refused.
-pub fn address_only(model: &Model, settings: &Settings, address_failures: u16) -> Verdict {
+pub fn address_only(model: &Model, address_failures: u16) -> Verdict {
     let mut fired = RuleSet::EMPTY;
     if model.address_auth_limit > 0 && u32::from(address_failures) >= model.address_auth_limit {
         fired.insert(Rule::AuthFailures);
     }
-    let mut verdict = outcome(&settings.rules, fired, EndpointSet::EMPTY);
+    let mut verdict = outcome(model.actions(None), fired, EndpointSet::EMPTY);
     if !fired.is_empty() {
         verdict.retry_after_s = model.auth_window_ms.div_ceil(1000).max(1);
     }
@@ -760,6 +761,8 @@ mod tests {
         let off = settings(
             r#"{"rules":{"order.missing_prerequisite":"flag","order.unknown_transition":"off"}}"#,
         );
+        // Actions are compiled into the model (with the operator's decisions over them).
+        let m = shop(&off);
         let mut fresh = Slot::new(2, 0, 1);
         let v = call(&m, &off, &mut fresh, Some(2), 200, 0);
         assert_eq!(header(&v), "flag; rules=order.missing_prerequisite");

@@ -389,5 +389,6 @@ pub fn compile(
             ))
         },
         layout_since: 0,
+        decisions: Default::default(),
     }
 }
