@@ -3,7 +3,7 @@
 
 use crate::fleet::{self, Outcome};
 use crate::pg::{self, PgStore};
-use crate::store::{Store, StoredEvent};
+use crate::store::{AuditRow, Decided, EventRow, NodeRow, Store, StoredEvent, TemplateSeen};
 use flowguard_engine::config::Settings;
 use flowguard_engine::policy::Policy;
 use flowguard_proto::v1;
@@ -28,6 +28,8 @@ pub struct Sqlite {
     questions: Mutex<Store>,
     /// The fleet learner reads here.
     learning: Mutex<Store>,
+    /// The console reads here (its long reads hold up neither questions nor learning).
+    console: Mutex<Store>,
     writer: std::sync::mpsc::Sender<Job>,
 }
 
@@ -92,6 +94,7 @@ impl Backend {
             store,
             questions: Mutex::new(open()?),
             learning: Mutex::new(open()?),
+            console: Mutex::new(open()?),
             writer,
         })))
     }
@@ -147,6 +150,11 @@ impl Backend {
                         fleet::next_policy(observations, latest, latest_version, &settings, now_ms);
                     if let Outcome::Learned(policy) = &outcome {
                         let store = db.store.lock().map_err(|_| "store lock poisoned")?;
+                        // An operator's decision stored meanwhile wins: the next run
+                        // learns from it (and carries its decisions).
+                        if store.latest_version()? != latest_version {
+                            return Ok(None);
+                        }
                         store.save_policy(policy, now_ms)?;
                     }
                     Ok(Some(outcome))
@@ -227,6 +235,94 @@ impl Backend {
                     store.latest_version()?,
                 ))
             }
+        }
+    }
+
+    /// Runs `read` on the console's SQLite connection, off the async workers.
+    async fn console_read<T: Send + 'static>(
+        db: &Arc<Sqlite>,
+        read: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || -> Result<T, Error> {
+            let reader = db.console.lock().map_err(|_| "store lock poisoned")?;
+            Ok(read(&reader)?)
+        })
+        .await?
+    }
+
+    /// Every node that reported, with its batches' totals (`recent_events` since `recent_ms`).
+    pub async fn nodes(&self, recent_ms: u64) -> Result<Vec<NodeRow>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.nodes(recent_ms).await?),
+            Backend::Sqlite(db) => Self::console_read(db, move |s| s.nodes(recent_ms)).await,
+        }
+    }
+
+    /// The newest flagged and blocked events since `since_ms` ('' filters: any).
+    pub async fn verdict_events(
+        &self,
+        since_ms: u64,
+        template: &str,
+        rule: &str,
+    ) -> Result<Vec<EventRow>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.verdict_events(since_ms, template, rule).await?),
+            Backend::Sqlite(db) => {
+                let (template, rule) = (template.to_owned(), rule.to_owned());
+                Self::console_read(db, move |s| s.verdict_events(since_ms, &template, &rule)).await
+            }
+        }
+    }
+
+    /// A session's newest events, newest first.
+    pub async fn session_history(&self, session: u64) -> Result<Vec<EventRow>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.session_history(session).await?),
+            Backend::Sqlite(db) => {
+                Self::console_read(db, move |s| s.session_history(session)).await
+            }
+        }
+    }
+
+    /// Every template in stored events: (template, events, last seen ms).
+    pub async fn templates_seen(&self) -> Result<Vec<TemplateSeen>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.templates_seen().await?),
+            Backend::Sqlite(db) => Self::console_read(db, |s| s.templates_seen()).await,
+        }
+    }
+
+    /// Every event since `since_ms`, oldest first.
+    pub async fn events_since(&self, since_ms: u64) -> Result<Vec<StoredEvent>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.events_since(since_ms).await?),
+            Backend::Sqlite(db) => Self::console_read(db, move |s| s.events_since(since_ms)).await,
+        }
+    }
+
+    /// Stores an operator's decision: `decide` makes the next policy version from the
+    /// newest one, stored with an audit row in one transaction. `Ok(Err(_))`: refused.
+    pub async fn decide(
+        &self,
+        who: &str,
+        now_ms: u64,
+        decide: impl FnOnce(Option<(u64, String)>) -> Result<Decided, String> + Send,
+    ) -> Result<Result<Decided, String>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.decide(who, now_ms, decide).await?),
+            Backend::Sqlite(db) => {
+                let mut store = db.store.lock().map_err(|_| "store lock poisoned")?;
+                Ok(store.decide(who, now_ms, decide)?)
+            }
+        }
+    }
+
+    /// The newest audited decisions first.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditRow>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.audit(limit).await?),
+            Backend::Sqlite(db) => Self::console_read(db, move |s| s.audit(limit)).await,
         }
     }
 }

@@ -5,6 +5,8 @@
 pub mod access_log;
 #[cfg(feature = "server")]
 pub mod backend;
+#[cfg(feature = "server")]
+pub mod console;
 pub mod fleet;
 pub mod graph;
 #[cfg(feature = "server")]

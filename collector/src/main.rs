@@ -53,6 +53,15 @@ enum Command {
         token: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+        /// Serve the operator's console (HTML) on this address (off unless given). On a
+        /// loopback address it may be read without credentials; decisions always need
+        /// the console token.
+        #[arg(long)]
+        console: Option<SocketAddr>,
+        /// The console's login token: needed to read a console listening beyond loopback,
+        /// and to make decisions (without it decisions are refused).
+        #[arg(long, env = "FLOWGUARD_CONSOLE_TOKEN", hide_env_values = true)]
+        console_token: Option<String>,
     },
     /// Learn a policy now, from the store or from Envoy JSON access logs.
     Learn {
@@ -251,8 +260,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             learn_interval_s,
             token,
             tls,
+            console,
+            console_token,
         } => serve(
-            listen,
+            Listen {
+                grpc: listen,
+                console,
+                console_token,
+            },
             &db,
             config.as_deref(),
             learn_interval_s,
@@ -420,8 +435,15 @@ fn show(p: &Policy) -> String {
     out
 }
 
+/// Where `serve` listens: gRPC, and the console if asked.
+struct Listen {
+    grpc: SocketAddr,
+    console: Option<SocketAddr>,
+    console_token: Option<String>,
+}
+
 fn serve(
-    listen: SocketAddr,
+    listen: Listen,
     db: &str,
     config: Option<&Path>,
     learn_interval_s: u64,
@@ -433,6 +455,40 @@ fn serve(
     runtime.block_on(async move {
         let backend = Backend::open(db, false).await?;
         let current = Arc::new(RwLock::new(backend.latest_row().await?));
+        if let Some(addr) = listen.console {
+            let console = flowguard_collector::console::Console {
+                backend: backend.clone(),
+                current: current.clone(),
+                settings: settings.clone(),
+                access: flowguard_collector::console::access::Access::new(
+                    listen.console_token.clone(),
+                    addr.ip().is_loopback(),
+                ),
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("console {addr}: {e}"))?;
+            eprintln!(
+                "flowguard console on http://{}/ ({}; decisions {})",
+                listener.local_addr()?,
+                if addr.ip().is_loopback() {
+                    "loopback: read-only without credentials"
+                } else {
+                    "beyond loopback: the console token is needed to read it"
+                },
+                if console.access.token_configured() {
+                    "need a login with the console token"
+                } else {
+                    "refused: no console token configured"
+                }
+            );
+            let app = flowguard_collector::console::router(Arc::new(console));
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("flowguard console stopped: {e}");
+                }
+            });
+        }
         if learn_interval_s > 0 {
             let (backend, current) = (backend.clone(), current.clone());
             tokio::spawn(async move {
@@ -461,7 +517,7 @@ fn serve(
             token,
             refresh_failing: AtomicBool::new(false),
         };
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = tokio::net::TcpListener::bind(listen.grpc).await?;
         eprintln!(
             "flowguard collector listening on {} (db {}{})",
             listener.local_addr()?,

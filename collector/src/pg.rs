@@ -8,7 +8,7 @@
 //! serve whatever version the database holds.
 
 use crate::fleet::{self, Outcome};
-use crate::store::StoredEvent;
+use crate::store::{AuditRow, Decided, EventRow, NodeRow, StoredEvent, TemplateSeen, LIST_ROWS};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use flowguard_engine::config::Settings;
 use flowguard_engine::learn::Observation;
@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS events (
     summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL);
 CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
 CREATE TABLE IF NOT EXISTS policies (
-    version BIGINT PRIMARY KEY, created_ms BIGINT NOT NULL, json TEXT NOT NULL);";
+    version BIGINT PRIMARY KEY, created_ms BIGINT NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, who TEXT NOT NULL,
+    version BIGINT NOT NULL, summary TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL);";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -282,6 +285,199 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(Some(outcome))
+    }
+}
+
+impl PgStore {
+    /// Every node that reported (see [`crate::store::Store::nodes`]).
+    pub async fn nodes(&self, recent_ms: u64) -> Result<Vec<NodeRow>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT node, COUNT(DISTINCT worker), COUNT(*), MIN(received_ms), MAX(received_ms),
+                        SUM(events)::bigint,
+                        SUM(CASE WHEN received_ms >= $1 THEN events ELSE 0 END)::bigint,
+                        SUM(dropped)::bigint
+                 FROM batches GROUP BY node ORDER BY node",
+                &[&(recent_ms as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+                NodeRow {
+                    node: r.get(0),
+                    workers: n(1),
+                    batches: n(2),
+                    first_ms: n(3),
+                    last_ms: n(4),
+                    events: n(5),
+                    recent_events: n(6),
+                    dropped: n(7),
+                }
+            })
+            .collect())
+    }
+
+    /// The newest flagged and blocked events (see [`crate::store::Store::verdict_events`]).
+    pub async fn verdict_events(
+        &self,
+        since_ms: u64,
+        template: &str,
+        rule: &str,
+    ) -> Result<Vec<EventRow>, PgError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+             WHERE time_ms >= $1 AND verdict IN (3, 4)
+               AND ($2::text = '' OR template = $2::text)
+               AND ($3::text = '' OR (',' || rules || ',') LIKE ('%,' || $3::text || ',%'))
+             ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let rows = client
+            .query(&sql, &[&(since_ms as i64), &template, &rule])
+            .await?;
+        Ok(rows.iter().map(event_row).collect())
+    }
+
+    /// A session's newest events (see [`crate::store::Store::session_history`]).
+    pub async fn session_history(&self, session: u64) -> Result<Vec<EventRow>, PgError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+             WHERE session = $1 ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let rows = client.query(&sql, &[&(session as i64)]).await?;
+        Ok(rows.iter().map(event_row).collect())
+    }
+
+    /// Every template in stored events: how often and when last.
+    pub async fn templates_seen(&self) -> Result<Vec<TemplateSeen>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT template, COUNT(*), MAX(time_ms) FROM events GROUP BY template ORDER BY template",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1).max(0) as u64,
+                    r.get::<_, i64>(2).max(0) as u64,
+                )
+            })
+            .collect())
+    }
+
+    /// Every event since `since_ms`, oldest first.
+    pub async fn events_since(&self, since_ms: u64) -> Result<Vec<StoredEvent>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events
+                 WHERE time_ms >= $1 ORDER BY time_ms, id",
+                &[&(since_ms as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(stored_event).collect())
+    }
+
+    /// Stores an operator's decision (see [`crate::store::Store::decide`]) under the
+    /// learner's lock, waiting for it: no replica learns from an older version meanwhile.
+    pub async fn decide(
+        &self,
+        who: &str,
+        now_ms: u64,
+        decide: impl FnOnce(Option<(u64, String)>) -> Result<Decided, String>,
+    ) -> Result<Result<Decided, String>, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LEARNER_LOCK])
+            .await?;
+        let latest = latest_row(&*tx).await?;
+        let before = latest.as_ref().map(|(_, j)| j.clone()).unwrap_or_default();
+        let decided = match decide(latest) {
+            Ok(d) => d,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        tx.execute(
+            "INSERT INTO policies (version, created_ms, json) VALUES ($1, $2, $3)",
+            &[&(decided.version as i64), &(now_ms as i64), &decided.json],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO decisions (time_ms, who, version, summary, before, after)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &(now_ms as i64),
+                &who,
+                &(decided.version as i64),
+                &decided.summary,
+                &before,
+                &decided.json,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(decided))
+    }
+
+    /// The newest audited decisions first, at most `limit`.
+    pub async fn audit(&self, limit: u64) -> Result<Vec<AuditRow>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, time_ms, who, version, summary, before, after FROM decisions
+                 ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                id: r.get::<_, i64>(0).max(0) as u64,
+                time_ms: r.get::<_, i64>(1).max(0) as u64,
+                who: r.get(2),
+                version: r.get::<_, i64>(3).max(0) as u64,
+                summary: r.get(4),
+                before: r.get(5),
+                after: r.get(6),
+            })
+            .collect())
+    }
+}
+
+fn event_row(r: &tokio_postgres::Row) -> EventRow {
+    EventRow {
+        node: r.get(0),
+        time_ms: r.get::<_, i64>(1) as u64,
+        session: r.get::<_, i64>(2) as u64,
+        template: r.get(3),
+        status: u16::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+        verdict: r.get(5),
+        rules: r.get(6),
+        ids: r.get::<_, i64>(7) as u64,
+    }
+}
+
+fn stored_event(r: &tokio_postgres::Row) -> StoredEvent {
+    let ids: i64 = r.get(7);
+    StoredEvent {
+        node: r.get(0),
+        observation: Observation {
+            time_ms: r.get::<_, i64>(1) as u64,
+            session: r.get::<_, i64>(2) as u64,
+            template: r.get(3),
+            status: u16::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+            ids: (ids != 0).then_some(ids as u64),
+            weak: r.get(8),
+        },
+        verdict: r.get(5),
+        rules: r.get(6),
     }
 }
 

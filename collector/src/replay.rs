@@ -21,7 +21,13 @@ pub struct Report {
     /// Sessions with at least one block, and an example of each rule's first hit.
     pub blocked_sessions: u64,
     pub examples: BTreeMap<&'static str, String>,
+    /// The first [`LISTED`] sessions blocked, each with its first blocked request:
+    /// (session, template, rules that fired).
+    pub blocked_list: Vec<(u64, String, String)>,
 }
+
+/// Blocked sessions a report names at most.
+pub const LISTED: usize = 200;
 
 /// Runs `model` over `observations` (any order; grouped by session and time here).
 pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observation]) -> Report {
@@ -61,6 +67,12 @@ pub fn replay(model: &Model, settings: &Settings, observations: &mut [Observatio
             Outcome::Flag => report.flagged += 1,
             Outcome::Block { .. } => {
                 report.blocked += 1;
+                if !session_blocked && report.blocked_list.len() < LISTED {
+                    let rules: Vec<&str> = v.fired.iter().map(|r| r.id()).collect();
+                    report
+                        .blocked_list
+                        .push((o.session, o.template.clone(), rules.join(",")));
+                }
                 session_blocked = true;
             }
         }
@@ -167,5 +179,7 @@ mod tests {
         assert_eq!(r.by_rule.get("order.missing_prerequisite"), Some(&2));
         assert_eq!(r.by_rule.get("inventory.unknown_endpoint"), Some(&1));
         assert!(r.render().contains("would allow"));
+        let listed: Vec<u64> = r.blocked_list.iter().map(|b| b.0).collect();
+        assert_eq!(listed, [2, 3], "each blocked session once");
     }
 }

@@ -66,7 +66,11 @@ impl Store {
                 weak INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
              CREATE TABLE IF NOT EXISTS policies (
-                version INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, json TEXT NOT NULL);",
+                version INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS decisions (
+                id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, who TEXT NOT NULL,
+                version INTEGER NOT NULL, summary TEXT NOT NULL,
+                before TEXT NOT NULL, after TEXT NOT NULL);",
         )
         .map_err(open_err)?;
         // Stores from before `weak` (a column added later) gain it, as 0.
@@ -248,6 +252,234 @@ impl Store {
                 r.get::<_, i64>(0)
             })? as u64)
     }
+}
+
+/// One proxy (node) as its batches show it, for the console's fleet page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node: String,
+    pub workers: u64,
+    pub batches: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub events: u64,
+    /// Events in batches received since the `recent_ms` asked for.
+    pub recent_events: u64,
+    pub dropped: u64,
+}
+
+/// A stored event as the console lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventRow {
+    pub node: String,
+    pub time_ms: u64,
+    pub session: u64,
+    pub template: String,
+    pub status: u16,
+    pub verdict: i32,
+    pub rules: String,
+    pub ids: u64,
+}
+
+/// A template seen in stored events: (template, events, last seen ms).
+pub type TemplateSeen = (String, u64, u64);
+
+/// An operator's decision as audited: who, when, the version it made, before and after.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: u64,
+    pub time_ms: u64,
+    pub who: String,
+    pub version: u64,
+    pub summary: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// What a decision stores: the new policy JSON and its version, and the audit's words.
+pub struct Decided {
+    pub version: u64,
+    pub json: String,
+    pub summary: String,
+}
+
+/// Events the console lists at most per page.
+pub const LIST_ROWS: u64 = 500;
+
+/// `?2` a template or '' (any), `?3` a rule id or '' (any): the filter of the console's
+/// list of blocks and flags, the same SQL in both stores.
+pub const FILTERED: &str =
+    "(?2 = '' OR template = ?2) AND (?3 = '' OR (',' || rules || ',') LIKE ('%,' || ?3 || ',%'))";
+
+impl Store {
+    /// Every node that reported, with its batches' totals (`recent_ms`: since when
+    /// `recent_events` counts).
+    pub fn nodes(&self, recent_ms: u64) -> Result<Vec<NodeRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node, COUNT(DISTINCT worker), COUNT(*), MIN(received_ms), MAX(received_ms),
+                    SUM(events), SUM(CASE WHEN received_ms >= ?1 THEN events ELSE 0 END), SUM(dropped)
+             FROM batches GROUP BY node ORDER BY node",
+        )?;
+        let rows = stmt.query_map(params![recent_ms as i64], |r| {
+            let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+            Ok(NodeRow {
+                node: r.get(0)?,
+                workers: n(1)?,
+                batches: n(2)?,
+                first_ms: n(3)?,
+                last_ms: n(4)?,
+                events: n(5)?,
+                recent_events: n(6)?,
+                dropped: n(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest flagged and blocked events since `since_ms`, filtered by template and
+    /// rule ('' for any), at most [`LIST_ROWS`].
+    pub fn verdict_events(
+        &self,
+        since_ms: u64,
+        template: &str,
+        rule: &str,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let sql = format!(
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+             WHERE time_ms >= ?1 AND verdict IN (3, 4) AND {FILTERED}
+             ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![since_ms as i64, template, rule], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A session's newest events, newest first, at most [`LIST_ROWS`].
+    pub fn session_history(&self, session: u64) -> Result<Vec<EventRow>, StoreError> {
+        let sql = format!(
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+             WHERE session = ?1 ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![session as i64], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every template in stored events: how often and when last.
+    pub fn templates_seen(&self) -> Result<Vec<TemplateSeen>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT template, COUNT(*), MAX(time_ms) FROM events GROUP BY template ORDER BY template",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every event since `since_ms`, oldest first (the what-if replay's traffic).
+    pub fn events_since(&self, since_ms: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node, time_ms, session, template, status, verdict, rules, ids, weak FROM events
+             WHERE time_ms >= ?1 ORDER BY time_ms",
+        )?;
+        let rows = stmt.query_map(params![since_ms as i64], stored_event)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores an operator's decision in one transaction: `decide` turns the newest
+    /// policy row (version, JSON) into the next version, stored with its audit row.
+    pub fn decide(
+        &mut self,
+        who: &str,
+        now_ms: u64,
+        decide: impl FnOnce(Option<(u64, String)>) -> Result<Decided, String>,
+    ) -> Result<Result<Decided, String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let latest: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT version, json FROM policies ORDER BY version DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let before = latest.as_ref().map(|(_, j)| j.clone()).unwrap_or_default();
+        let decided = match decide(latest.map(|(v, j)| (v.max(0) as u64, j))) {
+            Ok(d) => d,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        tx.execute(
+            "INSERT INTO policies (version, created_ms, json) VALUES (?1, ?2, ?3)",
+            params![decided.version as i64, now_ms as i64, decided.json],
+        )?;
+        tx.execute(
+            "INSERT INTO decisions (time_ms, who, version, summary, before, after)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                now_ms as i64,
+                who,
+                decided.version as i64,
+                decided.summary,
+                before,
+                decided.json
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Ok(decided))
+    }
+
+    /// The newest audited decisions first, at most `limit`.
+    pub fn audit(&self, limit: u64) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, time_ms, who, version, summary, before, after FROM decisions
+             ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(AuditRow {
+                id: r.get::<_, i64>(0)?.max(0) as u64,
+                time_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                who: r.get(2)?,
+                version: r.get::<_, i64>(3)?.max(0) as u64,
+                summary: r.get(4)?,
+                before: r.get(5)?,
+                after: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        node: r.get(0)?,
+        time_ms: r.get::<_, i64>(1)? as u64,
+        session: r.get::<_, i64>(2)? as u64,
+        template: r.get(3)?,
+        status: u16::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+        verdict: r.get(5)?,
+        rules: r.get(6)?,
+        ids: r.get::<_, i64>(7)? as u64,
+    })
+}
+
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let ids: i64 = r.get(7)?;
+    Ok(StoredEvent {
+        node: r.get(0)?,
+        observation: Observation {
+            time_ms: r.get::<_, i64>(1)? as u64,
+            session: r.get::<_, i64>(2)? as u64,
+            template: r.get(3)?,
+            status: r.get::<_, u32>(4)?.try_into().unwrap_or(0),
+            ids: (ids != 0).then_some(ids as u64),
+            weak: r.get(8)?,
+        },
+        verdict: r.get(5)?,
+        rules: r.get(6)?,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,438 @@
+//! The flow graph drawn in the page: endpoints in columns by their distance from the
+//! session start, each column as wide as its longest label (in a monospace font, so a
+//! label's width is known here), one row per endpoint, so no two labels overlap however
+//! many endpoints there are. Transition counts are in each arrow's tooltip, not on the
+//! canvas. Prerequisites (learned, pinned by an operator) are red; the flag tier amber.
+
+use super::render::esc;
+use flowguard_engine::policy::{Policy, START};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write;
+
+/// Width of one character of the 12 px monospace labels, with a margin (DejaVu Sans
+/// Mono and Liberation Mono are 7.2 px).
+pub const CHAR_W: f64 = 7.6;
+const SUB_CHAR_W: f64 = 6.4;
+const PAD: f64 = 10.0;
+const BOX_H: f64 = 28.0;
+const ROW: f64 = 58.0;
+const GAP: f64 = 90.0;
+const TOP: f64 = 40.0;
+
+/// A label's box on the canvas: (x, y, width, height).
+pub type LabelBox = (f64, f64, f64, f64);
+
+/// Where each text goes: the SVG and every label's box (for the overlap test).
+pub struct Drawn {
+    pub svg: String,
+    pub labels: Vec<LabelBox>,
+}
+
+fn list(v: &Value, endpoint: &str, key: &str) -> Vec<String> {
+    v.get("endpoints")
+        .and_then(|e| e.get(endpoint))
+        .and_then(|e| e.get(key))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Draws `policy` with its operator `decisions` (pins drawn as prerequisites, forgotten
+/// ones left out).
+pub fn draw(policy: &Policy, decisions: &Value) -> Drawn {
+    let names: Vec<&str> = std::iter::once(START)
+        .chain(policy.endpoints.iter().map(|e| e.template.as_str()))
+        .collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut depth = vec![usize::MAX; names.len()];
+    depth[0] = 0;
+    let mut queue = VecDeque::from([0usize]);
+    while let Some(n) = queue.pop_front() {
+        for t in policy
+            .transitions
+            .iter()
+            .filter(|t| index.get(t.from.as_str()) == Some(&n))
+        {
+            if let Some(&to) = index.get(t.to.as_str()) {
+                if depth[to] == usize::MAX {
+                    depth[to] = depth[n] + 1;
+                    queue.push_back(to);
+                }
+            }
+        }
+    }
+    let reached = depth
+        .iter()
+        .filter(|d| **d != usize::MAX)
+        .max()
+        .copied()
+        .unwrap_or(0);
+    for d in depth.iter_mut().filter(|d| **d == usize::MAX) {
+        *d = reached + 1;
+    }
+    let columns = depth.iter().max().copied().unwrap_or(0) + 1;
+    let label = |i: usize| -> String {
+        if i == 0 {
+            "session start".to_owned()
+        } else {
+            names[i].to_owned()
+        }
+    };
+    let sub = |i: usize| -> Option<String> {
+        let e = policy.endpoints.get(i.checked_sub(1)?)?;
+        let rate = e
+            .rate
+            .map(|l| format!("≤{}/{}s p99 {}", l.limit, policy.window_s, l.p99));
+        let ids = e.distinct_ids.map(|l| format!("ids ≤{}", l.limit));
+        let parts: Vec<String> = [rate, ids].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    };
+    let width_of = |i: usize| {
+        let main = label(i).chars().count() as f64 * CHAR_W;
+        let small = sub(i).map_or(0.0, |s| s.chars().count() as f64 * SUB_CHAR_W);
+        main.max(small) + 2.0 * PAD
+    };
+    let mut col_w = vec![0.0f64; columns];
+    let mut rows = vec![0usize; columns];
+    let mut row_of = vec![0usize; names.len()];
+    for i in 0..names.len() {
+        col_w[depth[i]] = col_w[depth[i]].max(width_of(i));
+        row_of[i] = rows[depth[i]];
+        rows[depth[i]] += 1;
+    }
+    let mut col_x = vec![20.0f64; columns];
+    for c in 1..columns {
+        col_x[c] = col_x[c - 1] + col_w[c - 1] + GAP;
+    }
+    let pos: Vec<(f64, f64)> = (0..names.len())
+        .map(|i| (col_x[depth[i]], TOP + row_of[i] as f64 * ROW))
+        .collect();
+    let width = col_x[columns - 1] + col_w[columns - 1] + 20.0;
+    let height = TOP + rows.iter().max().copied().unwrap_or(1) as f64 * ROW + 10.0;
+
+    // Prerequisites as enforced: learned ones not forgotten, and pinned ones.
+    let mut required: Vec<(usize, usize, &'static str)> = Vec::new();
+    let mut guarded = HashSet::new();
+    for (k, e) in policy.endpoints.iter().enumerate() {
+        let forgotten = list(decisions, &e.template, "forget");
+        let pinned = list(decisions, &e.template, "pin");
+        let tiers = [
+            (e.all_prerequisites().cloned().collect::<Vec<_>>(), "req"),
+            (pinned, "pin"),
+            (
+                e.flag_prerequisites
+                    .iter()
+                    .chain(&e.flag_bound_prerequisites)
+                    .cloned()
+                    .collect(),
+                "flagreq",
+            ),
+        ];
+        for (prereqs, class) in tiers {
+            for p in prereqs.iter().filter(|p| !forgotten.contains(p)) {
+                if let Some(&a) = index.get(p.as_str()) {
+                    required.push((a, k + 1, class));
+                    if class != "flagreq" {
+                        guarded.insert(k + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" id="flow" width="{width:.0}" height="{height:.0}" font-family="monospace" font-size="12"><defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#999"/></marker><marker id="r" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#c0392b"/></marker><marker id="f" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#d68910"/></marker></defs>"##
+    );
+    let anchor = |a: usize, b: usize| {
+        let (ax, ay) = pos[a];
+        let (bx, by) = pos[b];
+        let (aw, bw) = (col_w[depth[a]], col_w[depth[b]]);
+        let _ = bw;
+        let (x1, y1) = (ax + width_of(a).min(aw), ay + BOX_H / 2.0);
+        let (x2, y2) = if depth[b] > depth[a] {
+            (bx, by + BOX_H / 2.0)
+        } else {
+            // Back or same-column edges enter at the top of the box.
+            (bx + 12.0, by)
+        };
+        (x1, y1, x2, y2)
+    };
+    for t in &policy.transitions {
+        if let (Some(&a), Some(&b)) = (index.get(t.from.as_str()), index.get(t.to.as_str())) {
+            let (x1, y1, x2, y2) = anchor(a, b);
+            let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 16.0);
+            let _ = write!(
+                svg,
+                r##"<path class="t" d="M{x1:.1},{y1:.1} Q{cx:.1},{cy:.1} {x2:.1},{y2:.1}" fill="none" stroke="#bbb" marker-end="url(#a)"><title>{} → {}: {} sessions</title></path>"##,
+                esc(&label(a)),
+                esc(&label(b)),
+                t.count
+            );
+        }
+    }
+    for (a, b, class) in &required {
+        let (x1, y1, x2, y2) = anchor(*a, *b);
+        let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 + 18.0);
+        let (stroke, marker, dash, what) = match *class {
+            "req" => ("#c0392b", "r", "", "must succeed first (blocks)"),
+            "pin" => (
+                "#c0392b",
+                "r",
+                r#" stroke-dasharray="2 3""#,
+                "pinned by an operator (blocks)",
+            ),
+            _ => (
+                "#d68910",
+                "f",
+                r#" stroke-dasharray="6 4""#,
+                "some evidence (flags)",
+            ),
+        };
+        let _ = write!(
+            svg,
+            r##"<path class="{class}" d="M{x1:.1},{y1:.1} Q{cx:.1},{cy:.1} {x2:.1},{y2:.1}" fill="none" stroke="{stroke}" stroke-width="1.6"{dash} marker-end="url(#{marker})"><title>{} before {}: {what}</title></path>"##,
+            esc(&label(*a)),
+            esc(&label(*b))
+        );
+    }
+    let mut labels = Vec::new();
+    for (i, &(x, y)) in pos.iter().enumerate() {
+        let w = width_of(i);
+        let (fill, stroke) = match (i, guarded.contains(&i)) {
+            (0, _) => ("#eef", "#557"),
+            (_, true) => ("#fdecea", "#c0392b"),
+            _ => ("#fff", "#888"),
+        };
+        let text = label(i);
+        let deprecated = i > 0 && policy.endpoints.get(i - 1).is_some_and(|e| e.deprecated);
+        let _ = write!(
+            svg,
+            r#"<g class="node"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{BOX_H}" rx="5" fill="{fill}" stroke="{stroke}"{}/><text class="label" x="{:.1}" y="{:.1}">{}</text>"#,
+            if deprecated {
+                r#" stroke-dasharray="3 2""#
+            } else {
+                ""
+            },
+            x + PAD,
+            y + 18.0,
+            esc(&text)
+        );
+        labels.push((x + PAD, y + 6.0, text.chars().count() as f64 * CHAR_W, 14.0));
+        if let Some(s) = sub(i) {
+            let _ = write!(
+                svg,
+                r##"<text class="label sub" x="{:.1}" y="{:.1}" font-size="10" fill="#666">{}</text>"##,
+                x + PAD,
+                y + BOX_H + 12.0,
+                esc(&s)
+            );
+            labels.push((
+                x + PAD,
+                y + BOX_H + 3.0,
+                s.chars().count() as f64 * SUB_CHAR_W,
+                12.0,
+            ));
+        }
+        svg.push_str("</g>");
+    }
+    svg.push_str("</svg>");
+    Drawn { svg, labels }
+}
+
+/// Whether two boxes overlap (touching is not overlapping).
+pub fn intersect(a: &LabelBox, b: &LabelBox) -> bool {
+    a.0 < b.0 + b.2 && b.0 < a.0 + a.2 && a.1 < b.1 + b.3 && b.1 < a.1 + a.3
+}
+
+/// The graph in Graphviz DOT: prerequisites red, flag tier amber, counts as labels.
+pub fn dot(policy: &Policy, decisions: &Value) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut out = String::from(
+        "digraph flowguard {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+    );
+    let _ = writeln!(
+        out,
+        "  {} [label=\"session start\", style=filled, fillcolor=\"#eeeeff\"];",
+        q(START)
+    );
+    for e in &policy.endpoints {
+        let guarded = e.all_prerequisites().next().is_some()
+            || !list(decisions, &e.template, "pin").is_empty();
+        let _ = writeln!(
+            out,
+            "  {}{};",
+            q(&e.template),
+            if guarded {
+                " [color=\"#c0392b\", style=filled, fillcolor=\"#fdecea\"]"
+            } else {
+                ""
+            }
+        );
+    }
+    for t in &policy.transitions {
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label=\"{}\", color=\"#999999\"];",
+            q(&t.from),
+            q(&t.to),
+            t.count
+        );
+    }
+    for e in &policy.endpoints {
+        let forgotten = list(decisions, &e.template, "forget");
+        for p in e.all_prerequisites().filter(|p| !forgotten.contains(p)) {
+            let _ = writeln!(
+                out,
+                "  {} -> {} [color=\"#c0392b\", penwidth=2, label=\"required\"];",
+                q(p),
+                q(&e.template)
+            );
+        }
+        for p in list(decisions, &e.template, "pin") {
+            let _ = writeln!(
+                out,
+                "  {} -> {} [color=\"#c0392b\", style=dotted, penwidth=2, label=\"pinned\"];",
+                q(&p),
+                q(&e.template)
+            );
+        }
+        for p in e
+            .flag_prerequisites
+            .iter()
+            .chain(&e.flag_bound_prerequisites)
+            .filter(|p| !forgotten.contains(p))
+        {
+            let _ = writeln!(
+                out,
+                "  {} -> {} [color=\"#d68910\", style=dashed, label=\"flags\"];",
+                q(p),
+                q(&e.template)
+            );
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowguard_engine::policy::{EndpointPolicy, Limit, Transition};
+    use serde_json::json;
+
+    /// 40 endpoints: a login, 13 three-step flows of growing path length, deep and wide.
+    pub fn forty() -> Policy {
+        let mut endpoints = vec![EndpointPolicy {
+            template: "POST /api/login".into(),
+            ..Default::default()
+        }];
+        let mut transitions = vec![Transition {
+            from: START.into(),
+            to: "POST /api/login".into(),
+            count: 500,
+        }];
+        for f in 0..13 {
+            let base = format!(
+                "/api/v2/{}/resources-{f}/{{id}}",
+                "segment".repeat(1 + f % 4)
+            );
+            let steps = [
+                format!("GET {base}"),
+                format!("POST {base}/reserve"),
+                format!("POST {base}/checkout/confirm"),
+            ];
+            for (k, s) in steps.iter().enumerate() {
+                endpoints.push(EndpointPolicy {
+                    template: s.clone(),
+                    prerequisites: if k > 0 {
+                        vec![steps[k - 1].clone()]
+                    } else {
+                        vec![]
+                    },
+                    flag_prerequisites: if k == 2 {
+                        vec!["POST /api/login".into()]
+                    } else {
+                        vec![]
+                    },
+                    rate: Some(Limit {
+                        limit: 12,
+                        p50: 1,
+                        p90: 3,
+                        p99: 6,
+                        bound: 8,
+                        units: 400,
+                    }),
+                    ..Default::default()
+                });
+                let from = if k == 0 {
+                    "POST /api/login".to_owned()
+                } else {
+                    steps[k - 1].clone()
+                };
+                transitions.push(Transition {
+                    from,
+                    to: s.clone(),
+                    count: 40 + f as u64,
+                });
+            }
+            transitions.push(Transition {
+                from: steps[2].clone(),
+                to: "POST /api/login".into(),
+                count: 3,
+            });
+        }
+        Policy {
+            version: 9,
+            window_s: 10,
+            endpoints,
+            transitions,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn forty_endpoints_are_drawn_with_no_label_over_another() {
+        let p = forty();
+        assert_eq!(p.endpoints.len(), 40);
+        let drawn = draw(&p, &json!({}));
+        assert_eq!(drawn.svg.matches("<rect").count(), 41);
+        assert_eq!(
+            drawn.labels.len(),
+            41 + 39,
+            "every endpoint, and the limits of the 39 with any"
+        );
+        for (i, a) in drawn.labels.iter().enumerate() {
+            for b in &drawn.labels[i + 1..] {
+                assert!(!intersect(a, b), "labels overlap: {a:?} {b:?}");
+            }
+        }
+        assert_eq!(drawn.svg.matches(r#"class="req""#).count(), 26);
+        assert_eq!(drawn.svg.matches(r#"class="flagreq""#).count(), 13);
+    }
+
+    #[test]
+    fn decisions_pin_and_forget_and_names_are_escaped() {
+        let mut p = forty();
+        p.endpoints[0].template = "POST /api/<login>".into();
+        p.transitions[0].to = "POST /api/<login>".into();
+        let d = json!({"endpoints": {"POST /api/login": {}}});
+        let svg = draw(&p, &d).svg;
+        assert!(svg.contains("POST /api/&lt;login&gt;") && !svg.contains("<login>"));
+        let a = p.endpoints[1].template.clone();
+        let b = p.endpoints[2].template.clone();
+        let c = p.endpoints[3].template.clone();
+        let d = json!({"endpoints": {(b.clone()): {"forget": [a.clone()]}, (c.clone()): {"pin": [a.clone()]}}});
+        let drawn = draw(&p, &d).svg;
+        assert_eq!(drawn.matches(r#"class="req""#).count(), 25, "one forgotten");
+        assert_eq!(drawn.matches(r#"class="pin""#).count(), 1, "one pinned");
+        let dot = dot(&p, &d);
+        assert!(dot.starts_with("digraph") && dot.contains("pinned") && dot.contains("\"^\""));
+    }
+}
