@@ -2,6 +2,7 @@
 //! that start a real Envoy with the real filter on free loopback ports.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod collector;
 pub mod envoy;
 pub mod library;

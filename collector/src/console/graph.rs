@@ -118,11 +118,25 @@ pub fn draw(policy: &Policy, decisions: &Value) -> Drawn {
     // Prerequisites as enforced: learned ones not forgotten, and pinned ones.
     let mut required: Vec<(usize, usize, &'static str)> = Vec::new();
     let mut guarded = HashSet::new();
+    let endpoint = |t: &str| policy.endpoints.iter().find(|e| e.template == t);
     for (k, e) in policy.endpoints.iter().enumerate() {
         let forgotten = list(decisions, &e.template, "forget");
         let pinned = list(decisions, &e.template, "pin");
+        // Only direct prerequisites: "confirm needs pay" says enough when pay needs the
+        // order (the learned API page lists them all).
+        let implied = |p: &String| {
+            e.all_prerequisites().any(|q| {
+                q != p && endpoint(q).is_some_and(|qe| qe.all_prerequisites().any(|r| r == p))
+            })
+        };
         let tiers = [
-            (e.all_prerequisites().cloned().collect::<Vec<_>>(), "req"),
+            (
+                e.all_prerequisites()
+                    .filter(|p| !implied(p))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                "req",
+            ),
             (pinned, "pin"),
             (
                 e.flag_prerequisites

@@ -413,7 +413,7 @@ pub fn whatif_form(viewer: &Viewer, window: &str, pasted: &str) -> String {
             r.id()
         );
         for a in ACTIONS {
-            let _ = write!(sel, r#"<option>{a}</option>"#);
+            let _ = write!(sel, r#"<option value="{a}">{a}</option>"#);
         }
         sel.push_str("</select>");
         rows.push(vec![format!("<code>{}</code>", r.id()), sel]);
@@ -491,6 +491,7 @@ pub fn whatif_result(
 pub fn decisions(
     policy: &Policy,
     decided: &Value,
+    configured: &flowguard_engine::config::RuleActions,
     viewer: &Viewer,
     audit: &[AuditRow],
     stored: Option<&str>,
@@ -522,7 +523,7 @@ pub fn decisions(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    out.push_str("<h2>Rules, for every endpoint</h2>");
+    out.push_str("<h2>Rules, for every endpoint</h2><p class=note>\"As configured\": the collector's <code>--config</code>; a proxy's own plugin configuration may say otherwise, and a decision overrides both.</p>");
     let mut rows = Vec::new();
     for r in Rule::ALL {
         let now = global(r.id());
@@ -541,9 +542,7 @@ pub fn decisions(
         form.push_str("</select> <button>Decide</button></form>");
         rows.push(vec![
             format!("<code>{}</code>", r.id()),
-            now.unwrap_or_else(|| {
-                format!("as configured (default {:?})", r.default_action()).to_lowercase()
-            }),
+            now.unwrap_or_else(|| format!("as configured: {:?}", configured.get(r)).to_lowercase()),
             form,
         ]);
     }
@@ -703,6 +702,7 @@ mod tests {
         let d = decisions(
             &p,
             &json!({"rules": {"rate.session": "off"}}),
+            &Default::default(),
             &v,
             &[],
             None,

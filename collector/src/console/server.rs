@@ -502,7 +502,14 @@ async fn decisions_page(State(c): State<Shared>, headers: HeaderMap, Query(q): P
             "Decisions",
             "/decisions",
             &v,
-            &pages::decisions(&policy, &decided, &v, &audit, stored.map(String::as_str)),
+            &pages::decisions(
+                &policy,
+                &decided,
+                &c.settings.rules,
+                &v,
+                &audit,
+                stored.map(String::as_str),
+            ),
         ),
     )
 }

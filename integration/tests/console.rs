@@ -1,0 +1,420 @@
+//! The operator's console in a real browser: a real Envoy (2 workers) with the real Wasm
+//! filter in front of the demo shop reports to the real collector serving `--console`;
+//! normal customers teach the fleet policy and attacks fill the store. Headless Debian
+//! Chromium, driven over WebDriver, reads every page (screenshots under
+//! target/console-screenshots/), checks the flow graph's labels never overlap, runs a
+//! what-if, is refused a decision until it logs in, then switches
+//! `order.missing_prerequisite` from the configuration's `flag` to `block`: the new
+//! policy version reaches Envoy and the next step-skipping attack gets 403.
+
+use flowguard_integration::browser::Browser;
+use flowguard_integration::collector::{scratch_db, Collector};
+use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
+use flowguard_integration::patience::eventually;
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{self, Client, Session};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const CLIENT_IP: &str = "x-client-ip";
+const TOKEN: &str = "console-test-token-5b1e";
+const RULE: &str = "order.missing_prerequisite";
+
+/// The filter: enforce, the order rule only flags, learning left to the fleet.
+const FILTER: &str = r#"{"mode":"enforce",
+  "rules":{"order.missing_prerequisite":"flag"},
+  "endpoints":{"deprecated":["/api/v1/"]},
+  "learning":{"min_sessions":1000000,"min_requests":1000000,"tick_ms":100},
+  "collector":{"cluster":"flowguard_collector","node":"edge-1","sample_rate":1.0,
+               "flush_interval_ms":100,"timeout_ms":1000,"policy_interval_ms":300}}"#;
+
+/// The collector's: the same rule actions (the what-if replays with them), quick learning.
+const COLLECTOR: &str = r#"{"rules":{"order.missing_prerequisite":"flag"},
+  "endpoints":{"deprecated":["/api/v1/"]},
+  "learning":{"min_sessions":60,"min_requests":400,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9}}"#;
+
+fn shots() -> PathBuf {
+    repo_root().join("target/console-screenshots")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn attacker<'c>(client: &'c Client, i: usize) -> Session<'c> {
+    Session::from_address(client, CLIENT_IP, &traffic::numbered_address(60_000 + i))
+}
+
+/// The labels of the graph in the page, as the browser laid them out: no two overlap.
+const OVERLAPS: &str = r#"
+const boxes = Array.from(document.querySelectorAll('#flow text')).map(t => t.getBBox());
+let bad = [];
+for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+  const a = boxes[i], b = boxes[j];
+  if (a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height)
+    bad.push([i, j]);
+}
+return [boxes.length, bad.length];"#;
+
+#[test]
+fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
+    let started = Instant::now();
+    let config = scratch_db("console-config")
+        .expect("path")
+        .with_extension("json");
+    std::fs::write(&config, COLLECTOR).expect("config");
+    let port = free_port();
+    let console = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(
+        &scratch_db("console").expect("db"),
+        &[
+            "--learn-interval-s",
+            "1",
+            "--config",
+            &config.display().to_string(),
+            "--console",
+            &format!("127.0.0.1:{port}"),
+            "--console-token",
+            TOKEN,
+        ],
+    )
+    .expect("collector");
+    let shop = ShopServer::start().expect("shop");
+    let mut cfg = EnvoyConfig::new(FILTER, shop.addr);
+    cfg.concurrency = 2;
+    cfg.collector = Some(collector.addr);
+    cfg.client_ip_header = Some(CLIENT_IP);
+    let envoy = Envoy::start(&cfg).expect("Envoy");
+    let client = Client::new(&envoy.url);
+
+    fastrand::seed(21);
+    traffic::play_normal_from(&client, 90, CLIENT_IP, 0);
+    let first = envoy
+        .wait_for_model()
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    println!(
+        "fleet policy version {first} installed after {:?}",
+        started.elapsed()
+    );
+
+    // Attacks while the order rule only flags.
+    let skipped = traffic::skip_payment(&mut attacker(&client, 1));
+    assert_eq!(skipped.status, 200, "only flagged: {skipped:?}");
+    let verdict = skipped.upstream_verdict().unwrap_or_default().to_owned();
+    assert!(
+        verdict.starts_with("flag") && verdict.contains(RULE),
+        "{verdict}"
+    );
+    let flood = traffic::flood(&mut attacker(&client, 2), 120);
+    assert!(flood.contains(&429), "the flood is blocked");
+    let mut shadow = attacker(&client, 3);
+    shadow.login();
+    shadow.call("GET", "/api/internal/export", None);
+    shadow.call("GET", "/api/v1/menu", None);
+    let requests = envoy.counter("flowguard.requests");
+    eventually("every event stored", || {
+        (collector.stats().ok()?.0 >= requests).then_some(())
+    })
+    .expect("events stored");
+
+    let browser = Browser::start(1400).expect("headless Chromium");
+    let page = |path: &str, shot: &str| {
+        browser.goto(&format!("{console}{path}")).expect("page");
+        browser
+            .screenshot(&shots().join(format!("{shot}.png")))
+            .expect("screenshot");
+        browser.text("main").expect("main")
+    };
+
+    // Fleet: the proxy and its two workers, events, what is not known.
+    let fleet = page("/", "1-fleet");
+    assert!(fleet.contains("edge-1"), "{fleet}");
+    assert!(fleet.contains("not known"), "{fleet}");
+    assert!(browser
+        .text("#served")
+        .expect("served")
+        .parse::<u64>()
+        .is_ok());
+
+    // Learned API: the step and its prerequisite, limits with percentiles, the unknown
+    // and deprecated endpoints the attacks called.
+    let api = page("/api", "2-learned-api");
+    for needle in [
+        "POST /api/orders/{id}/confirm",
+        "POST /api/orders/{id}/pay",
+        "p99",
+        "GET /api/internal/export",
+        "GET /api/v1/menu",
+    ] {
+        assert!(
+            api.contains(needle),
+            "{needle} missing from the API page:\n{api}"
+        );
+    }
+
+    // The graph: drawn, prerequisites highlighted, no label over another, DOT download.
+    let graph = page("/graph", "3-flow-graph");
+    assert!(graph.contains("DOT"), "{graph}");
+    assert!(browser.count("#flow g.node").expect("nodes") >= 8);
+    assert!(browser.count("#flow path.req").expect("prerequisites") >= 1);
+    let overlaps = browser.execute(OVERLAPS, json!([])).expect("bboxes");
+    assert!(overlaps[0].as_u64().unwrap_or(0) >= 8, "{overlaps}");
+    assert_eq!(overlaps[1], json!(0), "overlapping labels in the browser");
+    let dot = ureq::get(&format!("{console}/graph.dot"))
+        .call()
+        .expect("dot")
+        .body_mut()
+        .read_to_string()
+        .expect("dot body");
+    assert!(
+        dot.starts_with("digraph") && dot.contains("confirm"),
+        "{dot}"
+    );
+
+    // Blocks and flags, filtered by rule; the flagged skip is listed with its steps.
+    let events = page(&format!("/events?rule={RULE}"), "4-blocks-and-flags");
+    assert!(events.contains("POST /api/orders/{id}/confirm"), "{events}");
+    assert!(
+        events.contains("POST /api/orders 201") || events.contains("POST /api/orders 200"),
+        "last steps: {events}"
+    );
+    let listed = browser.text("table").expect("the list");
+    assert!(
+        !listed.contains("rate.session"),
+        "filtered by rule: {listed}"
+    );
+    page("/events", "4-blocks-and-flags-all");
+    let all = browser.text("table").expect("the list");
+    assert!(all.contains("rate.session"), "{all}");
+    let href = browser
+        .execute(
+            "return document.querySelector('a.session').href;",
+            json!([]),
+        )
+        .expect("a session link");
+    browser
+        .goto(href.as_str().expect("an address"))
+        .expect("the session page");
+    let session = browser.text("main").expect("session page");
+    assert!(session.contains("Session fingerprint"), "{session}");
+    browser
+        .screenshot(&shots().join("5-session.png"))
+        .expect("screenshot");
+
+    // What-if: the order rule set to block, over the last hour.
+    page("/whatif", "6-what-if-form");
+    browser
+        .click(&format!("select[name='rule:{RULE}'] option[value='block']"))
+        .expect("option");
+    browser.click("#run").expect("run");
+    let verdict = browser.wait_text("#verdict").expect("what-if verdict");
+    browser
+        .screenshot(&shots().join("6-what-if.png"))
+        .expect("screenshot");
+    let blocked: u64 = verdict
+        .split("would have blocked ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{verdict}"));
+    assert!(blocked >= 1, "the skip would have been blocked: {verdict}");
+
+    // Decisions: refused before logging in.
+    page("/decisions", "7-decisions-read-only");
+    browser
+        .click(&format!("form[data-rule='{RULE}'] option[value='block']"))
+        .expect("option");
+    browser
+        .click(&format!("form[data-rule='{RULE}'] button"))
+        .expect("decide");
+    let refused = browser.wait_text("#error").expect("refusal");
+    assert!(refused.contains("log in"), "{refused}");
+
+    // Log in and switch the rule to block.
+    browser.goto(&format!("{console}/login")).expect("login");
+    browser
+        .type_into("#who-input", "console-test")
+        .expect("who");
+    browser.type_into("#token-input", TOKEN).expect("token");
+    browser.click("#login-button").expect("log in");
+    assert_eq!(
+        browser.wait_text("#who").expect("signed in"),
+        "console-test"
+    );
+    browser
+        .goto(&format!("{console}/decisions"))
+        .expect("decisions");
+    browser
+        .click(&format!("form[data-rule='{RULE}'] option[value='block']"))
+        .expect("option");
+    browser
+        .click(&format!("form[data-rule='{RULE}'] button"))
+        .expect("decide");
+    let stored: u64 = browser
+        .wait_text("#stored b")
+        .unwrap_or_else(|e| panic!("{e}: {}", browser.text("main").unwrap_or_default()))
+        .parse()
+        .expect("a version");
+    assert!(stored > first, "{stored} after {first}");
+    let decisions = browser.text("main").expect("decisions");
+    assert!(decisions.contains("console-test"), "audited: {decisions}");
+    assert!(
+        decisions.contains(&format!("{RULE} everywhere set to block")),
+        "{decisions}"
+    );
+    browser
+        .screenshot(&shots().join("8-decisions.png"))
+        .expect("screenshot");
+
+    // CSRF: the login cookie without the form's token, or from another origin, is refused.
+    let login_cookie = webdriver_cookie(&browser);
+    let forged = |origin: &str, csrf: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        agent
+            .post(&format!("{console}/decisions"))
+            .header("cookie", &format!("fg_console={login_cookie}"))
+            .header("origin", origin)
+            .content_type("application/x-www-form-urlencoded")
+            .send(format!("kind=rule&rule={RULE}&action=off&csrf={csrf}"))
+            .expect("answer")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(forged(&console, ""), 403, "no CSRF token");
+    assert_eq!(forged("http://evil.example", "x"), 403, "another origin");
+
+    // The new version reaches Envoy; the next skip is blocked.
+    let reached = eventually("the decided version installed", || {
+        (envoy.metric("flowguard.policy.version") >= stored).then_some(())
+    });
+    reached.unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    let blocked = eventually("the next skip to be blocked", || {
+        let r = traffic::skip_payment(&mut attacker(&client, 10 + fastrand::usize(..1000)));
+        (r.status == 403).then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    assert!(blocked.body.contains("request blocked"), "{blocked:?}");
+    let normal = traffic::normal_order(&mut Session::from_address(&client, CLIENT_IP, "10.7.7.7"));
+    assert!(normal.status < 400, "a customer still orders: {normal:?}");
+    println!(
+        "console: rule switched to block in version {stored}; the next skip got 403; {:?} in all",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(150),
+        "slow: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The console's login cookie, as the browser holds it (WebDriver reads HttpOnly ones).
+fn webdriver_cookie(browser: &Browser) -> String {
+    let v: Value = browser
+        .cookie("fg_console")
+        .unwrap_or_else(|e| panic!("the login cookie: {e}"));
+    assert_eq!(v["httpOnly"], json!(true), "{v}");
+    assert_eq!(v["sameSite"], json!("Strict"), "{v}");
+    v["value"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A decision through the store of `backend`: the next version with `decisions`, an audit
+/// row with who, when, before and after; a refused one stores nothing.
+async fn decide_on(backend: flowguard_collector::backend::Backend) {
+    use flowguard_collector::console::decisions;
+    use flowguard_collector::store::Decided;
+    let learned = json!({"version": 5, "window_s": 10, "endpoints": [
+        {"template": "POST /pay"}, {"template": "POST /confirm", "prerequisites": ["POST /pay"]}]})
+    .to_string();
+    let seeded = backend
+        .decide("learner", 1_000, |latest| {
+            assert!(latest.is_none());
+            Ok(Decided {
+                version: 5,
+                json: learned,
+                summary: "the learned policy".into(),
+            })
+        })
+        .await
+        .expect("stored");
+    assert!(seeded.is_ok());
+    let form = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let change = decisions::parse(&form(&[
+        ("kind", "rule"),
+        ("rule", RULE),
+        ("action", "block"),
+    ]))
+    .expect("a decision");
+    let d = backend
+        .decide("ann", 2_000, |latest| decisions::decide(latest, &change))
+        .await
+        .expect("stored")
+        .expect("accepted");
+    assert_eq!(d.version, 6);
+    let (version, stored) = backend.latest_row().await.expect("read").expect("a policy");
+    assert_eq!(version, 6);
+    let policy = flowguard_engine::policy::Policy::from_json(stored.as_bytes()).expect("valid");
+    assert_eq!(
+        policy.decisions.rules.get(RULE),
+        Some(&flowguard_engine::rule::Action::Block)
+    );
+    assert_eq!(policy.endpoints.len(), 2, "nothing learned moved");
+    let bad = decisions::parse(&form(&[
+        ("kind", "limit"),
+        ("endpoint", "GET /nowhere"),
+        ("limit", "9"),
+    ]))
+    .expect("a decision");
+    let refused = backend
+        .decide("ann", 3_000, |latest| decisions::decide(latest, &bad))
+        .await
+        .expect("no store error");
+    assert!(refused.is_err_and(|m| m.contains("not an endpoint")));
+    let audit = backend.audit(10).await.expect("audit");
+    assert_eq!(audit.len(), 2, "the refused one left no row: {audit:?}");
+    assert_eq!(
+        (audit[0].who.as_str(), audit[0].version, audit[0].time_ms),
+        ("ann", 6, 2_000)
+    );
+    assert!(
+        audit[0].summary.contains("set to block"),
+        "{}",
+        audit[0].summary
+    );
+    assert!(!audit[0].before.contains("decisions") && audit[0].after.contains("\"block\""));
+    assert_eq!(
+        backend.latest_row().await.expect("read").map(|r| r.0),
+        Some(6)
+    );
+}
+
+#[test]
+fn decisions_and_their_audit_trail_are_stored_in_sqlite_and_postgresql() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = scratch_db("console-decide").expect("db");
+    runtime.block_on(async {
+        let sqlite = flowguard_collector::backend::Backend::open(&db.display().to_string(), false)
+            .await
+            .expect("SQLite");
+        decide_on(sqlite).await;
+    });
+    let pg = flowguard_integration::postgres::Postgres::start().expect("PostgreSQL");
+    runtime.block_on(async {
+        let shared = flowguard_collector::backend::Backend::open(&pg.url(), false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
+        decide_on(shared).await;
+    });
+}
