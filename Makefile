@@ -10,7 +10,7 @@ ENVOY_VERSION := 1.40.0
 # features (minutes of CI).
 NATIVE := --workspace --exclude flowguard-filter
 
-.PHONY: help build native venv npm-testdata postgres prometheus demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
+.PHONY: help build native venv npm-testdata postgres prometheus chromium demo test test-unit test-wasi test-integration test-fuzz fuzz soak lint bench clean compose-test oci
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -79,7 +79,11 @@ postgres:
 prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus)
 
-test-integration: build build-crash native venv npm-testdata postgres prometheus ## real Envoy + real filter + demo shop + real collector
+# The console test drives Debian's headless Chromium over WebDriver (chromedriver).
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+test-integration: build build-crash native venv npm-testdata postgres prometheus chromium ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
 	cargo test $(NATIVE) --test '*' -- --test-threads 2
 
