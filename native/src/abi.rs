@@ -13,6 +13,14 @@
 //!
 //! Buffers cross as `{ptr, length}` pairs passed by value; statuses are C enums
 //! (`int`-sized; 0 is Continue).
+//!
+//! With a collector, the telemetry thread's counts reach Envoy through a configuration
+//! scheduler (`http_filter_config_scheduler_new/commit/delete`: commit may be called from
+//! any thread and runs `on_http_filter_config_scheduled` on the main thread), where
+//! `http_filter_config_increment_counter` / `_set_gauge` report them. Those two take
+//! `(config, id, label_values, label_values_length, value)` like their per-stream
+//! counterparts: read off the 1.40 binary's code (the header revision at hand predates
+//! them), and exercised by the real-Envoy telemetry tests.
 #![allow(unsafe_code)]
 
 use crate::registry::{self, Origin};

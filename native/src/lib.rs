@@ -9,6 +9,11 @@
 //! `learning.min_requests` are met the policy is compiled and the model swapped in, as
 //! the Wasm filter's tick does.
 //!
+//! With a `collector` section (and the native-only `collector.address`), the exchange's
+//! telemetry events go to the collector from a background thread ([`telemetry`]), which
+//! also installs newer policies the collector serves. Configurations with the same JSON
+//! share one [`Filter`] ([`registry`]): an Envoy reload keeps the model and the sessions.
+//!
 //! Everything here is safe Rust and testable without Envoy; `abi` holds every `unsafe`
 //! line: the hooks Envoy resolves and the callbacks the module calls.
 

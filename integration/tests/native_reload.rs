@@ -1,0 +1,205 @@
+//! The native module across listener reloads (LDS from a file), with traffic running: a
+//! new filter configuration with the same JSON adopts the live one's state (the learned
+//! model, every session's progress), as the Wasm filter's shared data does; a different
+//! JSON starts fresh.
+
+use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
+use flowguard_integration::native_envoy::{self, counter};
+use flowguard_integration::patience::eventually;
+use flowguard_integration::shop_server::ShopServer;
+use flowguard_integration::traffic::{self, Client, Session, GOOD_CARD};
+use flowguard_integration::world::quick_learning;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The native bootstrap, split: the listener goes to an LDS file Envoy watches.
+struct Dynamic {
+    bootstrap: String,
+    listener: Value,
+    lds: PathBuf,
+}
+
+impl Dynamic {
+    fn new(cfg: &EnvoyConfig, dir: &Path, port: u16) -> Dynamic {
+        let module = native_envoy::module_path().expect("make native");
+        let yaml = native_envoy::native_yaml(cfg, &module).expect("native bootstrap");
+        let mut boot: Value = serde_norway::from_str(&yaml).expect("bootstrap YAML");
+        let mut listener = boot["static_resources"]["listeners"][0].take();
+        boot["static_resources"]
+            .as_object_mut()
+            .expect("static_resources")
+            .remove("listeners");
+        listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+        listener["address"]["socket_address"]["port_value"] = json!(port);
+        let lds = dir.join("lds.json");
+        boot["node"] = json!({"id": "native-reload-test", "cluster": "flowguard"});
+        boot["dynamic_resources"] = json!({
+            "lds_config": {"path_config_source": {"path": lds.display().to_string()}}
+        });
+        let d = Dynamic {
+            bootstrap: serde_json::to_string(&boot).expect("JSON"),
+            listener,
+            lds,
+        };
+        d.publish();
+        d
+    }
+
+    fn connection_manager(&mut self) -> &mut Value {
+        &mut self.listener["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    fn filter_json(&mut self) -> &mut Value {
+        &mut self.connection_manager()["http_filters"][0]["typed_config"]["filter_config"]["value"]
+    }
+
+    /// Writes the listener where Envoy watches, atomically (a rename), as LDS expects.
+    fn publish(&self) {
+        let tmp = self.lds.with_extension("tmp");
+        let doc = json!({"resources": [self.listener]});
+        std::fs::write(&tmp, doc.to_string()).expect("write LDS");
+        std::fs::rename(&tmp, &self.lds).expect("rename LDS");
+    }
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for_update(envoy: &Envoy, after: u64) {
+    eventually("the listener update", || {
+        (envoy.stat("listener_manager.lds.update_success") > after).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+}
+
+fn occurrences(envoy: &Envoy, line: &str) -> usize {
+    envoy.log().matches(line).count()
+}
+
+const ADOPTED: &str = "flowguard: the same configuration as a live one";
+const CONFIGURED: &str = "flowguard: configured (native module)";
+const LEARNED: &str = "flowguard: learned policy version 1 ";
+
+#[test]
+fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_starts_fresh() {
+    let shop = ShopServer::start().expect("shop");
+    let dir = repo_root()
+        .join("target/envoy-runs")
+        .join(format!("native-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // One test host is one client address: address-wide stuffing detection only flags.
+    const RULES: &str = r#""rules":{"auth.failures":"flag"}"#;
+    let json = quick_learning("enforce", RULES);
+    let cfg = EnvoyConfig::new(&json, shop.addr);
+    let mut dynamic = Dynamic::new(&cfg, &dir, free_port());
+    let envoy = Envoy::start_yaml(&dynamic.bootstrap, 2, "info").expect("Envoy with LDS");
+    let client = Client::fresh_connections(&envoy.url);
+    traffic::play_normal(&client, 80);
+    eventually("the model learned", || {
+        (counter(&envoy, "flowguard.policy.version") > 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    let mut attacker = Session::new(&client);
+    assert_eq!(traffic::skip_payment(&mut attacker).status, 403);
+
+    // A customer gets as far as paying before the reload.
+    let mut customer = Session::new(&client);
+    traffic::normal_order(&mut customer);
+    let order = customer.create_order();
+    assert_eq!(customer.pay(order, GOOD_CARD).status, 200);
+
+    let stop = AtomicBool::new(false);
+    let (served, failed, blocked) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let client = Client::fresh_connections(&envoy.url);
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = Session::new(&client);
+                traffic::normal_order(&mut s);
+                for status in s.statuses() {
+                    let counter = match status {
+                        0 | 500.. => &failed,
+                        403 | 429 => &blocked,
+                        _ => &served,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+
+        // The traffic stops however this ends (a failed assertion included: the scope
+        // waits for its threads before the panic goes on).
+        let _stop = StopOnDrop(&stop);
+
+        // 1. The listener changes, the filter JSON does not: a new filter configuration
+        //    with the live one's state.
+        let updates = envoy.stat("listener_manager.lds.update_success");
+        dynamic.connection_manager()["stat_prefix"] = json!("ingress-reloaded");
+        dynamic.publish();
+        wait_for_update(&envoy, updates);
+        eventually("the new filter configuration", || {
+            (occurrences(&envoy, CONFIGURED) == 2).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+        let mut attacker = Session::new(&client);
+        assert_eq!(
+            traffic::skip_payment(&mut attacker).status,
+            403,
+            "the model is enforced at once, without learning again"
+        );
+        assert_eq!(
+            customer.confirm(order).status,
+            200,
+            "the payment made before the reload still counts"
+        );
+        assert_eq!(occurrences(&envoy, ADOPTED), 1, "{}", envoy.log());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
+    let (served, failed, blocked) = (
+        served.into_inner(),
+        failed.into_inner(),
+        blocked.into_inner(),
+    );
+    assert!(served > 20, "traffic ran throughout: {served} served");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", served + failed);
+    assert_eq!(
+        blocked, 0,
+        "customers mid-order across the reload kept their progress ({blocked} blocked)"
+    );
+    assert_eq!(occurrences(&envoy, LEARNED), 1, "learned once");
+
+    // 2. Another JSON (a larger slot table): fresh state, learning from the start.
+    let updates = envoy.stat("listener_manager.lds.update_success");
+    *dynamic.filter_json() = json!(json.replace(r#""capacity":4096"#, r#""capacity":8192"#));
+    dynamic.publish();
+    wait_for_update(&envoy, updates);
+    eventually("the new configuration loaded", || {
+        (occurrences(&envoy, CONFIGURED) == 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
+    assert_eq!(occurrences(&envoy, ADOPTED), 1, "not adopted");
+    let mut early = Session::new(&client);
+    assert_eq!(
+        traffic::skip_payment(&mut early).status,
+        200,
+        "a new JSON learns again: no model yet"
+    );
+    assert_eq!(counter(&envoy, "flowguard.policy.version"), 0);
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_rejected"),
+        0,
+        "{}",
+        envoy.log()
+    );
+}
