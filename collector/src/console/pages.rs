@@ -76,7 +76,7 @@ pub fn fleet(
     ));
     let _ = write!(
         out,
-        r#"<p class="note">What is known: each proxy's node name, its workers, when each batch arrived, the events it carried and the events its filter dropped (buffer full, collector unreachable). What is <b>not</b> known here: the policy version each proxy runs and its mode (monitor or enforce): telemetry does not carry them yet. A proxy polls the collector and installs the version served (version {}), unless its own configuration pins a policy; its Envoy counters (<code>flowguard.model.version</code>, <code>flowguard.model.installed</code>) say which it runs.</p>"#,
+        r#"<p class="note">What is known: each proxy's node name, its workers, when each batch arrived, the events it carried and the events its filter dropped (buffer full, collector unreachable). What is <b>not</b> known here: the policy version each proxy runs and its mode (monitor or enforce): telemetry does not carry them yet. A proxy polls the collector and installs the version served (version {}), unless its own configuration pins a policy; its Envoy gauge <code>flowguard.policy.version</code> says which it runs.</p>"#,
         served.map_or("none".to_owned(), |v| v.to_string())
     );
     out

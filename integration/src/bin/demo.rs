@@ -26,8 +26,29 @@ fn main() {
     let run_dir = repo_root().join("target/demo");
     let _ = std::fs::remove_dir_all(&run_dir);
     let _ = std::fs::create_dir_all(&run_dir);
-    let collector = Collector::start(&run_dir.join("flowguard.db"), &["--learn-interval-s", "0"])
-        .unwrap_or_else(|e| fail(&e));
+    // The operator's console on loopback (read-only without credentials); decisions need
+    // the token: FLOWGUARD_CONSOLE_TOKEN, or one made up for this run and printed below.
+    let console_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let console_listen = format!("127.0.0.1:{console_port}");
+    let console_token = std::env::var("FLOWGUARD_CONSOLE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("demo-{:016x}", fastrand::u64(..)));
+    let collector = Collector::start(
+        &run_dir.join("flowguard.db"),
+        &[
+            "--learn-interval-s",
+            "0",
+            "--console",
+            &console_listen,
+            "--console-token",
+            &console_token,
+        ],
+    )
+    .unwrap_or_else(|e| fail(&e));
     let shop = ShopServer::start().unwrap_or_else(|e| fail(&e.to_string()));
     let mut cfg = EnvoyConfig::new(CONFIG, shop.addr);
     cfg.concurrency = 2;
@@ -304,9 +325,12 @@ fn main() {
         "\nEnvoy's config and log (with the learned policy as JSON) are in {}",
         dir.display()
     );
+    println!(
+        "\nThe operator's console: http://{console_listen}/ (fleet, learned API, flow graph, blocks and flags, what-if, decisions; log in with token {console_token} to decide)"
+    );
     if std::env::var_os("DEMO_HOLD").is_some() {
         println!(
-            "DEMO_HOLD is set: Envoy keeps running at {} until you press Ctrl-C.",
+            "DEMO_HOLD is set: Envoy ({}), the collector and its console (http://{console_listen}/) keep running until you press Ctrl-C.",
             world.envoy.url
         );
         loop {
@@ -314,7 +338,7 @@ fn main() {
         }
     }
     println!(
-        "Run `DEMO_HOLD=1 make demo` to keep Envoy up and explore {}/stats/prometheus.",
+        "Run `DEMO_HOLD=1 make demo` to keep Envoy and the console up and explore {}/stats/prometheus.",
         world.envoy.admin
     );
 }
