@@ -69,7 +69,7 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
     std::fs::write(&config, COLLECTOR).expect("config");
     let port = free_port();
     let console = format!("http://127.0.0.1:{port}");
-    let collector = Collector::start(
+    let mut collector = Collector::start(
         &scratch_db("console").expect("db"),
         &[
             "--learn-interval-s",
@@ -273,12 +273,7 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
     // CSRF: the login cookie without the form's token, or from another origin, is refused.
     let login_cookie = webdriver_cookie(&browser);
     let forged = |origin: &str, csrf: &str| {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
-        agent
+        agent()
             .post(&format!("{console}/decisions"))
             .header("cookie", &format!("fg_console={login_cookie}"))
             .header("origin", origin)
@@ -304,6 +299,63 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
     assert!(blocked.body.contains("request blocked"), "{blocked:?}");
     let normal = traffic::normal_order(&mut Session::from_address(&client, CLIENT_IP, "10.7.7.7"));
     assert!(normal.status < 400, "a customer still orders: {normal:?}");
+
+    // Learning goes on (every second here) and keeps the decision in what it stores.
+    std::thread::sleep(Duration::from_millis(2500));
+    let latest: Value =
+        serde_json::from_str(&get(&format!("{console}/policy.json")).1).expect("the policy JSON");
+    assert_eq!(
+        latest["decisions"]["rules"][RULE],
+        json!("block"),
+        "the newest version (learned after the decision: {}) keeps it",
+        latest["version"].as_u64().unwrap_or(0) > stored
+    );
+
+    // Bad input is a clear error page, never a crash.
+    let (status, body) = get(&format!("{console}/session/not-a-session"));
+    assert_eq!(status, 400);
+    assert!(body.contains("not a session fingerprint"), "{body}");
+    let csrf = browser
+        .execute(
+            "return document.querySelector('input[name=csrf]').value;",
+            json!([]),
+        )
+        .expect("the form's CSRF token");
+    let csrf = csrf.as_str().expect("a token");
+    let cookie = format!("fg_console={login_cookie}");
+    for (path, form, expected) in [
+        (
+            "/whatif",
+            format!("csrf={csrf}&window=hour&policy=%7Bnot+json"),
+            "refused",
+        ),
+        (
+            "/whatif",
+            format!("csrf={csrf}&window=year"),
+            "unknown window",
+        ),
+        (
+            "/decisions",
+            format!("csrf={csrf}&kind=limit&endpoint=GET+%2Fapi%2Fmenu&limit=lots"),
+            "whole number",
+        ),
+        (
+            "/decisions",
+            format!("csrf={csrf}&kind=rule&rule=no.such&action=block"),
+            "unknown rule",
+        ),
+        (
+            "/decisions",
+            format!("csrf={csrf}&kind=pin&endpoint=GET+%2Fnowhere&prerequisite=GET+%2Fapi%2Fmenu"),
+            "not an endpoint",
+        ),
+        ("/decisions", "%%%&&&==".to_owned(), "CSRF"),
+    ] {
+        let (status, body) = post(&console, path, &cookie, &form);
+        assert!((400..500).contains(&status), "{path} {form}: {status}");
+        assert!(body.contains(expected), "{path} {form}: {body}");
+    }
+    assert!(collector.is_running(), "the collector survived bad input");
     println!(
         "console: rule switched to block in version {stored}; the next skip got 403; {:?} in all",
         started.elapsed()
@@ -313,6 +365,34 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
         "slow: {:?}",
         started.elapsed()
     );
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// A GET: status and body.
+fn get(url: &str) -> (u16, String) {
+    let mut r = agent().get(url).call().expect("an answer");
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    (r.status().as_u16(), body)
+}
+
+/// A form POST from the console's own origin with `cookie`: status and body.
+fn post(console: &str, path: &str, cookie: &str, form: &str) -> (u16, String) {
+    let mut r = agent()
+        .post(&format!("{console}{path}"))
+        .header("cookie", cookie)
+        .header("origin", console)
+        .content_type("application/x-www-form-urlencoded")
+        .send(form)
+        .expect("an answer");
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    (r.status().as_u16(), body)
 }
 
 /// The console's login cookie, as the browser holds it (WebDriver reads HttpOnly ones).
