@@ -172,7 +172,9 @@ impl Pending {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(w, _)| *w != id);
+        // A wake the removed host may not have taken goes to the next one.
         self.woken.store(false, Ordering::Release);
+        self.wake();
     }
 
     /// The counts since the last take (the host reports them).
