@@ -3,6 +3,7 @@
 //! model, every session's progress), as the Wasm filter's shared data does; a different
 //! JSON starts fresh.
 
+use flowguard_integration::collector::{scratch_db, Collector};
 use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
 use flowguard_integration::native_envoy::{self, counter};
 use flowguard_integration::patience::eventually;
@@ -83,6 +84,22 @@ fn wait_for_update(envoy: &Envoy, after: u64) {
     .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
 }
 
+/// The module's telemetry threads in Envoy's process (`flowguard-telemetry`, as Linux
+/// truncates a thread's name).
+fn telemetry_threads(envoy: &Envoy) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", envoy.pid()))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "flowguard-telem")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn occurrences(envoy: &Envoy, line: &str) -> usize {
     envoy.log().matches(line).count()
 }
@@ -99,9 +116,17 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
         .join(format!("native-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     // One test host is one client address: address-wide stuffing detection only flags.
-    const RULES: &str = r#""rules":{"auth.failures":"flag"}"#;
+    // With a collector: the telemetry thread (and its buffer) carries on too.
+    const RULES: &str = r#""rules":{"auth.failures":"flag"},
+        "collector":{"cluster":"flowguard_collector","node":"edge-native","sample_rate":1.0,"flush_interval_ms":100,"policy_interval_ms":0}"#;
+    let collector = Collector::start(
+        &scratch_db("native-reload").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let json = quick_learning("enforce", RULES);
-    let cfg = EnvoyConfig::new(&json, shop.addr);
+    let mut cfg = EnvoyConfig::new(&json, shop.addr);
+    cfg.collector = Some(collector.addr);
     let mut dynamic = Dynamic::new(&cfg, &dir, free_port());
     let envoy = Envoy::start_yaml(&dynamic.bootstrap, 2, "info").expect("Envoy with LDS");
     let client = Client::fresh_connections(&envoy.url);
@@ -164,6 +189,16 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
             "the payment made before the reload still counts"
         );
         assert_eq!(occurrences(&envoy, ADOPTED), 1, "{}", envoy.log());
+        assert_eq!(
+            telemetry_threads(&envoy),
+            1,
+            "the adopted filter's thread reports for both configurations"
+        );
+        let stored = collector.stats().expect("stats").0;
+        eventually("events after the reload stored", || {
+            (collector.stats().ok()?.0 > stored).then_some(())
+        })
+        .expect("reporting goes on");
         std::thread::sleep(std::time::Duration::from_millis(500));
     });
     let (served, failed, blocked) = (
@@ -181,7 +216,12 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
 
     // 2. Another JSON (a larger slot table): fresh state, learning from the start.
     let updates = envoy.stat("listener_manager.lds.update_success");
-    *dynamic.filter_json() = json!(json.replace(r#""capacity":4096"#, r#""capacity":8192"#));
+    let current = dynamic
+        .filter_json()
+        .as_str()
+        .expect("filter JSON")
+        .to_owned();
+    *dynamic.filter_json() = json!(current.replace(r#""capacity":4096"#, r#""capacity":8192"#));
     dynamic.publish();
     wait_for_update(&envoy, updates);
     eventually("the new configuration loaded", || {
