@@ -307,13 +307,18 @@ impl Backend {
         &self,
         who: &str,
         now_ms: u64,
-        decide: impl FnOnce(Option<(u64, String)>) -> Result<Decided, String> + Send,
+        decide: impl FnOnce(Option<(u64, String)>) -> Result<Decided, String> + Send + 'static,
     ) -> Result<Result<Decided, String>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.decide(who, now_ms, decide).await?),
+            // The writer's connection (its commits fsync): off the async workers.
             Backend::Sqlite(db) => {
-                let mut store = db.store.lock().map_err(|_| "store lock poisoned")?;
-                Ok(store.decide(who, now_ms, decide)?)
+                let (db, who) = (db.clone(), who.to_owned());
+                tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                    let mut store = db.store.lock().map_err(|_| "store lock poisoned")?;
+                    Ok(store.decide(&who, now_ms, decide)?)
+                })
+                .await?
             }
         }
     }

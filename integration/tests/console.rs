@@ -414,7 +414,7 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
         {"template": "POST /pay"}, {"template": "POST /confirm", "prerequisites": ["POST /pay"]}]})
     .to_string();
     let seeded = backend
-        .decide("learner", 1_000, |latest| {
+        .decide("learner", 1_000, move |latest| {
             assert!(latest.is_none());
             Ok(Decided {
                 version: 5,
@@ -438,7 +438,9 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
     ]))
     .expect("a decision");
     let d = backend
-        .decide("ann", 2_000, |latest| decisions::decide(latest, &change))
+        .decide("ann", 2_000, move |latest| {
+            decisions::decide(latest, &change)
+        })
         .await
         .expect("stored")
         .expect("accepted");
@@ -458,7 +460,7 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
     ]))
     .expect("a decision");
     let refused = backend
-        .decide("ann", 3_000, |latest| decisions::decide(latest, &bad))
+        .decide("ann", 3_000, move |latest| decisions::decide(latest, &bad))
         .await
         .expect("no store error");
     assert!(refused.is_err_and(|m| m.contains("not an endpoint")));

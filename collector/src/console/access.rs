@@ -129,10 +129,19 @@ impl Access {
         v
     }
 
-    /// Whether `viewer` may read the console.
-    pub fn may_read(&self, viewer: &Viewer) -> Result<(), String> {
-        if self.loopback || viewer.who.is_some() {
+    /// Whether `viewer` may read the console. Anonymous reading on loopback also needs
+    /// the request addressed to a loopback name: a page elsewhere whose name was made to
+    /// resolve to 127.0.0.1 (DNS rebinding) reads nothing.
+    pub fn may_read(&self, headers: &HeaderMap, viewer: &Viewer) -> Result<(), String> {
+        if viewer.who.is_some() {
             Ok(())
+        } else if self.loopback {
+            let host = header(headers, "host").unwrap_or("");
+            if is_loopback_host(host) {
+                Ok(())
+            } else {
+                Err(format!("reading without a login answers requests to a loopback address only, not to {host:?}: log in with the console token"))
+            }
         } else {
             Err(
                 "this console listens beyond loopback: log in with the console token to read it"
@@ -200,9 +209,22 @@ impl Access {
                 ),
             },
             (None, Post::Decide) => Err("log in with the console token to make decisions".into()),
-            (None, Post::Compute) => self.may_read(viewer),
+            (None, Post::Compute) => self.may_read(headers, viewer),
         }
     }
+}
+
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.x.y.z`,
+/// `[::1]`, with or without a port).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The `Set-Cookie` value of a login.
@@ -237,11 +259,26 @@ mod tests {
     #[test]
     fn reading_without_credentials_only_on_loopback() {
         let anyone = Viewer::default();
-        assert!(Access::new(None, true).may_read(&anyone).is_ok());
+        let local = headers(&[("host", "127.0.0.1:8088")]);
+        assert!(Access::new(None, true).may_read(&local, &anyone).is_ok());
+        let rebound = headers(&[("host", "evil.example:8088")]);
+        assert!(Access::new(None, true).may_read(&rebound, &anyone).is_err());
         assert!(Access::new(Some("t".into()), false)
-            .may_read(&anyone)
+            .may_read(&local, &anyone)
             .is_err());
-        assert!(Access::new(None, false).may_read(&anyone).is_err());
+        assert!(Access::new(None, false).may_read(&local, &anyone).is_err());
+        for h in [
+            "localhost",
+            "localhost:1",
+            "127.0.0.2:80",
+            "[::1]:9",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["", "10.0.0.1:80", "localhost.evil.example", "[::2]:1"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]
@@ -255,7 +292,7 @@ mod tests {
         let h = headers(&[("cookie", &format!("other=1; {COOKIE}={id}"))]);
         let v = a.viewer(&h, 1);
         assert_eq!(v.who.as_deref(), Some("ann"));
-        assert!(a.may_read(&v).is_ok());
+        assert!(a.may_read(&h, &v).is_ok());
         assert!(a.viewer(&h, LOGIN_TTL_MS + 1).who.is_none(), "expired");
         a.logout(&h);
         assert!(a.viewer(&h, 1).who.is_none(), "logged out");

@@ -94,7 +94,7 @@ fn error(status: StatusCode, viewer: &Viewer, message: &str) -> Response {
 /// The viewer, if they may read; else the refusal.
 fn reader(c: &Console, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
     let v = c.access.viewer(headers, now_ms());
-    match c.access.may_read(&v) {
+    match c.access.may_read(headers, &v) {
         Ok(()) => Ok(v),
         Err(m) => Err(Box::new(secure(
             (
