@@ -26,7 +26,7 @@ use crate::failure;
 use crate::fingerprint::hex;
 use crate::fleet_join::{self, Fleet};
 use crate::handover;
-use crate::judge::{read_slot, Judge, Judged, Located};
+use crate::judge::{Judge, Judged, Located};
 use crate::learn::{LearnStats, Registry};
 use crate::model::Model;
 use crate::rule::{Action as RuleAction, Rule, RuleSet};
@@ -34,7 +34,7 @@ use crate::sensitive::Scanner;
 use crate::session::{self, Source};
 use crate::slot::{is_auth_failure, is_success, Slot, Visit};
 use crate::slot_table::Placement;
-use crate::store::{self, Host, StoreError, CAS_RETRIES};
+use crate::store::{self, Host, StoreError};
 use crate::telemetry::{sampled, Event};
 use crate::verdict::{Outcome, Request, Verdict};
 
@@ -69,7 +69,7 @@ pub struct Scope<'a> {
 
 impl Scope<'_> {
     /// The tag slots are written under (the model's layout; 0 while learning).
-    pub fn epoch(&self) -> u32 {
+    pub fn layout(&self) -> u32 {
         self.model
             .map_or(0, |m| u32::try_from(m.layout).unwrap_or(u32::MAX))
     }
@@ -78,7 +78,7 @@ impl Scope<'_> {
         Judge {
             settings: self.settings,
             model: self.model,
-            epoch: self.epoch(),
+            layout: self.layout(),
             registry_map: self.registry_map,
             started: self.started,
             relearns: self.relearns,
@@ -103,7 +103,7 @@ pub struct Pending {
     pub index: u32,
     pub fingerprint: u64,
     pub endpoint: EndpointId,
-    pub epoch: u32,
+    pub layout: u32,
     /// Another success changes nothing (already completed, or no rule waits for it).
     pub completed: bool,
     /// The identifier hash of the request's object, when its success is tracked per object.
@@ -407,7 +407,7 @@ struct Prepared {
     /// `x-request-id`, kept only while the request waits for the fleet.
     request_id: Option<String>,
     /// The layout its endpoint id is in, kept only while the request waits.
-    epoch: u32,
+    layout: u32,
 }
 
 impl Exchange {
@@ -475,7 +475,7 @@ impl Exchange {
             fingerprint,
             address,
             request_id: None,
-            epoch: 0,
+            layout: 0,
         };
         self.judge(
             scope,
@@ -503,7 +503,7 @@ impl Exchange {
         let Some(mut prepared) = self.asking.take().map(|p| *p) else {
             return Ok(RequestStep::default());
         };
-        if prepared.epoch != scope.epoch() {
+        if prepared.layout != scope.layout() {
             return Ok(RequestStep::default());
         }
         prepared.request.fleet = match fleet {
@@ -554,7 +554,7 @@ impl Exchange {
                     horizon_s: FLEET_HORIZON_S,
                 });
                 p.request_id = request_id.map(str::to_owned);
-                p.epoch = scope.epoch();
+                p.layout = scope.layout();
                 self.asking = Some(Box::new(p));
                 return Ok(step);
             }
@@ -850,7 +850,7 @@ impl Exchange {
             let findings = scanner.findings;
             self.scanner = None;
             // An answer that straddled a model install names its endpoint in the old ids.
-            if self.scanned.is_some_and(|p| p.epoch != scope.epoch()) {
+            if self.scanned.is_some_and(|p| p.layout != scope.layout()) {
                 return Ok(step);
             }
             if let Some(p) = self.scanned.filter(|p| p.endpoint_facts) {
@@ -969,34 +969,21 @@ fn hand_over<H: Host>(
     now_ms: u64,
     events: &mut Vec<Event>,
 ) -> Result<Option<bool>, StoreError<H::Error>> {
-    if to == p.fingerprint {
-        return Ok(Some(false));
-    }
-    let (from, _) = read_slot(host, store::slot_key(p.index))?;
-    let Some(from) = from.filter(|s| s.fingerprint == p.fingerprint && s.model_version == p.epoch)
-    else {
-        return Ok(Some(false)); // the slot changed hands meanwhile
-    };
     let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-    let judge = scope.judge();
-    for _ in 0..CAS_RETRIES {
-        let mut located = judge.locate(host, to, now)?;
-        if located.slot.model_version != p.epoch {
-            return Ok(Some(false)); // another policy's step ids
-        }
-        located.slot.continue_from(&from);
-        if host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
-            if located.placement != Placement::Own {
-                // A new identity from this address: it carries one more customer.
-                judge.carry(host, None, to, now)?;
-            }
+    let continued_from =
+        scope
+            .judge()
+            .hand_over(host, p.index, p.fingerprint, p.layout, to, now)?;
+    Ok(match continued_from {
+        Some(Some(from)) => {
             if scope.settings.collector.is_some() {
                 continued(scope, &from, to, now_ms, events);
             }
-            return Ok(Some(true));
+            Some(true)
         }
-    }
-    Ok(None)
+        Some(None) => Some(false),
+        None => None,
+    })
 }
 
 /// Tells the fleet which steps the new identity `to` continues from: at the edge a login's
@@ -1043,18 +1030,18 @@ fn settle<H: Host>(
     if (!is_success(status) && !auth_failure) || (p.completed && !auth_failure && !learning) {
         return Ok(false);
     }
-    let auth_window_ms = scope.settings.limits.auth_window_s.saturating_mul(1000);
-    let mut peak = None;
-    let mut unlearned = false;
-    let written = store::update(host, store::slot_key(p.index).as_str(), |bytes| {
-        let mut slot = Slot::decode(bytes?).ok()?;
-        if slot.fingerprint != p.fingerprint || slot.model_version != p.epoch {
-            return None; // the slot changed hands meanwhile
-        }
-        unlearned = slot.unlearned;
-        peak = slot.record_response(p.endpoint, p.object, status, now_ms, auth_window_ms);
-        Some(slot.encode().to_vec())
-    })?;
+    let recorded = scope.judge().record_response(
+        host,
+        (p.index, p.fingerprint, p.layout),
+        p.endpoint,
+        p.object,
+        status,
+        now_ms,
+    )?;
+    let (written, peak, unlearned) = match recorded {
+        Some(r) => (true, r.peak, r.unlearned),
+        None => (false, None, false),
+    };
     if written && p.learn && !unlearned {
         delta.observe_response(p.endpoint, p.retry, status, peak);
     } else if written && auth_failure && p.endpoint_facts {
@@ -1146,7 +1133,7 @@ fn pending_for(
         index: located.index,
         fingerprint,
         endpoint,
-        epoch: located.slot.model_version,
+        layout: located.slot.layout,
         completed: unread || (located.slot.completed.contains(endpoint) && done_on_object),
         object,
         learn: learns && visit.learn && !request.weak_session,

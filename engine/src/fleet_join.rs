@@ -136,7 +136,7 @@ mod tests {
         Judge {
             settings: s,
             model: Some(m),
-            epoch: u32::try_from(m.layout).unwrap(),
+            layout: u32::try_from(m.layout).unwrap(),
             registry_map: &[],
             started,
             relearns: false,

@@ -3,8 +3,10 @@
 //! address-level state a judgement needs (the learning share, mid-flow joins,
 //! authentication failures) is read and written here too, all through [`Host`].
 //!
-//! The filter reads the request, calls [`Judge::request`] and carries out the
-//! [`Decision`]; a unit test or the fuzzer does the same on a [`crate::store::MemoryHost`].
+//! It is the one writer of session slots: the request ([`Judge::request`]), the answer
+//! ([`Judge::record_response`]) and the hand-over to a new identity
+//! ([`Judge::hand_over`]). The exchange (`crate::exchange`) calls it; a unit test or the
+//! fuzzer does the same on a [`crate::store::MemoryHost`].
 
 use crate::address::AddressSlot;
 use crate::config::Settings;
@@ -29,7 +31,7 @@ pub struct Judge<'a> {
     pub model: Option<&'a Model>,
     /// The layout slots are written under (the first model version with these endpoint
     /// ids; 0 while learning).
-    pub epoch: u32,
+    pub layout: u32,
     /// Learning-registry id to model id, for slots recorded while learning.
     pub registry_map: &'a [Option<EndpointId>],
     /// When this proxy handled its first request (seconds): a restarted proxy lets new
@@ -226,10 +228,10 @@ impl Judge<'_> {
     ) -> Located {
         let slot = match (placement, held) {
             (Placement::Own, Some(mut s)) => {
-                self.bring_to_epoch(&mut s);
+                self.bring_to_layout(&mut s);
                 s
             }
-            _ => Slot::new(fp, now, self.epoch),
+            _ => Slot::new(fp, now, self.layout),
         };
         Located {
             index,
@@ -241,17 +243,17 @@ impl Judge<'_> {
     }
 
     /// Rewrites a slot recorded under another endpoint layout into the current one.
-    fn bring_to_epoch(&self, slot: &mut Slot) {
-        if slot.model_version == self.epoch {
+    fn bring_to_layout(&self, slot: &mut Slot) {
+        if slot.layout == self.layout {
             return;
         }
-        if slot.model_version == 0 {
+        if slot.layout == 0 {
             slot.remap_steps(|id| self.registry_map.get(usize::from(id)).copied().flatten());
         } else {
             // Another policy's indices mean nothing here: keep the session, forget its steps.
             slot.forget_steps();
         }
-        slot.model_version = self.epoch;
+        slot.layout = self.layout;
     }
 
     /// The fingerprint of a client address (its host part: the port changes per
@@ -424,6 +426,84 @@ impl Judge<'_> {
             true
         })?;
         Ok(peak)
+    }
+}
+
+/// What recording an answer found in its session's slot.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded {
+    /// The session's new auth-failure peak, if this answer set one.
+    pub peak: Option<u16>,
+    /// The session is not learned from.
+    pub unlearned: bool,
+}
+
+impl Judge<'_> {
+    /// Records an answer in the slot of session `(index, fingerprint, layout)`: a
+    /// completed step, or a 401/403. Returns the session's new auth-failure peak (if this
+    /// set one) and whether it is unlearned, or `None` when the slot changed hands
+    /// meanwhile (nothing written).
+    pub fn record_response<H: Host>(
+        &self,
+        host: &mut H,
+        (index, fingerprint, layout): (u32, u64, u32),
+        endpoint: EndpointId,
+        object: Option<u64>,
+        status: u16,
+        now_ms: u64,
+    ) -> Result<Option<Recorded>, StoreError<H::Error>> {
+        let auth_window_ms = self.settings.limits.auth_window_s.saturating_mul(1000);
+        let mut recorded = None;
+        store::update(host, store::slot_key(index).as_str(), |bytes| {
+            let mut slot = Slot::decode(bytes?).ok()?;
+            if slot.fingerprint != fingerprint || slot.layout != layout {
+                recorded = None;
+                return None; // the slot changed hands meanwhile
+            }
+            let peak = slot.record_response(endpoint, object, status, now_ms, auth_window_ms);
+            recorded = Some(Recorded {
+                peak,
+                unlearned: slot.unlearned,
+            });
+            Some(slot.encode().to_vec())
+        })?;
+        Ok(recorded)
+    }
+
+    /// Continues the flow of session `(index, fingerprint, layout)` in session `to`'s
+    /// slot, claiming one for it if it has none (a new identity from this address: it
+    /// carries one more customer). `Some(Some(from))`: handed over, from this slot;
+    /// `Some(None)`: nothing to continue; `None`: every compare-and-swap attempt lost.
+    pub fn hand_over<H: Host>(
+        &self,
+        host: &mut H,
+        index: u32,
+        fingerprint: u64,
+        layout: u32,
+        to: u64,
+        now: u32,
+    ) -> Result<Option<Option<Slot>>, StoreError<H::Error>> {
+        if to == fingerprint {
+            return Ok(Some(None));
+        }
+        let (from, _) = read_slot(host, store::slot_key(index))?;
+        let Some(from) = from.filter(|s| s.fingerprint == fingerprint && s.layout == layout) else {
+            return Ok(Some(None)); // the slot changed hands meanwhile
+        };
+        for _ in 0..CAS_RETRIES {
+            let mut located = self.locate(host, to, now)?;
+            if located.slot.layout != layout {
+                return Ok(Some(None)); // another policy's step ids
+            }
+            located.slot.continue_from(&from);
+            if host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+                if located.placement != Placement::Own {
+                    self.carry(host, None, to, now)?;
+                }
+                return Ok(Some(Some(from)));
+            }
+        }
+        Ok(None)
     }
 }
 

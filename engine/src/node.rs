@@ -60,7 +60,7 @@ pub struct Node {
     /// Learning counters not yet merged into shared data, and the endpoint-id space they
     /// count in (0: the registry's; else the model layout's).
     pub delta: LearnStats,
-    delta_space: u64,
+    delta_layout: u64,
     /// The published version this worker last installed or refused.
     tried_version: u64,
     /// When each model endpoint was last called normally here (seconds), for retiring
@@ -78,7 +78,7 @@ impl Node {
             learned_prefixes: 0,
             registry_map: Vec::new(),
             delta: LearnStats::default(),
-            delta_space: 0,
+            delta_layout: 0,
             tried_version: 0,
             last_used: Vec::new(),
         }
@@ -127,10 +127,10 @@ impl Node {
 
     /// Installs a compiled model (`now`: seconds, every endpoint counts as just used).
     pub fn install(&mut self, model: Model, now: u32) -> Happened {
-        if self.delta_space != model.layout {
+        if self.delta_layout != model.layout {
             // Counters of another id space cannot be merged into this one's.
             self.delta = LearnStats::default();
-            self.delta_space = model.layout;
+            self.delta_layout = model.layout;
         }
         self.last_used = vec![now; model.len()];
         self.registry_map = self
@@ -239,7 +239,7 @@ impl Node {
         if self.delta.is_empty() {
             return Ok(());
         }
-        let (delta, space) = (&self.delta, self.delta_space);
+        let (delta, space) = (&self.delta, self.delta_layout);
         store::update(host, keys::STATS, |bytes| {
             let (shared_space, mut stats) = decode_stats(bytes);
             if shared_space != space {

@@ -41,7 +41,7 @@ pub struct Slot {
     pub last_endpoint: EndpointId,
     /// The layout (first model version with these endpoint ids) whose indices the sets
     /// below use (0: learning registry).
-    pub model_version: u32,
+    pub layout: u32,
     /// Endpoints this session has called.
     pub visited: EndpointSet,
     /// Endpoints this session has called with a successful (2xx/3xx) answer.
@@ -102,14 +102,14 @@ pub struct Visit {
 
 impl Slot {
     /// A fresh slot for a session first seen at `now`.
-    pub fn new(fingerprint: u64, now: u32, model_version: u32) -> Slot {
+    pub fn new(fingerprint: u64, now: u32, layout: u32) -> Slot {
         let empty = RateEntry::fresh(NO_ENDPOINT, 0);
         Slot {
             fingerprint,
             first_seen: now,
             last_seen: now,
             last_endpoint: NO_ENDPOINT,
-            model_version,
+            layout,
             total: empty,
             rates: [empty; RATE_ENTRIES],
             ..Slot::default()
@@ -224,7 +224,7 @@ impl Slot {
         w.put(&self.first_seen.to_le_bytes());
         w.put(&self.last_seen.to_le_bytes());
         w.put(&self.last_endpoint.to_le_bytes());
-        w.put(&self.model_version.to_le_bytes());
+        w.put(&self.layout.to_le_bytes());
         w.put(&self.visited.0.to_le_bytes());
         w.put(&self.completed.0.to_le_bytes());
         w.put(&self.auth.window_start.to_le_bytes());
@@ -303,7 +303,7 @@ impl Slot {
             first_seen: u32::from_le_bytes(r.take()),
             last_seen: u32::from_le_bytes(r.take()),
             last_endpoint: u16::from_le_bytes(r.take()),
-            model_version: u32::from_le_bytes(r.take()),
+            layout: u32::from_le_bytes(r.take()),
             visited: EndpointSet(u128::from_le_bytes(r.take())),
             completed: EndpointSet(u128::from_le_bytes(r.take())),
             auth: WindowCounter {
@@ -434,7 +434,7 @@ mod tests {
                                      objects in proptest::array::uniform4((any::<u32>(), any::<u128>()))) {
             let objects = Objects { forgotten, entries: objects.map(|(key, c)| crate::object::ObjectEntry { key, completed: EndpointSet(c) }) };
             let s = Slot { fingerprint: fp, first_seen: a, last_seen: b, seen, unlearned, address_bit: abit, last_endpoint: last,
-                model_version: mv, visited: EndpointSet(v), completed: EndpointSet(c),
+                layout: mv, visited: EndpointSet(v), completed: EndpointSet(c),
                 auth: WindowCounter { window_start: aw, count: ac, peak: ap },
                 total: RateEntry { endpoint: NO_ENDPOINT, count: tc, peak: tp, window_start: tw, tat: tt, ..RateEntry::default() },
                 rates, objects, midflow };

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let judge = Judge {
         settings,
         model: Some(model),
-        epoch: 1,
+        layout: 1,
         registry_map: &[],
         started: 1_000,
         relearns: false,
@@ -72,14 +72,22 @@ fuzz_target!(|data: &[u8]| {
             "authorization" => Some(auth),
             _ => None,
         };
-        let sources = [Source::Cookie("session".into()), Source::Bearer, Source::Address];
+        let sources = [
+            Source::Cookie("session".into()),
+            Source::Bearer,
+            Source::Address,
+        ];
         let _ = session::derive(&sources, header, Some(path));
         // The JWT claim source decodes and scans the token's payload.
         let _ = session::derive(&[Source::JwtClaim("sub".into())], header, None);
 
         let mut out = String::new();
         NORMALISER.normalise(method, path, &mut out);
-        assert!(out.len() <= 8 * 1024, "templates stay bounded: {}", out.len());
+        assert!(
+            out.len() <= 8 * 1024,
+            "templates stay bounded: {}",
+            out.len()
+        );
         let mut again = String::new();
         let (m, p) = out.split_once(' ').unwrap_or(("", &out));
         NORMALISER.normalise(m, p, &mut again);
@@ -103,7 +111,13 @@ fuzz_target!(|data: &[u8]| {
             ..Request::default()
         };
         let judged = judge.request(&mut host, &mut request, fingerprint, None, now);
-        assert!(judged.is_ok_and(|j| j.is_some()), "an uncontended write lands");
-        assert!(host.len() <= 16, "slots and address slots stay within capacity");
+        assert!(
+            judged.is_ok_and(|j| j.is_some()),
+            "an uncontended write lands"
+        );
+        assert!(
+            host.len() <= 16,
+            "slots and address slots stay within capacity"
+        );
     }
 });

@@ -534,7 +534,7 @@ fn the_answer_is_read_only_as_far_as_it_matters() {
         index: 0,
         fingerprint: 1,
         endpoint: 0,
-        epoch: 1,
+        layout: 1,
         completed: true,
         object: None,
         learn: false,

@@ -34,7 +34,7 @@ fn judge<'a>(s: &'a Settings, m: Option<&'a Model>) -> Judge<'a> {
     Judge {
         settings: s,
         model: m,
-        epoch: m.map_or(0, |m| u32::try_from(m.layout).unwrap()),
+        layout: m.map_or(0, |m| u32::try_from(m.layout).unwrap()),
         registry_map: &[],
         started: 1_000,
         relearns: false,
