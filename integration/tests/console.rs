@@ -453,6 +453,66 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
         Some(&flowguard_engine::rule::Action::Block)
     );
     assert_eq!(policy.endpoints.len(), 2, "nothing learned moved");
+    // Per endpoint: a rule off, a prerequisite pinned then forgotten, a limit loosened;
+    // each a version the engine accepts. A pin that makes two steps wait for each other
+    // is refused, with the engine's reason.
+    let decide_as = |who: &'static str, pairs: &[(&str, &str)]| {
+        let change = decisions::parse(&form(pairs)).expect("a decision");
+        backend.decide(who, 2_500, move |latest| decisions::decide(latest, &change))
+    };
+    let cycle = decide_as(
+        "bob",
+        &[
+            ("kind", "pin"),
+            ("endpoint", "POST /pay"),
+            ("prerequisite", "POST /confirm"),
+        ],
+    )
+    .await
+    .expect("no store error");
+    assert!(cycle.is_err_and(|m| m.contains("wait for each other")));
+    for pairs in [
+        &[
+            ("kind", "rule"),
+            ("endpoint", "POST /confirm"),
+            ("rule", "rate.session"),
+            ("action", "off"),
+        ][..],
+        &[
+            ("kind", "pin"),
+            ("endpoint", "POST /confirm"),
+            ("prerequisite", "POST /pay"),
+        ][..],
+        &[
+            ("kind", "forget"),
+            ("endpoint", "POST /confirm"),
+            ("prerequisite", "POST /pay"),
+        ][..],
+        &[
+            ("kind", "limit"),
+            ("endpoint", "POST /pay"),
+            ("limit", "40"),
+        ][..],
+    ] {
+        decide_as("bob", pairs)
+            .await
+            .expect("stored")
+            .unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
+    }
+    let (_, stored) = backend.latest_row().await.expect("read").expect("a policy");
+    let policy = flowguard_engine::policy::Policy::from_json(stored.as_bytes()).expect("valid");
+    let confirm = policy.decisions.endpoint("POST /confirm").expect("decided");
+    assert_eq!(
+        (confirm.rules.len(), confirm.pin.len(), confirm.forget.len()),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        policy
+            .decisions
+            .endpoint("POST /pay")
+            .and_then(|d| d.rate_limit),
+        Some(40)
+    );
     let bad = decisions::parse(&form(&[
         ("kind", "limit"),
         ("endpoint", "GET /nowhere"),
@@ -465,20 +525,18 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
         .expect("no store error");
     assert!(refused.is_err_and(|m| m.contains("not an endpoint")));
     let audit = backend.audit(10).await.expect("audit");
-    assert_eq!(audit.len(), 2, "the refused one left no row: {audit:?}");
+    assert_eq!(audit.len(), 6, "the refused one left no row: {audit:?}");
+    let ann = &audit[4];
     assert_eq!(
-        (audit[0].who.as_str(), audit[0].version, audit[0].time_ms),
+        (ann.who.as_str(), ann.version, ann.time_ms),
         ("ann", 6, 2_000)
     );
-    assert!(
-        audit[0].summary.contains("set to block"),
-        "{}",
-        audit[0].summary
-    );
-    assert!(!audit[0].before.contains("decisions") && audit[0].after.contains("\"block\""));
+    assert!(ann.summary.contains("set to block"), "{}", ann.summary);
+    assert!(!ann.before.contains("decisions") && ann.after.contains("\"block\""));
+    assert_eq!((audit[0].who.as_str(), audit[0].version), ("bob", 10));
     assert_eq!(
         backend.latest_row().await.expect("read").map(|r| r.0),
-        Some(6)
+        Some(10)
     );
 }
 
