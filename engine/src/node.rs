@@ -43,6 +43,17 @@ pub enum Happened {
     },
 }
 
+impl Happened {
+    fn progress(stats: &LearnStats) -> Happened {
+        Happened::Progress {
+            sessions: stats.sessions,
+            requests: stats.requests,
+            unlearned: stats.unlearned_sessions,
+            weak: stats.weak_sessions,
+        }
+    }
+}
+
 /// A worker's model, learning state and last-use times.
 pub struct Node {
     /// When this worker handled its first request (seconds): a restarted proxy lets
@@ -312,12 +323,7 @@ impl Node {
         if space != 0 {
             return Ok(()); // a model was published: its adoption is this tick's job
         }
-        out.push(Happened::Progress {
-            sessions: stats.sessions,
-            requests: stats.requests,
-            unlearned: stats.unlearned_sessions,
-            weak: stats.weak_sessions,
-        });
+        out.push(Happened::progress(&stats));
         if !stats.is_ready(&settings.learning) {
             return Ok(());
         }
@@ -362,12 +368,7 @@ impl Node {
         if space != layout {
             return Ok(());
         }
-        out.push(Happened::Progress {
-            sessions: stats.sessions,
-            requests: stats.requests,
-            unlearned: stats.unlearned_sessions,
-            weak: stats.weak_sessions,
-        });
+        out.push(Happened::progress(&stats));
         // Only when due is the published policy read and parsed again.
         if !learn::relearn_due(since, &stats, &settings.learning) {
             return Ok(());

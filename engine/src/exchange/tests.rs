@@ -31,6 +31,19 @@ fn status(status: u16) -> ResponseHead {
     }
 }
 
+/// What the tests judge with: a model (or none: learning), nothing learned yet.
+fn scope<'a>(settings: &'a Settings, model: Option<&'a Model>, base: &'a Normaliser) -> Scope<'a> {
+    Scope {
+        settings,
+        model,
+        registry_map: &[],
+        base_normaliser: base,
+        started: 1,
+        relearns: false,
+        registry: None,
+    }
+}
+
 struct World {
     settings: Settings,
     model: Model,
@@ -81,15 +94,7 @@ impl World {
         body: &[&[u8]],
         now: u64,
     ) -> (RequestStep, ResponseStep) {
-        let scope = Scope {
-            settings: &self.settings,
-            model: Some(&self.model),
-            registry_map: &[],
-            base_normaliser: &self.base,
-            started: 1,
-            relearns: false,
-            registry: None,
-        };
+        let scope = scope(&self.settings, Some(&self.model), &self.base);
         let cookie = format!("session={session}");
         let headers: Vec<(&[u8], &[u8])> = vec![
             (b":method", method.as_bytes()),
@@ -223,15 +228,7 @@ fn learn_passes_untouched_and_counts() {
         Settings::from_json(br#"{"mode":"learn","session":{"sources":[{"cookie":"session"}]}}"#)
             .unwrap();
     let base = base_normaliser(&settings, &Registry::default());
-    let scope = Scope {
-        settings: &settings,
-        model: None,
-        registry_map: &[],
-        base_normaliser: &base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&settings, None, &base);
     let mut host = MemoryHost::default();
     let mut delta = LearnStats::default();
     for (i, path) in ["/pay", "/confirm"].iter().enumerate() {
@@ -264,15 +261,7 @@ fn learn_passes_untouched_and_counts() {
 #[test]
 fn no_session_no_judgement() {
     let mut w = World::new("enforce");
-    let scope = Scope {
-        settings: &w.settings,
-        model: Some(&w.model),
-        registry_map: &[],
-        base_normaliser: &w.base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&w.settings, Some(&w.model), &w.base);
     let headers: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", b"/confirm")];
     let step = Exchange::default()
         .request(&scope, &mut w.host, &headers, 1_000_000, 1, &mut w.delta)
@@ -321,15 +310,7 @@ fn a_2xx_failure_by_body_completes_nothing() {
     assert!(paid.completed);
     assert!(w.call("POST", "/confirm", "i", 200, 1_001).reply.is_none());
     // A body cut short (the stream ended before it did): the status stands.
-    let scope = Scope {
-        settings: &w.settings,
-        model: Some(&w.model),
-        registry_map: &[],
-        base_normaliser: &w.base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&w.settings, Some(&w.model), &w.base);
     let headers: Vec<(&[u8], &[u8])> = vec![
         (b":method", b"POST"),
         (b":path", b"/pay"),
@@ -399,15 +380,7 @@ const COLLECTOR: &str = r#","collector":{"cluster":"fg","sample_rate":1.0}"#;
 
 /// A request from session `session` through a fresh exchange that may ask the fleet.
 fn ask(w: &mut World, x: &mut Exchange, path: &str, session: &str, now: u64) -> RequestStep {
-    let scope = Scope {
-        settings: &w.settings,
-        model: Some(&w.model),
-        registry_map: &[],
-        base_normaliser: &w.base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&w.settings, Some(&w.model), &w.base);
     let cookie = format!("session={session}");
     let headers: Vec<(&[u8], &[u8])> = vec![
         (b":method", b"POST"),
@@ -421,15 +394,7 @@ fn ask(w: &mut World, x: &mut Exchange, path: &str, session: &str, now: u64) -> 
 }
 
 fn resume(w: &mut World, x: &mut Exchange, fleet: Fleet, now: u64) -> RequestStep {
-    let scope = Scope {
-        settings: &w.settings,
-        model: Some(&w.model),
-        registry_map: &[],
-        base_normaliser: &w.base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&w.settings, Some(&w.model), &w.base);
     x.resume(&scope, &mut w.host, fleet, now * 1000, 2, &mut w.delta)
         .unwrap()
 }
@@ -465,15 +430,7 @@ fn an_answer_that_never_came_is_reported_not_lost() {
     let mut x = Exchange::default();
     let step = ask(&mut w, &mut x, "/pay", "g", 1_000);
     assert!(step.reply.is_none() && step.event.is_none());
-    let scope = Scope {
-        settings: &w.settings,
-        model: Some(&w.model),
-        registry_map: &[],
-        base_normaliser: &w.base,
-        started: 1,
-        relearns: false,
-        registry: None,
-    };
+    let scope = scope(&w.settings, Some(&w.model), &w.base);
     let end = x
         .finish(&scope, &mut w.host, 1_000_250, &mut w.delta)
         .unwrap();
