@@ -3,11 +3,14 @@
 //! (`flowguard.v1.Policies/GetPolicy`) to the same collector, from one background thread
 //! per [`crate::Filter`] with its own tonic client.
 //!
-//! Why a thread and not Envoy's callout: the dynamic-module ABI's callouts are HTTP/1-style
-//! calls to a named cluster from a worker or the main thread, answered through hooks;
-//! gRPC framing, retries and in-flight bookkeeping would all be hand-made on top of them.
-//! A thread with tonic speaks gRPC as the collector does, costs the request path one
-//! `try_send` per reported request, and stops with its filter.
+//! Why a thread and not Envoy's callout: the dynamic-module ABI's callouts are plain HTTP
+//! requests and streams to a named cluster, answered through hooks on the thread that
+//! started them; gRPC framing, status trailers, deadlines and the in-flight bookkeeping
+//! would all be hand-made on top, in hooks that run beside requests. A thread with tonic
+//! speaks gRPC exactly as the collector does, costs the request path one `try_send` per
+//! reported request, and stops with its filter. What it gives up: the cluster's settings
+//! (TLS, load balancing over replicas, circuit breaking), which the Wasm filter gets from
+//! Envoy; here it is one plaintext HTTP/2 connection to one address.
 //!
 //! Where the collector is: the Wasm filter names an Envoy cluster (`collector.cluster`),
 //! which a module cannot dial. The native module reads `collector.address`
@@ -438,7 +441,8 @@ impl Run {
                     }
                 }
                 first = receivers.prompt.recv(), if prompting < MAX_PROMPT_IN_FLIGHT => {
-                    let Some(first) = first else { continue };
+                    // Closed only once the filter is gone: nothing more will come.
+                    let Some(first) = first else { break };
                     let events = take(&mut receivers.prompt, Some(first), batch);
                     batch_id += 1;
                     prompting += 1;
