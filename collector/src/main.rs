@@ -471,10 +471,11 @@ fn serve(
             eprintln!(
                 "flowguard console on http://{}/ ({}; decisions {})",
                 listener.local_addr()?,
-                if addr.ip().is_loopback() {
-                    "loopback: read-only without credentials"
-                } else {
-                    "beyond loopback: the console token is needed to read it"
+                match (addr.ip().is_loopback(), console.access.token_configured()) {
+                    (true, _) => "loopback: read-only without credentials",
+                    (false, true) => "beyond loopback: the console token is needed to read it",
+                    (false, false) =>
+                        "beyond loopback without a console token: nothing can be read there",
                 },
                 if console.access.token_configured() {
                     "need a login with the console token"

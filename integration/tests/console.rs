@@ -540,14 +540,119 @@ async fn decide_on(backend: flowguard_collector::backend::Backend) {
     );
 }
 
+/// What the console reads from `backend`: nodes, blocks and flags filtered, a session's
+/// events, the templates seen, the events of a window.
+async fn reads_on(backend: &flowguard_collector::backend::Backend) {
+    use flowguard_proto::v1::{Event, ReportRequest, Verdict};
+    let event = |t: u64, session: u64, template: &str, verdict: Verdict, rules: &[&str]| Event {
+        time_ms: t,
+        session,
+        template: template.into(),
+        status: if verdict == Verdict::Block { 403 } else { 200 },
+        verdict: verdict.into(),
+        rules: rules.iter().map(|r| r.to_string()).collect(),
+        latency_us: 10,
+        summary: true,
+        ids: 0,
+        weak_session: false,
+    };
+    let batch = |worker: u32, id: u64, events: Vec<Event>| ReportRequest {
+        node: "edge-7".into(),
+        batch_id: id,
+        worker,
+        dropped: 2,
+        events,
+    };
+    let events_a = vec![
+        event(1_000, 7, "POST /pay", Verdict::Allow, &[]),
+        event(
+            2_000,
+            7,
+            "POST /confirm",
+            Verdict::Block,
+            &[RULE, "order.unknown_transition"],
+        ),
+        event(3_000, 8, "GET /menu", Verdict::Flag, &["rate.session"]),
+    ];
+    let events_b = vec![event(
+        9_000,
+        9,
+        "GET /shadow",
+        Verdict::Flag,
+        &["inventory.unknown_endpoint"],
+    )];
+    backend
+        .insert_batch(batch(1, 1, events_a), 50_000)
+        .await
+        .expect("stored");
+    backend
+        .insert_batch(batch(2, 1, events_b), 70_000)
+        .await
+        .expect("stored");
+    let nodes = backend.nodes(60_000).await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let n = &nodes[0];
+    assert_eq!(
+        (
+            n.workers,
+            n.batches,
+            n.events,
+            n.recent_events,
+            n.dropped,
+            n.first_ms,
+            n.last_ms
+        ),
+        (2, 2, 4, 1, 4, 50_000, 70_000)
+    );
+    let listed = |template: &'static str, rule: &'static str| async move {
+        backend
+            .verdict_events(0, template, rule)
+            .await
+            .expect("listed")
+            .iter()
+            .map(|e| e.template.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed("", "").await,
+        ["GET /shadow", "GET /menu", "POST /confirm"]
+    );
+    assert_eq!(listed("", RULE).await, ["POST /confirm"]);
+    assert_eq!(
+        listed("", "order").await,
+        Vec::<String>::new(),
+        "whole rule ids only"
+    );
+    assert_eq!(listed("GET /menu", "").await, ["GET /menu"]);
+    assert_eq!(listed("GET /menu", RULE).await, Vec::<String>::new());
+    let history = backend.session_history(7).await.expect("history");
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        (
+            history[0].template.as_str(),
+            history[0].verdict,
+            history[0].status
+        ),
+        ("POST /confirm", 4, 403)
+    );
+    let seen = backend.templates_seen().await.expect("seen");
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.contains(&("GET /shadow".to_owned(), 1, 9_000)),
+        "{seen:?}"
+    );
+    assert_eq!(backend.events_since(2_500).await.expect("window").len(), 2);
+}
+
 #[test]
-fn decisions_and_their_audit_trail_are_stored_in_sqlite_and_postgresql() {
+fn what_the_console_reads_and_decides_is_stored_in_sqlite_and_postgresql() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = scratch_db("console-decide").expect("db");
     runtime.block_on(async {
         let sqlite = flowguard_collector::backend::Backend::open(&db.display().to_string(), false)
             .await
             .expect("SQLite");
+        reads_on(&sqlite).await;
         decide_on(sqlite).await;
     });
     let pg = flowguard_integration::postgres::Postgres::start().expect("PostgreSQL");
@@ -555,6 +660,7 @@ fn decisions_and_their_audit_trail_are_stored_in_sqlite_and_postgresql() {
         let shared = flowguard_collector::backend::Backend::open(&pg.url(), false)
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
+        reads_on(&shared).await;
         decide_on(shared).await;
     });
 }

@@ -26,7 +26,7 @@ pub fn fleet(
     let (events, dropped, version) = stats;
     let _ = write!(
         out,
-        r#"<p>{} proxies have reported · {events} events stored · {dropped} events dropped by filters (as they reported) · the collector serves policy version <b id="served">{}</b> (newest stored: {version}).</p>"#,
+        r#"<p>Proxies that reported: {} · {events} events stored · {dropped} events dropped by filters (as they reported) · the collector serves policy version <b id="served">{}</b> (newest stored: {version}).</p>"#,
         nodes.len(),
         served.map_or("none yet".to_owned(), |v| v.to_string())
     );
