@@ -664,3 +664,97 @@ fn what_the_console_reads_and_decides_is_stored_in_sqlite_and_postgresql() {
         decide_on(shared).await;
     });
 }
+
+/// A policy of 40 endpoints: a login, then 13 three-step flows with long paths, each step
+/// requiring the one before, the last flagging without the login.
+fn forty_endpoints() -> String {
+    let mut endpoints = vec![json!({"template": "POST /api/login"})];
+    let mut transitions = vec![json!({"from": "^", "to": "POST /api/login", "count": 500})];
+    for f in 0..13 {
+        let base = format!(
+            "/api/v2/{}/resources-{f}/{{id}}",
+            "segment".repeat(1 + f % 4)
+        );
+        let steps = [
+            format!("GET {base}"),
+            format!("POST {base}/reserve"),
+            format!("POST {base}/checkout/confirm"),
+        ];
+        for (k, step) in steps.iter().enumerate() {
+            let limit =
+                json!({"limit": 12, "p50": 1, "p90": 3, "p99": 6, "bound": 8, "units": 400});
+            let mut e = json!({"template": step, "rate": limit, "sessions": 400});
+            if k > 0 {
+                e["prerequisites"] = json!([steps[k - 1]]);
+            }
+            if k == 2 {
+                e["flag_prerequisites"] = json!(["POST /api/login"]);
+            }
+            endpoints.push(e);
+            let from = if k == 0 {
+                "POST /api/login".to_owned()
+            } else {
+                steps[k - 1].clone()
+            };
+            transitions.push(json!({"from": from, "to": step, "count": 40 + f}));
+        }
+    }
+    json!({"version": 3, "window_s": 10, "endpoints": endpoints, "transitions": transitions})
+        .to_string()
+}
+
+#[test]
+fn forty_endpoints_are_drawn_with_no_label_over_another_in_chromium() {
+    let db = scratch_db("console-forty").expect("db");
+    let policy = forty_endpoints();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let backend =
+                flowguard_collector::backend::Backend::open(&db.display().to_string(), false)
+                    .await
+                    .expect("SQLite");
+            backend
+                .decide("test", 1, move |_| {
+                    Ok(flowguard_collector::store::Decided {
+                        version: 3,
+                        json: policy,
+                        summary: "a 40-endpoint policy".into(),
+                    })
+                })
+                .await
+                .expect("stored")
+                .expect("valid");
+        });
+    let port = free_port();
+    let _collector = Collector::start(
+        &db,
+        &[
+            "--learn-interval-s",
+            "0",
+            "--console",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .expect("collector");
+    let browser = Browser::start(1400).expect("headless Chromium");
+    eventually("the console", || {
+        browser
+            .goto(&format!("http://127.0.0.1:{port}/graph"))
+            .ok()
+            .and_then(|_| browser.count("#flow g.node").ok())
+            .filter(|n| *n == 41)
+    })
+    .expect("41 boxes: the start and 40 endpoints");
+    browser
+        .screenshot(&shots().join("9-flow-graph-40-endpoints.png"))
+        .expect("screenshot");
+    let overlaps = browser.execute(OVERLAPS, json!([])).expect("bboxes");
+    assert_eq!(
+        overlaps[0],
+        json!(80),
+        "the start, 40 names and the 39 limits"
+    );
+    assert_eq!(overlaps[1], json!(0), "overlapping labels: {overlaps}");
+    assert_eq!(browser.count("#flow path.req").expect("prerequisites"), 26);
+}
