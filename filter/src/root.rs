@@ -69,6 +69,19 @@ impl RootContext for Root {
                 return false;
             }
         };
+        if settings
+            .collector
+            .as_ref()
+            .is_some_and(|c| c.cluster.is_empty())
+        {
+            // `collector.address` alone is the native module's way to the collector.
+            host::log(
+                LogLevel::Critical,
+                "flowguard: invalid plugin configuration: collector.cluster: the Wasm filter \
+                 reaches the collector through an Envoy cluster: name it",
+            );
+            return false;
+        }
         let mut worker = Worker::new(settings);
         if let Some(policy) = &worker.settings.policy {
             match Model::compile(policy, &worker.settings) {

@@ -299,12 +299,19 @@ fn now_ms() -> u64 {
 }
 
 impl Filter {
-    /// Parses the configuration JSON (the Wasm filter's, plus the native-only
+    /// Parses the configuration JSON (the Wasm filter's; a collector is reached at
     /// `collector.address`), compiling a configured policy, and starts the telemetry thread
     /// if a collector is configured. The error names the offending key.
     pub fn new(json: &[u8], log: Log) -> Result<Filter, String> {
-        let (json, address) = telemetry::split_address(json)?;
-        let core = Arc::new(Core::new(&json, log)?);
+        let core = Arc::new(Core::new(json, log)?);
+        let address = core
+            .settings
+            .collector
+            .as_ref()
+            .and_then(|c| c.address.clone());
+        if let Some(a) = &address {
+            telemetry::check_address(a)?;
+        }
         let telemetry = match (&core.settings.collector, address) {
             (None, _) => None,
             (Some(_), None) => {

@@ -14,11 +14,9 @@
 //!
 //! Where the collector is: the Wasm filter names an Envoy cluster (`collector.cluster`),
 //! which a module cannot dial. The native module reads `collector.address`
-//! (`http://host:port`), a key of its own, taken out of the JSON before the engine's
-//! strict parser sees it ([`split_address`]); `collector.cluster` may stay (the same JSON
-//! then serves both builds once the Wasm filter is given the address too) and is otherwise
-//! filled in. A `collector` section without an address is refused at load, naming the key:
-//! a configured collector that silently receives nothing would be worse.
+//! (`http://host:port`); one JSON may carry both and serve both builds. A `collector`
+//! section without an address is refused at load, naming the key: a configured collector
+//! that silently receives nothing would be worse.
 //!
 //! The request path pushes complete events ([`Queue::push`]) into bounded channels of
 //! `collector.buffer_events` (one for summaries and rule events, one for the prompt
@@ -41,7 +39,6 @@ use flowguard_engine::verdict::Outcome;
 use flowguard_proto::v1;
 use flowguard_proto::v1::policies_client::PoliciesClient;
 use flowguard_proto::v1::telemetry_client::TelemetryClient;
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -54,38 +51,8 @@ pub const MAX_IN_FLIGHT: usize = 2;
 /// Prompt batches in flight at most (small, and what another proxy's question misses).
 pub const MAX_PROMPT_IN_FLIGHT: usize = 8;
 
-/// Takes the native-only `collector.address` out of the configuration JSON: the JSON the
-/// engine parses (unchanged when there is no address) and the address. With an address
-/// and no `collector.cluster`, the cluster is filled in (the engine requires one; the
-/// module never uses it).
-pub fn split_address(json: &[u8]) -> Result<(Cow<'_, [u8]>, Option<String>), String> {
-    // Only a JSON object with a `collector` object holding `address` is rewritten.
-    let Ok(serde_json::Value::Object(mut root)) = serde_json::from_slice(json) else {
-        return Ok((Cow::Borrowed(json), None));
-    };
-    let Some(serde_json::Value::Object(collector)) = root.get_mut("collector") else {
-        return Ok((Cow::Borrowed(json), None));
-    };
-    let Some(address) = collector.remove("address") else {
-        return Ok((Cow::Borrowed(json), None));
-    };
-    let address = match address {
-        serde_json::Value::String(a) => a,
-        other => {
-            return Err(format!(
-                "collector.address: expected a string (http://host:port), got {other}"
-            ))
-        }
-    };
-    check_address(&address)?;
-    collector
-        .entry("cluster")
-        .or_insert_with(|| serde_json::Value::String("native-module".to_owned()));
-    let rewritten = serde_json::to_vec(&root).map_err(|e| format!("collector.address: {e}"))?;
-    Ok((Cow::Owned(rewritten), Some(address)))
-}
-
-fn check_address(address: &str) -> Result<(), String> {
+/// The collector's address as tonic reads it (the engine checked its shape).
+pub fn check_address(address: &str) -> Result<(), String> {
     let rest = address.strip_prefix("http://").ok_or_else(|| {
         format!(
             "collector.address: expected http://host:port (the native module speaks plaintext \
@@ -691,28 +658,13 @@ mod tests {
     }
 
     #[test]
-    fn the_address_is_native_only_and_checked() {
-        let json =
-            br#"{"mode":"monitor","collector":{"address":"http://127.0.0.1:50051","node":"edge"}}"#;
-        let (rest, address) = split_address(json).unwrap();
-        assert_eq!(address.as_deref(), Some("http://127.0.0.1:50051"));
-        let rest: serde_json::Value = serde_json::from_slice(&rest).unwrap();
-        assert!(rest["collector"].get("address").is_none());
-        assert_eq!(rest["collector"]["node"], "edge");
-        assert!(rest["collector"]["cluster"].is_string(), "filled in");
-        // No address: the JSON is handed on untouched.
-        let plain = br#"{"mode":"monitor"}"#;
-        assert!(matches!(
-            split_address(plain).unwrap(),
-            (Cow::Borrowed(_), None)
-        ));
-        for bad in [
-            r#"{"collector":{"address":"https://c:443"}}"#,
-            r#"{"collector":{"address":"127.0.0.1:50051"}}"#,
-            r#"{"collector":{"address":"http://c:1/path"}}"#,
-            r#"{"collector":{"address":7}}"#,
-        ] {
-            let err = split_address(bad.as_bytes()).unwrap_err();
+    fn the_address_is_checked_where_it_is_read() {
+        assert_eq!(check_address("http://127.0.0.1:50051"), Ok(()));
+        for bad in ["https://c:443", "127.0.0.1:50051", "http://c:1/path"] {
+            let json = format!(r#"{{"collector":{{"address":"{bad}"}}}}"#);
+            let err = Settings::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("collector.address"), "{bad}: {err}");
         }
     }

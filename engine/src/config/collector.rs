@@ -1,4 +1,5 @@
-//! `collector`: telemetry and the fleet policy over Envoy's gRPC callout.
+//! `collector`: telemetry and the fleet policy, over Envoy's gRPC callout to a cluster (the
+//! Wasm filter) or to an address (the native module, which cannot dial a cluster).
 
 use super::values::{int_in, invalid, narrow};
 use super::ConfigError;
@@ -7,8 +8,12 @@ use serde::Deserialize;
 /// Where and how the filter reports to the collector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CollectorSettings {
-    /// The Envoy cluster (HTTP/2) of the collector.
+    /// The Envoy cluster (HTTP/2) of the collector: how the Wasm filter reaches it (empty
+    /// when only `address` is given).
     pub cluster: String,
+    /// `http://host:port`: how the native module reaches it (plaintext gRPC from a thread
+    /// of its own). One configuration may carry both.
+    pub address: Option<String>,
     /// This proxy's name in telemetry.
     pub node: String,
     pub timeout_ms: u32,
@@ -29,6 +34,7 @@ pub struct CollectorSettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCollector {
     cluster: Option<String>,
+    address: Option<String>,
     node: Option<String>,
     timeout_ms: Option<i64>,
     flush_interval_ms: Option<i64>,
@@ -44,11 +50,25 @@ impl TryFrom<RawCollector> for CollectorSettings {
 
     fn try_from(c: RawCollector) -> Result<Self, ConfigError> {
         let cluster = c.cluster.unwrap_or_default();
-        if cluster.trim().is_empty() || cluster.len() > 100 || !cluster.is_ascii() {
+        let named = !cluster.trim().is_empty();
+        if (named || c.address.is_none()) && (!named || cluster.len() > 100 || !cluster.is_ascii())
+        {
             return Err(invalid(
             "collector.cluster",
             "expected the name (ASCII, at most 100 characters) of the collector's Envoy cluster",
         ));
+        }
+        if let Some(a) = &c.address {
+            let authority = a.strip_prefix("http://").map(|r| r.trim_end_matches('/'));
+            if !authority.is_some_and(|h| !h.is_empty() && !h.contains('/') && h.len() <= 200) {
+                return Err(invalid(
+                    "collector.address",
+                    format!(
+                        "expected http://host:port (plaintext gRPC; TLS to the collector goes \
+                         through an Envoy cluster, `collector.cluster`), got {a:?}"
+                    ),
+                ));
+            }
         }
 
         let rate = c.sample_rate.unwrap_or(0.01);
@@ -77,6 +97,7 @@ impl TryFrom<RawCollector> for CollectorSettings {
         }
         Ok(CollectorSettings {
             cluster,
+            address: c.address,
             node: c.node.unwrap_or_else(|| "flowguard".to_owned()),
             timeout_ms: num("timeout_ms", c.timeout_ms, 2000, 10, 60_000)?,
             flush_interval_ms: num("flush_interval_ms", c.flush_interval_ms, 1000, 50, 600_000)?,

@@ -170,6 +170,19 @@ fn collector_settings_parse_and_are_checked() {
     assert!(err(r#"{"collector":{"cluster":"x","batch_events":5000}}"#)
         .starts_with("collector.batch_events:"));
     assert!(err(r#"{"collector":{"cluster":"x","clutser":1}}"#).contains("clutser"));
+    // The native module's way to the collector: an address, alone or beside the cluster.
+    let native = Settings::from_json(br#"{"collector":{"address":"http://127.0.0.1:50051"}}"#)
+        .unwrap()
+        .collector
+        .unwrap();
+    assert_eq!(
+        (native.cluster.as_str(), native.address.as_deref()),
+        ("", Some("http://127.0.0.1:50051"))
+    );
+    for bad in ["https://c:1", "c:1", "http://", "http://c:1/path"] {
+        let json = format!(r#"{{"collector":{{"cluster":"x","address":"{bad}"}}}}"#);
+        assert!(err(&json).starts_with("collector.address:"), "{bad}");
+    }
 }
 
 proptest! {
