@@ -736,13 +736,31 @@ impl Exchange {
         now_ms: u64,
         delta: &mut LearnStats,
     ) -> Result<ResponseStep, StoreError<H::Error>> {
+        self.response_head_clocked(scope, host, head, end_of_stream, || Ok(now_ms), delta)
+    }
+
+    /// [`Exchange::response_head`] with the time read from `clock` only if the step needs
+    /// it (it records something: a completed step, a failure, a hand-over, an event).
+    pub fn response_head_clocked<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        head: &ResponseHead,
+        end_of_stream: bool,
+        mut clock: impl FnMut() -> Result<u64, H::Error>,
+        delta: &mut LearnStats,
+    ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let now = &mut Now {
+            ms: None,
+            read: &mut clock,
+        };
         let settings = scope.settings;
         let mut step = ResponseStep::default();
         let status = head.status;
         let pending = self.pending.take();
         if let (Some(endpoint), true) = (self.address_watch.take(), is_auth_failure(status)) {
             step.auth_failure = Some(endpoint);
-            record_address_failure(scope, host, now_ms, delta)?;
+            record_address_failure(scope, host, now.ms()?, delta)?;
         }
         if let (true, Some(p)) = (is_success(status), pending) {
             self.handover_to = head.cookie_session.filter(|to| *to != p.fingerprint);
@@ -757,7 +775,7 @@ impl Exchange {
         }
         if let Some(mut event) = self.event.take() {
             event.status = status;
-            event.latency_us = latency_us(&event, now_ms);
+            event.latency_us = latency_us(&event, now.ms()?);
             if self.deferred.is_some() {
                 // The outcome waits for the body: the fleet must not take a failure
                 // answered 2xx as a completed step (settled with the body).
@@ -768,7 +786,7 @@ impl Exchange {
         }
         if let (false, Some(p)) = (defer, pending) {
             let to = self.handover_to.take();
-            self.settled(scope, host, p, status, to, now_ms, delta, &mut step)?;
+            self.settled(scope, host, p, status, to, now, delta, &mut step)?;
         }
         let scanned_endpoint = pending.map(|p| p.endpoint);
         let actions = scope
@@ -824,15 +842,32 @@ impl Exchange {
         now_ms: u64,
         delta: &mut LearnStats,
     ) -> Result<ResponseStep, StoreError<H::Error>> {
+        self.response_body_clocked(scope, host, chunk, end_of_stream, || Ok(now_ms), delta)
+    }
+
+    /// [`Exchange::response_body`] with the time read from `clock` only if needed.
+    pub fn response_body_clocked<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        chunk: &[u8],
+        end_of_stream: bool,
+        mut clock: impl FnMut() -> Result<u64, H::Error>,
+        delta: &mut LearnStats,
+    ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let now = &mut Now {
+            ms: None,
+            read: &mut clock,
+        };
         let mut step = ResponseStep::default();
         if self.deferred.is_some() {
             let room = failure::MAX_BODY.saturating_sub(self.body.len());
             if chunk.len() > room {
-                self.settle_deferred(scope, host, false, now_ms, delta, &mut step)?;
+                self.settle_deferred(scope, host, false, now, delta, &mut step)?;
             } else {
                 self.body.extend_from_slice(chunk);
                 if end_of_stream {
-                    self.settle_deferred(scope, host, true, now_ms, delta, &mut step)?;
+                    self.settle_deferred(scope, host, true, now, delta, &mut step)?;
                 }
             }
         }
@@ -873,13 +908,29 @@ impl Exchange {
         now_ms: u64,
         delta: &mut LearnStats,
     ) -> Result<ResponseStep, StoreError<H::Error>> {
+        self.finish_clocked(scope, host, || Ok(now_ms), delta)
+    }
+
+    /// [`Exchange::finish`] with the time read from `clock` only if needed (an outcome
+    /// still waiting for its body, an event still waiting for its answer).
+    pub fn finish_clocked<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        mut clock: impl FnMut() -> Result<u64, H::Error>,
+        delta: &mut LearnStats,
+    ) -> Result<ResponseStep, StoreError<H::Error>> {
+        let now = &mut Now {
+            ms: None,
+            read: &mut clock,
+        };
         let mut step = ResponseStep::default();
         self.asking = None;
-        self.settle_deferred(scope, host, false, now_ms, delta, &mut step)?;
+        self.settle_deferred(scope, host, false, now, delta, &mut step)?;
         if let Some(mut event) = self.event.take() {
             // No answer came (the upstream reset or the client left): reported as such
             // (status 0) rather than lost.
-            event.latency_us = latency_us(&event, now_ms);
+            event.latency_us = latency_us(&event, now.ms()?);
             step.events.push(event);
         }
         self.scanner = None;
@@ -892,7 +943,7 @@ impl Exchange {
         scope: &Scope,
         host: &mut H,
         judge: bool,
-        now_ms: u64,
+        now: &mut Now<H::Error>,
         delta: &mut LearnStats,
         step: &mut ResponseStep,
     ) -> Result<(), StoreError<H::Error>> {
@@ -921,7 +972,7 @@ impl Exchange {
             step.events.push(event);
         }
         let to = self.handover_to.take().or(token_session);
-        self.settled(scope, host, pending, status, to, now_ms, delta, step)
+        self.settled(scope, host, pending, status, to, now, delta, step)
     }
 
     /// Records a step's outcome, then hands the session over to the identity its answer
@@ -934,16 +985,16 @@ impl Exchange {
         p: Pending,
         status: u16,
         to: Option<u64>,
-        now_ms: u64,
+        now: &mut Now<H::Error>,
         delta: &mut LearnStats,
         step: &mut ResponseStep,
     ) -> Result<(), StoreError<H::Error>> {
-        step.completed = settle(scope, host, p, status, now_ms, delta)?;
+        step.completed = settle(scope, host, p, status, now, delta)?;
         if is_auth_failure(status) {
             step.auth_failure = Some(Some(p.endpoint));
         }
         if let (Some(to), true) = (to, is_success(status)) {
-            match hand_over(scope, host, p, to, now_ms, &mut step.events)? {
+            match hand_over(scope, host, p, to, now.ms()?, &mut step.events)? {
                 Some(true) => step.handed_over = true,
                 Some(false) => {}
                 None => step.slot_conflict = true,
@@ -1022,7 +1073,7 @@ fn settle<H: Host>(
     host: &mut H,
     p: Pending,
     status: u16,
-    now_ms: u64,
+    now: &mut Now<H::Error>,
     delta: &mut LearnStats,
 ) -> Result<bool, StoreError<H::Error>> {
     let auth_failure = is_auth_failure(status);
@@ -1030,6 +1081,7 @@ fn settle<H: Host>(
     if (!is_success(status) && !auth_failure) || (p.completed && !auth_failure && !learning) {
         return Ok(false);
     }
+    let now_ms = now.ms()?;
     let recorded = scope.judge().record_response(
         host,
         (p.index, p.fingerprint, p.layout),
@@ -1070,6 +1122,25 @@ fn record_address_failure<H: Host>(
 
 fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// The time a response step works with, read from the host at most once and only when
+/// the step records something (an answer that changes nothing costs no clock read: on
+/// the Wasm host that is a host call).
+struct Now<'c, E> {
+    ms: Option<u64>,
+    read: &'c mut dyn FnMut() -> Result<u64, E>,
+}
+
+impl<E> Now<'_, E> {
+    fn ms(&mut self) -> Result<u64, E> {
+        if let Some(ms) = self.ms {
+            return Ok(ms);
+        }
+        let ms = (self.read)()?;
+        self.ms = Some(ms);
+        Ok(ms)
+    }
 }
 
 /// The names of client-sent `x-flowguard-*` headers.

@@ -132,12 +132,19 @@ impl HttpContext for Http {
             // The chunk streams on unchanged; the exchange keeps a bounded part of it.
             let chunk = host::buffer(BufferType::HttpResponseBody, 0, body_size);
             let chunk = chunk.map(Option::unwrap_or_default).unwrap_or_default();
-            let step = host::now_ms().and_then(|now_ms| {
+            let step = {
                 let (scope, delta) = w.scope();
                 exchange
-                    .response_body(&scope, &mut EnvoyHost, &chunk, end_of_stream, now_ms, delta)
+                    .response_body_clocked(
+                        &scope,
+                        &mut EnvoyHost,
+                        &chunk,
+                        end_of_stream,
+                        host::now_ms,
+                        delta,
+                    )
                     .map_err(host::from_store)
-            });
+            };
             applied_response(w, step);
             Action::Continue
         })
@@ -149,12 +156,13 @@ impl HttpContext for Http {
         // (fail open: a customer's step is never lost), a held event is reported.
         let exchange = &mut self.exchange;
         with_worker(&self.worker, (), |w| {
-            let step = host::now_ms().and_then(|now_ms| {
+            // The clock is read only if something is still to be recorded.
+            let step = {
                 let (scope, delta) = w.scope();
                 exchange
-                    .finish(&scope, &mut EnvoyHost, now_ms, delta)
+                    .finish_clocked(&scope, &mut EnvoyHost, host::now_ms, delta)
                     .map_err(host::from_store)
-            });
+            };
             applied_response(w, step);
         });
     }
@@ -317,10 +325,9 @@ fn on_response_head(w: &mut Worker, x: &mut Exchange, end_of_stream: bool) -> Ho
             ResponseHead::from_headers(&w.settings, &decode_pairs(&bytes))
         }
     };
-    let now_ms = host::now_ms()?;
     let step = {
         let (scope, delta) = w.scope();
-        x.response_head(&scope, &mut EnvoyHost, &head, end_of_stream, now_ms, delta)
+        x.response_head_clocked(&scope, &mut EnvoyHost, &head, end_of_stream, host::now_ms, delta)
     };
     applied_response(w, step.map_err(host::from_store));
     Ok(())

@@ -399,10 +399,23 @@ fn instructions() -> Result<(), String> {
             calls: 1,
             filter: v.filter.clone(),
         });
+    // Other builds of the filter to count in `enforce` (`FLOWGUARD_BENCH_BUILDS`, paths
+    // separated by commas: a build flag or a change measured beside the current build).
+    let builds: Vec<Variant> = std::env::var("FLOWGUARD_BENCH_BUILDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|path| Variant {
+            name: format!("build {path}"),
+            calls: 1,
+            filter: wasm_filter(path, &flowguard_config("enforce")),
+        })
+        .collect();
     let only = std::env::var("FLOWGUARD_BENCH_ONLY").unwrap_or_default();
     let chosen = variants
         .iter()
         .chain(&fg)
+        .chain(&builds)
         .filter(|v| v.calls == 0 || only.is_empty() || only.split(',').any(|o| v.name.contains(o)));
     for Variant {
         name,
@@ -415,7 +428,7 @@ fn instructions() -> Result<(), String> {
         } else {
             Mix::Returning
         };
-        let per_request = count_instructions(&bootstrap(filter, None), mix)?;
+        let per_request = count_instructions(&bootstrap(filter, None), mix, name)?;
         eprintln!("instructions {name:<60} {per_request:>9}");
         if *calls == 0 {
             empty = per_request;
@@ -424,7 +437,7 @@ fn instructions() -> Result<(), String> {
         }
         let over =
             i64::try_from(per_request).unwrap_or(i64::MAX) - i64::try_from(empty).unwrap_or(0);
-        let per_call = if name.starts_with("flowguard") {
+        let per_call = if name.starts_with("flowguard") || name.starts_with("build ") {
             String::new()
         } else {
             (over / i64::from(*calls)).to_string()
@@ -434,10 +447,13 @@ fn instructions() -> Result<(), String> {
     let header = format!(
         "# Instructions per request\n\nEnvoy 1.40.0 `--concurrency 1`, direct response, under `valgrind --tool=callgrind`: {WARM_REQUESTS} requests of the benchmark's mix uncounted (JIT, sessions: each its own), then {COUNTED_REQUESTS} counted on one keep-alive connection, from sessions seen in the warm-up (one row: from new sessions only). Every instruction of the process counts: Envoy, V8 (its wrappers and the filter's compiled code) and libc. `make bench` writes this file.\n\n"
     );
-    let dir = root.join("bench/results");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("instructions.md"), format!("{header}{table}"))
-        .map_err(|e| e.to_string())?;
+    // A partial run (some variants, or other builds) prints its table and keeps the file.
+    if only.is_empty() && builds.is_empty() {
+        let dir = root.join("bench/results");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("instructions.md"), format!("{header}{table}"))
+            .map_err(|e| e.to_string())?;
+    }
     println!("{header}{table}");
     Ok(())
 }
@@ -452,8 +468,9 @@ enum Mix {
 }
 
 /// Runs one Envoy under callgrind (instrumentation off until warmed up) and returns the
-/// instructions per counted request.
-fn count_instructions(bootstrap: &str, mix: Mix) -> Result<u64, String> {
+/// instructions per counted request. With `FLOWGUARD_BENCH_KEEP` set, the dump is kept as
+/// `target/callgrind/<variant>.out` (read it with `callgrind_annotate --inclusive=yes`).
+fn count_instructions(bootstrap: &str, mix: Mix, name: &str) -> Result<u64, String> {
     let wrapper: Vec<String> = [
         "valgrind",
         "--tool=callgrind",
@@ -517,6 +534,18 @@ fn count_instructions(bootstrap: &str, mix: Mix) -> Result<u64, String> {
         })
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no summary in callgrind's dump")?;
+    if std::env::var_os("FLOWGUARD_BENCH_KEEP").is_some() {
+        let dir = repo_root().join("target/callgrind");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file: String = name
+            .chars()
+            .take(40)
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let kept = dir.join(format!("{file}.out"));
+        std::fs::copy(&dump, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
+        eprintln!("callgrind dump kept: {}", kept.display());
+    }
     Ok(total / u64::from(COUNTED_REQUESTS))
 }
 
