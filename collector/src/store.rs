@@ -491,6 +491,8 @@ mod tests {
             node: "edge".into(),
             batch_id: id,
             worker: 1,
+            policy_version: 0,
+            mode: String::new(),
             dropped: 2,
             events: (0..n)
                 .map(|i| v1::Event {
@@ -504,6 +506,7 @@ mod tests {
                     summary: true,
                     ids: 0,
                     weak_session: i % 2 == 1,
+                    request_id: String::new(),
                 })
                 .collect(),
         }

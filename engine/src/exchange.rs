@@ -609,7 +609,8 @@ impl Exchange {
         if decision.acts() {
             step.counts.outcome = Some(verdict.outcome);
         }
-        if let Some(event) = self.event_of(scope, &request, &verdict, decision, fingerprint) {
+        let judged = (&verdict, decision);
+        if let Some(event) = self.event_of(scope, &request, judged, fingerprint, request_id) {
             match decision {
                 Decision::Reply { .. } => step.event = Some(event),
                 _ => self.event = Some(event),
@@ -647,9 +648,9 @@ impl Exchange {
         &self,
         scope: &Scope,
         request: &Request,
-        verdict: &Verdict,
-        decision: Decision,
+        (verdict, decision): (&Verdict, Decision),
         fingerprint: u64,
+        request_id: Option<&str>,
     ) -> Option<Event> {
         let collector = scope.settings.collector.as_ref()?;
         // A step some rule waits for is reported from every session, at once: the fleet
@@ -675,6 +676,9 @@ impl Exchange {
             ids: request.id,
             weak_session: request.weak_session,
             prompt,
+            request_id: request_id
+                .filter(|_| !verdict.fired.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -1062,6 +1066,7 @@ fn continued(scope: &Scope, from: &Slot, to: u64, now_ms: u64, events: &mut Vec<
                 ids: None,
                 weak_session: false,
                 prompt: true,
+                request_id: None,
             }),
     );
 }

@@ -24,6 +24,9 @@ pub struct Event {
     /// A step some rule waits for: reported from every session, and at once, so the fleet
     /// can tell another proxy that this session took it (`Sessions.Completed`).
     pub prompt: bool,
+    /// The request's `x-request-id` (a plain one), for a rule's event: what a customer
+    /// quotes to support.
+    pub request_id: Option<String>,
 }
 
 /// Whether a session's requests are summarised at `rate`: decided by the session's
@@ -97,6 +100,7 @@ mod tests {
             ids: None,
             weak_session: false,
             prompt: false,
+            request_id: None,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::host::{self, EnvoyHost};
 use crate::metrics::Metrics;
-use flowguard_engine::config::{CollectorSettings, Settings};
+use flowguard_engine::config::{CollectorSettings, Mode, Settings};
 use flowguard_engine::model::Model;
 use flowguard_engine::node::Node;
 use flowguard_engine::policy::Policy;
@@ -44,6 +44,10 @@ pub struct Telemetry {
     upstream: Vec<u8>,
     batch_id: u64,
     worker: u32,
+    /// The version this worker's model runs (0: learning) and the mode, told with each
+    /// batch so the collector knows what every proxy runs.
+    policy_version: u64,
+    mode: &'static str,
     last_flush_ms: u64,
     last_poll_ms: u64,
     logged_failure: bool,
@@ -59,7 +63,7 @@ fn verdict(outcome: Option<Outcome>) -> v1::Verdict {
 }
 
 impl Telemetry {
-    pub fn new(settings: CollectorSettings) -> Telemetry {
+    pub fn new(settings: CollectorSettings, mode: Mode) -> Telemetry {
         use std::hash::BuildHasher;
         let worker = std::collections::hash_map::RandomState::new().hash_one(0u8) as u32;
         Telemetry {
@@ -70,6 +74,8 @@ impl Telemetry {
             in_flight: HashMap::new(),
             batch_id: 0,
             worker,
+            policy_version: 0,
+            mode: mode.id(),
             last_flush_ms: 0,
             last_poll_ms: 0,
             logged_failure: false,
@@ -90,6 +96,7 @@ impl Telemetry {
 
     /// Sends a batch and polls for a policy when their intervals have passed.
     pub fn tick(&mut self, now_ms: u64, model_version: u64, m: &Metrics) {
+        self.policy_version = model_version;
         let flush_due =
             now_ms.saturating_sub(self.last_flush_ms) >= u64::from(self.settings.flush_interval_ms);
         if flush_due && !self.buffer.is_empty() && self.reports_in_flight() < MAX_IN_FLIGHT {
@@ -141,6 +148,8 @@ impl Telemetry {
             node: self.settings.node.clone(),
             batch_id: self.batch_id,
             worker: self.worker,
+            policy_version: self.policy_version,
+            mode: self.mode.to_owned(),
             dropped,
             events: events
                 .into_iter()
@@ -155,6 +164,7 @@ impl Telemetry {
                     summary: e.summary,
                     ids: e.ids.unwrap_or(0),
                     weak_session: e.weak_session,
+                    request_id: e.request_id.unwrap_or_default(),
                 })
                 .collect(),
         };

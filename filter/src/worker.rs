@@ -36,7 +36,10 @@ pub struct Worker {
 impl Worker {
     pub fn new(settings: Settings) -> Worker {
         Worker {
-            telemetry: settings.collector.clone().map(Telemetry::new),
+            telemetry: settings
+                .collector
+                .clone()
+                .map(|c| Telemetry::new(c, settings.mode)),
             node: Node::new(&settings),
             settings,
             metrics: Metrics::define(),

@@ -43,12 +43,15 @@ fn batch(id: u64, first_session: u64, sessions: u64) -> v1::ReportRequest {
                 summary: true,
                 ids: 0,
                 weak_session: false,
+                request_id: String::new(),
             })
         })
         .collect();
     v1::ReportRequest {
         node: "edge-1".into(),
         worker: 0,
+        policy_version: 0,
+        mode: String::new(),
         batch_id: id,
         dropped: 0,
         events,

@@ -555,6 +555,7 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         summary: true,
         ids: 0,
         weak_session: false,
+        request_id: String::new(),
     };
     let batch = |worker: u32, id: u64, events: Vec<Event>| ReportRequest {
         node: "edge-7".into(),
@@ -562,6 +563,7 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         worker,
         dropped: 2,
         events,
+        ..ReportRequest::default()
     };
     let events_a = vec![
         event(1_000, 7, "POST /pay", Verdict::Allow, &[]),

@@ -495,6 +495,7 @@ fn replicas_on_postgres_answer_for_each_others_reports() {
             event(10, "POST /api/login", 401, 0, 3),
             event(12, "POST /api/login", 200, 0, 7_200),
         ],
+        ..ReportRequest::default()
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {

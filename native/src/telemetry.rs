@@ -329,6 +329,7 @@ pub fn wire(e: Event) -> v1::Event {
         summary: e.summary,
         ids: e.ids.unwrap_or(0),
         weak_session: e.weak_session,
+        request_id: e.request_id.unwrap_or_default(),
     }
 }
 
@@ -487,6 +488,8 @@ impl Run {
             worker: self.worker,
             dropped,
             events: events.into_iter().map(wire).collect(),
+            policy_version: self.sink.version(),
+            mode: self.settings.mode.id().to_owned(),
         })
     }
 
@@ -595,6 +598,7 @@ mod tests {
             ids: None,
             weak_session: false,
             prompt,
+            request_id: None,
         }
     }
 

@@ -15,6 +15,12 @@ pub struct ReportRequest {
     /// Identifies the worker within the node (batch ids are per worker).
     #[prost(uint32, tag = "5")]
     pub worker: u32,
+    /// The policy version the worker's model runs (0: still learning, no model).
+    #[prost(uint64, tag = "6")]
+    pub policy_version: u64,
+    /// The filter's mode: "learn", "monitor" or "enforce".
+    #[prost(string, tag = "7")]
+    pub mode: ::prost::alloc::string::String,
 }
 /// One request as the filter saw it: a sampled request summary, or a rule event.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -52,6 +58,10 @@ pub struct Event {
     /// learner takes only endpoint facts from it, as the filter does.
     #[prost(bool, tag = "10")]
     pub weak_session: bool,
+    /// The request's x-request-id, when it had a plain one (letters, digits, '-', '_'; at
+    /// most 128 bytes) and the event is a rule's: what a customer quotes to support.
+    #[prost(string, tag = "11")]
+    pub request_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportResponse {

@@ -37,6 +37,17 @@ pub enum Mode {
     Enforce,
 }
 
+impl Mode {
+    /// The mode as configured (`learn`, `monitor`, `enforce`).
+    pub const fn id(self) -> &'static str {
+        match self {
+            Mode::Learn => "learn",
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
 /// A configuration error naming the key at fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {

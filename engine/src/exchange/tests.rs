@@ -412,11 +412,20 @@ fn events_are_complete_with_the_answer_or_at_once_for_a_reply() {
         ("POST /pay", 200, true)
     );
     assert_eq!(event.outcome, Some(Outcome::Allow));
+    assert_eq!(
+        event.request_id, None,
+        "only a rule's event carries the request id"
+    );
     // Skipping the payment with no fleet to ask: refused, the event goes at once.
     let step = w.call("POST", "/confirm", "f", 200, 1_000);
     let event = step.event.expect("a local reply's event");
     assert_eq!(Some(event.status), step.reply.as_ref().map(|r| r.status));
     assert!(event.rules.contains(Rule::MissingPrerequisite));
+    assert_eq!(
+        event.request_id.as_deref(),
+        Some("req-1"),
+        "a rule's event names it"
+    );
     assert_eq!(step.counts.fleet, Some(FleetCount::Unavailable));
     // Without a collector nothing is reported.
     let mut quiet = World::new("enforce");
