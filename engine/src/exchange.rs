@@ -591,11 +591,7 @@ impl Exchange {
                 (None, None, None) => registry_len(host)?,
             };
             let known = settings.learning.absences_to_record(registered);
-            if request.weak_session {
-                delta.observe_inventory(e, &visit, request.carried);
-            } else {
-                delta.observe_request(e, &visit, known);
-            }
+            delta.learn_request(e, &visit, request.weak_session, request.carried, known);
         }
         self.pending = request.endpoint.map(|e| {
             let mut p = pending_for(scope, e, &request, &located, &visit, fingerprint, learns);
@@ -1099,11 +1095,8 @@ fn settle<H: Host>(
         Some(r) => (true, r.peak, r.unlearned),
         None => (false, None, false),
     };
-    if written && p.learn && !unlearned {
-        delta.observe_response(p.endpoint, p.retry, status, peak);
-    } else if written && auth_failure && p.endpoint_facts {
-        delta.observe_endpoint_failure(p.endpoint);
-    }
+    let learned = (written && p.learn && !unlearned, written && p.endpoint_facts);
+    delta.learn_answer(p.endpoint, learned, p.retry, status, peak);
     if auth_failure {
         record_address_failure(scope, host, now_ms, delta)?;
     }

@@ -90,6 +90,42 @@ fn merge_all<K: Ord + Copy>(into: &mut BTreeMap<K, Support>, from: &BTreeMap<K, 
 }
 
 impl LearnStats {
+    /// What learning takes from a request, live (the exchange) and offline
+    /// (`learn::offline`) alike: a weak session's endpoint facts and per-address peaks
+    /// (`carried`: the identified sessions its address carries), or a session's flow.
+    pub fn learn_request(
+        &mut self,
+        endpoint: EndpointId,
+        visit: &Visit,
+        weak: bool,
+        carried: u16,
+        known: usize,
+    ) {
+        if weak {
+            self.observe_inventory(endpoint, visit, carried);
+        } else {
+            self.observe_request(endpoint, visit, known);
+        }
+    }
+
+    /// What learning takes from the answer to a request, live and offline alike: the
+    /// outcome of a step of a learned flow (`flow`), or else, for a request learning
+    /// counts at all (`facts`, weak sessions too), only that authentication failed there.
+    pub fn learn_answer(
+        &mut self,
+        endpoint: EndpointId,
+        (flow, facts): (bool, bool),
+        retry: bool,
+        status: u16,
+        peak: Option<u16>,
+    ) {
+        if flow {
+            self.observe_response(endpoint, retry, status, peak);
+        } else if facts && crate::slot::is_auth_failure(status) {
+            self.observe_endpoint_failure(endpoint);
+        }
+    }
+
     /// Counts a request to `endpoint` described by `visit`; the absence of endpoints
     /// `0..known` before it is recorded as evidence
     /// ([`LearningSettings::absences_to_record`] says how many).

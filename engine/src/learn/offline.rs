@@ -33,13 +33,9 @@ impl Exchange {
         let window_ms = s.window_s.saturating_mul(1000);
         let auth_window_ms = limits.auth_window_s.saturating_mul(1000);
         let visit = slot.record_request(Some(self.endpoint), self.id, self.now_ms, window_ms);
-        if self.weak {
-            // Stored requests do not say how many sessions the address carried: its
-            // peaks count whole, which errs towards a higher (looser) limit.
-            stats.observe_inventory(self.endpoint, &visit, 0);
-        } else {
-            stats.observe_request(self.endpoint, &visit, known);
-        }
+        // Stored requests do not say how many sessions a weak session's address carried:
+        // its peaks count whole, which errs towards a higher (looser) limit.
+        stats.learn_request(self.endpoint, &visit, self.weak, 0, known);
         let peak = slot.record_response(
             self.endpoint,
             self.id,
@@ -47,11 +43,8 @@ impl Exchange {
             self.now_ms,
             auth_window_ms,
         );
-        if visit.learn && !self.weak {
-            stats.observe_response(self.endpoint, visit.retry, self.status, peak);
-        } else if visit.learn && crate::slot::is_auth_failure(self.status) {
-            stats.observe_endpoint_failure(self.endpoint);
-        }
+        let learned = (visit.learn && !self.weak, visit.learn);
+        stats.learn_answer(self.endpoint, learned, visit.retry, self.status, peak);
     }
 }
 
@@ -68,7 +61,7 @@ pub struct Observation {
 }
 
 /// Learns from stored requests: each session's requests, in time order, go through a
-/// session slot and [`observe_exchange`], as they went through the filter.
+/// session slot and [`Exchange::learn`], as they went through the filter.
 pub fn learn_from(
     observations: &mut [Observation],
     s: &LearningSettings,
