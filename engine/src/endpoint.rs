@@ -57,7 +57,7 @@ impl DeclaredTemplate {
             + usize::from(self.method.is_some())
     }
 
-    fn matches(&self, method: &str, segments: &[Cow<'_, str>]) -> bool {
+    fn matches<S: AsRef<str>>(&self, method: &str, segments: &[S]) -> bool {
         self.method.as_deref().is_none_or(|m| m == method)
             && self.segments.len() == segments.len()
             && self
@@ -124,33 +124,19 @@ impl Normaliser {
         } else {
             path
         };
-        let mut ids = IdHash::default();
-        let Some(segments) = canonical_segments(path) else {
-            out.push_str("/{overlong}");
-            return None;
+        // Most paths are canonical already (no escapes, `;` params or dot segments): their
+        // segments are slices of the path, on the stack. The rest are decoded.
+        let mut plain = [""; MAX_SEGMENTS];
+        let mut ids = match plain_segments(path, &mut plain) {
+            Some(n) => self.template(method, plain.get(..n).unwrap_or_default(), out),
+            None => match canonical_segments(path) {
+                Some(segments) => self.template(method, &segments, out),
+                None => {
+                    out.push_str("/{overlong}");
+                    return None;
+                }
+            },
         };
-        if let Some(t) = self.declared.iter().find(|t| t.matches(method, &segments)) {
-            out.push_str(&t.text);
-            for (t, s) in t.segments.iter().zip(&segments) {
-                if is_wildcard(t) {
-                    ids.add(s);
-                }
-            }
-        } else {
-            if segments.is_empty() {
-                out.push('/');
-            }
-            for segment in &segments {
-                let variable = self.variable_prefixes.contains(out.as_str());
-                out.push('/');
-                if variable || is_identifier(segment) {
-                    out.push_str(ID);
-                    ids.add(segment);
-                } else {
-                    out.push_str(segment);
-                }
-            }
-        }
         if !self.id_params.is_empty() {
             for pair in query.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -161,6 +147,60 @@ impl Normaliser {
         }
         ids.finish()
     }
+}
+
+impl Normaliser {
+    /// Appends the template of canonical `segments` to `out`; returns the hash of the
+    /// identifier values so far.
+    fn template<S: AsRef<str>>(&self, method: &str, segments: &[S], out: &mut String) -> IdHash {
+        let mut ids = IdHash::default();
+        if let Some(t) = self.declared.iter().find(|t| t.matches(method, segments)) {
+            out.push_str(&t.text);
+            for (t, s) in t.segments.iter().zip(segments) {
+                if is_wildcard(t) {
+                    ids.add(s.as_ref());
+                }
+            }
+            return ids;
+        }
+        if segments.is_empty() {
+            out.push('/');
+        }
+        for segment in segments {
+            let segment = segment.as_ref();
+            let variable =
+                !self.variable_prefixes.is_empty() && self.variable_prefixes.contains(out.as_str());
+            out.push('/');
+            if variable || is_identifier(segment) {
+                out.push_str(ID);
+                ids.add(segment);
+            } else {
+                out.push_str(segment);
+            }
+        }
+        ids
+    }
+}
+
+/// The segments of a path that needs no decoding (no `%` escape, no `;` parameter, no
+/// `.` or `..` segment), empty ones dropped, written into `out`; how many there are.
+/// `None`: the path needs [`canonical_segments`] (or is too long for it).
+fn plain_segments<'p>(path: &'p str, out: &mut [&'p str; MAX_SEGMENTS]) -> Option<usize> {
+    if path.len() > MAX_PATH_LEN || path.bytes().any(|b| b == b'%' || b == b';') {
+        return None;
+    }
+    let mut n = 0;
+    for segment in path.split('/') {
+        match segment {
+            "" => {}
+            "." | ".." => return None,
+            _ => {
+                *out.get_mut(n)? = segment;
+                n += 1;
+            }
+        }
+    }
+    Some(n)
 }
 
 /// Hash of identifier values, in order.

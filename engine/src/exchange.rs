@@ -309,15 +309,62 @@ pub struct Exchange {
     scanned: Option<Pending>,
 }
 
+/// The headers every request's step reads (by lower-case name), found in one pass.
+const KNOWN: [&str; 6] = [
+    ":method",
+    ":path",
+    "cookie",
+    "authorization",
+    "x-request-id",
+    "x-http-method-override",
+];
+
 /// The request's headers as the host read them.
-struct Headers<'a>(&'a [(&'a [u8], &'a [u8])]);
+struct Headers<'a> {
+    pairs: &'a [(&'a [u8], &'a [u8])],
+    /// The first value of each of [`KNOWN`].
+    known: [Option<&'a [u8]>; KNOWN.len()],
+}
 
 impl<'a> Headers<'a> {
+    /// Reads `pairs` once: the known headers' values, and the names of client-sent
+    /// `x-flowguard-*` headers (to strip).
+    fn new(pairs: &'a [(&'a [u8], &'a [u8])]) -> (Headers<'a>, Vec<Vec<u8>>) {
+        let mut known = [None; KNOWN.len()];
+        let mut own = Vec::new();
+        for (name, value) in pairs {
+            // The known names' lengths differ: one comparison at most.
+            let candidate = KNOWN.iter().position(|k| k.len() == name.len());
+            if let Some(i) = candidate.filter(|&i| {
+                KNOWN
+                    .get(i)
+                    .is_some_and(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+            }) {
+                if let Some(slot @ None) = known.get_mut(i) {
+                    *slot = Some(*value);
+                }
+            }
+            if name
+                .get(..OWN_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+            {
+                own.push(name.to_vec());
+            }
+        }
+        (Headers { pairs, known }, own)
+    }
+
+    /// The first header named `name` (any case), if its value is UTF-8.
     fn get(&self, name: &str) -> Option<&'a str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        let value = match KNOWN.iter().position(|k| *k == name) {
+            Some(i) => self.known.get(i).copied().flatten(),
+            None => self
+                .pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| *v),
+        };
+        value.and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// `x-request-id`, when plain enough to echo in a JSON body.
@@ -423,12 +470,12 @@ impl Exchange {
         delta: &mut LearnStats,
     ) -> Result<RequestStep, StoreError<H::Error>> {
         let settings = scope.settings;
+        let (headers, strip) = Headers::new(headers);
         let mut step = RequestStep {
-            strip: own_headers(headers),
+            strip,
             ..RequestStep::default()
         };
         let now = secs(now_ms);
-        let headers = Headers(headers);
         let header_key = session::derive(&settings.session.sources, |n| headers.get(n), None);
         let mut template = std::mem::take(&mut self.template);
         let id = normalise(scope, &headers, &mut template);
@@ -1141,18 +1188,6 @@ impl<E> Now<'_, E> {
     }
 }
 
-/// The names of client-sent `x-flowguard-*` headers.
-fn own_headers(pairs: &[(&[u8], &[u8])]) -> Vec<Vec<u8>> {
-    pairs
-        .iter()
-        .filter(|(name, _)| {
-            name.get(..OWN_PREFIX.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
-        })
-        .map(|(name, _)| name.to_vec())
-        .collect()
-}
-
 fn verdict_header(verdict: &Verdict) -> String {
     let mut out = String::new();
     verdict.write_header(&mut out);
@@ -1215,3 +1250,29 @@ fn pending_for(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod headers_tests {
+    use super::{Headers, KNOWN};
+
+    #[test]
+    fn known_names_differ_in_length_and_are_found_in_any_case() {
+        for (i, a) in KNOWN.iter().enumerate() {
+            assert!(KNOWN.iter().skip(i + 1).all(|b| b.len() != a.len()), "{a}");
+        }
+        let pairs: [(&[u8], &[u8]); 5] = [
+            (b"Cookie", b"session=1"),
+            (b"cookie", b"session=2"),
+            (b"X-Flowguard-Verdict", b"allow"),
+            (b"x-custom", b"v"),
+            (b":path", b"/a"),
+        ];
+        let (headers, own) = Headers::new(&pairs);
+        assert_eq!(headers.get("cookie"), Some("session=1"), "the first one");
+        assert_eq!(headers.get("COOKIE"), Some("session=1"));
+        assert_eq!(headers.get("x-custom"), Some("v"));
+        assert_eq!(headers.get(":path"), Some("/a"));
+        assert_eq!(headers.get(":method"), None);
+        assert_eq!(own, vec![b"X-Flowguard-Verdict".to_vec()]);
+    }
+}

@@ -201,25 +201,27 @@ impl Judge<'_> {
         let capacity = self.settings.session.capacity;
         let idle = self.settings.session.idle_timeout_s;
         let [a, b] = slot_table::candidates(fingerprint, capacity);
-        let (slot_a, cas_a) = read_slot(host, store::slot_key(a))?;
+        let key_a = store::slot_key(a);
+        let (slot_a, cas_a) = read_slot(host, key_a)?;
         if slot_a.is_some_and(|s| s.fingerprint == fingerprint) || a == b {
             let (_, placement) =
                 slot_table::choose(fingerprint, [slot_a.as_ref(), slot_a.as_ref()], now, idle);
-            return Ok(self.claim(a, slot_a, cas_a, placement, fingerprint, now));
+            return Ok(self.claim((a, key_a), slot_a, cas_a, placement, fingerprint, now));
         }
-        let (slot_b, cas_b) = read_slot(host, store::slot_key(b))?;
+        let key_b = store::slot_key(b);
+        let (slot_b, cas_b) = read_slot(host, key_b)?;
         let (i, placement) =
             slot_table::choose(fingerprint, [slot_a.as_ref(), slot_b.as_ref()], now, idle);
         Ok(if i == 0 {
-            self.claim(a, slot_a, cas_a, placement, fingerprint, now)
+            self.claim((a, key_a), slot_a, cas_a, placement, fingerprint, now)
         } else {
-            self.claim(b, slot_b, cas_b, placement, fingerprint, now)
+            self.claim((b, key_b), slot_b, cas_b, placement, fingerprint, now)
         })
     }
 
     fn claim(
         &self,
-        index: u32,
+        (index, key): (u32, Key),
         held: Option<Slot>,
         cas: u32,
         placement: Placement,
@@ -235,7 +237,7 @@ impl Judge<'_> {
         };
         Located {
             index,
-            key: store::slot_key(index),
+            key,
             slot,
             cas,
             placement,
