@@ -251,7 +251,8 @@ impl Backend {
         .await?
     }
 
-    /// Every node that reported, with its batches' totals (`recent_events` since `recent_ms`).
+    /// Every node that reported, with its batches' totals (`recent_events` since `recent_ms`)
+    /// and each worker's latest batch (the policy version and mode it runs).
     pub async fn nodes(&self, recent_ms: u64) -> Result<Vec<NodeRow>, Error> {
         match self {
             Backend::Postgres(pg) => Ok(pg.nodes(recent_ms).await?),
@@ -281,6 +282,18 @@ impl Backend {
             Backend::Postgres(pg) => Ok(pg.session_history(session).await?),
             Backend::Sqlite(db) => {
                 Self::console_read(db, move |s| s.session_history(session)).await
+            }
+        }
+    }
+
+    /// The events whose `x-request-id` is exactly `request_id`, newest first ('' finds
+    /// nothing).
+    pub async fn request_events(&self, request_id: &str) -> Result<Vec<EventRow>, Error> {
+        match self {
+            Backend::Postgres(pg) => Ok(pg.request_events(request_id).await?),
+            Backend::Sqlite(db) => {
+                let request_id = request_id.to_owned();
+                Self::console_read(db, move |s| s.request_events(&request_id)).await
             }
         }
     }

@@ -8,7 +8,10 @@
 //! serve whatever version the database holds.
 
 use crate::fleet::{self, Outcome};
-use crate::store::{AuditRow, Decided, EventRow, NodeRow, StoredEvent, TemplateSeen, LIST_ROWS};
+use crate::store::{
+    attach_workers, AuditRow, Decided, EventRow, NodeRow, StoredEvent, TemplateSeen, WorkerRow,
+    EVENT_COLUMNS, LATEST_BATCHES, LIST_ROWS,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use flowguard_engine::config::Settings;
 use flowguard_engine::learn::Observation;
@@ -27,13 +30,20 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
     node TEXT NOT NULL, worker BIGINT NOT NULL, batch_id BIGINT NOT NULL,
     received_ms BIGINT NOT NULL, events BIGINT NOT NULL, dropped BIGINT NOT NULL,
+    policy_version BIGINT NOT NULL DEFAULT 0, mode TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, worker, batch_id));
 CREATE TABLE IF NOT EXISTS events (
     id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL, time_ms BIGINT NOT NULL,
     session BIGINT NOT NULL, template TEXT NOT NULL, status BIGINT NOT NULL,
     verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us BIGINT NOT NULL,
-    summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL);
+    summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL,
+    request_id TEXT NOT NULL DEFAULT '');
+-- Databases from before these columns gain them, with their defaults.
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS policy_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN IF NOT EXISTS request_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
+CREATE INDEX IF NOT EXISTS events_request ON events (request_id) WHERE request_id <> '';
 CREATE TABLE IF NOT EXISTS policies (
     version BIGINT PRIMARY KEY, created_ms BIGINT NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
@@ -117,8 +127,9 @@ impl PgStore {
         // back: this insert waits for that, then claims the batch or finds it stored.
         let claimed = tx
             .execute(
-                "INSERT INTO batches (node, worker, batch_id, received_ms, events, dropped)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                "INSERT INTO batches (node, worker, batch_id, received_ms, events, dropped,
+                                      policy_version, mode)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                 &[
                     &batch.node,
                     &i64::from(batch.worker),
@@ -126,6 +137,8 @@ impl PgStore {
                     &(now_ms as i64),
                     &(batch.events.len() as i64),
                     &(batch.dropped as i64),
+                    &(batch.policy_version as i64),
+                    &batch.mode,
                 ],
             )
             .await?;
@@ -144,12 +157,13 @@ impl PgStore {
         let summary: Vec<bool> = e.iter().map(|e| e.summary).collect();
         let ids: Vec<i64> = e.iter().map(|e| e.ids as i64).collect();
         let weak: Vec<bool> = e.iter().map(|e| e.weak_session).collect();
+        let request_id: Vec<&str> = e.iter().map(|e| e.request_id.as_str()).collect();
         tx.execute(
             "INSERT INTO events (node, time_ms, session, template, status, verdict, rules,
-                                 latency_us, summary, ids, weak)
+                                 latency_us, summary, ids, weak, request_id)
              SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                                       $6::int[], $7::text[], $8::bigint[], $9::bool[],
-                                      $10::bigint[], $11::bool[])",
+                                      $10::bigint[], $11::bool[], $12::text[])",
             &[
                 &batch.node,
                 &time,
@@ -162,6 +176,7 @@ impl PgStore {
                 &summary,
                 &ids,
                 &weak,
+                &request_id,
             ],
         )
         .await?;
@@ -302,7 +317,7 @@ impl PgStore {
                 &[&(recent_ms as i64)],
             )
             .await?;
-        Ok(rows
+        let mut nodes = rows
             .iter()
             .map(|r| {
                 let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
@@ -315,9 +330,29 @@ impl PgStore {
                     events: n(5),
                     recent_events: n(6),
                     dropped: n(7),
+                    latest: Vec::new(),
                 }
             })
-            .collect())
+            .collect::<Vec<_>>();
+        let workers = client
+            .query(LATEST_BATCHES, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+                (
+                    r.get::<_, String>(0),
+                    WorkerRow {
+                        worker: n(1),
+                        last_ms: n(2),
+                        policy_version: n(3),
+                        mode: r.get(4),
+                    },
+                )
+            })
+            .collect();
+        attach_workers(&mut nodes, workers);
+        Ok(nodes)
     }
 
     /// The newest flagged and blocked events (see [`crate::store::Store::verdict_events`]).
@@ -329,7 +364,7 @@ impl PgStore {
     ) -> Result<Vec<EventRow>, PgError> {
         let client = self.pool.get().await?;
         let sql = format!(
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+            "SELECT {EVENT_COLUMNS} FROM events
              WHERE time_ms >= $1 AND verdict IN (3, 4)
                AND ($2::text = '' OR template = $2::text)
                AND ($3::text = '' OR (',' || rules || ',') LIKE ('%,' || $3::text || ',%'))
@@ -345,10 +380,25 @@ impl PgStore {
     pub async fn session_history(&self, session: u64) -> Result<Vec<EventRow>, PgError> {
         let client = self.pool.get().await?;
         let sql = format!(
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+            "SELECT {EVENT_COLUMNS} FROM events
              WHERE session = $1 ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
         );
         let rows = client.query(&sql, &[&(session as i64)]).await?;
+        Ok(rows.iter().map(event_row).collect())
+    }
+
+    /// The events with exactly this `x-request-id` (see
+    /// [`crate::store::Store::request_events`]).
+    pub async fn request_events(&self, request_id: &str) -> Result<Vec<EventRow>, PgError> {
+        if request_id.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE request_id = $1 AND request_id <> '' ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let rows = client.query(&sql, &[&request_id]).await?;
         Ok(rows.iter().map(event_row).collect())
     }
 
@@ -461,6 +511,7 @@ fn event_row(r: &tokio_postgres::Row) -> EventRow {
         verdict: r.get(5),
         rules: r.get(6),
         ids: r.get::<_, i64>(7) as u64,
+        request_id: r.get(8),
     }
 }
 

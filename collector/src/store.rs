@@ -57,13 +57,14 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS batches (
                 node TEXT NOT NULL, worker INTEGER NOT NULL, batch_id INTEGER NOT NULL,
                 received_ms INTEGER NOT NULL, events INTEGER NOT NULL, dropped INTEGER NOT NULL,
+                policy_version INTEGER NOT NULL DEFAULT 0, mode TEXT NOT NULL DEFAULT '',
                 PRIMARY KEY (node, worker, batch_id));
              CREATE TABLE IF NOT EXISTS events (
                 id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
                 session INTEGER NOT NULL, template TEXT NOT NULL, status INTEGER NOT NULL,
                 verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us INTEGER NOT NULL,
                 summary INTEGER NOT NULL, ids INTEGER NOT NULL,
-                weak INTEGER NOT NULL DEFAULT 0);
+                weak INTEGER NOT NULL DEFAULT 0, request_id TEXT NOT NULL DEFAULT '');
              CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
              CREATE TABLE IF NOT EXISTS policies (
                 version INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, json TEXT NOT NULL);
@@ -73,19 +74,33 @@ impl Store {
                 before TEXT NOT NULL, after TEXT NOT NULL);",
         )
         .map_err(open_err)?;
-        // Stores from before `weak` (a column added later) gain it, as 0.
-        let has_weak: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'weak'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(open_err)?
-            > 0;
-        if !has_weak {
-            conn.execute_batch("ALTER TABLE events ADD COLUMN weak INTEGER NOT NULL DEFAULT 0")
-                .map_err(open_err)?;
+        // Stores from before a column was added gain it, with its default: `weak` (0),
+        // then a batch's `policy_version` (0) and `mode` ('') and an event's `request_id`
+        // (''), what the console's fleet page and request search read.
+        for (table, column, decl) in [
+            ("events", "weak", "INTEGER NOT NULL DEFAULT 0"),
+            ("events", "request_id", "TEXT NOT NULL DEFAULT ''"),
+            ("batches", "policy_version", "INTEGER NOT NULL DEFAULT 0"),
+            ("batches", "mode", "TEXT NOT NULL DEFAULT ''"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                    params![table, column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(open_err)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                    .map_err(open_err)?;
+            }
         }
+        // Only rule events carry a request id: the index holds those alone.
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS events_request ON events (request_id) WHERE request_id != ''",
+        )
+        .map_err(open_err)?;
         Ok(Store { conn })
     }
 
@@ -110,12 +125,13 @@ impl Store {
         let mut stored = Vec::new();
         {
             let mut claim = tx.prepare_cached(
-                "INSERT OR IGNORE INTO batches (node, worker, batch_id, received_ms, events, dropped)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO batches (node, worker, batch_id, received_ms, events, dropped,
+                                                policy_version, mode)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids, weak)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO events (node, time_ms, session, template, status, verdict, rules, latency_us, summary, ids, weak, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for (batch, now_ms) in batches {
                 let fresh = claim.execute(params![
@@ -124,7 +140,9 @@ impl Store {
                     batch.batch_id as i64,
                     now_ms as i64,
                     batch.events.len() as i64,
-                    batch.dropped as i64
+                    batch.dropped as i64,
+                    batch.policy_version as i64,
+                    batch.mode
                 ])?;
                 if fresh == 0 {
                     stored.push(0);
@@ -143,6 +161,7 @@ impl Store {
                         e.summary,
                         e.ids as i64,
                         e.weak_session,
+                        e.request_id,
                     ])?;
                 }
                 stored.push(batch.events.len() as u64);
@@ -266,6 +285,41 @@ pub struct NodeRow {
     /// Events in batches received since the `recent_ms` asked for.
     pub recent_events: u64,
     pub dropped: u64,
+    /// Each worker as its latest batch shows it, by worker number.
+    pub latest: Vec<WorkerRow>,
+}
+
+impl NodeRow {
+    /// The node's latest batch (of any worker): the version and mode it runs now.
+    pub fn newest(&self) -> Option<&WorkerRow> {
+        self.latest
+            .iter()
+            .max_by_key(|w| (w.last_ms, std::cmp::Reverse(w.worker)))
+    }
+}
+
+/// One worker of a node as its latest batch shows it: what the fleet page says it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub worker: u64,
+    /// When its latest batch arrived.
+    pub last_ms: u64,
+    /// The policy version its model ran when it sent that batch (0: still learning).
+    pub policy_version: u64,
+    /// Its mode then (`learn`, `monitor`, `enforce`; '' from a proxy too old to say).
+    pub mode: String,
+}
+
+/// Attaches each worker's latest batch (`(node, worker row)`, in any order) to its node.
+pub fn attach_workers(nodes: &mut [NodeRow], workers: Vec<(String, WorkerRow)>) {
+    for (node, w) in workers {
+        if let Some(n) = nodes.iter_mut().find(|n| n.node == node) {
+            n.latest.push(w);
+        }
+    }
+    for n in nodes {
+        n.latest.sort_by_key(|w| w.worker);
+    }
 }
 
 /// A stored event as the console lists it.
@@ -279,7 +333,13 @@ pub struct EventRow {
     pub verdict: i32,
     pub rules: String,
     pub ids: u64,
+    /// The request's `x-request-id` ('' when it had none, or for an event no rule fired on).
+    pub request_id: String,
 }
+
+/// The columns [`EventRow`] is read from, in its order (both stores).
+pub const EVENT_COLUMNS: &str =
+    "node, time_ms, session, template, status, verdict, rules, ids, request_id";
 
 /// A template seen in stored events: (template, events, last seen ms).
 pub type TemplateSeen = (String, u64, u64);
@@ -306,6 +366,14 @@ pub struct Decided {
 /// Events the console lists at most per page.
 pub const LIST_ROWS: u64 = 500;
 
+/// Each worker's latest batch (ties: the higher batch id), SQL both stores run.
+pub const LATEST_BATCHES: &str = "SELECT node, worker, received_ms, policy_version, mode FROM (
+        SELECT node, worker, received_ms, policy_version, mode,
+               ROW_NUMBER() OVER (PARTITION BY node, worker
+                                  ORDER BY received_ms DESC, batch_id DESC) AS latest
+        FROM batches) AS b
+     WHERE latest = 1";
+
 /// `?2` a template or '' (any), `?3` a rule id or '' (any): the filter of the console's
 /// list of blocks and flags, the same SQL in both stores.
 pub const FILTERED: &str =
@@ -331,9 +399,25 @@ impl Store {
                 events: n(5)?,
                 recent_events: n(6)?,
                 dropped: n(7)?,
+                latest: Vec::new(),
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut nodes: Vec<NodeRow> = rows.collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(LATEST_BATCHES)?;
+        let workers = stmt.query_map([], |r| {
+            let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+            Ok((
+                r.get::<_, String>(0)?,
+                WorkerRow {
+                    worker: n(1)?,
+                    last_ms: n(2)?,
+                    policy_version: n(3)?,
+                    mode: r.get(4)?,
+                },
+            ))
+        })?;
+        attach_workers(&mut nodes, workers.collect::<Result<_, _>>()?);
+        Ok(nodes)
     }
 
     /// The newest flagged and blocked events since `since_ms`, filtered by template and
@@ -345,7 +429,7 @@ impl Store {
         rule: &str,
     ) -> Result<Vec<EventRow>, StoreError> {
         let sql = format!(
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+            "SELECT {EVENT_COLUMNS} FROM events
              WHERE time_ms >= ?1 AND verdict IN (3, 4) AND {FILTERED}
              ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
         );
@@ -357,11 +441,26 @@ impl Store {
     /// A session's newest events, newest first, at most [`LIST_ROWS`].
     pub fn session_history(&self, session: u64) -> Result<Vec<EventRow>, StoreError> {
         let sql = format!(
-            "SELECT node, time_ms, session, template, status, verdict, rules, ids FROM events
+            "SELECT {EVENT_COLUMNS} FROM events
              WHERE session = ?1 ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params![session as i64], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The events whose `x-request-id` is exactly `request_id` (not ''), newest first, at
+    /// most [`LIST_ROWS`]: read through the `events_request` index.
+    pub fn request_events(&self, request_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE request_id = ?1 AND request_id != '' ORDER BY time_ms DESC, id DESC LIMIT {LIST_ROWS}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![request_id], event_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -462,6 +561,7 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         verdict: r.get(5)?,
         rules: r.get(6)?,
         ids: r.get::<_, i64>(7)? as u64,
+        request_id: r.get(8)?,
     })
 }
 
@@ -590,24 +690,124 @@ mod tests {
     }
 
     #[test]
-    fn a_store_from_before_weak_sessions_gains_the_column() {
+    fn a_store_from_before_weak_sessions_request_ids_and_versions_gains_the_columns() {
         let dir = std::env::temp_dir().join(format!("fg-store-old-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("old.db");
         Connection::open(&path)
             .unwrap()
             .execute_batch(
-                "CREATE TABLE events (id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
+                "CREATE TABLE batches (node TEXT NOT NULL, worker INTEGER NOT NULL,
+                 batch_id INTEGER NOT NULL, received_ms INTEGER NOT NULL, events INTEGER NOT NULL,
+                 dropped INTEGER NOT NULL, PRIMARY KEY (node, worker, batch_id));
+                 CREATE TABLE events (id INTEGER PRIMARY KEY, node TEXT NOT NULL, time_ms INTEGER NOT NULL,
                  session INTEGER NOT NULL, template TEXT NOT NULL, status INTEGER NOT NULL,
                  verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us INTEGER NOT NULL,
                  summary INTEGER NOT NULL, ids INTEGER NOT NULL);
-                 INSERT INTO events VALUES (1, 'edge', 5, 9, 'GET /a', 200, 1, '', 3, 1, 0);",
+                 INSERT INTO batches VALUES ('edge', 1, 1, 40, 1, 0);
+                 INSERT INTO events VALUES (1, 'edge', 5, 9, 'GET /a', 4, 4, 'rate.session', 3, 1, 0);",
             )
             .unwrap();
-        let s = Store::open(&path).unwrap();
-        let events = s.events(true).unwrap();
+        let mut s = Store::open(&path).unwrap();
+        let events = s.events(false).unwrap();
         assert_eq!(events.len(), 1);
         assert!(!events[0].observation.weak);
+        // The old rows read with the defaults: no request id, version 0, no mode.
+        let old = s.verdict_events(0, "", "").unwrap();
+        assert_eq!((old.len(), old[0].request_id.as_str()), (1, ""));
+        assert!(s.request_events("").unwrap().is_empty());
+        let nodes = s.nodes(0).unwrap();
+        assert_eq!(
+            nodes[0].latest,
+            [WorkerRow {
+                worker: 1,
+                last_ms: 40,
+                policy_version: 0,
+                mode: String::new()
+            }]
+        );
+        // New batches go into the migrated tables with what they carry.
+        let mut b = batch(2, 1);
+        b.policy_version = 6;
+        b.mode = "monitor".into();
+        b.events[0].verdict = v1::Verdict::Flag.into();
+        b.events[0].request_id = "req-after".into();
+        assert_eq!(s.insert_batch(&b, 50).unwrap(), 1);
+        drop(s);
+        // Opening again changes nothing (the columns are there now).
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.request_events("req-after").unwrap().len(), 1);
+        let newest = s.nodes(0).unwrap()[0].newest().cloned().unwrap();
+        assert_eq!(
+            (newest.policy_version, newest.mode.as_str(), newest.last_ms),
+            (6, "monitor", 50)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn request_ids_versions_and_modes_are_stored_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("fg-store-fresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(&dir.join("t.db")).unwrap();
+        // Worker 1 learning, then enforcing version 3, then 4; worker 2 monitoring 3.
+        let mut learning = batch(1, 1);
+        learning.mode = "learn".into();
+        let mut v3 = batch(2, 2);
+        (v3.policy_version, v3.mode) = (3, "enforce".into());
+        v3.events[1].verdict = v1::Verdict::Block.into();
+        v3.events[1].rules = vec!["order.missing_prerequisite".into()];
+        v3.events[1].request_id = "abc-123_X".into();
+        let mut other = batch(1, 1);
+        (other.worker, other.policy_version, other.mode) = (2, 3, "monitor".into());
+        let mut v4 = batch(3, 1);
+        (v4.policy_version, v4.mode) = (4, "enforce".into());
+        v4.events[0].verdict = v1::Verdict::Flag.into();
+        v4.events[0].request_id = "abc-1234".into();
+        v4.events[0].time_ms = 50;
+        s.insert_batches([(&learning, 10), (&v3, 20), (&other, 25), (&v4, 30)])
+            .unwrap();
+        let nodes = s.nodes(0).unwrap();
+        assert_eq!(nodes.len(), 1);
+        let worker = |w: u64, last_ms: u64, policy_version: u64, mode: &str| WorkerRow {
+            worker: w,
+            last_ms,
+            policy_version,
+            mode: mode.into(),
+        };
+        assert_eq!(
+            nodes[0].latest,
+            [worker(1, 30, 4, "enforce"), worker(2, 25, 3, "monitor")]
+        );
+        assert_eq!(nodes[0].newest(), Some(&worker(1, 30, 4, "enforce")));
+        // Exact match only: no prefix, no other case.
+        let found = s.request_events("abc-123_X").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (
+                found[0].template.as_str(),
+                found[0].verdict,
+                found[0].session
+            ),
+            ("GET /a", 4, 9)
+        );
+        assert!(s.request_events("abc-123").unwrap().is_empty());
+        assert!(s.request_events("ABC-123_X").unwrap().is_empty());
+        let listed: Vec<String> = s
+            .verdict_events(0, "", "")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.request_id)
+            .collect();
+        assert_eq!(listed, ["abc-1234", "abc-123_X"]);
+        let history = s.session_history(9).unwrap();
+        assert_eq!(history.len(), 5);
+        assert_eq!(history[0].request_id, "abc-1234");
+        assert_eq!(
+            history.iter().filter(|e| e.request_id.is_empty()).count(),
+            3,
+            "events no rule fired on carry none"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

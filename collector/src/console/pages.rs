@@ -4,6 +4,8 @@ use super::decisions::ACTIONS;
 use super::graph;
 use super::render::{ago, esc, table, time, url_part, verdict, Viewer};
 use crate::replay::Report;
+#[cfg(test)]
+use crate::store::WorkerRow;
 use crate::store::{AuditRow, EventRow, NodeRow, TemplateSeen};
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::{Limit, Policy};
@@ -14,7 +16,44 @@ use std::fmt::Write;
 /// A node is called silent after this long without a batch.
 pub const SILENT_MS: u64 = 120_000;
 
-/// The fleet: every proxy that reported, and what the collector serves.
+/// The version cell of a node or worker: the version it runs, flagged when the store
+/// holds a newer one.
+fn running(version: u64, newest: u64, node: &str, class: &str) -> String {
+    let mut out = format!(
+        r#"<b class="{class}" data-node="{}">{}</b>"#,
+        esc(node),
+        if version == 0 {
+            "none".to_owned()
+        } else {
+            version.to_string()
+        }
+    );
+    if version == 0 {
+        out.push_str(" <span class=note>(learning: no model yet)</span>");
+    }
+    if version < newest {
+        out.push_str(r#" <span class="block behind">policy not installed yet</span>"#);
+    }
+    out
+}
+
+/// The mode cell: as the proxy reported it ('-' from a proxy too old to say).
+fn mode(mode: &str, node: &str, class: &str) -> String {
+    let shown = if mode.is_empty() { "-" } else { mode };
+    let style = match mode {
+        "enforce" => "block",
+        "monitor" => "flag",
+        _ => "note",
+    };
+    format!(
+        r#"<span class="{class} {style}" data-node="{}">{}</span>"#,
+        esc(node),
+        esc(shown)
+    )
+}
+
+/// The fleet: every proxy that reported, the version and mode each runs, and what the
+/// collector serves.
 pub fn fleet(
     nodes: &[NodeRow],
     stats: (u64, u64, u64),
@@ -23,10 +62,14 @@ pub fn fleet(
     now_ms: u64,
 ) -> String {
     let mut out = String::new();
-    let (events, dropped, version) = stats;
+    let (events, dropped, newest) = stats;
+    let behind = nodes
+        .iter()
+        .filter(|n| n.newest().is_some_and(|w| w.policy_version < newest))
+        .count();
     let _ = write!(
         out,
-        r#"<p>Proxies that reported: {} · {events} events stored · {dropped} events dropped by filters (as they reported) · the collector serves policy version <b id="served">{}</b> (newest stored: {version}).</p>"#,
+        r#"<p>Proxies that reported: {} · {events} events stored · {dropped} events dropped by filters (as they reported) · the collector serves policy version <b id="served">{}</b> (newest stored: <b id="newest">{newest}</b>) · proxies behind it: <b id="behind">{behind}</b>.</p>"#,
         nodes.len(),
         served.map_or("none yet".to_owned(), |v| v.to_string())
     );
@@ -34,8 +77,17 @@ pub fn fleet(
         .iter()
         .map(|n| {
             let silent = now_ms.saturating_sub(n.last_ms) > SILENT_MS;
+            let (version, mode_cell) = match n.newest() {
+                Some(w) => (
+                    running(w.policy_version, newest, &n.node, "node-version"),
+                    mode(&w.mode, &n.node, "node-mode"),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             vec![
                 format!("<b>{}</b>", esc(&n.node)),
+                version,
+                mode_cell,
                 n.workers.to_string(),
                 format!(
                     "{} ({})",
@@ -64,6 +116,8 @@ pub fn fleet(
     out.push_str(&table(
         &[
             "node",
+            "policy version it runs",
+            "mode",
             "workers reporting",
             "last report",
             &format!("events/s (last {recent_s} s)"),
@@ -74,9 +128,34 @@ pub fn fleet(
         ],
         &rows,
     ));
+    out.push_str("<h2>Workers</h2>");
+    let workers: Vec<Vec<String>> = nodes
+        .iter()
+        .flat_map(|n| {
+            n.latest.iter().map(move |w| {
+                vec![
+                    esc(&n.node),
+                    w.worker.to_string(),
+                    running(w.policy_version, newest, &n.node, "worker-version"),
+                    mode(&w.mode, &n.node, "worker-mode"),
+                    format!("{} ({})", time(w.last_ms), ago(now_ms, w.last_ms)),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "node",
+            "worker",
+            "policy version it runs",
+            "mode",
+            "latest batch",
+        ],
+        &workers,
+    ));
     let _ = write!(
         out,
-        r#"<p class="note">What is known: each proxy's node name, its workers, when each batch arrived, the events it carried and the events its filter dropped (buffer full, collector unreachable). What is <b>not</b> known here: the policy version each proxy runs and its mode (monitor or enforce): telemetry does not carry them yet. A proxy polls the collector and installs the version served (version {}), unless its own configuration pins a policy; its Envoy gauge <code>flowguard.policy.version</code> says which it runs.</p>"#,
+        r#"<p class="note">Each worker says in every batch it sends the policy version its model runs (none while it is still learning) and its mode (learn, monitor or enforce); a node's are those of its latest batch. A worker sends a batch only when it has events, so an idle worker's row can be old. A proxy polls the collector and installs the version served (version {}) unless its own configuration pins a policy: one behind the newest stored version is marked <span class="block">policy not installed yet</span> (just after a new version, until its next poll and batch; if it stays, the proxy cannot reach the collector or pins its own policy). Its Envoy gauge <code>flowguard.policy.version</code> says the same.</p>"#,
         served.map_or("none".to_owned(), |v| v.to_string())
     );
     out
@@ -302,9 +381,10 @@ pub fn events(
         let _ = write!(out, r#"<option{sel} value="{0}">{0}</option>"#, esc(t));
     }
     out.push_str(r#"</select> <button>Filter</button></form>"#);
+    out.push_str(&request_form(""));
     let _ = write!(
         out,
-        r#"<p>{} blocks and flags (newest first, at most {}). <span class=note>x-request-id: unavailable: the filter's telemetry events do not carry it yet.</span></p>"#,
+        r#"<p>{} blocks and flags (newest first, at most {}).</p>"#,
         rows.len(),
         crate::store::LIST_ROWS
     );
@@ -329,7 +409,7 @@ pub fn events(
                 format!(r#"<a class="session" href="/session/{hex}">{hex}</a>"#),
                 steps,
                 esc(&e.node),
-                r#"<span class=note>unavailable</span>"#.into(),
+                request_id(&e.request_id),
             ]
         })
         .collect();
@@ -373,6 +453,7 @@ pub fn session(session: u64, history: &[EventRow]) -> String {
                     format!("{:x}", e.ids)
                 },
                 esc(&e.node),
+                request_id(&e.request_id),
             ]
         })
         .collect();
@@ -385,6 +466,82 @@ pub fn session(session: u64, history: &[EventRow]) -> String {
             "rules",
             "object (hash)",
             "node",
+            "x-request-id",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// An event's `x-request-id` cell: the id, linked to its search ('-' when none).
+pub fn request_id(id: &str) -> String {
+    if id.is_empty() {
+        "-".into()
+    } else {
+        format!(
+            r#"<a class="request-id" href="/request?id={}"><code>{}</code></a>"#,
+            url_part(id),
+            esc(id)
+        )
+    }
+}
+
+/// The search by `x-request-id`: one field, an exact match.
+pub fn request_form(id: &str) -> String {
+    format!(
+        r#"<form method="get" action="/request" id="request-search"><p>Find a request by its <code>x-request-id</code> (exact, as a customer quotes it from a blocked answer) <input name="id" id="request-input" maxlength="128" size="40" value="{}"> <button id="request-find">Find</button></p></form>"#,
+        esc(id)
+    )
+}
+
+/// What the search by `x-request-id` found: each event (normally one), its session linked.
+pub fn request(id: &str, found: &[EventRow]) -> String {
+    let mut out = request_form(id);
+    if found.is_empty() {
+        let _ = write!(
+            out,
+            r#"<p id="request-none">No stored event has x-request-id <code>{}</code>. The collector keeps it for requests a rule fired on (flagged or blocked), when the id was plain (letters, digits, '-' and '_', at most 128).</p>"#,
+            esc(id)
+        );
+        return out;
+    }
+    let _ = write!(
+        out,
+        r#"<p id="request-found">{} stored event{} with x-request-id <code>{}</code>:</p>"#,
+        found.len(),
+        if found.len() == 1 { "" } else { "s" },
+        esc(id)
+    );
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|e| {
+            let hex = format!("{:016x}", e.session);
+            vec![
+                time(e.time_ms),
+                verdict(e.verdict),
+                e.rules
+                    .split(',')
+                    .map(|r| format!("<code>{}</code>", esc(r)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                format!("<code>{}</code>", esc(&e.template)),
+                e.status.to_string(),
+                format!(r#"<a class="session" href="/session/{hex}">{hex}</a>"#),
+                esc(&e.node),
+                request_id(&e.request_id),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "time",
+            "verdict",
+            "rules",
+            "endpoint",
+            "status",
+            "session (its page)",
+            "node",
+            "x-request-id",
         ],
         &rows,
     ));
@@ -637,11 +794,22 @@ mod tests {
                 String::new()
             },
             ids: 0,
+            request_id: if verdict == 4 {
+                "req-<9>".into()
+            } else {
+                String::new()
+            },
         }
     }
 
     #[test]
-    fn the_fleet_says_what_is_not_known_and_escapes_node_names() {
+    fn the_fleet_shows_each_nodes_version_and_mode_and_who_is_behind() {
+        let worker = |worker: u64, last_ms: u64, policy_version: u64, mode: &str| WorkerRow {
+            worker,
+            last_ms,
+            policy_version,
+            mode: mode.into(),
+        };
         let n = NodeRow {
             node: "<edge>".into(),
             workers: 2,
@@ -651,12 +819,42 @@ mod tests {
             events: 90,
             recent_events: 60,
             dropped: 3,
+            latest: vec![worker(0, 900, 6, "monitor"), worker(1, 1_000, 7, "enforce")],
         };
-        let html = fleet(&[n], (90, 3, 7), Some(7), 60, 400_000);
+        let old = NodeRow {
+            node: "old".into(),
+            latest: vec![worker(0, 1_000, 0, "")],
+            ..n.clone()
+        };
+        let html = fleet(&[n, old], (90, 3, 7), Some(7), 60, 400_000);
         assert!(html.contains("&lt;edge&gt;") && !html.contains("<edge>"));
+        assert!(html.contains("silent") && html.contains(">1.0<"));
         assert!(
-            html.contains("silent") && html.contains(">1.0<") && html.contains("<b>not</b> known")
+            html.contains(r#"<b class="node-version" data-node="&lt;edge&gt;">7</b></td>"#),
+            "the latest batch's version, not behind: {html}"
         );
+        assert!(html
+            .contains(r#"<span class="node-mode block" data-node="&lt;edge&gt;">enforce</span>"#));
+        assert!(html.contains(r#"<b class="worker-version" data-node="&lt;edge&gt;">6</b> <span class="block behind">policy not installed yet</span>"#));
+        assert!(html.contains(r#"<b class="node-version" data-node="old">none</b> <span class=note>(learning: no model yet)</span> <span class="block behind">policy not installed yet</span>"#));
+        assert!(html.contains(r#"<span class="node-mode note" data-node="old">-</span>"#));
+        assert!(html.contains(r#"proxies behind it: <b id="behind">1</b>"#));
+        assert!(!html.contains("not known") && !html.contains("unavailable"));
+    }
+
+    #[test]
+    fn request_ids_are_shown_linked_and_found() {
+        let h = vec![row(30, "POST /c", 403, 4), row(20, "POST /b", 200, 2)];
+        let listed = session(0xabc, &h);
+        assert!(listed.contains(
+            r#"<a class="request-id" href="/request?id=req-%3C9%3E"><code>req-&lt;9&gt;</code></a>"#
+        ));
+        assert!(listed.contains("<td>-</td>"), "none shown as -");
+        let found = request("req-1", &h[..1]);
+        assert!(found.contains(r#"id="request-found">1 stored event with"#));
+        assert!(found.contains(r#"<a class="session" href="/session/0000000000000abc">"#));
+        assert!(found.contains(r#"value="req-1""#), "the form keeps the id");
+        assert!(request("req-2", &[]).contains(r#"id="request-none""#));
     }
 
     #[test]
@@ -675,7 +873,8 @@ mod tests {
             "",
             "POST /c",
         );
-        assert!(html.contains("/session/0000000000000abc") && html.contains("unavailable"));
+        assert!(html.contains("/session/0000000000000abc") && html.contains("req-&lt;9&gt;"));
+        assert!(html.contains(r#"id="request-search""#) && !html.contains("unavailable"));
         assert!(html.contains(r#"<option selected value="POST /c">"#));
     }
 

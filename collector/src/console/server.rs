@@ -47,6 +47,7 @@ pub fn router(console: Shared) -> Router {
         .route("/policy.json", get(policy_json))
         .route("/events", get(events))
         .route("/session/{id}", get(session))
+        .route("/request", get(request))
         .route("/whatif", get(whatif_form).post(whatif_run))
         .route("/decisions", get(decisions_page).post(decide))
         .route("/login", get(login_form).post(login))
@@ -319,6 +320,45 @@ async fn session(State(c): State<Shared>, headers: HeaderMap, Path(id): Path<Str
                 &v,
                 &pages::session(session, &h),
             ),
+        ),
+        Err(e) => failed(&v, "reading the store", e),
+    }
+}
+
+/// The search by `x-request-id`: `?id=` exactly (surrounding blanks aside).
+async fn request(State(c): State<Shared>, headers: HeaderMap, Query(q): Params) -> Response {
+    let v = match reader(&c, &headers) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let id = q.get("id").map_or("", |s| s.trim());
+    let title = "Find a request";
+    if id.is_empty() {
+        return html(
+            StatusCode::OK,
+            page(title, "/events", &v, &pages::request_form("")),
+        );
+    }
+    if !flowguard_engine::exchange::is_safe_id(id) {
+        let shown: String = id.chars().take(140).collect();
+        return html(
+            StatusCode::BAD_REQUEST,
+            page(
+                title,
+                "/events",
+                &v,
+                &format!(
+                    r#"<p class="err" id="error">{}</p>{}"#,
+                    esc(&format!("{shown:?} is not an x-request-id the collector stores: letters, digits, '-' and '_', at most 128 of them")),
+                    pages::request_form("")
+                ),
+            ),
+        );
+    }
+    match c.backend.request_events(id).await {
+        Ok(found) => html(
+            StatusCode::OK,
+            page(title, "/events", &v, &pages::request(id, &found)),
         ),
         Err(e) => failed(&v, "reading the store", e),
     }
