@@ -83,9 +83,14 @@ prometheus:
 chromium:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 
+# The real-Envoy suites that also run against the native build (FLOWGUARD_BUILD=native).
+NATIVE_SUITES = call_order rules evasion session_identity handover flags poisoning exhaustion midflow contract library openapi telemetry
+
 test-integration: build build-crash native venv npm-testdata postgres prometheus chromium ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
 	cargo test $(NATIVE) --test '*' -- --test-threads 2
+	# The same real-Envoy suites against the native build (the dynamic module).
+	FLOWGUARD_BUILD=native cargo test $(NATIVE) $(NATIVE_SUITES:%=--test %) -- --test-threads 2
 
 # cargo fuzz needs -Z sanitizer flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
 FUZZ = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
