@@ -28,7 +28,7 @@ use crate::{
     counted, counted_response, fired, rule_counter, telemetry_counts, Counter, Filter, Gauge,
     Level, Stream, COUNTERS, GAUGES,
 };
-use flowguard_engine::exchange::ResponseStep;
+use flowguard_engine::exchange::{AnswerNeeds, ResponseHead, ResponseStep};
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +104,20 @@ extern "C" {
         kind: u32,
         key: ModuleBuffer,
         value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoy,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: FilterEnvoy,
+        kind: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_count: *mut usize,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoy,
@@ -341,7 +355,10 @@ impl Counters {
     /// Reports the gauges if the filter's state changed since they were last reported.
     fn gauges(&self, filter: FilterEnvoy, state: &Filter) {
         let generation = state.generation();
-        if self.reported.swap(generation, Ordering::Relaxed) == generation {
+        // Read first: a swap on every request would take the shared line for writing.
+        if self.reported.load(Ordering::Relaxed) == generation
+            || self.reported.swap(generation, Ordering::Relaxed) == generation
+        {
             return;
         }
         for (gauge, value) in state.gauges() {
@@ -363,41 +380,94 @@ fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     crate::guarded(fallback, log, body)
 }
 
-fn headers(filter: FilterEnvoy, kind: u32) -> Vec<EnvoyHeader> {
-    // SAFETY: `filter` is valid during the hook; the vector has room for `n` headers.
-    unsafe {
-        let n = envoy_dynamic_module_callback_http_get_headers_size(filter, kind);
-        let mut headers = vec![
-            EnvoyHeader {
-                key_ptr: std::ptr::null(),
-                key_length: 0,
-                value_ptr: std::ptr::null(),
-                value_length: 0,
+/// Up to this many headers are read into arrays on the stack: no allocation per request.
+const STACK_HEADERS: usize = 32;
+
+const NO_HEADER: EnvoyHeader = EnvoyHeader {
+    key_ptr: std::ptr::null(),
+    key_length: 0,
+    value_ptr: std::ptr::null(),
+    value_length: 0,
+};
+
+/// Runs `body` over Envoy's headers of `kind` as `(name, value)` slices: pointers into
+/// Envoy's map, nothing copied. They are valid until the hook returns or a header setter
+/// is called, so they are only lent to `body`, which sets nothing.
+fn with_headers<T>(
+    filter: FilterEnvoy,
+    kind: u32,
+    body: impl for<'a> FnOnce(&'a [(&'a [u8], &'a [u8])]) -> T,
+) -> T {
+    // SAFETY: `filter` is valid during the hook.
+    let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(filter, kind) };
+    if n <= STACK_HEADERS {
+        let mut raw = [NO_HEADER; STACK_HEADERS];
+        // SAFETY: `raw` has room for the `n` headers Envoy writes.
+        let read = n > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_headers(filter, kind, raw.as_mut_ptr())
             };
-            n
-        ];
-        if n == 0
-            || !envoy_dynamic_module_callback_http_get_headers(filter, kind, headers.as_mut_ptr())
-        {
-            headers.clear();
+        let n = if read { n } else { 0 };
+        let mut pairs: [(&[u8], &[u8]); STACK_HEADERS] = [(&[], &[]); STACK_HEADERS];
+        for (pair, h) in pairs.iter_mut().zip(raw.iter().take(n)) {
+            // SAFETY: Envoy's buffers, valid while `body` runs (no setter is called).
+            *pair = unsafe {
+                (
+                    envoy_bytes(h.key_ptr, h.key_length),
+                    envoy_bytes(h.value_ptr, h.value_length),
+                )
+            };
         }
-        headers
+        body(pairs.get(..n).unwrap_or_default())
+    } else {
+        let mut raw = vec![NO_HEADER; n];
+        // SAFETY: `raw` has room for the `n` headers Envoy writes.
+        if !unsafe {
+            envoy_dynamic_module_callback_http_get_headers(filter, kind, raw.as_mut_ptr())
+        } {
+            raw.clear();
+        }
+        let pairs: Vec<(&[u8], &[u8])> = raw
+            .iter()
+            .map(|h| {
+                // SAFETY: as above.
+                unsafe {
+                    (
+                        envoy_bytes(h.key_ptr, h.key_length),
+                        envoy_bytes(h.value_ptr, h.value_length),
+                    )
+                }
+            })
+            .collect();
+        body(&pairs)
     }
 }
 
-/// Envoy's headers as `(name, value)` slices.
-///
-/// # Safety
-/// Valid until the hook returns or a header setter is called.
-unsafe fn pairs(raw: &[EnvoyHeader]) -> Vec<(&[u8], &[u8])> {
-    raw.iter()
-        .map(|h| {
-            (
-                envoy_bytes(h.key_ptr, h.key_length),
-                envoy_bytes(h.value_ptr, h.value_length),
-            )
-        })
-        .collect()
+/// The first value of header `name` of `kind`, lent to `body` (as [`with_headers`]).
+fn with_header<T>(
+    filter: FilterEnvoy,
+    kind: u32,
+    name: &[u8],
+    body: impl for<'a> FnOnce(Option<&'a [u8]>) -> T,
+) -> T {
+    let mut out = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+    let mut count = 0usize;
+    // SAFETY: `filter` is valid during the hook; `name` for the call; the value is Envoy's,
+    // valid while `body` runs.
+    unsafe {
+        let found = envoy_dynamic_module_callback_http_get_header(
+            filter,
+            kind,
+            module_buffer(name),
+            &mut out,
+            0,
+            &mut count,
+        );
+        body(found.then(|| envoy_bytes(out.ptr, out.length)))
+    }
 }
 
 /// The chunks of the answer's body received in this event.
@@ -440,6 +510,20 @@ fn client_address(filter: FilterEnvoy) -> Option<Vec<u8>> {
         )
         .then(|| envoy_bytes(out.ptr, out.length).to_vec())
         .filter(|a| !a.is_empty())
+    }
+}
+
+/// Adds a request header: for a name the request no longer carries (Envoy's set would
+/// first look for it to replace it).
+fn add_header(filter: FilterEnvoy, name: &[u8], value: &[u8]) {
+    // SAFETY: both buffers are valid for the call; Envoy copies them.
+    unsafe {
+        envoy_dynamic_module_callback_http_add_header(
+            filter,
+            REQUEST_HEADER,
+            module_buffer(name),
+            module_buffer(value),
+        );
     }
 }
 
@@ -626,13 +710,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         return CONTINUE;
     };
     guarded(CONTINUE, || {
-        let raw = headers(filter, REQUEST_HEADER);
-        // SAFETY: Envoy's header buffers stay valid until the hook returns or a setter is
-        // called; they are only read before the first `set_header` below.
-        let pairs = unsafe { pairs(&raw) };
-        #[cfg(feature = "crash-switch")]
-        crash_switch(&pairs);
-        let step = match state.stream.request(&pairs, || client_address(filter)) {
+        let step = with_headers(filter, REQUEST_HEADER, |pairs| {
+            #[cfg(feature = "crash-switch")]
+            crash_switch(pairs);
+            state.stream.request(pairs, || client_address(filter))
+        });
+        let step = match step {
             Ok(step) => step,
             Err(e) => {
                 state.counters.count(filter, Counter::Requests);
@@ -644,7 +727,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
                 return CONTINUE;
             }
         };
-        drop(pairs);
         for name in &step.strip {
             set_header(filter, name, None);
         }
@@ -660,7 +742,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             return STOP_ITERATION;
         }
         for (name, value) in &step.set {
-            set_header(filter, name.as_bytes(), Some(value.as_bytes()));
+            if is_own(name.as_bytes()) {
+                // Every `x-flowguard-*` header the client sent was stripped above.
+                add_header(filter, name.as_bytes(), value.as_bytes());
+            } else {
+                set_header(filter, name.as_bytes(), Some(value.as_bytes()));
+            }
         }
         CONTINUE
     })
@@ -678,15 +765,57 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         return CONTINUE;
     };
     guarded(CONTINUE, || {
-        let raw = headers(filter, RESPONSE_HEADER);
-        // SAFETY: read before the hook returns; nothing is set meanwhile.
-        let pairs = unsafe { pairs(&raw) };
+        let settings = &state.stream.filter.settings;
+        // Read no more of the answer's head than the exchange needs (often the status
+        // alone, or nothing), as the Wasm filter does.
+        let head = match state.stream.answer_needs() {
+            AnswerNeeds::Nothing => return CONTINUE,
+            AnswerNeeds::Status => with_header(filter, RESPONSE_HEADER, b":status", |status| {
+                ResponseHead::from_headers(
+                    settings,
+                    &[(&b":status"[..], status.unwrap_or_default())],
+                )
+            }),
+            // A session cookie may be in any `set-cookie`: the whole map.
+            AnswerNeeds::Headers if settings.session.reads_set_cookie() => {
+                with_headers(filter, RESPONSE_HEADER, |pairs| {
+                    ResponseHead::from_headers(settings, pairs)
+                })
+            }
+            // Else the three headers the step reads, each one look-up in Envoy's map.
+            AnswerNeeds::Headers => with_header(filter, RESPONSE_HEADER, b":status", |status| {
+                with_header(filter, RESPONSE_HEADER, b"content-type", |kind| {
+                    with_header(filter, RESPONSE_HEADER, b"content-length", |length| {
+                        let found = [
+                            (&b":status"[..], status),
+                            (&b"content-type"[..], kind),
+                            (&b"content-length"[..], length),
+                        ];
+                        let mut pairs: [(&[u8], &[u8]); 3] = [(&[], &[]); 3];
+                        let mut n = 0;
+                        for (name, value) in found {
+                            if let (Some(value), Some(slot)) = (value, pairs.get_mut(n)) {
+                                *slot = (name, value);
+                                n += 1;
+                            }
+                        }
+                        ResponseHead::from_headers(settings, pairs.get(..n).unwrap_or_default())
+                    })
+                })
+            }),
+        };
         let step = state
             .stream
-            .response_head(&pairs, end_of_stream, || client_address(filter));
+            .response_head_of(&head, end_of_stream, || client_address(filter));
         count_response(state, filter, step);
         CONTINUE
     })
+}
+
+/// Whether `name` is one of flowguard's own headers (`x-flowguard-*`).
+fn is_own(name: &[u8]) -> bool {
+    name.get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"x-flowguard-"))
 }
 
 fn count_response(

@@ -27,7 +27,7 @@ use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::{EndpointId, EndpointSet};
 use flowguard_engine::exchange::{
-    self, Exchange, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
+    self, AnswerNeeds, Exchange, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
 };
 use flowguard_engine::learn::{self, LearnStats, Registry};
 use flowguard_engine::model::Model;
@@ -174,7 +174,7 @@ pub fn fired(step: &RequestStep) -> impl Iterator<Item = Rule> {
         .filter(|_| step.counts.outcome.is_some())
         .map(|v| v.fired)
         .into_iter()
-        .flat_map(|f| f.iter().collect::<Vec<_>>())
+        .flat_map(flowguard_engine::rule::RuleSet::iter)
 }
 
 /// The installed model with what goes with it; swapped whole.
@@ -796,12 +796,18 @@ impl Stream {
         headers: &[(&[u8], &[u8])],
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<RequestStep, TableError> {
-        let filter = self.filter.clone();
+        let Stream {
+            filter,
+            exchange,
+            installed: judged_with,
+        } = self;
         let now_ms = now_ms();
         let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let _ = filter
-            .started
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        if filter.started.load(Ordering::Relaxed) == 0 {
+            let _ = filter
+                .started
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
         let installed = filter.installed();
         let serial = filter.serial.fetch_add(1, Ordering::Relaxed);
         let mut host = TableHost {
@@ -810,7 +816,7 @@ impl Stream {
         };
         let scope = filter.scope(&installed);
         let (step, delta) = counting(filter.learning(&installed), |delta| {
-            self.exchange
+            exchange
                 .request(&scope, &mut host, headers, now_ms, serial, delta)
                 .map_err(store_error)
         });
@@ -831,7 +837,7 @@ impl Stream {
             }
         }
         filter.retire_unused(now_ms);
-        self.installed = Some(installed);
+        *judged_with = Some(installed);
         let mut step = step;
         if let Some(event) = step.as_mut().ok().and_then(|s| s.event.take()) {
             filter.record(event); // a local reply's, complete now
@@ -847,8 +853,24 @@ impl Stream {
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<ResponseStep, TableError> {
         let head = ResponseHead::from_headers(&self.filter.settings, headers);
+        self.response_head_of(&head, end_of_stream, address)
+    }
+
+    /// How much of the answer's head the response step needs: a host reads no more
+    /// (nothing at all: the step is skipped; the status alone: one header).
+    pub fn answer_needs(&self) -> AnswerNeeds {
+        self.exchange.answer_needs(&self.filter.settings)
+    }
+
+    /// The response-head step, from what the host read of the answer's head.
+    pub fn response_head_of(
+        &mut self,
+        head: &ResponseHead,
+        end_of_stream: bool,
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<ResponseStep, TableError> {
         self.respond(address, |x, scope, host, delta| {
-            x.response_head(scope, host, &head, end_of_stream, now_ms(), delta)
+            x.response_head(scope, host, head, end_of_stream, now_ms(), delta)
         })
     }
 
@@ -893,17 +915,21 @@ impl Stream {
         )
             -> Result<ResponseStep, flowguard_engine::store::StoreError<TableError>>,
     ) -> Result<ResponseStep, TableError> {
-        let filter = self.filter.clone();
-        let Some(installed) = self.installed.clone() else {
+        let Stream {
+            filter,
+            exchange,
+            installed,
+        } = self;
+        let Some(installed) = installed.as_deref() else {
             return Ok(ResponseStep::default());
         };
         let mut host = TableHost {
             table: &filter.table,
             address,
         };
-        let scope = filter.scope(&installed);
-        let (step, delta) = counting(filter.learning(&installed), |delta| {
-            step(&mut self.exchange, &scope, &mut host, delta).map_err(store_error)
+        let scope = filter.scope(installed);
+        let (step, delta) = counting(filter.learning(installed), |delta| {
+            step(exchange, &scope, &mut host, delta).map_err(store_error)
         });
         if let Some(delta) = delta.filter(|d| !d.is_empty()) {
             filter.learn(delta, installed.space());
