@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const CLIENT_IP: &str = "x-client-ip";
 const TOKEN: &str = "console-test-token-5b1e";
 const RULE: &str = "order.missing_prerequisite";
+/// The `x-request-id` of one blocked request: what its customer would quote to support.
+const REQUEST_ID: &str = "console-test-req-4f2a";
 
 /// The filter: enforce, the order rule only flags, learning left to the fleet.
 const FILTER: &str = r#"{"mode":"enforce",
@@ -109,8 +111,27 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
         verdict.starts_with("flag") && verdict.contains(RULE),
         "{verdict}"
     );
-    let flood = traffic::flood(&mut attacker(&client, 2), 120);
+    // A flood from one session, blocked; its last request carries a known x-request-id,
+    // which Envoy passes on and the blocked answer quotes.
+    let flooder = traffic::numbered_address(60_002);
+    let as_flooder = [
+        ("cookie", "session=console-flooder"),
+        (CLIENT_IP, flooder.as_str()),
+    ];
+    let login = json!({"user": "alice", "password": "secret"});
+    client.send("POST", "/api/login", &as_flooder, Some(&login));
+    let flood: Vec<u16> = (0..120)
+        .map(|_| client.send("GET", "/api/menu", &as_flooder, None).status)
+        .collect();
     assert!(flood.contains(&429), "the flood is blocked");
+    let tagged = client.send(
+        "GET",
+        "/api/menu",
+        &[as_flooder[0], as_flooder[1], ("x-request-id", REQUEST_ID)],
+        None,
+    );
+    assert_eq!(tagged.status, 429, "{tagged:?}");
+    assert!(tagged.body.contains(REQUEST_ID), "{tagged:?}");
     let mut shadow = attacker(&client, 3);
     shadow.login();
     shadow.call("GET", "/api/internal/export", None);
@@ -130,15 +151,21 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
         browser.text("main").expect("main")
     };
 
-    // Fleet: the proxy and its two workers, events, what is not known.
+    // Fleet: the proxy, the policy version it runs (what its Envoy gauge says) and its
+    // mode, as its latest batch told the collector.
     let fleet = page("/", "1-fleet");
     assert!(fleet.contains("edge-1"), "{fleet}");
-    assert!(fleet.contains("not known"), "{fleet}");
+    assert!(!fleet.contains("not known"), "{fleet}");
     assert!(browser
         .text("#served")
         .expect("served")
         .parse::<u64>()
         .is_ok());
+    let running = fleet_shows_what_envoy_runs(&browser, &console, &envoy, &client, 0);
+    assert!(running >= first, "{running} before {first}");
+    browser
+        .screenshot(&shots().join("1-fleet.png"))
+        .expect("screenshot");
 
     // Learned API: the step and its prerequisite, limits with percentiles, the unknown
     // and deprecated endpoints the attacks called.
@@ -190,6 +217,45 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
     page("/events", "4-blocks-and-flags-all");
     let all = browser.text("table").expect("the list");
     assert!(all.contains("rate.session"), "{all}");
+    assert!(all.contains(REQUEST_ID), "the blocked request's id: {all}");
+
+    // The id a customer quotes finds that request, and its session.
+    browser
+        .type_into("#request-input", REQUEST_ID)
+        .expect("the search field");
+    browser.click("#request-find").expect("find");
+    let found = browser.wait_text("#request-found").expect("found");
+    assert!(found.starts_with("1 stored event"), "{found}");
+    let result = browser.text("table").expect("the event");
+    assert!(
+        result.contains(REQUEST_ID) && result.contains("GET /api/menu") && result.contains("block"),
+        "{result}"
+    );
+    browser
+        .screenshot(&shots().join("4-request-search.png"))
+        .expect("screenshot");
+    let flooder_session = browser
+        .execute(
+            "return document.querySelector('a.session').href;",
+            json!([]),
+        )
+        .expect("its session's link");
+    browser
+        .goto(flooder_session.as_str().expect("an address"))
+        .expect("the session page");
+    let flooder_page = browser.text("main").expect("session page");
+    assert!(
+        flooder_page.contains("Session fingerprint") && flooder_page.contains(REQUEST_ID),
+        "{flooder_page}"
+    );
+    let (status, body) = get(&format!("{console}/request?id=no-such-request"));
+    assert!(status == 200 && body.contains("request-none"), "{body}");
+    let (status, body) = get(&format!("{console}/request?id=%3Cscript%3E"));
+    assert!(
+        status == 400 && body.contains("not an x-request-id"),
+        "{body}"
+    );
+    page("/events", "4-blocks-and-flags-all");
     let href = browser
         .execute(
             "return document.querySelector('a.session').href;",
@@ -297,6 +363,8 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
     assert!(blocked.body.contains("request blocked"), "{blocked:?}");
+    let running = fleet_shows_what_envoy_runs(&browser, &console, &envoy, &client, stored);
+    assert!(running >= stored, "{running} before {stored}");
     let normal = traffic::normal_order(&mut Session::from_address(&client, CLIENT_IP, "10.7.7.7"));
     assert!(normal.status < 400, "a customer still orders: {normal:?}");
 
@@ -365,6 +433,34 @@ fn the_console_shows_real_traffic_and_a_rule_switched_to_block_reaches_envoy() {
         "slow: {:?}",
         started.elapsed()
     );
+}
+
+/// Waits until the Fleet page shows edge-1 running the version Envoy's gauge says (at
+/// least `at_least`) in enforce mode, a fresh batch at a time; that version.
+fn fleet_shows_what_envoy_runs(
+    browser: &Browser,
+    console: &str,
+    envoy: &Envoy,
+    client: &Client,
+    at_least: u64,
+) -> u64 {
+    let mut seen = (String::new(), String::new(), 0);
+    let running = eventually("the Fleet page to show what Envoy runs", || {
+        let gauge = envoy.metric("flowguard.policy.version");
+        browser.goto(&format!("{console}/")).ok()?;
+        let version = browser.text(".node-version[data-node='edge-1']").ok()?;
+        let mode = browser.text(".node-mode[data-node='edge-1']").ok()?;
+        if version == gauge.to_string() && mode == "enforce" && gauge >= at_least {
+            return Some(gauge);
+        }
+        seen = (version, mode, gauge);
+        // A new version may be installed after the proxy's latest batch: a customer's
+        // next request makes the next one.
+        Session::from_address(client, CLIENT_IP, "10.7.7.9").login();
+        std::thread::sleep(Duration::from_millis(250));
+        None
+    });
+    running.unwrap_or_else(|e| panic!("{e}: the page said {seen:?} (version, mode, gauge)"))
 }
 
 fn agent() -> ureq::Agent {
@@ -563,9 +659,11 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         worker,
         dropped: 2,
         events,
-        ..ReportRequest::default()
+        // Worker 1 enforces version 5, worker 2 still monitors version 4.
+        policy_version: 6 - u64::from(worker),
+        mode: if worker == 1 { "enforce" } else { "monitor" }.into(),
     };
-    let events_a = vec![
+    let mut events_a = vec![
         event(1_000, 7, "POST /pay", Verdict::Allow, &[]),
         event(
             2_000,
@@ -576,13 +674,15 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         ),
         event(3_000, 8, "GET /menu", Verdict::Flag, &["rate.session"]),
     ];
-    let events_b = vec![event(
+    events_a[1].request_id = "req-confirm-7".into();
+    let mut events_b = vec![event(
         9_000,
         9,
         "GET /shadow",
         Verdict::Flag,
         &["inventory.unknown_endpoint"],
     )];
+    events_b[0].request_id = "req-shadow-9".into();
     backend
         .insert_batch(batch(1, 1, events_a), 50_000)
         .await
@@ -606,6 +706,52 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         ),
         (2, 2, 4, 1, 4, 50_000, 70_000)
     );
+    let running: Vec<_> = n
+        .latest
+        .iter()
+        .map(|w| (w.worker, w.policy_version, w.mode.as_str(), w.last_ms))
+        .collect();
+    assert_eq!(
+        running,
+        [(1, 5, "enforce", 50_000), (2, 4, "monitor", 70_000)]
+    );
+    assert_eq!(
+        n.newest().map(|w| (w.policy_version, w.mode.as_str())),
+        Some((4, "monitor")),
+        "the node's latest batch"
+    );
+    // The x-request-id: listed, and found exactly.
+    let ids: Vec<String> = backend
+        .verdict_events(0, "", "")
+        .await
+        .expect("listed")
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    assert_eq!(ids, ["req-shadow-9", "", "req-confirm-7"]);
+    let found = backend
+        .request_events("req-confirm-7")
+        .await
+        .expect("searched");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (
+            found[0].template.as_str(),
+            found[0].session,
+            found[0].verdict
+        ),
+        ("POST /confirm", 7, 4)
+    );
+    for not in ["req-confirm", "REQ-CONFIRM-7", ""] {
+        assert!(
+            backend
+                .request_events(not)
+                .await
+                .expect("searched")
+                .is_empty(),
+            "{not:?} matches nothing"
+        );
+    }
     let listed = |template: &'static str, rule: &'static str| async move {
         backend
             .verdict_events(0, template, rule)
@@ -631,6 +777,13 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
     assert_eq!(history.len(), 2);
     assert_eq!(
         (
+            history[0].request_id.as_str(),
+            history[1].request_id.as_str()
+        ),
+        ("req-confirm-7", "")
+    );
+    assert_eq!(
+        (
             history[0].template.as_str(),
             history[0].verdict,
             history[0].status
@@ -644,6 +797,92 @@ async fn reads_on(backend: &flowguard_collector::backend::Backend) {
         "{seen:?}"
     );
     assert_eq!(backend.events_since(2_500).await.expect("window").len(), 2);
+}
+
+/// A PostgreSQL database made before events carried a request id and batches a policy
+/// version and mode (the tables as they were, one batch in them): the collector adds
+/// the columns, old rows read with their defaults, new batches store what they carry.
+async fn old_postgres_gains_the_columns(pg: &flowguard_integration::postgres::Postgres) {
+    use flowguard_proto::v1::{Event, ReportRequest, Verdict};
+    let connect = |url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    };
+    connect(pg.url())
+        .await
+        .batch_execute("CREATE DATABASE flowguard_old")
+        .await
+        .expect("a second database");
+    let url = format!("{}_old", pg.url());
+    connect(url.clone())
+        .await
+        .batch_execute(
+            "CREATE TABLE batches (
+                node TEXT NOT NULL, worker BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+                received_ms BIGINT NOT NULL, events BIGINT NOT NULL, dropped BIGINT NOT NULL,
+                PRIMARY KEY (node, worker, batch_id));
+             CREATE TABLE events (
+                id BIGSERIAL PRIMARY KEY, node TEXT NOT NULL, time_ms BIGINT NOT NULL,
+                session BIGINT NOT NULL, template TEXT NOT NULL, status BIGINT NOT NULL,
+                verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us BIGINT NOT NULL,
+                summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL);
+             INSERT INTO batches VALUES ('edge-old', 0, 1, 1000, 1, 0);
+             INSERT INTO events (node, time_ms, session, template, status, verdict, rules,
+                                 latency_us, summary, ids, weak)
+             VALUES ('edge-old', 900, 3, 'GET /menu', 429, 4, 'rate.session', 5, true, 0, false);",
+        )
+        .await
+        .expect("the old tables");
+    for _ in 0..2 {
+        // Opened twice: the second finds the columns there.
+        flowguard_collector::backend::Backend::open(&url, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
+    }
+    let backend = flowguard_collector::backend::Backend::open(&url, false)
+        .await
+        .expect("migrated");
+    let old = backend.verdict_events(0, "", "").await.expect("listed");
+    assert_eq!((old.len(), old[0].request_id.as_str()), (1, ""), "{old:?}");
+    let nodes = backend.nodes(0).await.expect("nodes");
+    let w = nodes[0].newest().expect("a batch");
+    assert_eq!((w.policy_version, w.mode.as_str()), (0, ""));
+    let report = ReportRequest {
+        node: "edge-old".into(),
+        worker: 0,
+        batch_id: 2,
+        policy_version: 8,
+        mode: "enforce".into(),
+        dropped: 0,
+        events: vec![Event {
+            time_ms: 2_000,
+            session: 3,
+            template: "GET /menu".into(),
+            status: 429,
+            verdict: Verdict::Block.into(),
+            rules: vec!["rate.session".into()],
+            request_id: "req-after-upgrade".into(),
+            ..Event::default()
+        }],
+    };
+    assert_eq!(
+        backend.insert_batch(report, 3_000).await.expect("stored"),
+        1
+    );
+    let found = backend
+        .request_events("req-after-upgrade")
+        .await
+        .expect("searched");
+    assert_eq!((found.len(), found[0].time_ms), (1, 2_000));
+    let nodes = backend.nodes(0).await.expect("nodes");
+    let w = nodes[0].newest().expect("a batch");
+    assert_eq!(
+        (w.policy_version, w.mode.as_str(), w.last_ms),
+        (8, "enforce", 3_000)
+    );
 }
 
 #[test]
@@ -664,6 +903,7 @@ fn what_the_console_reads_and_decides_is_stored_in_sqlite_and_postgresql() {
             .unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
         reads_on(&shared).await;
         decide_on(shared).await;
+        old_postgres_gains_the_columns(&pg).await;
     });
 }
 
