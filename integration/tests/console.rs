@@ -2,10 +2,12 @@
 //! filter in front of the demo shop reports to the real collector serving `--console`;
 //! normal customers teach the fleet policy and attacks fill the store. Headless Debian
 //! Chromium, driven over WebDriver, reads every page (screenshots under
-//! target/console-screenshots/), checks the flow graph's labels never overlap, runs a
-//! what-if, is refused a decision until it logs in, then switches
-//! `order.missing_prerequisite` from the configuration's `flag` to `block`: the new
-//! policy version reaches Envoy and the next step-skipping attack gets 403.
+//! target/console-screenshots/): the Fleet page shows the version Envoy runs and its mode,
+//! a blocked request's `x-request-id` is listed and found by the search, the flow graph's
+//! labels never overlap; it runs a what-if, is refused a decision until it logs in, then
+//! switches `order.missing_prerequisite` from the configuration's `flag` to `block`: the
+//! new policy version reaches Envoy (and the Fleet page) and the next step-skipping
+//! attack gets 403.
 
 use flowguard_integration::browser::Browser;
 use flowguard_integration::collector::{scratch_db, Collector};
