@@ -38,17 +38,25 @@ CREATE TABLE IF NOT EXISTS events (
     verdict INTEGER NOT NULL, rules TEXT NOT NULL, latency_us BIGINT NOT NULL,
     summary BOOLEAN NOT NULL, ids BIGINT NOT NULL, weak BOOLEAN NOT NULL,
     request_id TEXT NOT NULL DEFAULT '');
--- Databases from before these columns gain them, with their defaults.
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS policy_version BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT '';
-ALTER TABLE events ADD COLUMN IF NOT EXISTS request_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS events_session ON events (session, time_ms);
-CREATE INDEX IF NOT EXISTS events_request ON events (request_id) WHERE request_id <> '';
 CREATE TABLE IF NOT EXISTS policies (
     version BIGINT PRIMARY KEY, created_ms BIGINT NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, who TEXT NOT NULL,
     version BIGINT NOT NULL, summary TEXT NOT NULL, before TEXT NOT NULL, after TEXT NOT NULL);";
+
+/// Columns added after their tables: a database from before gains them (with their
+/// defaults) when a replica connects.
+const ADDED: [(&str, &str, &str); 3] = [
+    ("batches", "policy_version", "BIGINT NOT NULL DEFAULT 0"),
+    ("batches", "mode", "TEXT NOT NULL DEFAULT ''"),
+    ("events", "request_id", "TEXT NOT NULL DEFAULT ''"),
+];
+
+/// Indexes on added columns, made once the columns are there. Only rule events carry a
+/// request id: the index holds those alone.
+const ADDED_INDEXES: &str =
+    "CREATE INDEX IF NOT EXISTS events_request ON events (request_id) WHERE request_id <> ''";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -110,6 +118,26 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await?;
         tx.batch_execute(SCHEMA).await?;
+        // ALTER TABLE takes the table's exclusive lock even when the column exists, and
+        // would queue every replica's inserts behind a long read: only when it is missing.
+        for (table, column, declared) in ADDED {
+            let present: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1
+                       AND column_name = $2)",
+                    &[&table, &column],
+                )
+                .await?
+                .get(0);
+            if !present {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declared}"
+                ))
+                .await?;
+            }
+        }
+        tx.batch_execute(ADDED_INDEXES).await?;
         tx.commit().await?;
         Ok(PgStore { pool })
     }
