@@ -186,18 +186,28 @@ impl Normaliser {
 /// `.` or `..` segment), empty ones dropped, written into `out`; how many there are.
 /// `None`: the path needs [`canonical_segments`] (or is too long for it).
 fn plain_segments<'p>(path: &'p str, out: &mut [&'p str; MAX_SEGMENTS]) -> Option<usize> {
-    if path.len() > MAX_PATH_LEN || path.bytes().any(|b| b == b'%' || b == b';') {
+    if path.len() > MAX_PATH_LEN {
         return None;
     }
     let mut n = 0;
-    for segment in path.split('/') {
-        match segment {
-            "" => {}
-            "." | ".." => return None,
-            _ => {
-                *out.get_mut(n)? = segment;
-                n += 1;
+    let mut start = 0;
+    // Every byte that ends or rules out a plain segment is ASCII, so each slice is at a
+    // character boundary.
+    for (i, b) in path.bytes().chain(std::iter::once(b'/')).enumerate() {
+        match b {
+            b'%' | b';' => return None,
+            b'/' => {
+                match path.get(start..i)? {
+                    "" => {}
+                    "." | ".." => return None,
+                    segment => {
+                        *out.get_mut(n)? = segment;
+                        n += 1;
+                    }
+                }
+                start = i + 1;
             }
+            _ => {}
         }
     }
     Some(n)
@@ -270,33 +280,39 @@ fn canonical_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
 /// their position takes.
 pub fn is_identifier(segment: &str) -> bool {
     let bytes = segment.as_bytes();
-    let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    // One pass over the segment gathers what every test below asks.
+    let (mut digits, mut letters) = (0usize, 0usize);
+    let (mut hex, mut at, mut date_like, mut token_like) = (true, false, true, true);
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            digits += 1;
+        } else if b.is_ascii_alphabetic() {
+            letters += 1;
+            hex &= b.is_ascii_hexdigit();
+        } else {
+            hex = false;
+            at |= b == b'@';
+            date_like &= matches!(b, b'-' | b':' | b'.' | b'_' | b'+');
+            token_like &= matches!(b, b'-' | b'_' | b'=' | b'+' | b'.');
+        }
+    }
     if digits == bytes.len() {
         return !bytes.is_empty();
     }
     if bytes.len() > MAX_LITERAL_LEN || is_uuid(bytes) {
         return true;
     }
-    if bytes.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit) {
+    if bytes.len() >= 16 && hex {
         return true;
     }
-    if is_email(bytes) {
+    if at && is_email(bytes) {
         return true;
     }
-    let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
     let separators = bytes.len() - digits - letters;
     // Dates and times: 2024-01-31, 2024-01-31T10:00:00Z, 10:30.
-    if digits >= 4
-        && letters <= 2
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_' | b'+'))
-    {
+    if digits >= 4 && letters <= 2 && date_like {
         return true;
     }
-    let token_like = bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.'));
     if !token_like || letters == 0 || digits == 0 {
         return false;
     }
@@ -483,7 +499,72 @@ mod tests {
         );
     }
 
+    /// `is_identifier` as it was written before its one-pass form: the two must agree.
+    fn is_identifier_by_passes(segment: &str) -> bool {
+        let bytes = segment.as_bytes();
+        let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+        if digits == bytes.len() {
+            return !bytes.is_empty();
+        }
+        if bytes.len() > MAX_LITERAL_LEN || is_uuid(bytes) {
+            return true;
+        }
+        if bytes.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit) {
+            return true;
+        }
+        if is_email(bytes) {
+            return true;
+        }
+        let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
+        let separators = bytes.len() - digits - letters;
+        if digits >= 4
+            && letters <= 2
+            && bytes.iter().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_' | b'+')
+            })
+        {
+            return true;
+        }
+        let token_like = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.'));
+        if !token_like || letters == 0 || digits == 0 {
+            return false;
+        }
+        bytes.len() >= 20 || (digits >= 4 && separators <= 2)
+    }
+
+    /// A path normalised from stack slices, as if it were decoded segment by segment.
+    fn by_decoding(n: &Normaliser, method: &str, path: &str) -> (String, Option<u64>) {
+        let mut out = String::new();
+        let method = canonical_method(method);
+        out.push_str(method);
+        out.push(' ');
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let path = path.split('#').next().unwrap_or("");
+        match canonical_segments(path) {
+            Some(segments) => {
+                let ids = n.template(method, &segments, &mut out).finish();
+                (out, ids)
+            }
+            None => (out + "/{overlong}", None),
+        }
+    }
+
     proptest! {
+        #[test]
+        fn one_pass_identifiers_agree(segment in "[a-f0-9A-Z@.:_+=/ -]{0,40}") {
+            prop_assert_eq!(is_identifier(&segment), is_identifier_by_passes(&segment));
+        }
+
+        #[test]
+        fn plain_paths_agree_with_decoding(path in "(/(a|b1|42|deadbeefdeadbeef12|x-y|[a-z]{1,6}|[0-9]{1,5}|)){0,40}[?]?[a-z=&]{0,8}") {
+            let n = Normaliser::default();
+            let mut out = String::new();
+            let ids = n.normalise("GET", &path, &mut out);
+            prop_assert_eq!((out, ids), by_decoding(&n, "GET", &path));
+        }
+
         #[test]
         fn never_panics_on_any_bytes(method in ".{0,8}", bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let path = String::from_utf8_lossy(&bytes);

@@ -175,10 +175,19 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Reads the answer's `(name, value)` header pairs.
     pub fn from_headers(settings: &Settings, pairs: &[(&[u8], &[u8])]) -> ResponseHead {
+        ResponseHead::from_pairs(settings, pairs.iter().copied())
+    }
+
+    /// As [`ResponseHead::from_headers`], from pairs as they are decoded
+    /// (`crate::header_map::pairs`: nothing collected).
+    pub fn from_pairs<'h>(
+        settings: &Settings,
+        pairs: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> ResponseHead {
         let mut head = ResponseHead::default();
         let reads_cookie = settings.session.reads_set_cookie();
         for (name, value) in pairs {
-            if *name == b":status" {
+            if name == b":status" {
                 head.status = std::str::from_utf8(value)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
@@ -451,7 +460,8 @@ struct Prepared {
     request: Request,
     fingerprint: u64,
     address: Option<Vec<u8>>,
-    /// `x-request-id`, kept only while the request waits for the fleet.
+    /// `x-request-id` as sent (checked with [`is_safe_id`] where it is used), kept only
+    /// while the request waits for the fleet.
     request_id: Option<String>,
     /// The layout its endpoint id is in, kept only while the request waits.
     layout: u32,
@@ -528,7 +538,7 @@ impl Exchange {
             scope,
             host,
             prepared,
-            headers.request_id(),
+            headers.get("x-request-id"),
             serial,
             delta,
             step,
@@ -571,7 +581,9 @@ impl Exchange {
         )
     }
 
-    /// Judges a prepared request against its session's slot and decides.
+    /// Judges a prepared request against its session's slot and decides. `request_id` is
+    /// the `x-request-id` header as sent: it is checked only where it is used (a local
+    /// reply, an event), not for every request.
     #[allow(clippy::too_many_arguments)]
     fn judge<H: Host>(
         &mut self,
@@ -676,7 +688,7 @@ impl Exchange {
                 step.reply = Some(local_reply(
                     status,
                     retry_after_s,
-                    request_id,
+                    request_id.filter(|id| is_safe_id(id)),
                     fingerprint,
                     serial,
                 ));
@@ -720,7 +732,7 @@ impl Exchange {
             weak_session: request.weak_session,
             prompt,
             request_id: request_id
-                .filter(|_| !verdict.fired.is_empty())
+                .filter(|id| !verdict.fired.is_empty() && is_safe_id(id))
                 .map(str::to_owned),
         })
     }

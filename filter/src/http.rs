@@ -9,7 +9,7 @@ use flowguard_engine::exchange::{
     AnswerNeeds, Exchange, FleetCount, RequestStep, ResponseHead, ResponseStep,
 };
 use flowguard_engine::fleet_join::Fleet;
-use flowguard_engine::header_map::decode_pairs;
+use flowguard_engine::header_map::{self, decode_pairs};
 use flowguard_engine::rule::Rule;
 use flowguard_engine::verdict::Outcome;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -251,8 +251,10 @@ fn apply(w: &mut Worker, x: &Exchange, step: RequestStep, now_ms: u64) -> HostRe
             }
         }
     }
+    // Every `x-flowguard-*` header the request carried was stripped (`step.strip`), so
+    // these are added, not replaced.
     for (name, value) in &step.set {
-        host::set_header(MapType::HttpRequestHeaders, name, value)?;
+        host::add_header(MapType::HttpRequestHeaders, name, value)?;
     }
     let Some(reply) = step.reply else {
         return Ok(Action::Continue);
@@ -322,7 +324,7 @@ fn on_response_head(w: &mut Worker, x: &mut Exchange, end_of_stream: bool) -> Ho
             // One host call for the whole map: the profile prices a header read at about
             // the same as the whole map (the call and the copy, not the size).
             let bytes = host::header_pairs(MapType::HttpResponseHeaders)?;
-            ResponseHead::from_headers(&w.settings, &decode_pairs(&bytes))
+            ResponseHead::from_pairs(&w.settings, header_map::pairs(&bytes))
         }
     };
     let step = {
