@@ -21,14 +21,21 @@
 //! `(config, id, label_values, label_values_length, value)` like their per-stream
 //! counterparts: read off the 1.40 binary's code (the header revision at hand predates
 //! them), and exercised by the real-Envoy telemetry tests.
+//!
+//! A new session's first request that skips a step is paused (`StopAllIterationAndWatermark`)
+//! while the telemetry thread asks the fleet; the answer comes back through a per-stream
+//! scheduler (`http_filter_scheduler_new/commit/delete`: commit from the telemetry thread,
+//! `on_http_filter_scheduled` on the request's worker), where the exchange resumes and the
+//! request is continued (`http_filter_continue_decoding`) or answered. See [`Asking`] for
+//! why a reset stream is safe.
 #![allow(unsafe_code)]
 
 use crate::registry::{self, Origin};
 use crate::{
-    counted, counted_response, fired, rule_counter, telemetry_counts, Counter, Filter, Gauge,
-    Level, Stream, COUNTERS, GAUGES,
+    counted, counted_response, fired, rule_counter, telemetry, telemetry_counts, Counter, Filter,
+    Gauge, Level, Stream, COUNTERS, GAUGES,
 };
-use flowguard_engine::exchange::{AnswerNeeds, ResponseHead, ResponseStep};
+use flowguard_engine::exchange::{AnswerNeeds, Question, RequestStep, ResponseHead, ResponseStep};
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +94,11 @@ const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 // `..._on_http_filter_request_headers_status`
 const CONTINUE: u32 = 0;
 const STOP_ITERATION: u32 = 1;
+// `..._request_headers_status_StopAllIterationAndWatermark`: no body or trailers pass
+// until the request is continued (a body is buffered up to the watermark).
+const STOP_ALL_ITERATION_AND_WATERMARK: u32 = 4;
+/// The scheduler event that says a paused request's fleet answer is in.
+const FLEET_ANSWER: u64 = 1;
 // `envoy_dynamic_module_type_metrics_result_Success`
 const METRICS_SUCCESS: u32 = 0;
 
@@ -176,6 +188,13 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: FilterEnvoy) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoy);
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
         config: ConfigEnvoy,
     ) -> *mut c_void;
@@ -287,6 +306,75 @@ struct Counters {
 struct StreamState {
     stream: Stream,
     counters: Arc<Counters>,
+    /// The request is paused while the fleet is asked about its session.
+    asking: Option<Asking>,
+    /// The request hook answered "stop": someone must continue or answer it.
+    paused: bool,
+}
+
+/// A paused request's question: where the answer lands, and the stream's Envoy scheduler
+/// (its address) that the telemetry thread commits to when it does.
+///
+/// Lifetimes: the scheduler is deleted only here, after the answer's waker is revoked,
+/// and the waker calls `commit` only under the answer's lock while not revoked, so no
+/// commit ever reaches a deleted scheduler. A commit Envoy posts for a stream reset
+/// meanwhile is dropped by Envoy (it holds the filter weakly); one that arrives after
+/// the request resumed finds nothing to resume. A late answer lands in an [`Answer`] no
+/// one reads, and is dropped with it.
+struct Asking {
+    answer: Arc<telemetry::Answer>,
+    scheduler: usize,
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.answer.revoke();
+        // SAFETY: the scheduler `scheduler_new` returned; deleted once, here, after the
+        // revocation above (no thread commits to it any more).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_scheduler_delete(
+                self.scheduler as *mut c_void,
+            );
+        }
+    }
+}
+
+/// Asks the fleet about the paused request's session, through a scheduler for `filter`
+/// the answer is delivered with. `None`: not asked (no scheduler, the bound, a stopped
+/// thread), and the mid-flow budget decides.
+fn ask(filter: FilterEnvoy, state: &StreamState, question: &Question) -> Option<Asking> {
+    if !state.stream.filter.can_ask() {
+        return None;
+    }
+    // SAFETY: `filter` is the stream's Envoy pointer, valid during the hook.
+    let scheduler = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(filter) };
+    if scheduler.is_null() {
+        return None;
+    }
+    let address = scheduler as usize;
+    let wake: telemetry::Waker = Box::new(move || {
+        // SAFETY: called only while the answer's waker is not revoked, which `Asking`'s
+        // drop does before it deletes the scheduler; Envoy's commit may be called from
+        // any thread.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_scheduler_commit(
+                address as *mut c_void,
+                FLEET_ANSWER,
+            );
+        }
+    });
+    match state.stream.filter.ask(question, wake) {
+        Some(answer) => Some(Asking {
+            answer,
+            scheduler: address,
+        }),
+        None => {
+            // SAFETY: the scheduler just made, never handed out (the waker that held its
+            // address is dropped: the question was not sent).
+            unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler) };
+            None
+        }
+    }
 }
 
 fn define_gauge(config: ConfigEnvoy, name: &str) -> Option<usize> {
@@ -693,6 +781,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         let state = StreamState {
             stream: config.filter.stream(),
             counters: config.counters.clone(),
+            asking: None,
+            paused: false,
         };
         Box::into_raw(Box::new(state)) as FilterModule
     })
@@ -727,30 +817,130 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
                 return CONTINUE;
             }
         };
+        // Upstreams trust `x-flowguard-*` headers, so a client may never send one.
         for name in &step.strip {
             set_header(filter, name, None);
         }
-        for counter in counted(&step) {
-            state.counters.count(filter, counter);
-        }
-        for rule in fired(&step) {
-            state.counters.rule(filter, rule);
-        }
-        state.counters.gauges(filter, &state.stream.filter);
-        if let Some(reply) = &step.reply {
-            send_response(filter, reply.status, &reply.headers, &reply.body);
-            return STOP_ITERATION;
-        }
-        for (name, value) in &step.set {
-            if is_own(name.as_bytes()) {
-                // Every `x-flowguard-*` header the client sent was stripped above.
-                add_header(filter, name.as_bytes(), value.as_bytes());
-            } else {
-                set_header(filter, name.as_bytes(), Some(value.as_bytes()));
+        let mut step = step;
+        if let Some(question) = step.ask.take() {
+            if let Some(asking) = ask(filter, state, &question) {
+                state.asking = Some(asking);
+                state.paused = true;
+                state.counters.count(filter, Counter::Requests);
+                state.counters.count(filter, Counter::FleetAsked);
+                return STOP_ALL_ITERATION_AND_WATERMARK;
             }
+            // The question could not be asked: the mid-flow budget decides now.
+            step = match state.stream.resume(None, || client_address(filter)) {
+                Ok(step) => step,
+                Err(e) => {
+                    state.counters.count(filter, Counter::Requests);
+                    state.counters.count(filter, Counter::HostErrors);
+                    log(
+                        Level::Debug,
+                        &format!("flowguard: request: host error {e:?}"),
+                    );
+                    return CONTINUE;
+                }
+            };
         }
-        CONTINUE
+        if apply(filter, state, &step, true) {
+            STOP_ITERATION
+        } else {
+            CONTINUE
+        }
     })
+}
+
+/// Carries out a judged request step: its counters (`Requests` unless it was counted
+/// when the request paused), and the local reply or the upstream headers. Whether it
+/// answered with a local reply.
+fn apply(filter: FilterEnvoy, state: &StreamState, step: &RequestStep, first: bool) -> bool {
+    for counter in counted(step).filter(|c| first || *c != Counter::Requests) {
+        state.counters.count(filter, counter);
+    }
+    for rule in fired(step) {
+        state.counters.rule(filter, rule);
+    }
+    state.counters.gauges(filter, &state.stream.filter);
+    if let Some(reply) = &step.reply {
+        send_response(filter, reply.status, &reply.headers, &reply.body);
+        return true;
+    }
+    for (name, value) in &step.set {
+        if is_own(name.as_bytes()) {
+            // Every `x-flowguard-*` header the client sent was stripped.
+            add_header(filter, name.as_bytes(), value.as_bytes());
+        } else {
+            set_header(filter, name.as_bytes(), Some(value.as_bytes()));
+        }
+    }
+    false
+}
+
+/// What the scheduled hook did with a paused request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    /// Nothing was waiting for this event (or its answer is not in yet).
+    Nothing,
+    /// Judged: it goes on upstream.
+    Continue,
+    /// Judged: answered with a local reply.
+    Replied,
+    /// A panic: the request must not stay paused.
+    Failed,
+}
+
+/// The fleet's answer is in (or its deadline passed): the paused request is judged with
+/// it, on its own worker thread, and continued or answered.
+///
+/// # Safety
+/// Envoy passes the stream's pointers, valid during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter: FilterEnvoy,
+    module: FilterModule,
+    event_id: u64,
+) {
+    let Some(state) = stream_state(module) else {
+        return;
+    };
+    if event_id != FLEET_ANSWER {
+        return;
+    }
+    let resumed = guarded(Resumed::Failed, || {
+        let Some(answer) = state.asking.as_ref().and_then(|a| a.answer.take()) else {
+            return Resumed::Nothing;
+        };
+        state.asking = None; // revokes the waker, deletes the scheduler
+        state.paused = false;
+        let step = match state.stream.resume(answer, || client_address(filter)) {
+            Ok(step) => step,
+            Err(e) => {
+                state.counters.count(filter, Counter::HostErrors);
+                log(
+                    Level::Debug,
+                    &format!("flowguard: resume: host error {e:?}"),
+                );
+                return Resumed::Continue;
+            }
+        };
+        if apply(filter, state, &step, false) {
+            Resumed::Replied
+        } else {
+            Resumed::Continue
+        }
+    });
+    let go_on = match resumed {
+        Resumed::Nothing | Resumed::Replied => false,
+        Resumed::Continue => true,
+        Resumed::Failed => std::mem::take(&mut state.paused),
+    };
+    if go_on {
+        state.asking = None;
+        // SAFETY: `filter` is valid during the hook; the request is paused.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(filter) };
+    }
 }
 
 /// # Safety
@@ -1000,14 +1190,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _module: FilterModule,
     _stream_id: u64,
     _reason: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter: FilterEnvoy,
-    _module: FilterModule,
-    _event_id: u64,
 ) {
 }
 

@@ -11,7 +11,9 @@
 //!
 //! With a `collector` section (and the native-only `collector.address`), the exchange's
 //! telemetry events go to the collector from a background thread ([`telemetry`]), which
-//! also installs newer policies the collector serves. Configurations with the same JSON
+//! also installs newer policies the collector serves, and asks the fleet about a new
+//! session's step-skipping first request while Envoy holds it paused
+//! ([`Filter::ask`], answered through the stream's scheduler in `abi`). Configurations with the same JSON
 //! share one [`Filter`] ([`registry`]): an Envoy reload keeps the model and the sessions.
 //!
 //! Everything here is safe Rust and testable without Envoy; `abi` holds every `unsafe`
@@ -27,13 +29,16 @@ use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
 use flowguard_engine::endpoint_set::{EndpointId, EndpointSet};
 use flowguard_engine::exchange::{
-    self, AnswerNeeds, Exchange, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
+    self, AnswerNeeds, Exchange, FleetCount, RequestStep, ResponseHead, ResponseStep, Scope,
+    REGISTRY_KEY,
 };
+use flowguard_engine::fleet_join::{Fleet, Seed};
 use flowguard_engine::learn::{self, LearnStats, Registry};
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
 use flowguard_engine::rule::Rule;
 use flowguard_engine::verdict::Outcome;
+use flowguard_proto::v1;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use table::{Table, TableError, TableHost};
@@ -72,9 +77,13 @@ pub enum Counter {
     PolicyUpdates,
     PolicyRefused,
     PolicyFailed,
+    FleetAsked,
+    FleetJoined,
+    FleetRefused,
+    FleetUnavailable,
 }
 
-pub const COUNTERS: [(Counter, &str); 18] = [
+pub const COUNTERS: [(Counter, &str); 22] = [
     (Counter::Requests, "flowguard.requests"),
     (Counter::Sessionless, "flowguard.requests_without_session"),
     (Counter::Allow, "flowguard.verdict.allow"),
@@ -93,6 +102,13 @@ pub const COUNTERS: [(Counter, &str); 18] = [
     (Counter::PolicyUpdates, "flowguard.policy.updates"),
     (Counter::PolicyRefused, "flowguard.policy.refused"),
     (Counter::PolicyFailed, "flowguard.policy.poll_failed"),
+    (Counter::FleetAsked, "flowguard.midflow.fleet_asked"),
+    (Counter::FleetJoined, "flowguard.midflow.fleet_joined"),
+    (Counter::FleetRefused, "flowguard.midflow.fleet_refused"),
+    (
+        Counter::FleetUnavailable,
+        "flowguard.midflow.fleet_unavailable",
+    ),
 ];
 
 /// The telemetry thread's counts, by counter (reported from Envoy's main thread).
@@ -152,6 +168,12 @@ pub fn counted(step: &RequestStep) -> impl Iterator<Item = Counter> {
             Counter::Block,
         ),
         (step.reply.is_some(), Counter::LocalReplies),
+        (c.fleet == Some(FleetCount::Joined), Counter::FleetJoined),
+        (c.fleet == Some(FleetCount::Refused), Counter::FleetRefused),
+        (
+            c.fleet == Some(FleetCount::Unavailable),
+            Counter::FleetUnavailable,
+        ),
     ]
     .into_iter()
     .filter_map(|(on, counter)| on.then_some(counter))
@@ -344,6 +366,27 @@ impl Filter {
         if let Some(t) = &self.telemetry {
             t.queue.push(event);
         }
+    }
+
+    /// Whether a paused request may ask the fleet now: a collector is configured and
+    /// fewer than [`telemetry::MAX_WAITING`] questions are outstanding.
+    pub fn can_ask(&self) -> bool {
+        self.telemetry.as_ref().is_some_and(|t| t.queue.can_ask())
+    }
+
+    /// Asks the fleet about a paused request's session; `wake` is called from the
+    /// telemetry thread once the answer is in. `None`: not asked (the budget decides).
+    pub fn ask(
+        &self,
+        question: &flowguard_engine::exchange::Question,
+        wake: telemetry::Waker,
+    ) -> Option<Arc<telemetry::Answer>> {
+        self.telemetry.as_ref()?.queue.ask(question, wake)
+    }
+
+    /// Questions to the fleet outstanding (tests).
+    pub fn questions_outstanding(&self) -> u32 {
+        self.telemetry.as_ref().map_or(0, |t| t.queue.outstanding())
     }
 
     /// The telemetry thread's counts and wakers, when a collector is configured.
@@ -796,6 +839,49 @@ impl Stream {
         headers: &[(&[u8], &[u8])],
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<RequestStep, TableError> {
+        self.exchange.can_ask = self.filter.can_ask();
+        self.judge(address, |x, scope, host, now_ms, serial, delta| {
+            x.request(scope, host, headers, now_ms, serial, delta)
+        })
+    }
+
+    /// Finishes a request paused by [`RequestStep::ask`] with the fleet's answer
+    /// (`None`: none came in time), judged with the model installed now.
+    pub fn resume(
+        &mut self,
+        answer: Option<v1::CompletedResponse>,
+        address: impl FnMut() -> Option<Vec<u8>>,
+    ) -> Result<RequestStep, TableError> {
+        let installed = self.filter.installed();
+        let fleet = match (answer, installed.model.as_ref()) {
+            (Some(a), Some(model)) => Fleet::Answered(Seed::from_answer(
+                model,
+                a.known,
+                a.completed.iter().map(String::as_str),
+                a.on_object.iter().map(String::as_str),
+            )),
+            _ => Fleet::Unavailable,
+        };
+        self.judge(address, |x, scope, host, now_ms, serial, delta| {
+            x.resume(scope, host, fleet, now_ms, serial, delta)
+        })
+    }
+
+    /// Runs a request-phase step (the request, or its resumption) with the model
+    /// installed now, and keeps that model for the answer.
+    fn judge<F: FnMut() -> Option<Vec<u8>>>(
+        &mut self,
+        address: F,
+        step: impl FnOnce(
+            &mut Exchange,
+            &Scope,
+            &mut TableHost<'_, F>,
+            u64,
+            u64,
+            &mut LearnStats,
+        )
+            -> Result<RequestStep, flowguard_engine::store::StoreError<TableError>>,
+    ) -> Result<RequestStep, TableError> {
         let Stream {
             filter,
             exchange,
@@ -816,9 +902,7 @@ impl Stream {
         };
         let scope = filter.scope(&installed);
         let (step, delta) = counting(filter.learning(&installed), |delta| {
-            exchange
-                .request(&scope, &mut host, headers, now_ms, serial, delta)
-                .map_err(store_error)
+            step(exchange, &scope, &mut host, now_ms, serial, delta).map_err(store_error)
         });
         let space = installed.space();
         if let Some(delta) = delta {

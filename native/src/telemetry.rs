@@ -29,17 +29,27 @@
 //! updates) wait in [`Pending`] until Envoy's main thread takes them ([`Pending::take`],
 //! woken through [`Pending::wake`]). Dropping the [`Telemetry`] stops the thread and joins
 //! it: in-flight calls are abandoned, never awaited.
+//!
+//! The fleet's answers for paused requests: a session new here whose first request skips
+//! a step is paused while the thread asks `Sessions.Completed`
+//! ([`Queue::ask`], at most [`MAX_WAITING`] questions per filter outstanding), with the
+//! deadline `session.midflow.fleet_timeout_ms`; the answer (or its absence) is put in
+//! the request's [`Answer`] and its waker called (Envoy: the stream's scheduler, which
+//! resumes the request on its worker thread). A request gone meanwhile revoked its waker:
+//! the late answer is dropped.
 
 use crate::Level;
 use flowguard_engine::config::{CollectorSettings, Settings};
+use flowguard_engine::exchange;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
 use flowguard_engine::telemetry::Event;
 use flowguard_engine::verdict::Outcome;
 use flowguard_proto::v1;
 use flowguard_proto::v1::policies_client::PoliciesClient;
+use flowguard_proto::v1::sessions_client::SessionsClient;
 use flowguard_proto::v1::telemetry_client::TelemetryClient;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
@@ -50,6 +60,12 @@ pub const MAX_POLICY_BYTES: usize = 1 << 20;
 pub const MAX_IN_FLIGHT: usize = 2;
 /// Prompt batches in flight at most (small, and what another proxy's question misses).
 pub const MAX_PROMPT_IN_FLIGHT: usize = 8;
+/// Questions to the fleet outstanding per filter at most (the Wasm filter's bound per
+/// worker): beyond, the mid-flow budget decides at once. Bounds what a flood of
+/// step-skipping sessions costs the collector and the paused requests Envoy holds.
+pub const MAX_WAITING: u32 = 256;
+/// Answers larger than this are not read (the Wasm filter's bound).
+const MAX_ANSWER_BYTES: usize = 1 << 18;
 
 /// The collector's address as tonic reads it (the engine checked its shape).
 pub fn check_address(address: &str) -> Result<(), String> {
@@ -162,10 +178,79 @@ impl Pending {
     }
 }
 
+/// Where the fleet's answer to one paused request goes: shared by the request (its
+/// stream) and the telemetry thread. Counts as outstanding until both have let go.
+pub struct Answer {
+    state: Mutex<AnswerState>,
+    outstanding: Arc<AtomicU32>,
+}
+
+struct AnswerState {
+    /// `Some(None)`: no answer (deadline, failure, unreadable).
+    answer: Option<Option<v1::CompletedResponse>>,
+    delivered: bool,
+    /// Called once the answer is in; `None` once the request is gone.
+    wake: Option<Waker>,
+}
+
+impl Answer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AnswerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The thread's answer: kept, and the request woken (under the lock, so a request
+    /// that revokes its waker never sees it called afterwards).
+    pub fn deliver(&self, answer: Option<v1::CompletedResponse>) {
+        let mut state = self.lock();
+        if state.delivered {
+            return;
+        }
+        state.delivered = true;
+        state.answer = Some(answer);
+        if let Some(wake) = &state.wake {
+            wake();
+        }
+    }
+
+    /// The answer, once delivered (`Some(None)`: none came in time).
+    pub fn take(&self) -> Option<Option<v1::CompletedResponse>> {
+        self.lock().answer.take()
+    }
+
+    /// The request is gone or resumed: its waker is never called once this returns.
+    pub fn revoke(&self) {
+        let wake = self.lock().wake.take();
+        drop(wake);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A question for the thread, and where its answer goes. Dropped unanswered (the
+/// thread stopped, or its call was abandoned), it answers "none": a paused request is
+/// always resumed.
+struct Question {
+    request: v1::CompletedRequest,
+    answer: Arc<Answer>,
+}
+
+impl Drop for Question {
+    fn drop(&mut self) {
+        self.answer.deliver(None);
+    }
+}
+
 /// The bounded buffers the request path pushes into.
 pub struct Queue {
     events: tokio::sync::mpsc::Sender<Event>,
     prompt: tokio::sync::mpsc::Sender<Event>,
+    questions: tokio::sync::mpsc::Sender<Question>,
+    /// Questions asked whose [`Answer`] is still held (bounded by [`MAX_WAITING`]).
+    outstanding: Arc<AtomicU32>,
     pub pending: Arc<Pending>,
 }
 
@@ -173,6 +258,7 @@ pub struct Queue {
 pub struct Receivers {
     events: tokio::sync::mpsc::Receiver<Event>,
     prompt: tokio::sync::mpsc::Receiver<Event>,
+    questions: tokio::sync::mpsc::Receiver<Question>,
 }
 
 impl Queue {
@@ -181,17 +267,63 @@ impl Queue {
         let capacity = capacity.max(1);
         let (events, events_rx) = tokio::sync::mpsc::channel(capacity);
         let (prompt, prompt_rx) = tokio::sync::mpsc::channel(capacity);
+        let (questions, questions_rx) = tokio::sync::mpsc::channel(MAX_WAITING as usize);
         (
             Queue {
                 events,
                 prompt,
+                questions,
+                outstanding: Arc::new(AtomicU32::new(0)),
                 pending: Arc::new(Pending::default()),
             },
             Receivers {
                 events: events_rx,
                 prompt: prompt_rx,
+                questions: questions_rx,
             },
         )
+    }
+
+    /// Whether a question could be asked now (fewer than [`MAX_WAITING`] outstanding).
+    pub fn can_ask(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) < MAX_WAITING
+    }
+
+    /// Questions outstanding (tests).
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Asks the fleet `question` without waiting; `wake` is called (from the thread) once
+    /// its answer is in the returned [`Answer`]. `None` when it cannot be asked: the bound
+    /// is reached, or the thread has stopped.
+    pub fn ask(&self, question: &exchange::Question, wake: Waker) -> Option<Arc<Answer>> {
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        // From here the answer's drop gives the place back.
+        let answer = Arc::new(Answer {
+            state: Mutex::new(AnswerState {
+                answer: None,
+                delivered: false,
+                wake: Some(wake),
+            }),
+            outstanding: self.outstanding.clone(),
+        });
+        let request = v1::CompletedRequest {
+            session: question.session,
+            templates: question.templates.clone(),
+            ids: question.object,
+            horizon_s: question.horizon_s,
+        };
+        self.questions
+            .try_send(Question {
+                request,
+                answer: answer.clone(),
+            })
+            .ok()?;
+        Some(answer)
     }
 
     /// Buffers `event` without waiting; a full buffer (or a stopped thread) drops it and
@@ -367,8 +499,8 @@ impl Run {
 
     async fn run(self, mut receivers: Receivers, mut stopped: tokio::sync::oneshot::Receiver<()>) {
         let timeout = Duration::from_millis(self.collector.timeout_ms.into());
-        let channel = match tonic::transport::Endpoint::from_shared(self.address.clone()) {
-            Ok(e) => e.connect_timeout(timeout).timeout(timeout).connect_lazy(),
+        let endpoint = match tonic::transport::Endpoint::from_shared(self.address.clone()) {
+            Ok(e) => e.connect_timeout(timeout).timeout(timeout),
             Err(e) => {
                 self.sink.log(
                     Level::Error,
@@ -377,8 +509,22 @@ impl Run {
                 return;
             }
         };
+        // Connected now if the collector answers within `timeout_ms`: a paused request's
+        // question (50 ms by default) must not pay for the connection. Otherwise lazily,
+        // on the first call (and again after a failure either way).
+        let channel = tokio::select! {
+            _ = &mut stopped => return,
+            connected = tokio::time::timeout(timeout, endpoint.connect()) => match connected {
+                Ok(Ok(channel)) => channel,
+                _ => endpoint.connect_lazy(),
+            },
+        };
         let reports = TelemetryClient::new(channel.clone());
-        let policies = PoliciesClient::new(channel);
+        let policies = PoliciesClient::new(channel.clone());
+        let sessions = SessionsClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+        let fleet_timeout =
+            Duration::from_millis(self.settings.session.midflow_fleet_timeout_ms.into());
+        let mut asked = tokio::task::JoinSet::new();
         let mut flush = tokio::time::interval(Duration::from_millis(
             self.collector.flush_interval_ms.into(),
         ));
@@ -422,6 +568,21 @@ impl Run {
                         Done::Prompt { events: n, ok, error }
                     });
                 }
+                question = receivers.questions.recv() => {
+                    // Closed only once the filter is gone.
+                    let Some(mut question) = question else { break };
+                    let mut client = sessions.clone();
+                    let mut call = self.request(std::mem::take(&mut question.request));
+                    call.set_timeout(fleet_timeout);
+                    asked.spawn(async move {
+                        let reply = tokio::time::timeout(fleet_timeout, client.completed(call)).await;
+                        question.answer.deliver(match reply {
+                            Ok(Ok(r)) => Some(r.into_inner()),
+                            _ => None,
+                        });
+                    });
+                }
+                Some(_) = asked.join_next() => {}
                 _ = poll.tick(), if poll_ms > 0 && !polling => {
                     polling = true;
                     let call = self.request(v1::GetPolicyRequest {
@@ -478,6 +639,7 @@ impl Run {
             }
         }
         calls.abort_all();
+        asked.abort_all();
     }
 
     fn report(&self, batch_id: u64, events: Vec<Event>) -> tonic::Request<v1::ReportRequest> {

@@ -283,3 +283,112 @@ fn a_reload_with_the_same_json_keeps_the_model_and_the_sessions() {
     drop((third, again));
     assert_eq!(registry.live(), 0);
 }
+
+/// A new session's first request that skips a step, from its own client.
+fn skip(filter: &Arc<Filter>, session: &str) -> (Stream, RequestStep) {
+    let cookie = format!("session={session}");
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":path", b"/confirm"),
+        (b"cookie", cookie.as_bytes()),
+    ];
+    let mut stream = filter.stream();
+    let step = stream.request(&headers, || None).unwrap();
+    (stream, step)
+}
+
+#[test]
+fn questions_to_the_fleet_are_bounded_per_filter_and_answered_on_resume() {
+    // Nothing listens: questions fail at once, but each stays outstanding while its
+    // paused request holds its answer.
+    let json = format!(
+        r#"{{"mode":"enforce","session":{{"sources":[{{"cookie":"session"}}],"midflow":{{"always":true}}}},
+            "policy":{POLICY},
+            "collector":{{"address":"http://127.0.0.1:9","sample_rate":0.0,"policy_interval_ms":0}}}}"#
+    );
+    let filter = Arc::new(Filter::new(json.as_bytes(), quiet).unwrap());
+    assert!(filter.can_ask());
+    let woken = Arc::new(AtomicU32::new(0));
+    let mut held = Vec::new();
+    for i in 0..telemetry::MAX_WAITING {
+        let (stream, step) = skip(&filter, &format!("paused-{i}"));
+        let question = step.ask.expect("a new session's skip asks the fleet");
+        assert!(
+            step.reply.is_none() && step.verdict.is_none(),
+            "paused, not judged"
+        );
+        let count = woken.clone();
+        let answer = filter
+            .ask(
+                &question,
+                Box::new(move || {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }),
+            )
+            .expect("within the bound");
+        held.push((stream, answer));
+    }
+    assert_eq!(filter.questions_outstanding(), telemetry::MAX_WAITING);
+    assert!(!filter.can_ask());
+    // Beyond the bound the budget decides at once: no question, a verdict now.
+    let (_, step) = skip(&filter, "beyond");
+    assert!(step.ask.is_none());
+    assert_eq!(step.counts.fleet, Some(FleetCount::Unavailable));
+    assert!(step.verdict.is_some());
+    let (_, step) = skip(&filter, "beyond-2");
+    assert!(
+        filter
+            .ask(
+                &flowguard_engine::exchange::Question {
+                    session: 1,
+                    templates: vec!["POST /pay".into()],
+                    object: 0,
+                    horizon_s: 60,
+                },
+                Box::new(|| {})
+            )
+            .is_none(),
+        "the filter refuses a question beyond the bound"
+    );
+    drop(step);
+
+    // Every question is answered (here: none, the collector is down) and its request
+    // woken; resumed, each is judged by the budget.
+    let all = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        woken.load(Ordering::Relaxed) == telemetry::MAX_WAITING
+    });
+    assert!(all, "woken: {}", woken.load(Ordering::Relaxed));
+    let (mut stream, answer) = held.pop().unwrap();
+    assert_eq!(answer.take(), Some(None), "no answer from a dead collector");
+    drop(answer);
+    let step = stream.resume(None, || None).unwrap();
+    assert_eq!(step.counts.fleet, Some(FleetCount::Unavailable));
+    assert!(step.verdict.is_some());
+    // The fleet saw the step: the session joins on its evidence.
+    let (mut stream, _) = held.pop().unwrap();
+    let seen = v1::CompletedResponse {
+        known: true,
+        completed: vec!["POST /pay".into()],
+        on_object: vec![],
+    };
+    let step = stream.resume(Some(seen), || None).unwrap();
+    assert_eq!(step.counts.fleet, Some(FleetCount::Joined));
+    assert!(step.reply.is_none());
+    assert!(!step
+        .verdict
+        .unwrap()
+        .fired
+        .contains(Rule::MissingPrerequisite));
+
+    // Requests gone (a reset while paused): their places are given back.
+    held.clear();
+    drop(stream);
+    let freed = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        filter.questions_outstanding() == 0
+    });
+    assert!(freed, "outstanding: {}", filter.questions_outstanding());
+    assert!(filter.can_ask());
+    assert!(skip(&filter, "after").1.ask.is_some());
+}
