@@ -6,8 +6,9 @@
       (direct response, --concurrency 1, 3,000 requests uncounted, 1,000 counted)
   ROUNDS=5 SECS=5 python3 native/perf/perf.py tp [MODULE.so] [OTHER.so ...]
       wrk -t1 -c16 with bench/mix.lua: no filter, the module, local_ratelimit (and
-      other builds), interleaved; medians and ratios to no filter. `tp-proxied` with
-      UPSTREAM=host:port routes to an upstream instead of a direct response.
+      other builds), interleaved; medians and ratios to no filter.
+  Any of them as `…-proxied` with UPSTREAM=host:port routes to an upstream (the demo
+  shop: `target/debug/shop --listen 127.0.0.1:18080`) instead of a direct response.
 Work files go to target/perf/. Needs valgrind and wrk (Debian packages).
 """
 import json, os, subprocess, sys, time, http.client, re, signal
@@ -118,12 +119,12 @@ def drive(port, frm, n):
         c.request("GET", f"/api/catalog/s{k%60}/items/{k%1000}", headers={"cookie": f"session=b{k%3000}"})
         c.getresponse().read()
 
-def instructions(name, filters):
+def instructions(name, filters, upstream=None):
     port, admin = 19100, 19101
     d = f"{OUT}/{name}"
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
                "--smc-check=all-non-file", "--callgrind-out-file=callgrind.out"]
-    p = start(name, bootstrap(port, admin, filters), port, admin, wrapper)
+    p = start(name, bootstrap(port, admin, filters, upstream), port, admin, wrapper)
     try:
         for f in os.listdir(d):
             if f.startswith("callgrind.out."): os.remove(f"{d}/{f}")
@@ -178,17 +179,19 @@ def throughput(variants, rounds, secs, upstream=None):
 if __name__ == "__main__":
     mod = sys.argv[2] if len(sys.argv) > 2 else ROOT + "/target/libflowguard.so"
     what = sys.argv[1]
+    up = None
+    if what.endswith("-proxied"):
+        h, p = os.environ["UPSTREAM"].split(":"); up = (h, int(p))
+        what = what[: -len("-proxied")]
+    tag = "-proxied" if up else ""
     if what == "instr-none":
-        instructions("none", "")
+        instructions("none" + tag, "", up)
     elif what == "instr-native":
-        instructions("native-" + os.path.basename(mod), native(mod, fg_config()))
+        instructions("native-" + os.path.basename(mod) + tag, native(mod, fg_config()), up)
     elif what == "instr-rl":
         instructions("ratelimit", RATELIMIT)
-    elif what in ("tp", "tp-proxied"):
+    elif what == "tp":
         rounds = int(os.environ.get("ROUNDS", "5")); secs = int(os.environ.get("SECS", "5"))
-        up = None
-        if what == "tp-proxied":
-            h, p = os.environ["UPSTREAM"].split(":"); up = (h, int(p))
         vs = [("none", ""), ("native", native(mod, fg_config())), ("local_ratelimit", RATELIMIT)]
         for extra in sys.argv[3:]:
             vs.append(("tp-" + os.path.basename(extra), native(extra, fg_config())))
