@@ -328,9 +328,42 @@ const KNOWN: [&str; 6] = [
     "x-http-method-override",
 ];
 
+/// A request's header pairs: decoded by the host, or as the proxy-wasm ABI encodes them
+/// (`crate::header_map`), decoded as they are read.
+#[derive(Clone, Copy)]
+enum RequestPairs<'a> {
+    Decoded(&'a [(&'a [u8], &'a [u8])]),
+    Encoded(&'a [u8]),
+}
+
+impl<'a> RequestPairs<'a> {
+    fn iter(self) -> PairIter<'a> {
+        match self {
+            RequestPairs::Decoded(pairs) => PairIter::Decoded(pairs.iter()),
+            RequestPairs::Encoded(bytes) => PairIter::Encoded(crate::header_map::pairs(bytes)),
+        }
+    }
+}
+
+enum PairIter<'a> {
+    Decoded(std::slice::Iter<'a, (&'a [u8], &'a [u8])>),
+    Encoded(crate::header_map::Pairs<'a>),
+}
+
+impl<'a> Iterator for PairIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            PairIter::Decoded(pairs) => pairs.next().copied(),
+            PairIter::Encoded(pairs) => pairs.next(),
+        }
+    }
+}
+
 /// The request's headers as the host read them.
 struct Headers<'a> {
-    pairs: &'a [(&'a [u8], &'a [u8])],
+    pairs: RequestPairs<'a>,
     /// The first value of each of [`KNOWN`].
     known: [Option<&'a [u8]>; KNOWN.len()],
 }
@@ -338,10 +371,10 @@ struct Headers<'a> {
 impl<'a> Headers<'a> {
     /// Reads `pairs` once: the known headers' values, and the names of client-sent
     /// `x-flowguard-*` headers (to strip).
-    fn new(pairs: &'a [(&'a [u8], &'a [u8])]) -> (Headers<'a>, Vec<Vec<u8>>) {
+    fn new(pairs: RequestPairs<'a>) -> (Headers<'a>, Vec<Vec<u8>>) {
         let mut known = [None; KNOWN.len()];
         let mut own = Vec::new();
-        for (name, value) in pairs {
+        for (name, value) in pairs.iter() {
             // The known names' lengths differ: one comparison at most.
             let candidate = KNOWN.iter().position(|k| k.len() == name.len());
             if let Some(i) = candidate.filter(|&i| {
@@ -350,7 +383,7 @@ impl<'a> Headers<'a> {
                     .is_some_and(|k| name.eq_ignore_ascii_case(k.as_bytes()))
             }) {
                 if let Some(slot @ None) = known.get_mut(i) {
-                    *slot = Some(*value);
+                    *slot = Some(value);
                 }
             }
             if name
@@ -371,7 +404,7 @@ impl<'a> Headers<'a> {
                 .pairs
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| *v),
+                .map(|(_, v)| v),
         };
         value.and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -475,6 +508,34 @@ impl Exchange {
         scope: &Scope,
         host: &mut H,
         headers: &[(&[u8], &[u8])],
+        now_ms: u64,
+        serial: u64,
+        delta: &mut LearnStats,
+    ) -> Result<RequestStep, StoreError<H::Error>> {
+        let headers = RequestPairs::Decoded(headers);
+        self.request_from(scope, host, headers, now_ms, serial, delta)
+    }
+
+    /// [`Exchange::request`] from the header map as the proxy-wasm ABI encodes it
+    /// (`proxy_get_header_map_pairs`), read without decoding it into a `Vec` first.
+    pub fn request_encoded<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        encoded: &[u8],
+        now_ms: u64,
+        serial: u64,
+        delta: &mut LearnStats,
+    ) -> Result<RequestStep, StoreError<H::Error>> {
+        let headers = RequestPairs::Encoded(encoded);
+        self.request_from(scope, host, headers, now_ms, serial, delta)
+    }
+
+    fn request_from<H: Host>(
+        &mut self,
+        scope: &Scope,
+        host: &mut H,
+        headers: RequestPairs,
         now_ms: u64,
         serial: u64,
         delta: &mut LearnStats,
@@ -884,6 +945,12 @@ impl Exchange {
         }
     }
 
+    /// Whether [`Exchange::finish`] has anything to settle or report (an outcome waiting
+    /// for its body, an event waiting for its answer); if not, a host may skip it.
+    pub fn unfinished(&self) -> bool {
+        self.deferred.is_some() || self.event.is_some()
+    }
+
     /// Whether the host should hand this exchange the answer's body.
     pub fn wants_body(&self) -> bool {
         self.deferred.is_some() || self.scanner.is_some()
@@ -1265,7 +1332,7 @@ mod tests;
 
 #[cfg(test)]
 mod headers_tests {
-    use super::{Headers, KNOWN};
+    use super::{Headers, RequestPairs, KNOWN};
 
     #[test]
     fn known_names_differ_in_length_and_are_found_in_any_case() {
@@ -1279,12 +1346,27 @@ mod headers_tests {
             (b"x-custom", b"v"),
             (b":path", b"/a"),
         ];
-        let (headers, own) = Headers::new(&pairs);
-        assert_eq!(headers.get("cookie"), Some("session=1"), "the first one");
-        assert_eq!(headers.get("COOKIE"), Some("session=1"));
-        assert_eq!(headers.get("x-custom"), Some("v"));
-        assert_eq!(headers.get(":path"), Some("/a"));
-        assert_eq!(headers.get(":method"), None);
-        assert_eq!(own, vec![b"X-Flowguard-Verdict".to_vec()]);
+        let as_str: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    std::str::from_utf8(k).unwrap_or_default(),
+                    std::str::from_utf8(v).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let encoded = crate::header_map::encode_pairs(&as_str);
+        for pairs in [
+            RequestPairs::Decoded(&pairs),
+            RequestPairs::Encoded(&encoded),
+        ] {
+            let (headers, own) = Headers::new(pairs);
+            assert_eq!(headers.get("cookie"), Some("session=1"), "the first one");
+            assert_eq!(headers.get("COOKIE"), Some("session=1"));
+            assert_eq!(headers.get("x-custom"), Some("v"));
+            assert_eq!(headers.get(":path"), Some("/a"));
+            assert_eq!(headers.get(":method"), None);
+            assert_eq!(own, vec![b"X-Flowguard-Verdict".to_vec()]);
+        }
     }
 }

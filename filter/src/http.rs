@@ -9,7 +9,7 @@ use flowguard_engine::exchange::{
     AnswerNeeds, Exchange, FleetCount, RequestStep, ResponseHead, ResponseStep,
 };
 use flowguard_engine::fleet_join::Fleet;
-use flowguard_engine::header_map::{self, decode_pairs};
+use flowguard_engine::header_map;
 use flowguard_engine::rule::Rule;
 use flowguard_engine::verdict::Outcome;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -154,6 +154,9 @@ impl HttpContext for Http {
         self.stop_asking();
         // The stream ended: an outcome still waiting for its body stands as its status
         // (fail open: a customer's step is never lost), a held event is reported.
+        if !self.exchange.unfinished() {
+            return;
+        }
         let exchange = &mut self.exchange;
         with_worker(&self.worker, (), |w| {
             // The clock is read only if something is still to be recorded.
@@ -192,13 +195,12 @@ fn judge_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> 
         .started
         .get_or_insert(u32::try_from(now_ms / 1000).unwrap_or(u32::MAX));
     let bytes = host::header_pairs(MapType::HttpRequestHeaders)?;
-    let pairs = decode_pairs(&bytes);
     w.requests_seen = w.requests_seen.wrapping_add(1);
     x.can_ask = w.telemetry.is_some() && w.fleet_waiting < crate::fleet::MAX_WAITING;
     let step = {
         let serial = w.requests_seen;
         let (scope, delta) = w.scope();
-        x.request(&scope, &mut EnvoyHost, &pairs, now_ms, serial, delta)
+        x.request_encoded(&scope, &mut EnvoyHost, &bytes, now_ms, serial, delta)
     };
     let mut step = step.map_err(host::from_store)?;
     // Upstreams trust `x-flowguard-*` headers, so a client may never send one.
