@@ -519,9 +519,9 @@ mod tests {
         let separators = bytes.len() - digits - letters;
         if digits >= 4
             && letters <= 2
-            && bytes.iter().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_' | b'+')
-            })
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'_' | b'+'))
         {
             return true;
         }

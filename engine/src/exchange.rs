@@ -1221,7 +1221,10 @@ fn settle<H: Host>(
         Some(r) => (true, r.peak, r.unlearned),
         None => (false, None, false),
     };
-    let learned = (written && p.learn && !unlearned, written && p.endpoint_facts);
+    let learned = (
+        written && p.learn && !unlearned,
+        written && p.endpoint_facts,
+    );
     delta.learn_answer(p.endpoint, learned, p.retry, status, peak);
     if auth_failure {
         record_address_failure(scope, host, now_ms, delta)?;

@@ -124,7 +124,10 @@ mod tests {
         assert!(decode_pairs(&lie).len() <= bytes.len() / 8);
         assert!(decode_pairs(&bytes[..10]).is_empty());
         assert!(decode_pairs(&[]).is_empty());
-        assert_eq!(super::pairs(&bytes).collect::<Vec<_>>(), decode_pairs(&bytes));
+        assert_eq!(
+            super::pairs(&bytes).collect::<Vec<_>>(),
+            decode_pairs(&bytes)
+        );
     }
 
     proptest! {

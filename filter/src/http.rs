@@ -331,7 +331,14 @@ fn on_response_head(w: &mut Worker, x: &mut Exchange, end_of_stream: bool) -> Ho
     };
     let step = {
         let (scope, delta) = w.scope();
-        x.response_head_clocked(&scope, &mut EnvoyHost, &head, end_of_stream, host::now_ms, delta)
+        x.response_head_clocked(
+            &scope,
+            &mut EnvoyHost,
+            &head,
+            end_of_stream,
+            host::now_ms,
+            delta,
+        )
     };
     applied_response(w, step.map_err(host::from_store));
     Ok(())

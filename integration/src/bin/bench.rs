@@ -412,11 +412,10 @@ fn instructions() -> Result<(), String> {
         })
         .collect();
     let only = std::env::var("FLOWGUARD_BENCH_ONLY").unwrap_or_default();
-    let chosen = variants
-        .iter()
-        .chain(&fg)
-        .chain(&builds)
-        .filter(|v| v.calls == 0 || only.is_empty() || only.split(',').any(|o| v.name.contains(o)));
+    let chosen =
+        variants.iter().chain(&fg).chain(&builds).filter(|v| {
+            v.calls == 0 || only.is_empty() || only.split(',').any(|o| v.name.contains(o))
+        });
     for Variant {
         name,
         calls,
