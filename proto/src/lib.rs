@@ -81,7 +81,10 @@ mod tests {
                 summary: false,
                 ids: 9,
                 weak_session: true,
+                request_id: "req-7".into(),
             }],
+            policy_version: 4,
+            mode: "enforce".into(),
         };
         assert_eq!(
             v1::ReportRequest::decode(batch.encode_to_vec().as_slice()).unwrap(),
