@@ -310,6 +310,8 @@ struct StreamState {
     asking: Option<Asking>,
     /// The request hook answered "stop": someone must continue or answer it.
     paused: bool,
+    /// Body bytes the answer's `content-length` still promises (when it was read).
+    body_left: Option<u64>,
 }
 
 /// A paused request's question: where the answer lands, and the stream's Envoy scheduler
@@ -558,29 +560,52 @@ fn with_header<T>(
     }
 }
 
-/// The chunks of the answer's body received in this event.
-fn response_chunks(filter: FilterEnvoy) -> Vec<EnvoyBuffer> {
-    // SAFETY: `filter` is valid during the hook; the vector has room for `n` buffers.
-    unsafe {
-        let n =
-            envoy_dynamic_module_callback_http_get_body_chunks_size(filter, RECEIVED_RESPONSE_BODY);
-        let mut chunks = vec![
-            EnvoyBuffer {
-                ptr: std::ptr::null(),
-                length: 0,
-            };
-            n
-        ];
-        if n == 0
-            || !envoy_dynamic_module_callback_http_get_body_chunks(
-                filter,
-                RECEIVED_RESPONSE_BODY,
-                chunks.as_mut_ptr(),
-            )
-        {
-            chunks.clear();
+/// Up to this many body chunks are read into an array on the stack.
+const STACK_CHUNKS: usize = 8;
+
+const NO_BUFFER: EnvoyBuffer = EnvoyBuffer {
+    ptr: std::ptr::null(),
+    length: 0,
+};
+
+/// Runs `body` over the chunks of the answer's body received in this event: Envoy's
+/// buffers, valid until the hook returns, lent to `body`.
+fn with_chunks<T>(filter: FilterEnvoy, body: impl for<'a> FnOnce(&'a [&'a [u8]]) -> T) -> T {
+    // SAFETY: `filter` is valid during the hook.
+    let n = unsafe {
+        envoy_dynamic_module_callback_http_get_body_chunks_size(filter, RECEIVED_RESPONSE_BODY)
+    };
+    let read = |raw: &mut [EnvoyBuffer]| {
+        // SAFETY: `raw` has room for the `n` buffers Envoy writes.
+        n > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_body_chunks(
+                    filter,
+                    RECEIVED_RESPONSE_BODY,
+                    raw.as_mut_ptr(),
+                )
+            }
+    };
+    if n <= STACK_CHUNKS {
+        let mut raw = [NO_BUFFER; STACK_CHUNKS];
+        let n = if read(&mut raw) { n } else { 0 };
+        let mut chunks: [&[u8]; STACK_CHUNKS] = [&[]; STACK_CHUNKS];
+        for (chunk, b) in chunks.iter_mut().zip(raw.iter().take(n)) {
+            // SAFETY: Envoy's buffers, valid until the hook returns.
+            *chunk = unsafe { envoy_bytes(b.ptr, b.length) };
         }
-        chunks
+        body(chunks.get(..n).unwrap_or_default())
+    } else {
+        let mut raw = vec![NO_BUFFER; n];
+        if !read(&mut raw) {
+            raw.clear();
+        }
+        // SAFETY: as above.
+        let chunks: Vec<&[u8]> = raw
+            .iter()
+            .map(|b| unsafe { envoy_bytes(b.ptr, b.length) })
+            .collect();
+        body(&chunks)
     }
 }
 
@@ -783,6 +808,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             counters: config.counters.clone(),
             asking: None,
             paused: false,
+            body_left: None,
         };
         Box::into_raw(Box::new(state)) as FilterModule
     })
@@ -994,6 +1020,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
                 })
             }),
         };
+        state.body_left = head.content_length;
         let step = state
             .stream
             .response_head_of(&head, end_of_stream, || client_address(filter));
@@ -1047,22 +1074,32 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         if !state.stream.wants_body() {
             return CONTINUE;
         }
-        let chunks = response_chunks(filter);
-        let last = chunks.len().saturating_sub(1);
-        if chunks.is_empty() && end_of_stream {
-            let step = state
-                .stream
-                .response_body(&[], true, || client_address(filter));
-            count_response(state, filter, step);
-        }
-        for (i, chunk) in chunks.iter().enumerate() {
-            // SAFETY: Envoy's body buffers are valid until the hook returns.
-            let bytes = unsafe { envoy_bytes(chunk.ptr, chunk.length) };
-            let step = state
-                .stream
-                .response_body(bytes, end_of_stream && i == last, || client_address(filter));
-            count_response(state, filter, step);
-        }
+        with_chunks(filter, |chunks| {
+            if chunks.is_empty() && end_of_stream {
+                let step = state
+                    .stream
+                    .response_body(&[], true, || client_address(filter));
+                count_response(state, filter, step);
+            }
+            let last = chunks.len().saturating_sub(1);
+            for (i, bytes) in chunks.iter().enumerate() {
+                // The answer's `content-length` reached: no byte follows, so this chunk
+                // is the last one (the engine settles it now, not again on an empty
+                // end-of-stream event).
+                let left = state
+                    .body_left
+                    .map(|n| n.saturating_sub(bytes.len() as u64));
+                state.body_left = left;
+                let ends = (end_of_stream && i == last) || left == Some(0);
+                let step = state
+                    .stream
+                    .response_body(bytes, ends, || client_address(filter));
+                count_response(state, filter, step);
+                if ends || !state.stream.wants_body() {
+                    break;
+                }
+            }
+        });
         CONTINUE
     })
 }
