@@ -945,6 +945,29 @@ impl Exchange {
         }
     }
 
+    /// [`Exchange::answer_needs`] knowing the model and whether a body follows: the
+    /// sensitive-data scan needs the content type only where the rule is on for this
+    /// exchange's endpoint (a model may turn it off per endpoint) and a body follows.
+    pub fn answer_needs_in(&self, scope: &Scope, end_of_stream: bool) -> AnswerNeeds {
+        let settings = scope.settings;
+        let endpoint = self.pending.map(|p| p.endpoint);
+        let actions = scope.model.map_or(&settings.rules, |m| m.actions(endpoint));
+        let scans = !end_of_stream && actions.get(Rule::SensitiveData) != RuleAction::Off;
+        let whole = scans
+            || self.pending.is_some_and(|p| {
+                p.handover_step
+                    || settings.session.reads_set_cookie()
+                    || !settings.endpoints.failure.is_empty()
+            });
+        if whole {
+            AnswerNeeds::Headers
+        } else if self.pending.is_some() || self.address_watch.is_some() || self.event.is_some() {
+            AnswerNeeds::Status
+        } else {
+            AnswerNeeds::Nothing
+        }
+    }
+
     /// Whether [`Exchange::finish`] has anything to settle or report (an outcome waiting
     /// for its body, an event waiting for its answer); if not, a host may skip it.
     pub fn unfinished(&self) -> bool {

@@ -313,7 +313,11 @@ fn count(w: &Worker, step: &RequestStep) {
 /// The answer's head: read as much as the exchange needs (often only the status, or
 /// nothing), then the response step.
 fn on_response_head(w: &mut Worker, x: &mut Exchange, end_of_stream: bool) -> HostResult<()> {
-    let head = match x.answer_needs(&w.settings) {
+    let needs = {
+        let (scope, _) = w.scope();
+        x.answer_needs_in(&scope, end_of_stream)
+    };
+    let head = match needs {
         AnswerNeeds::Nothing => return Ok(()),
         AnswerNeeds::Status => {
             let status = host::header(MapType::HttpResponseHeaders, ":status")?;

@@ -527,4 +527,26 @@ fn the_answer_is_read_only_as_far_as_it_matters() {
         Exchange::default().answer_needs(&scanning),
         AnswerNeeds::Headers
     );
+    // ...unless no body follows (nothing to scan): then its status is enough.
+    let json = format!(
+        r#"{{"mode":"enforce","session":{{"sources":[{{"header":"x-user"}}]}},"policy":{POLICY}}}"#
+    );
+    let scanning = Settings::from_json(json.as_bytes()).unwrap();
+    let normaliser = crate::endpoint::Normaliser::default();
+    let scope = Scope {
+        settings: &scanning,
+        model: None,
+        registry_map: &[],
+        base_normaliser: &normaliser,
+        started: 0,
+        relearns: false,
+        registry: None,
+    };
+    assert_eq!(x.answer_needs_in(&scope, false), AnswerNeeds::Headers);
+    assert_eq!(x.answer_needs_in(&scope, true), AnswerNeeds::Status);
+    let scope = Scope {
+        settings: &quiet,
+        ..scope
+    };
+    assert_eq!(x.answer_needs_in(&scope, false), AnswerNeeds::Status);
 }
