@@ -984,7 +984,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         let settings = &state.stream.filter.settings;
         // Read no more of the answer's head than the exchange needs (often the status
         // alone, or nothing), as the Wasm filter does.
-        let head = match state.stream.answer_needs() {
+        let head = match state.stream.answer_needs(end_of_stream) {
             AnswerNeeds::Nothing => return CONTINUE,
             AnswerNeeds::Status => with_header(filter, RESPONSE_HEADER, b":status", |status| {
                 ResponseHead::from_headers(
@@ -1115,6 +1115,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
         return;
     };
     guarded((), || {
+        if !state.stream.unfinished() {
+            return; // nothing waits for the end of the answer
+        }
         let step = state.stream.finish(|| client_address(filter));
         count_response(state, filter, step);
     });

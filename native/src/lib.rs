@@ -940,10 +940,22 @@ impl Stream {
         self.response_head_of(&head, end_of_stream, address)
     }
 
-    /// How much of the answer's head the response step needs: a host reads no more
-    /// (nothing at all: the step is skipped; the status alone: one header).
-    pub fn answer_needs(&self) -> AnswerNeeds {
-        self.exchange.answer_needs(&self.filter.settings)
+    /// How much of the answer's head the response step needs, judged with the model the
+    /// request was (`end_of_stream`: no body follows): a host reads no more (nothing at
+    /// all: the step is skipped; the status alone: one header).
+    pub fn answer_needs(&self, end_of_stream: bool) -> AnswerNeeds {
+        match self.installed.as_deref() {
+            Some(installed) => self
+                .exchange
+                .answer_needs_in(&self.filter.scope(installed), end_of_stream),
+            None => self.exchange.answer_needs(&self.filter.settings),
+        }
+    }
+
+    /// Whether [`Stream::finish`] has anything to settle or report; if not, a host may
+    /// skip it.
+    pub fn unfinished(&self) -> bool {
+        self.installed.is_some() && self.exchange.unfinished()
     }
 
     /// The response-head step, from what the host read of the answer's head.
