@@ -15,7 +15,7 @@ NATIVE := --workspace --exclude flowguard-filter
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-build: ## build flowguard.wasm (release, size-optimised) into target/
+build: ## build flowguard.wasm (release, speed-optimised) into target/
 	rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
 	cargo build -p flowguard-filter --target $(WASM_TARGET) --release
 	cp target/$(WASM_TARGET)/release/flowguard_filter.wasm $(WASM)
