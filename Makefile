@@ -84,7 +84,7 @@ chromium:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 
 # The real-Envoy suites that also run against the native build (FLOWGUARD_BUILD=native).
-NATIVE_SUITES = call_order rules evasion session_identity handover flags poisoning exhaustion midflow contract library openapi telemetry
+NATIVE_SUITES = call_order rules evasion session_identity handover flags poisoning exhaustion midflow contract library openapi telemetry fleet_join
 
 test-integration: build build-crash native venv npm-testdata postgres prometheus chromium ## real Envoy + real filter + demo shop + real collector
 	cargo build $(NATIVE) --bins --tests
