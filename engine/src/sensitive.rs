@@ -84,13 +84,14 @@ impl Scanner {
     /// Scans the next chunk; `fields` are JSON keys whose presence is sensitive; `last`
     /// when the body ends with this chunk.
     pub fn feed(&mut self, chunk: &[u8], fields: &[String], last: bool) {
-        let mut buf = std::mem::take(&mut self.carry);
-        let fresh_from = buf.len();
-        buf.extend_from_slice(chunk);
+        // One buffer for the whole body: the chunk goes after the kept tail, and the new
+        // tail is moved to the front (no allocation once it has grown to a chunk).
+        let fresh_from = self.carry.len();
+        self.carry.extend_from_slice(chunk);
         self.scanned += chunk.len();
-        scan(&buf, fresh_from, last, fields, &mut self.findings);
-        let keep = buf.len().saturating_sub(CARRY);
-        self.carry = buf.split_off(keep);
+        scan(&self.carry, fresh_from, last, fields, &mut self.findings);
+        let keep = self.carry.len().saturating_sub(CARRY);
+        self.carry.drain(..keep);
     }
 }
 
@@ -126,16 +127,21 @@ fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Fi
             i += 1;
             continue;
         }
-        // A run of digits, allowing single spaces or dashes between groups.
-        let mut digits = Vec::with_capacity(20);
+        // A run of digits, allowing single spaces or dashes between groups (only its
+        // first 20 digits are kept: longer runs are neither cards nor identifiers).
+        let mut digits = [0u8; 20];
+        let mut count = 0;
         let mut j = i;
         let mut separators = 0;
         while let Some(b) = buf.get(j) {
             if b.is_ascii_digit() {
-                digits.push(b - b'0');
+                if let Some(d) = digits.get_mut(count) {
+                    *d = b - b'0';
+                }
+                count += 1;
             } else if (*b == b' ' || *b == b'-')
                 && buf.get(j + 1).is_some_and(u8::is_ascii_digit)
-                && digits.len() < 19
+                && count < 19
             {
                 separators += 1;
             } else {
@@ -146,10 +152,11 @@ fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Fi
         // Digits inside a longer token (a hex id, an API key) are part of that token.
         let in_token = (i > 0 && buf.get(i - 1).is_some_and(u8::is_ascii_alphabetic))
             || buf.get(j).is_some_and(u8::is_ascii_alphabetic);
+        let digits = digits.get(..count).unwrap_or_default();
         if counts(j) && !in_token {
-            if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            if (13..=19).contains(&count) && luhn(digits) {
                 f.cards += 1;
-            } else if digits.len() == 9
+            } else if count == 9
                 && separators == 2
                 && is_ssn_shape(buf.get(i..j).unwrap_or_default())
             {
@@ -159,10 +166,19 @@ fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Fi
         i = j.max(i + 1);
     }
     for name in fields {
-        let needle = format!("\"{name}\"");
+        // `"name"` followed by a colon: the name is found, then its quotes checked (no
+        // needle is built per answer).
+        let name = name.as_bytes();
         let mut from = 0;
-        while let Some(pos) = find(buf.get(from..).unwrap_or_default(), needle.as_bytes()) {
-            let end = from + pos + needle.len();
+        while let Some(pos) = find(buf.get(from..).unwrap_or_default(), name) {
+            let start = from + pos;
+            let end = start + name.len() + 1; // past the closing quote
+            from = start + 1;
+            let quoted =
+                start > 0 && buf.get(start - 1) == Some(&b'"') && buf.get(end - 1) == Some(&b'"');
+            if !quoted {
+                continue;
+            }
             let rest = buf.get(end..).unwrap_or_default();
             let colon = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
             if colon && counts(end) {
@@ -173,11 +189,18 @@ fn scan(buf: &[u8], fresh_from: usize, last: bool, fields: &[String], f: &mut Fi
     }
 }
 
+/// Where `needle` first occurs in `hay`: candidates by their first byte, then compared.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
+    let (&first, rest) = needle.split_first()?;
+    let mut at = 0;
+    while let Some(i) = hay.get(at..)?.iter().position(|b| *b == first) {
+        let start = at + i;
+        if hay.get(start + 1..start + needle.len()) == Some(rest) {
+            return Some(start);
+        }
+        at = start + 1;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    None
 }
 
 /// `ddd-dd-dddd`.
@@ -322,6 +345,34 @@ mod tests {
                 s.feed(&c, &["x".to_string()], false);
             }
             prop_assert!(s.carry.len() <= CARRY);
+        }
+
+        /// However the body is cut into chunks (within the carried tail), the findings are
+        /// those of the whole body at once.
+        #[test]
+        fn chunking_changes_no_finding(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "carol@example.com", "5555 5555 5555 4444", "078-05-1120", "\"ssn\": 1",
+                    "\"ssn\"", "ssn\":", " ", "a", "\"", ":", "4", "-", "@x.io",
+                ]),
+                0..12,
+            ),
+            cuts in proptest::collection::vec(0usize..60, 0..4),
+        ) {
+            let body = parts.concat();
+            let fields = ["ssn".to_string()];
+            let mut whole = Scanner::default();
+            whole.feed(body.as_bytes(), &fields, true);
+            let mut chunked = Scanner::default();
+            let mut at = 0;
+            for c in cuts {
+                let end = (at + c).min(body.len());
+                chunked.feed(body.as_bytes().get(at..end).unwrap_or_default(), &fields, false);
+                at = end;
+            }
+            chunked.feed(body.as_bytes().get(at..).unwrap_or_default(), &fields, true);
+            prop_assert_eq!(chunked.findings, whole.findings, "{:?}", body);
         }
     }
 }
