@@ -14,8 +14,9 @@
 //! Buffers cross as `{ptr, length}` pairs passed by value; statuses are C enums
 //! (`int`-sized; 0 is Continue).
 //!
-//! With a collector, the telemetry thread's counts reach Envoy through a configuration
-//! scheduler (`http_filter_config_scheduler_new/commit/delete`: commit may be called from
+//! The filter's ticker wakes Envoy's main thread every `learning.tick_ms` to tick the node
+//! (learning, adoption, retiring) and report the gauges, and, with a collector, the
+//! telemetry thread's counts reach Envoy, through a configuration scheduler (`http_filter_config_scheduler_new/commit/delete`: commit may be called from
 //! any thread and runs `on_http_filter_config_scheduled` on the main thread), where
 //! `http_filter_config_increment_counter` / `_set_gauge` report them. Those two take
 //! `(config, id, label_values, label_values_length, value)` like their per-stream
@@ -246,17 +247,20 @@ pub fn log(level: Level, message: &str) {
 struct Config {
     filter: Arc<Filter>,
     counters: Arc<Counters>,
-    /// With a collector: Envoy's scheduler for this configuration (its address) and the
-    /// waker registered with the telemetry thread, which commits to it when it has counts
-    /// for Envoy; the scheduled hook reports them on the main thread.
-    scheduler: Option<(usize, u64)>,
+    /// Envoy's scheduler for this configuration (its address), the waker registered with
+    /// the filter's ticker (`Core::register_ticker`: the scheduled hook ticks the node on
+    /// the main thread) and, with a collector, the one registered with the telemetry
+    /// thread, which commits to it when it has counts for Envoy; the scheduled hook
+    /// reports them on the main thread.
+    scheduler: Option<(usize, u64, Option<u64>)>,
 }
 
 impl Drop for Config {
     fn drop(&mut self) {
-        if let Some((scheduler, waker)) = self.scheduler.take() {
+        if let Some((scheduler, ticker, waker)) = self.scheduler.take() {
             // Unregistered first: once `unregister` returns no thread commits to it.
-            if let Some(pending) = self.filter.pending() {
+            self.filter.unregister_ticker(ticker);
+            if let (Some(pending), Some(waker)) = (self.filter.pending(), waker) {
                 pending.unregister(waker);
             }
             // SAFETY: the scheduler `scheduler_new` returned, deleted once, never used after.
@@ -269,10 +273,9 @@ impl Drop for Config {
     }
 }
 
-/// With a collector: an Envoy scheduler for `config_envoy`, registered as the telemetry
-/// thread's waker.
-fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64)> {
-    let pending = filter.pending()?;
+/// An Envoy scheduler for `config_envoy`, registered as the filter's ticker and, with a
+/// collector, as the telemetry thread's waker.
+fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64, Option<u64>)> {
     // SAFETY: `config_envoy` is the pointer Envoy gave the config hook.
     let scheduler =
         unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy) };
@@ -280,7 +283,7 @@ fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64)>
         return None;
     }
     let address = scheduler as usize;
-    let waker = pending.register(Box::new(move || {
+    let wake = move || {
         // SAFETY: called only while registered, before `Config::drop` deletes it; Envoy's
         // commit may be called from any thread.
         unsafe {
@@ -289,8 +292,10 @@ fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64)>
                 0,
             );
         }
-    }));
-    Some((address, waker))
+    };
+    let ticker = filter.register_ticker(Box::new(wake));
+    let waker = filter.pending().map(|p| p.register(Box::new(wake)));
+    Some((address, ticker, waker))
 }
 
 #[derive(Default)]
@@ -1247,8 +1252,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
-/// The telemetry thread has counts for Envoy (or a new model's gauges): reported here, on
-/// the main thread, through the configuration's own metrics.
+/// The filter's ticker (every `learning.tick_ms`) or the telemetry thread (counts for
+/// Envoy, a new model's gauges) woke the main thread: the node is ticked if due, and the
+/// counts and gauges reported through the configuration's own metrics.
 ///
 /// # Safety
 /// Envoy passes its config pointer and a live pointer `on_http_filter_config_new` returned.
@@ -1262,11 +1268,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
         return;
     };
     guarded((), || {
-        let Some(pending) = config.filter.pending() else {
-            return;
-        };
+        config.filter.tick_if_due(crate::now_ms());
         let ids = &config.counters;
-        for (counter, n) in telemetry_counts(pending.take()) {
+        let counts = config
+            .filter
+            .pending()
+            .map(|p| p.take())
+            .unwrap_or_default();
+        for (counter, n) in telemetry_counts(counts) {
             if let (Some((_, id)), true) = (ids.ids.iter().find(|(c, _)| *c == counter), n > 0) {
                 // SAFETY: `config_envoy` is valid during the hook.
                 unsafe {

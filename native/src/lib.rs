@@ -3,11 +3,13 @@
 //!
 //! One [`Filter`] per filter configuration (Envoy's `filter_config`, the same JSON as the
 //! Wasm filter's plugin configuration), shared by every worker thread: a bounded sharded
-//! slot table ([`table::Table`], Envoy shared data's compare-and-swap semantics), the
-//! installed model behind an `RwLock<Arc<…>>` swapped whole, and the learning counters
-//! behind a `Mutex`, merged after each exchange. When `learning.min_sessions` and
-//! `learning.min_requests` are met the policy is compiled and the model swapped in, as
-//! the Wasm filter's tick does.
+//! slot table ([`table::Table`], Envoy shared data's compare-and-swap semantics) and one
+//! `engine::node::Node` behind a `Mutex`, with the table as its shared data: the Wasm
+//! filter's learning, relearning, publishing, adopting and retiring, one code. Requests
+//! judge with a snapshot of what the node holds ([`Installed`], behind an
+//! `RwLock<Arc<…>>`, swapped whole when it changes); their learning counters wait for the
+//! node's tick, which runs at most every `learning.tick_ms`: from Envoy's main thread
+//! (woken by a ticker thread), or from a request that finds it due and the node free.
 //!
 //! With a `collector` section (and the native-only `collector.address`), the exchange's
 //! telemetry events go to the collector from a background thread ([`telemetry`]), which
@@ -27,20 +29,20 @@ pub mod telemetry;
 
 use flowguard_engine::config::Settings;
 use flowguard_engine::endpoint::Normaliser;
-use flowguard_engine::endpoint_set::{EndpointId, EndpointSet};
+use flowguard_engine::endpoint_set::EndpointId;
 use flowguard_engine::exchange::{
-    self, AnswerNeeds, Exchange, FleetCount, RequestStep, ResponseHead, ResponseStep, Scope,
-    REGISTRY_KEY,
+    AnswerNeeds, Exchange, FleetCount, RequestStep, ResponseHead, ResponseStep, Scope, REGISTRY_KEY,
 };
 use flowguard_engine::fleet_join::{Fleet, Seed};
-use flowguard_engine::learn::{self, LearnStats, Registry};
+use flowguard_engine::learn::{LearnStats, Registry};
 use flowguard_engine::model::Model;
+use flowguard_engine::node::{Happened, Node};
 use flowguard_engine::policy::Policy;
 use flowguard_engine::rule::Rule;
 use flowguard_engine::verdict::Outcome;
 use flowguard_proto::v1;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use table::{Table, TableError, TableHost};
 
 /// Log levels, as Envoy numbers them.
@@ -199,22 +201,19 @@ pub fn fired(step: &RequestStep) -> impl Iterator<Item = Rule> {
         .flat_map(flowguard_engine::rule::RuleSet::iter)
 }
 
-/// The installed model with what goes with it; swapped whole.
+/// What requests judge with: a snapshot of the node's model, registry map and normaliser
+/// ([`Core::node`]), swapped whole whenever the node's state changes.
 pub struct Installed {
     pub model: Option<Model>,
     /// Learning-registry id to model id, for slots recorded while learning.
     pub registry_map: Vec<Option<EndpointId>>,
     /// Normalises while learning.
     pub base: Normaliser,
-    /// How many learned variable positions `base` holds.
+    /// How many learned variable positions the registry held when `base` was taken.
     prefixes: usize,
-    /// The policy this host learned (relearning starts from it).
-    policy: Option<Policy>,
-    /// When each model endpoint was last called normally (seconds), for retiring those
-    /// unused for `endpoints.retire_after_s`; shared by the models of one endpoint list.
+    /// When each model endpoint was last called normally here (seconds); merged into the
+    /// node's last-use times on its tick.
     last_used: Arc<Vec<AtomicU32>>,
-    /// The endpoints the model has retired for disuse.
-    retired: EndpointSet,
 }
 
 fn last_used(model: Option<&Model>, now: u32) -> Arc<Vec<AtomicU32>> {
@@ -230,24 +229,27 @@ impl Installed {
     fn space(&self) -> u64 {
         self.model.as_ref().map_or(0, |m| m.layout)
     }
+
+    fn version(&self) -> u64 {
+        self.model.as_ref().map_or(0, |m| m.version)
+    }
 }
 
-struct Learner {
-    /// The id space `stats` count in ([`Installed::space`]).
+/// Learning counters of exchanges not yet merged into the node, and the id space they
+/// count in.
+#[derive(Default)]
+struct Pending {
     space: u64,
     stats: LearnStats,
-    /// Requests merged since the registry was last looked at.
-    since_sync: u32,
 }
-
-/// How often (requests) learning looks at the registry for new variable positions.
-const SYNC_EVERY: u32 = 32;
 
 /// One filter configuration: the state every worker shares ([`Core`]) and the telemetry
 /// thread, if a collector is configured. Configurations with the same JSON share one
 /// (`registry`), so a reload keeps the model and the sessions.
 pub struct Filter {
     core: Arc<Core>,
+    /// Dropped with the filter: stops the ticker thread ([`ticker`]).
+    _ticker: Option<std::sync::mpsc::Sender<()>>,
     /// Dropped last: stops and joins the thread.
     telemetry: Option<telemetry::Telemetry>,
 }
@@ -264,16 +266,24 @@ impl std::ops::Deref for Filter {
 pub struct Core {
     pub settings: Settings,
     table: Table,
+    /// What requests judge with: a snapshot of `node`.
     installed: RwLock<Arc<Installed>>,
-    learner: Mutex<Learner>,
+    /// The engine's node (`engine::node`) over the table: learning, relearning,
+    /// publishing, adopting and retiring, ticked every `learning.tick_ms`.
+    node: Mutex<Node>,
+    pending: Mutex<Pending>,
+    /// Endpoints noted failing authentication (model version, endpoint), for the node.
+    auth_notes: Mutex<Vec<(u64, EndpointId)>>,
     started: AtomicU32,
     serial: AtomicU64,
     /// Learning's merged sessions, requests, unlearned and weak sessions, for the gauges.
     learned: [AtomicU64; 4],
     /// Bumped whenever a gauge's value may have changed.
     generation: AtomicU64,
-    /// When unused endpoints were last looked for (ms).
-    retire_checked_ms: AtomicU64,
+    /// When the node was last ticked (ms).
+    ticked_ms: AtomicU64,
+    /// What wakes Envoy's main thread to tick (the last id given, and the wakers).
+    wakers: Mutex<(u64, Vec<(u64, telemetry::Waker)>)>,
     log: Log,
 }
 
@@ -310,11 +320,44 @@ fn counting<T>(learning: bool, step: impl FnOnce(&mut LearnStats) -> T) -> (T, O
     })
 }
 
+/// Every `learning.tick_ms`, off the request path, wakes Envoy's main thread to tick the
+/// node ([`Core::register_ticker`]; with none registered, ticks it itself), so that
+/// learning completes (and endpoints retire) when traffic stops; requests tick it too
+/// when due. Stops once the filter (holding the returned sender) is dropped.
+fn ticker(core: &Arc<Core>) -> Option<std::sync::mpsc::Sender<()>> {
+    let s = &core.settings;
+    if s.policy.is_some() && s.endpoints.retire_after_s == 0 {
+        return None; // nothing to learn or retire
+    }
+    let period = std::time::Duration::from_millis(u64::from(s.learning.tick_ms.max(1)));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let weak = Arc::downgrade(core);
+    let spawned = std::thread::Builder::new()
+        .name("flowguard-tick".to_owned())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(period)
+            {
+                let Some(core) = weak.upgrade() else {
+                    return;
+                };
+                let wakers = core.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+                if wakers.1.is_empty() {
+                    drop(wakers);
+                    core.tick_if_due(now_ms());
+                } else {
+                    // Envoy's main thread ticks (and reports the gauges).
+                    wakers.1.iter().for_each(|(_, wake)| wake());
+                }
+            }
+        });
+    spawned.ok().map(|_| stop)
+}
+
 fn now_secs() -> u32 {
     u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX)
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -350,7 +393,12 @@ impl Filter {
                 core.clone(),
             )?),
         };
-        Ok(Filter { core, telemetry })
+        let ticker = ticker(&core);
+        Ok(Filter {
+            core,
+            _ticker: ticker,
+            telemetry,
+        })
     }
 
     pub fn stream(self: &Arc<Self>) -> Stream {
@@ -404,14 +452,14 @@ impl Filter {
 
 impl telemetry::Sink for Core {
     fn version(&self) -> u64 {
-        self.installed().model.as_ref().map_or(0, |m| m.version)
+        self.installed().version()
     }
 
-    fn install(&self, policy: Policy, model: Model) -> bool {
+    fn install(&self, policy: Policy, _model: Model) -> bool {
         if self.settings.policy.is_some() {
             return false; // the operator's policy stands
         }
-        self.adopt(policy, model)
+        self.adopt(&policy)
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -422,38 +470,30 @@ impl telemetry::Sink for Core {
 impl Core {
     fn new(json: &[u8], log: Log) -> Result<Core, String> {
         let settings = Settings::from_json(json).map_err(|e| e.to_string())?;
-        let model = match &settings.policy {
-            Some(policy) => {
-                Some(Model::compile(policy, &settings).map_err(|e| format!("policy.{e}"))?)
-            }
-            None => None,
-        };
-        let base = exchange::base_normaliser(&settings, &Registry::default());
+        let mut node = Node::new(&settings);
+        let mut happened = Vec::new();
+        if let Some(policy) = &settings.policy {
+            let model = Model::compile(policy, &settings).map_err(|e| format!("policy.{e}"))?;
+            happened.push(node.install(model, now_secs()));
+        }
         let table = Table::for_capacity(settings.session.capacity);
-        Ok(Core {
-            installed: RwLock::new(Arc::new(Installed {
-                last_used: last_used(model.as_ref(), now_secs()),
-                retired: EndpointSet::EMPTY,
-                model,
-                registry_map: Vec::new(),
-                base,
-                prefixes: 0,
-                policy: None,
-            })),
-            learner: Mutex::new(Learner {
-                space: 0,
-                stats: LearnStats::default(),
-                since_sync: 0,
-            }),
+        let core = Core {
+            installed: RwLock::new(Arc::new(Core::snapshot(&settings, &mut node, None))),
+            node: Mutex::new(node),
+            pending: Mutex::new(Pending::default()),
+            auth_notes: Mutex::new(Vec::new()),
             started: AtomicU32::new(0),
             serial: AtomicU64::new(0),
             learned: std::array::from_fn(|_| AtomicU64::new(0)),
             generation: AtomicU64::new(1),
-            retire_checked_ms: AtomicU64::new(0),
+            ticked_ms: AtomicU64::new(0),
+            wakers: Mutex::new((0, Vec::new())),
             table,
             settings,
             log,
-        })
+        };
+        core.report(happened);
+        Ok(core)
     }
 
     /// Changes whenever a gauge's value may have (a host reports them when it does).
@@ -494,174 +534,229 @@ impl Core {
             registry_map: &installed.registry_map,
             base_normaliser: &installed.base,
             started: self.started.load(Ordering::Relaxed),
-            relearns: self.relearns(),
+            relearns: Node::relearns(&self.settings),
             registry: None,
         }
     }
 
     /// Whether exchanges judged with `installed` teach anything.
     fn learning(&self, installed: &Installed) -> bool {
-        self.settings.policy.is_none() && (installed.model.is_none() || self.relearns())
+        self.settings.policy.is_none()
+            && (installed.model.is_none() || Node::relearns(&self.settings))
     }
 
-    /// Whether learning goes on once a model is active: for a model this host learned
-    /// itself (a configured policy is the operator's), as the Wasm filter does.
-    fn relearns(&self) -> bool {
-        self.settings.policy.is_none() && self.settings.collector.is_none()
-    }
-
-    /// Merges an exchange's learning counters (counted in id space `space`); compiles and
-    /// installs the model when the thresholds are met, and learns it again (adding only
-    /// rules that now have their evidence) once the counters have grown by a quarter.
-    fn learn(&self, delta: LearnStats, space: u64) {
-        if self.settings.policy.is_some() {
+    /// Keeps an exchange's learning counters (counted in id space `space`) for the
+    /// node's next tick; counters of another space than the snapshot's are dropped.
+    fn learn(&self, delta: &LearnStats, space: u64) {
+        if delta.is_empty() {
             return;
         }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.space != space {
+            if space != self.installed().space() {
+                return; // judged with a model replaced meanwhile
+            }
+            *pending = Pending {
+                space,
+                stats: LearnStats::default(),
+            };
+        }
+        pending.stats.merge(delta);
+    }
+
+    /// Registers what wakes a thread to call [`Core::tick_if_due`] every
+    /// `learning.tick_ms` (Envoy's main thread, through a configuration's scheduler).
+    pub fn register_ticker(&self, wake: telemetry::Waker) -> u64 {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        wakers.0 += 1;
+        let id = wakers.0;
+        wakers.1.push((id, wake));
+        id
+    }
+
+    /// Once this returns, the waker `id` is never called again.
+    pub fn unregister_ticker(&self, id: u64) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        wakers.1.retain(|(i, _)| *i != id);
+    }
+
+    /// The node's tick, if `learning.tick_ms` has passed since the last one and no other
+    /// thread ticks now (a request never waits for it).
+    pub fn tick_if_due(&self, now_ms: u64) {
+        let last = self.ticked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < u64::from(self.settings.learning.tick_ms)
+            || self
+                .ticked_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let node = match self.node.try_lock() {
+            Ok(node) => node,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        self.tick_locked(node, now_ms);
+    }
+
+    /// Ticks the node now, waiting for the lock (the ticker thread; tests).
+    pub fn tick(&self) {
+        let now_ms = now_ms();
+        self.ticked_ms.store(now_ms, Ordering::Relaxed);
+        let node = self.node.lock().unwrap_or_else(PoisonError::into_inner);
+        self.tick_locked(node, now_ms);
+    }
+
+    /// Merges what requests counted and last used into the node, ticks it
+    /// (`engine::node`: merge counters, share last-use times and retire, adopt, learn or
+    /// relearn and publish, all through the table) and swaps in what it holds now.
+    fn tick_locked(&self, mut node: MutexGuard<'_, Node>, now_ms: u64) {
         let installed = self.installed();
-        if installed.model.is_some() && !self.relearns() {
-            return;
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let layout = node.model.as_ref().map_or(0, |m| m.layout);
+        if pending.space == layout {
+            node.delta.merge(&pending.stats);
         }
-        let first = {
-            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
-            if learner.space != space {
-                return; // counted in another model's ids (one was installed meanwhile)
+        if installed.version() == node.model_version() {
+            for (mine, used) in node.last_used.iter_mut().zip(installed.last_used.iter()) {
+                *mine = (*mine).max(used.load(Ordering::Relaxed));
             }
-            if !delta.is_empty() {
-                learner.stats.merge(&delta);
-                let st = &learner.stats;
-                let values = [
-                    st.sessions,
-                    st.requests,
-                    st.unlearned_sessions,
-                    st.weak_sessions,
-                ];
-                for (gauge, value) in self.learned.iter().zip(values) {
-                    gauge.store(value, Ordering::Relaxed);
-                }
-                self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        let notes = std::mem::take(
+            &mut *self
+                .auth_notes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let version = node.model_version();
+        if let Some(model) = node.model.as_mut() {
+            for (_, endpoint) in notes.iter().filter(|(v, _)| *v == version) {
+                model.note_auth_failure(*endpoint);
             }
-            learner.since_sync = learner.since_sync.saturating_add(1);
-            let sync = learner.since_sync >= SYNC_EVERY;
-            if sync {
-                learner.since_sync = 0;
+        }
+        if self.settings.policy.is_none() && node.model.is_none() {
+            // The registry the exchanges write: its learned variable positions normalise.
+            if let Ok((Some(bytes), _)) = self.table.get(REGISTRY_KEY) {
+                node.adopt_registry(&self.settings, Registry::decode(&bytes));
             }
-            match (&installed.model, &installed.policy) {
-                (None, _) if learner.stats.is_ready(&self.settings.learning) => {
-                    Some(std::mem::take(&mut learner.stats))
-                }
-                (None, _) => {
-                    if sync {
-                        self.sync_normaliser(&installed);
-                    }
-                    None
-                }
-                (Some(model), Some(current))
-                    if learn::relearn_due(
-                        model.learned_sessions,
-                        &learner.stats,
-                        &self.settings.learning,
-                    ) =>
-                {
-                    // Under the lock: one relearning at a time, rarely.
-                    self.relearn(&installed, current, &learner.stats);
-                    None
-                }
-                (Some(_), _) => None,
-            }
+        }
+        let mut host = TableHost {
+            table: &self.table,
+            address: || None,
         };
-        if let Some(stats) = first {
-            self.compile(&stats);
+        let mut happened = Vec::new();
+        if let Err(e) = node.tick(&self.settings, &mut host, now_ms, &mut happened) {
+            (self.log)(Level::Debug, &format!("flowguard: tick: {e:?}"));
         }
+        self.report(happened);
+        self.refresh(&mut node, &installed);
     }
 
-    /// Learns the installed policy again from `stats` (in its ids) and swaps it in.
-    fn relearn(&self, installed: &Installed, current: &Policy, stats: &LearnStats) {
-        let s = &self.settings;
-        let policy = learn::relearn(current, stats, &s.learning, &s.limits);
-        let model = match Model::compile(&policy, s) {
-            Ok(m) => m,
-            Err(e) => {
-                (self.log)(
-                    Level::Error,
-                    &format!("flowguard: learned policy is invalid: {e}"),
-                );
-                return;
-            }
-        };
-        self.log_learned(&policy, &model, stats);
-        let mut slot = self
-            .installed
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        *slot = Arc::new(Installed {
-            model: Some(model),
-            registry_map: installed.registry_map.clone(),
-            base: installed.base.clone(),
-            prefixes: installed.prefixes,
-            policy: Some(policy),
-            // The same endpoint list: the same last-use times; retired again on the next
-            // look.
-            last_used: installed.last_used.clone(),
-            retired: EndpointSet::EMPTY,
+    /// Swaps in a snapshot of what the node holds, unless nothing requests see changed.
+    fn refresh(&self, node: &mut Node, installed: &Arc<Installed>) {
+        let same_model = installed.version() == node.model_version();
+        let retiring = self.settings.endpoints.retire_after_s != 0;
+        let noted = node.model.as_ref().is_some_and(|m| {
+            installed.model.as_ref().is_some_and(|i| {
+                (0..m.len()).any(|e| {
+                    EndpointId::try_from(e)
+                        .is_ok_and(|e| m.checks_address(Some(e)) != i.checks_address(Some(e)))
+                })
+            })
         });
-    }
-
-    fn log_learned(&self, policy: &Policy, model: &Model, stats: &LearnStats) {
-        (self.log)(
-            Level::Info,
-            &format!(
-                "flowguard: learned policy version {} from {} sessions, {} requests: {}",
-                policy.version,
-                stats.sessions,
-                stats.requests,
-                policy.to_json()
-            ),
-        );
-        (self.log)(
-            Level::Info,
-            &format!(
-                "flowguard: model version {} active ({} endpoints)",
-                model.version,
-                model.len()
-            ),
-        );
-    }
-
-    fn registry(&self) -> Registry {
-        match self.table.get(REGISTRY_KEY) {
-            Ok((Some(bytes), _)) => Registry::decode(&bytes),
-            _ => Registry::default(),
-        }
-    }
-
-    /// Learning normalises with the registry's learned variable positions.
-    fn sync_normaliser(&self, installed: &Installed) {
-        let registry = self.registry();
-        let prefixes = registry.variable_prefixes().len();
-        if prefixes == installed.prefixes {
+        if same_model
+            && !noted
+            && !(retiring && node.model.is_some())
+            && installed.prefixes == node.registry.variable_prefixes().len()
+        {
             return;
         }
-        let mut slot = self
+        let keep = same_model.then_some(&installed.last_used);
+        let snapshot = Core::snapshot(&self.settings, node, keep);
+        *self
             .installed
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.model.is_none() {
-            *slot = Arc::new(Installed {
-                model: None,
-                registry_map: Vec::new(),
-                base: exchange::base_normaliser(&self.settings, &registry),
-                prefixes,
-                policy: None,
-                last_used: Arc::new(Vec::new()),
-                retired: EndpointSet::EMPTY,
-            });
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What requests judge with, from the node (`last_used`: the times to keep, for the
+    /// same model).
+    fn snapshot(
+        settings: &Settings,
+        node: &mut Node,
+        last: Option<&Arc<Vec<AtomicU32>>>,
+    ) -> Installed {
+        let prefixes = node.registry.variable_prefixes().len();
+        let (scope, _) = node.scope(settings);
+        let now = now_secs();
+        Installed {
+            last_used: last.cloned().unwrap_or_else(|| last_used(scope.model, now)),
+            model: scope.model.cloned(),
+            registry_map: scope.registry_map.to_vec(),
+            base: scope.base_normaliser.clone(),
+            prefixes,
+        }
+    }
+
+    /// Logs and counts what the node did.
+    fn report(&self, happened: Vec<Happened>) {
+        for h in happened {
+            match h {
+                Happened::Installed { version, endpoints } => {
+                    self.generation.fetch_add(1, Ordering::Relaxed);
+                    (self.log)(
+                        Level::Info,
+                        &format!(
+                            "flowguard: model version {version} active ({endpoints} endpoints)"
+                        ),
+                    );
+                }
+                Happened::Learned {
+                    version,
+                    sessions,
+                    requests,
+                    json,
+                } => (self.log)(
+                    Level::Info,
+                    &format!(
+                        "flowguard: learned policy version {version} from {sessions} sessions, \
+                         {requests} requests: {json}"
+                    ),
+                ),
+                Happened::Refused { version, error } => (self.log)(
+                    Level::Error,
+                    &format!("flowguard: refused policy version {version}: {error}"),
+                ),
+                Happened::Invalid { error } => (self.log)(
+                    Level::Error,
+                    &format!("flowguard: learned policy is invalid: {error}"),
+                ),
+                Happened::Progress {
+                    sessions,
+                    requests,
+                    unlearned,
+                    weak,
+                } => {
+                    let values = [sessions, requests, unlearned, weak];
+                    let mut changed = false;
+                    for (gauge, value) in self.learned.iter().zip(values) {
+                        changed |= gauge.swap(value, Ordering::Relaxed) != value;
+                    }
+                    if changed {
+                        self.generation.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
         }
     }
 
     /// From now on, requests to `endpoint` (of model `version`) are checked against their
     /// client address's failures: it answered 401/403 (the learning sample may have held
-    /// none). The model is copied with the note and swapped in, once per endpoint.
+    /// none). The snapshot is copied with the note and swapped in, once per endpoint; the
+    /// node's model takes it on its next tick.
     fn note_auth_failure(&self, version: u64, endpoint: EndpointId) {
         let noted = |i: &Installed| {
             i.model
@@ -687,147 +782,41 @@ impl Core {
             registry_map: slot.registry_map.clone(),
             base: slot.base.clone(),
             prefixes: slot.prefixes,
-            policy: slot.policy.clone(),
             last_used: slot.last_used.clone(),
-            retired: slot.retired,
         });
+        drop(slot);
+        self.auth_notes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((version, endpoint));
     }
 
-    /// Retires the model's endpoints unused for `endpoints.retire_after_s` (looked at
-    /// every `learning.tick_ms`): a copy of the model with them retired is swapped in
-    /// when the set changed, as the Wasm filter's tick does.
-    fn retire_unused(&self, now_ms: u64) {
-        let retire_after = self.settings.endpoints.retire_after_s;
-        if retire_after == 0 {
-            return;
-        }
-        let last = self.retire_checked_ms.load(Ordering::Relaxed);
-        let tick = u64::from(self.settings.learning.tick_ms);
-        if now_ms.saturating_sub(last) < tick
-            || self
-                .retire_checked_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return; // not due, or another thread looks
-        }
-        let installed = self.installed();
-        if installed.model.is_none() {
-            return;
-        }
-        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let mut retired = EndpointSet::EMPTY;
-        for (i, last) in installed.last_used.iter().enumerate() {
-            if now.saturating_sub(last.load(Ordering::Relaxed)) > retire_after {
-                if let Ok(id) = EndpointId::try_from(i) {
-                    retired.insert(id);
-                }
-            }
-        }
-        if retired == installed.retired {
-            return;
-        }
-        let mut slot = self
-            .installed
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !Arc::ptr_eq(&slot, &installed) {
-            return; // swapped meanwhile: the next look sees the new one
-        }
-        let mut model = slot.model.clone();
-        if let Some(m) = model.as_mut() {
-            m.set_retired(retired);
-        }
-        *slot = Arc::new(Installed {
-            model,
-            registry_map: slot.registry_map.clone(),
-            base: slot.base.clone(),
-            prefixes: slot.prefixes,
-            policy: slot.policy.clone(),
-            last_used: slot.last_used.clone(),
-            retired,
-        });
-    }
-
-    /// Compiles the learned policy and swaps the model in.
-    fn compile(&self, stats: &LearnStats) {
-        let registry = self.registry();
-        let s = &self.settings;
-        let policy = learn::compile(stats, &registry, &s.learning, &s.limits, 1);
-        let model = match Model::compile(&policy, s) {
-            Ok(m) => m,
-            Err(e) => {
-                (self.log)(
-                    Level::Error,
-                    &format!("flowguard: learned policy is invalid: {e}"),
-                );
-                return;
-            }
-        };
-        self.log_learned(&policy, &model, stats);
-        let layout = model.layout;
-        let registry_map = self.install(policy, model, &registry);
-        if self.relearns() {
-            // Learning goes on in the model's ids: what was counted is carried over.
-            let map = |id: EndpointId| registry_map.get(usize::from(id)).copied().flatten();
-            let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut carried = stats.remap(map);
-            carried.merge(&learner.stats.remap(map));
-            learner.stats = carried;
-            learner.space = layout;
-        }
-    }
-
-    /// Swaps `model` in (for `policy`); slots recorded while learning map through
-    /// `registry`. The learning-registry-to-model map.
-    fn install(
-        &self,
-        policy: Policy,
-        model: Model,
-        registry: &Registry,
-    ) -> Vec<Option<EndpointId>> {
-        let registry_map: Vec<Option<EndpointId>> = registry
-            .templates()
-            .iter()
-            .map(|t| {
-                let (method, path) = t.split_once(' ').unwrap_or(("", t));
-                let mut out = String::new();
-                model.normaliser.normalise(method, path, &mut out);
-                model.endpoint(&out)
-            })
-            .collect();
-        let base = exchange::base_normaliser(&self.settings, registry);
-        let mut slot = self
-            .installed
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        *slot = Arc::new(Installed {
-            last_used: last_used(Some(&model), now_secs()),
-            retired: EndpointSet::EMPTY,
-            model: Some(model),
-            registry_map: registry_map.clone(),
-            base,
-            prefixes: registry.variable_prefixes().len(),
-            policy: Some(policy),
-        });
-        registry_map
-    }
-
-    /// Installs a policy the collector served (compiled by the telemetry thread), unless
-    /// its version is the installed one's.
-    fn adopt(&self, policy: Policy, model: Model) -> bool {
-        if self.installed().model.as_ref().map(|m| m.version) == Some(model.version) {
+    /// Publishes a policy the collector served (`Node::publish`) and adopts it, unless
+    /// its version is the node's.
+    fn adopt(&self, policy: &Policy) -> bool {
+        let mut node = self.node.lock().unwrap_or_else(PoisonError::into_inner);
+        if node.model_version() == policy.version {
             return false;
         }
-        let registry = self.registry();
-        let layout = model.layout;
-        self.install(policy, model, &registry);
-        // Local learning stops with a collector; its counts were in another id space.
-        let mut learner = self.learner.lock().unwrap_or_else(PoisonError::into_inner);
-        learner.space = layout;
-        learner.stats = LearnStats::default();
-        true
+        let mut host = TableHost {
+            table: &self.table,
+            address: || None,
+        };
+        let published = Node::published_version(&mut host)
+            .and_then(|(_, cas)| Node::publish(&mut host, policy.version, &policy.to_json(), cas));
+        if published != Ok(true) {
+            return false;
+        }
+        let installed = self.installed();
+        let mut happened = Vec::new();
+        let adopted = node.adopt_published(&self.settings, &mut host, now_secs(), &mut happened);
+        let done = adopted.is_ok()
+            && happened.iter().any(
+                |h| matches!(h, Happened::Installed { version, .. } if *version == policy.version),
+            );
+        self.report(happened);
+        self.refresh(&mut node, &installed);
+        done
     }
 }
 
@@ -904,9 +893,8 @@ impl Stream {
         let (step, delta) = counting(filter.learning(&installed), |delta| {
             step(exchange, &scope, &mut host, now_ms, serial, delta).map_err(store_error)
         });
-        let space = installed.space();
         if let Some(delta) = delta {
-            filter.learn(delta, space);
+            filter.learn(&delta, installed.space());
         }
         if let Ok(RequestStep {
             endpoint: Some(e),
@@ -920,8 +908,8 @@ impl Stream {
                 }
             }
         }
-        filter.retire_unused(now_ms);
         *judged_with = Some(installed);
+        filter.tick_if_due(now_ms);
         let mut step = step;
         if let Some(event) = step.as_mut().ok().and_then(|s| s.event.take()) {
             filter.record(event); // a local reply's, complete now
@@ -1027,8 +1015,8 @@ impl Stream {
         let (step, delta) = counting(filter.learning(installed), |delta| {
             step(exchange, &scope, &mut host, delta).map_err(store_error)
         });
-        if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-            filter.learn(delta, installed.space());
+        if let Some(delta) = delta {
+            filter.learn(&delta, installed.space());
         }
         let mut step = step;
         if let Ok(s) = &mut step {

@@ -65,6 +65,12 @@ fn learns_in_process_then_enforces() {
         call(&filter, "POST", "/pay", &s, 200);
         call(&filter, "POST", "/confirm", &s, 200);
     }
+    // The requests alone tick at most every `learning.tick_ms`: tick once now.
+    assert!(
+        filter.installed().model.is_none(),
+        "learned on a tick, not on a request"
+    );
+    filter.tick();
     let installed = filter.installed();
     let model = installed.model.as_ref().expect("a model was learned");
     assert!(model.len() >= 3, "{}", model.len());
@@ -136,6 +142,7 @@ fn learning_goes_on_after_the_model_and_relearns() {
             call(&filter, "GET", "/items", &s, 200);
             call(&filter, "POST", "/pay", &s, 200);
             call(&filter, "POST", "/confirm", &s, 200);
+            filter.tick(); // after every session, as if each took a `tick_ms`
         }
     };
     play(60);
@@ -169,7 +176,7 @@ fn an_endpoint_unused_for_retire_after_s_is_retired() {
     let verdict = |step: &RequestStep| {
         step.set
             .iter()
-            .find(|(n, _)| *n == exchange::VERDICT_HEADER)
+            .find(|(n, _)| *n == flowguard_engine::exchange::VERDICT_HEADER)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
@@ -252,6 +259,7 @@ fn a_reload_with_the_same_json_keeps_the_model_and_the_sessions() {
         call(&first, "POST", "/pay", &s, 200);
         call(&first, "POST", "/confirm", &s, 200);
     }
+    first.tick();
     assert!(first.installed().model.is_some(), "learned");
     // A customer pays before the reload.
     call(&first, "GET", "/items", "mid", 200);
