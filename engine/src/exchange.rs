@@ -930,19 +930,8 @@ impl Exchange {
     /// the whole map for a cookie, a body to wait for or inspect; the status for a step
     /// to settle, a failure to count or an event to complete; else nothing at all.
     pub fn answer_needs(&self, settings: &Settings) -> AnswerNeeds {
-        let whole = settings.rules.get(Rule::SensitiveData) != RuleAction::Off
-            || self.pending.is_some_and(|p| {
-                p.handover_step
-                    || settings.session.reads_set_cookie()
-                    || !settings.endpoints.failure.is_empty()
-            });
-        if whole {
-            AnswerNeeds::Headers
-        } else if self.pending.is_some() || self.address_watch.is_some() || self.event.is_some() {
-            AnswerNeeds::Status
-        } else {
-            AnswerNeeds::Nothing
-        }
+        let scans = settings.rules.get(Rule::SensitiveData) != RuleAction::Off;
+        self.needs(settings, scans)
     }
 
     /// [`Exchange::answer_needs`] knowing the model and whether a body follows: the
@@ -953,6 +942,11 @@ impl Exchange {
         let endpoint = self.pending.map(|p| p.endpoint);
         let actions = scope.model.map_or(&settings.rules, |m| m.actions(endpoint));
         let scans = !end_of_stream && actions.get(Rule::SensitiveData) != RuleAction::Off;
+        self.needs(settings, scans)
+    }
+
+    /// What the answer's head must give when `scans` (its body may be scanned).
+    fn needs(&self, settings: &Settings, scans: bool) -> AnswerNeeds {
         let whole = scans
             || self.pending.is_some_and(|p| {
                 p.handover_step
