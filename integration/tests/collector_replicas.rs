@@ -264,10 +264,22 @@ fn a_filter_reports_through_one_cluster_of_replicas_and_survives_losing_one() {
     })
     .unwrap();
     a.kill();
-    customers(&client, 200);
+    // A batch that goes to the dead replica fails (and is counted); Envoy's balancer sends
+    // the others to the survivor. Customers keep coming, a few per flush, so that more
+    // than one or two batches are sent (both could go to the dead one), until the
+    // survivor has acknowledged some.
+    let mut requests = 100;
+    for _ in 0..40 {
+        customers(&client, 10);
+        requests += 10;
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        if requests >= 300 && sent(&envoy) > before {
+            break;
+        }
+    }
     let (acked, lost) = eventually("every report answered", || {
         let (s, f) = (sent(&envoy), failed(&envoy));
-        (s + f >= 300).then_some((s, f))
+        (s + f >= requests).then_some((s, f))
     })
     .unwrap();
     let stored = b.stats().unwrap().0;
