@@ -58,8 +58,12 @@ fn a_flow_continues_across_the_login_cookie_and_is_enforced_on_both_sides() {
             "{needed} (before the login) not learned for the order (after it): {orders:?}"
         );
     }
+    // Every login hands its flow over, except one whose answer comes after the first
+    // model was installed on its worker (its steps are in the learning registry's ids, the
+    // new identity's slot in the model's: nothing to continue). With the model learned
+    // mid-traffic on two workers, one or two of 70 can straddle it.
     envoy
-        .counter_at_least("flowguard.sessions.handovers", 70)
+        .counter_at_least("flowguard.sessions.handovers", 68)
         .unwrap();
     let confirm = policy
         .endpoint("POST /api/orders/{id}/confirm")
