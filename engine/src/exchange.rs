@@ -37,6 +37,7 @@ use crate::slot_table::Placement;
 use crate::store::{self, Host, StoreError};
 use crate::telemetry::{sampled, Event};
 use crate::verdict::{Outcome, Request, Verdict};
+use std::borrow::Cow;
 
 /// The session the upstream is told (16 hex digits of the fingerprint).
 pub const SESSION_HEADER: &str = "x-flowguard-session";
@@ -188,16 +189,11 @@ impl ResponseHead {
         let reads_cookie = settings.session.reads_set_cookie();
         for (name, value) in pairs {
             if name == b":status" {
-                head.status = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
-            } else if name.eq_ignore_ascii_case(b"content-type") {
+                head.status = number(value).unwrap_or(0);
+            } else if name.len() == 12 && name.eq_ignore_ascii_case(b"content-type") {
                 head.json = value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                head.content_length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
+            } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+                head.content_length = number(value);
             } else if reads_cookie
                 && head.cookie_session.is_none()
                 && name.eq_ignore_ascii_case(b"set-cookie")
@@ -251,7 +247,7 @@ pub struct RequestStep {
     /// Client-sent `x-flowguard-*` headers to remove (names as sent).
     pub strip: Vec<Vec<u8>>,
     /// Headers to set for the upstream.
-    pub set: Vec<(&'static str, String)>,
+    pub set: Upstream,
     /// A local reply instead of the upstream.
     pub reply: Option<LocalReply>,
     pub verdict: Option<Verdict>,
@@ -268,6 +264,36 @@ pub struct RequestStep {
     /// The learning registry as shared data holds it, when it was read (for the host's
     /// cache and its learning normaliser).
     pub registry: Option<Registry>,
+}
+
+/// The headers flowguard sets for the upstream ([`SESSION_HEADER`], [`VERDICT_HEADER`]),
+/// held inline: a plain verdict is a static string, so an allowed request allocates none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    session: Option<[u8; 16]>,
+    verdict: Option<Cow<'static, str>>,
+}
+
+impl Upstream {
+    /// `(name, value)` of each header to set, the session's first.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let session = self
+            .session
+            .as_ref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .map(|s| (SESSION_HEADER, s));
+        let verdict = self.verdict.as_deref().map(|v| (VERDICT_HEADER, v));
+        session.into_iter().chain(verdict)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.session.is_none() && self.verdict.is_none()
+    }
+
+    /// The value of header `name`, if it is set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
 }
 
 /// What the response step found (for the host's metrics and its model).
@@ -361,6 +387,27 @@ impl<'a> Iterator for PairIter<'a> {
     }
 }
 
+/// A header's decimal value (surrounding whitespace allowed, as `str::parse` after
+/// `trim`): plain digits are read directly, anything else the slow way.
+fn number<T: std::str::FromStr + From<u16>>(value: &[u8]) -> Option<T> {
+    if (1..=4).contains(&value.len()) && value.iter().all(u8::is_ascii_digit) {
+        let n = value.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        return Some(T::from(n));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Which of [`KNOWN`] `name` is (any case). The known names' lengths differ, so the
+/// length picks the one candidate.
+fn known_index(name: &[u8]) -> Option<usize> {
+    let i = KNOWN.iter().position(|k| k.len() == name.len())?;
+    let known = KNOWN.get(i)?.as_bytes();
+    // Envoy's names are lower case already: compare exactly first.
+    (name == known || name.eq_ignore_ascii_case(known)).then_some(i)
+}
+
 /// The request's headers as the host read them.
 struct Headers<'a> {
     pairs: RequestPairs<'a>,
@@ -375,20 +422,14 @@ impl<'a> Headers<'a> {
         let mut known = [None; KNOWN.len()];
         let mut own = Vec::new();
         for (name, value) in pairs.iter() {
-            // The known names' lengths differ: one comparison at most.
-            let candidate = KNOWN.iter().position(|k| k.len() == name.len());
-            if let Some(i) = candidate.filter(|&i| {
-                KNOWN
-                    .get(i)
-                    .is_some_and(|k| name.eq_ignore_ascii_case(k.as_bytes()))
-            }) {
-                if let Some(slot @ None) = known.get_mut(i) {
-                    *slot = Some(value);
-                }
+            if let Some(slot @ None) = known_index(name).and_then(|i| known.get_mut(i)) {
+                *slot = Some(value);
             }
-            if name
-                .get(..OWN_PREFIX.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+            // Most names differ from the prefix by their fourth byte (`x-fl…`).
+            if name.get(3).is_some_and(|b| b.eq_ignore_ascii_case(&b'l'))
+                && name
+                    .get(..OWN_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
             {
                 own.push(name.to_vec());
             }
@@ -735,12 +776,10 @@ impl Exchange {
         if decision == Decision::Pass {
             return Ok(step);
         }
-        let session_id = hex(fingerprint);
-        let session_id = std::str::from_utf8(&session_id).unwrap_or_default();
-        step.set.push((SESSION_HEADER, session_id.to_owned()));
+        step.set.session = Some(hex(fingerprint));
         match decision {
             Decision::Pass | Decision::Session => {}
-            Decision::Annotate => step.set.push((VERDICT_HEADER, verdict_header(&verdict))),
+            Decision::Annotate => step.set.verdict = Some(verdict_header(&verdict)),
             Decision::Reply {
                 status,
                 retry_after_s,
@@ -834,7 +873,7 @@ impl Exchange {
                     serial,
                 ));
             }
-            Decision::Annotate => step.set.push((VERDICT_HEADER, verdict_header(&verdict))),
+            Decision::Annotate => step.set.verdict = Some(verdict_header(&verdict)),
             Decision::Pass | Decision::Session => {}
         }
         Ok(())
@@ -1287,10 +1326,8 @@ impl<E> Now<'_, E> {
     }
 }
 
-fn verdict_header(verdict: &Verdict) -> String {
-    let mut out = String::new();
-    verdict.write_header(&mut out);
-    out
+fn verdict_header(verdict: &Verdict) -> Cow<'static, str> {
+    verdict.header()
 }
 
 fn registry_len<H: Host>(host: &mut H) -> Result<usize, StoreError<H::Error>> {

@@ -327,8 +327,9 @@ impl Judge<'_> {
     /// Client address `fp`'s slot as stored (empty when absent or another's record).
     fn read_address<H: Host>(&self, host: &mut H, fp: u64) -> Result<AddressSlot, H::Error> {
         let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
-        let (bytes, _) = host.get(key.as_str())?;
-        Ok(bytes.map(|b| AddressSlot::decode(&b)).unwrap_or_default())
+        host.read(key.as_str(), |bytes, _| {
+            bytes.map(AddressSlot::decode).unwrap_or_default()
+        })
     }
 
     /// Notes that identified session `session`, new here, came from the client address:
@@ -511,8 +512,9 @@ impl Judge<'_> {
 
 /// A slot and its token; an absent or undecodable record reads as `None` (free).
 pub fn read_slot<H: Host>(host: &mut H, key: Key) -> Result<(Option<Slot>, u32), H::Error> {
-    let (bytes, cas) = host.get(key.as_str())?;
-    Ok((bytes.and_then(|b| Slot::decode(&b).ok()), cas))
+    host.read(key.as_str(), |bytes, cas| {
+        (bytes.and_then(|b| Slot::decode(b).ok()), cas)
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use crate::sensitive::{Baseline, Findings};
 use crate::slot::NO_ENDPOINT;
 use std::collections::{HashMap, HashSet};
 
+/// The request path's hasher for the model's own keys.
+type Fast = foldhash::fast::RandomState;
+
 /// What the filter consults per request. Endpoint ids are positions in the policy.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -28,7 +31,9 @@ pub struct Model {
     pub auth_limit: u32,
     /// 401/403 answers per auth window of a client address.
     pub address_auth_limit: u32,
-    index: HashMap<String, EndpointId>,
+    /// Template → id, looked up on every request: foldhash, not SipHash (the keys are
+    /// the policy's templates; a client only looks up).
+    index: HashMap<String, EndpointId, Fast>,
     templates: Vec<String>,
     prerequisites: Vec<EndpointSet>,
     /// Prerequisites per endpoint that must have succeeded on the request's own object.
@@ -42,7 +47,7 @@ pub struct Model {
     /// Endpoints some rule waits for (session-wide or bound): a success of any other one
     /// changes no verdict.
     required: EndpointSet,
-    transitions: HashSet<(EndpointId, EndpointId)>,
+    transitions: HashSet<(EndpointId, EndpointId), Fast>,
     rate_limits: Vec<u32>,
     ids_limits: Vec<u32>,
     /// Per client address and identified session it carries, for anonymous requests.
@@ -93,7 +98,7 @@ impl Model {
             .iter()
             .map(|e| e.template.clone())
             .collect();
-        let index: HashMap<String, EndpointId> = templates
+        let index: HashMap<String, EndpointId, Fast> = templates
             .iter()
             .enumerate()
             .filter_map(|(i, t)| Some((t.clone(), EndpointId::try_from(i).ok()?)))

@@ -15,6 +15,16 @@ pub trait Host {
     /// Writes `value` if the key's token is still `cas` (0: unconditionally). `Ok(false)`:
     /// another writer came first, nothing was written.
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, Self::Error>;
+    /// Lends `key`'s bytes and token to `f`: [`Host::get`] without the copy, for a host
+    /// that holds them in memory (the request path reads every slot this way).
+    fn read<R>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, Self::Error> {
+        let (bytes, cas) = self.get(key)?;
+        Ok(f(bytes.as_deref(), cas))
+    }
     /// The downstream client's address (`ip:port`), if the connection has one.
     fn client_address(&mut self) -> Result<Option<Vec<u8>>, Self::Error>;
 }

@@ -7,6 +7,7 @@ use crate::model::Model;
 use crate::rate::gcra;
 use crate::rule::{Action, Rule, RuleSet};
 use crate::slot::{Slot, Visit};
+use std::borrow::Cow;
 use std::fmt::Write;
 
 /// What to do with the request.
@@ -18,6 +19,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// As the verdict header names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Flag => "flag",
+            Outcome::Block { .. } => "block",
+        }
+    }
+
     /// A block becomes a flag; anything else stays.
     pub fn min_flag(self) -> Outcome {
         match self {
@@ -71,13 +81,20 @@ impl Verdict {
     };
 
     /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
+    /// The `x-flowguard-verdict` value: a static string unless a rule fired, so an
+    /// allowed request allocates none.
+    pub fn header(&self) -> Cow<'static, str> {
+        if self.fired.is_empty() {
+            return Cow::Borrowed(self.outcome.name());
+        }
+        let mut out = String::new();
+        self.write_header(&mut out);
+        Cow::Owned(out)
+    }
+
     pub fn write_header(&self, out: &mut String) {
         out.clear();
-        out.push_str(match self.outcome {
-            Outcome::Allow => "allow",
-            Outcome::Flag => "flag",
-            Outcome::Block { .. } => "block",
-        });
+        out.push_str(self.outcome.name());
         for (i, rule) in self.fired.iter().enumerate() {
             out.push_str(if i == 0 { "; rules=" } else { "," });
             let _ = write!(out, "{}", rule.id());

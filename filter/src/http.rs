@@ -255,7 +255,7 @@ fn apply(w: &mut Worker, x: &Exchange, step: RequestStep, now_ms: u64) -> HostRe
     }
     // Every `x-flowguard-*` header the request carried was stripped (`step.strip`), so
     // these are added, not replaced.
-    for (name, value) in &step.set {
+    for (name, value) in step.set.iter() {
         host::add_header(MapType::HttpRequestHeaders, name, value)?;
     }
     let Some(reply) = step.reply else {

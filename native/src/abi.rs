@@ -898,7 +898,7 @@ fn apply(filter: FilterEnvoy, state: &StreamState, step: &RequestStep, first: bo
         send_response(filter, reply.status, &reply.headers, &reply.body);
         return true;
     }
-    for (name, value) in &step.set {
+    for (name, value) in step.set.iter() {
         if is_own(name.as_bytes()) {
             // Every `x-flowguard-*` header the client sent was stripped.
             add_header(filter, name.as_bytes(), value.as_bytes());

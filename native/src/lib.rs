@@ -295,7 +295,31 @@ pub struct Stream {
     installed: Option<Arc<Installed>>,
 }
 
+impl Drop for Stream {
+    /// Gives the template buffer back to the worker's spares.
+    fn drop(&mut self) {
+        let mut template = std::mem::take(&mut self.exchange.template);
+        if template.capacity() == 0 || template.capacity() > MAX_SPARE_TEMPLATE {
+            return;
+        }
+        template.clear();
+        let _ = TEMPLATES.try_with(|t| {
+            let mut spares = t.borrow_mut();
+            if spares.len() < MAX_SPARE_TEMPLATES {
+                spares.push(template);
+            }
+        });
+    }
+}
+
+/// Spare template buffers each worker thread keeps (a stream's endpoint template is
+/// written into one, so the request path allocates none), and the largest kept.
+const MAX_SPARE_TEMPLATES: usize = 64;
+const MAX_SPARE_TEMPLATE: usize = 512;
+
 thread_local! {
+    static TEMPLATES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+
     /// The learning counters of the exchange step under way, reused by each worker
     /// thread: a step that teaches nothing (a configured policy, say) leaves them empty
     /// and costs no allocation.
@@ -402,9 +426,12 @@ impl Filter {
     }
 
     pub fn stream(self: &Arc<Self>) -> Stream {
+        let template = TEMPLATES.with(|t| t.borrow_mut().pop()).unwrap_or_default();
+        let mut exchange = Exchange::default();
+        exchange.template = template;
         Stream {
             filter: self.clone(),
-            exchange: Exchange::default(),
+            exchange,
             installed: None,
         }
     }

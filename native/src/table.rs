@@ -95,11 +95,20 @@ impl Table {
     }
 
     pub fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), TableError> {
+        self.read(key, |v, cas| (v.map(<[u8]>::to_vec), cas))
+    }
+
+    /// Lends `key`'s bytes and token to `f` under the shard's lock (keep `f` short).
+    pub fn read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, TableError> {
         let shard = self.shard(key)?;
-        Ok(shard
-            .values
-            .get(key)
-            .map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
+        Ok(match shard.values.get(key) {
+            Some((v, cas)) => f(Some(v), *cas),
+            None => f(None, 0),
+        })
     }
 
     /// Writes `value` if the key's token is still `cas` (0: unconditionally).
@@ -156,6 +165,14 @@ impl<F: FnMut() -> Option<Vec<u8>>> Host for TableHost<'_, F> {
 
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, TableError> {
         self.table.set(key, value, cas)
+    }
+
+    fn read<R>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, TableError> {
+        self.table.read(key, f)
     }
 
     fn client_address(&mut self) -> Result<Option<Vec<u8>>, TableError> {

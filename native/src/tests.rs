@@ -175,10 +175,9 @@ fn an_endpoint_unused_for_retire_after_s_is_retired() {
     let filter = Arc::new(Filter::new(json, quiet).unwrap());
     let verdict = |step: &RequestStep| {
         step.set
-            .iter()
-            .find(|(n, _)| *n == flowguard_engine::exchange::VERDICT_HEADER)
-            .map(|(_, v)| v.clone())
+            .get(flowguard_engine::exchange::VERDICT_HEADER)
             .unwrap_or_default()
+            .to_owned()
     };
     assert_eq!(verdict(&call(&filter, "GET", "/b", "u", 200)), "allow");
     for i in 0..12 {

@@ -139,10 +139,7 @@ impl World {
 }
 
 fn header<'a>(step: &'a RequestStep, name: &str) -> Option<&'a str> {
-    step.set
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_str())
+    step.set.get(name)
 }
 
 #[test]
@@ -549,4 +546,32 @@ fn the_answer_is_read_only_as_far_as_it_matters() {
         ..scope
     };
     assert_eq!(x.answer_needs_in(&scope, false), AnswerNeeds::Status);
+}
+
+#[test]
+fn header_numbers_read_as_str_parse_reads_them() {
+    let slow = |v: &[u8]| -> Option<u64> { std::str::from_utf8(v).ok()?.trim().parse().ok() };
+    for v in [
+        &b"200"[..],
+        b"0",
+        b"0042",
+        b"9999",
+        b"10000",
+        b" 200",
+        b"200 ",
+        b"+200",
+        b"-1",
+        b"",
+        b"2a0",
+        b"\xff",
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"\t7\t",
+    ] {
+        assert_eq!(super::number::<u64>(v), slow(v), "{v:?}");
+        let slow16 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok());
+        assert_eq!(super::number::<u16>(v), slow16, "{v:?}");
+    }
 }
