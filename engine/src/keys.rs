@@ -30,13 +30,25 @@ pub struct Key {
 }
 
 impl Key {
-    fn new(prefix: &str, index: u32) -> Key {
-        let mut key = Key {
-            bytes: [0; 16],
-            len: 0,
-        };
-        let _ = write!(key, "{prefix}{index}");
-        key
+    /// `prefix` then `index` in decimal, written digit by digit: no `fmt` machinery on
+    /// the request path.
+    fn new(prefix: &[u8; PREFIX_LEN], index: u32) -> Key {
+        let mut bytes = [0; 16];
+        let digits = index.checked_ilog10().map_or(1, |log| log as usize + 1);
+        let len = PREFIX_LEN + digits; // at most 5 + 10 bytes
+        for (to, from) in bytes.iter_mut().zip(prefix) {
+            *to = *from;
+        }
+        let mut rest = index;
+        let mut at = len;
+        while at > PREFIX_LEN {
+            at -= 1;
+            if let Some(digit) = bytes.get_mut(at) {
+                *digit = b'0' + (rest % 10) as u8;
+            }
+            rest /= 10;
+        }
+        Key { bytes, len }
     }
 
     pub fn as_str(&self) -> &str {
@@ -63,14 +75,17 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The length of a slot key's prefix (`fg/s/`, `fg/a/`).
+const PREFIX_LEN: usize = 5;
+
 /// The key of session slot `index`.
 pub fn slot_key(index: u32) -> Key {
-    Key::new("fg/s/", index)
+    Key::new(b"fg/s/", index)
 }
 
 /// The key of client-address slot `index`.
 pub fn address_key(index: u32) -> Key {
-    Key::new("fg/a/", index)
+    Key::new(b"fg/a/", index)
 }
 
 #[cfg(test)]
@@ -82,5 +97,36 @@ mod tests {
         assert_eq!(slot_key(4_294_967_295).as_str(), "fg/s/4294967295");
         assert_eq!(address_key(7).as_str(), "fg/a/7");
         assert_eq!(used(3), "fg/used/3");
+    }
+
+    /// The key as `write!` made it before the digits were written by hand.
+    fn old_key(prefix: &str, index: u32) -> Key {
+        let mut key = Key {
+            bytes: [0; 16],
+            len: 0,
+        };
+        let _ = write!(key, "{prefix}{index}");
+        key
+    }
+
+    #[test]
+    fn keys_are_what_write_made() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64; // xorshift, deterministic
+        let edges = (0..=10_000)
+            .chain((1..10).flat_map(|d| [10u32.pow(d) - 1, 10u32.pow(d), 10u32.pow(d) + 1]))
+            .chain([u32::MAX - 1, u32::MAX, 16_383, 16_384, 65_535]);
+        let random = (0..200_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> (x % 32)) as u32 // every magnitude
+        });
+        for index in edges.chain(random) {
+            for (key, prefix) in [(slot_key(index), "fg/s/"), (address_key(index), "fg/a/")] {
+                let old = old_key(prefix, index);
+                assert_eq!(key, old, "{index}"); // the whole buffer and the length
+                assert_eq!(key.as_str(), format!("{prefix}{index}"));
+            }
+        }
     }
 }

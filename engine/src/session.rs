@@ -73,7 +73,7 @@ pub fn derive<'a>(
     sources.iter().find_map(|source| {
         let value: Cow<'a, str> = match source {
             Source::Cookie(name) => header("cookie").and_then(|c| cookie_value(c, name))?.into(),
-            Source::Header(name) => header(name).map(str::trim)?.into(),
+            Source::Header(name) => header(name).map(trim)?.into(),
             Source::Bearer => header("authorization").and_then(bearer_token)?.into(),
             Source::Authorization(schemes) => header("authorization")
                 .and_then(|h| credentials(h, schemes.iter().map(String::as_str)))?
@@ -222,12 +222,85 @@ fn value_end(json: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// The value of cookie `name` in a `cookie` header (`a=1; b=2`).
+/// The value of cookie `name` in a `cookie` header (`a=1; b=2`): the first pair whose
+/// name, trimmed, is `name`, its value trimmed and stripped of quotes.
+///
+/// This runs on every request: it looks for `;` eight bytes at a time and for each pair's
+/// first `=` the same way (both ASCII, so every cut is a char boundary), rather than
+/// through `split`/`split_once`'s char searchers.
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
-    })
+    let mut rest = header;
+    loop {
+        let end = find_byte(rest.as_bytes(), b';');
+        let pair = rest.get(..end.unwrap_or(rest.len()))?;
+        if let Some(eq) = find_byte(pair.as_bytes(), b'=') {
+            if trim(pair.get(..eq)?) == name {
+                return Some(trim_quotes(trim(pair.get(eq + 1..)?)));
+            }
+        }
+        rest = rest.get(end? + 1..)?;
+    }
+}
+
+/// The index of the first `needle` in `bytes`, eight bytes at a time: a byte of
+/// `word ^ needle…` is zero exactly where `needle` is, and the lowest byte flagged by
+/// `(x - 0x01…) & !x & 0x80…` is the first zero byte (a borrow can flag only bytes above
+/// a zero one).
+fn find_byte(bytes: &[u8], needle: u8) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 0xff;
+    const HIGHS: u64 = ONES << 7;
+    let spread = ONES * u64::from(needle);
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let x = word.try_into().map_or(0, u64::from_le_bytes) ^ spread;
+        let found = x.wrapping_sub(ONES) & !x & HIGHS;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = words.remainder().iter().position(|&b| b == needle)?;
+    Some(at + tail)
+}
+
+/// `s.trim()`, exactly, cheaper on ASCII: ASCII whitespace (what `char::is_whitespace`
+/// says of ASCII, `\x0b` included) is stripped byte by byte; only when a non-ASCII byte is
+/// left at either end (U+00A0, U+2003, ...) does the char-based `trim` decide the rest.
+/// Every whitespace char stripped here `trim` would strip too, so the result is the same.
+fn trim(s: &str) -> &str {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    while bytes.get(start).is_some_and(|&b| is_space(b)) {
+        start += 1;
+    }
+    let mut end = bytes.len();
+    while end > start && bytes.get(end - 1).is_some_and(|&b| is_space(b)) {
+        end -= 1;
+    }
+    // Only ASCII bytes were skipped: both cuts are char boundaries.
+    let t = s.get(start..end).unwrap_or_default();
+    match (t.as_bytes().first(), t.as_bytes().last()) {
+        (Some(&first), Some(&last)) if !first.is_ascii() || !last.is_ascii() => t.trim(),
+        _ => t,
+    }
+}
+
+/// Whether ASCII byte `b` is whitespace to `char::is_whitespace` (U+0009..=U+000D, U+0020;
+/// unlike `u8::is_ascii_whitespace`, U+000B counts).
+const fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// `s.trim_matches('"')` on bytes (a `"` byte is always the whole char).
+fn trim_quotes(s: &str) -> &str {
+    let bytes = s.as_bytes();
+    let start = bytes.iter().position(|&b| b != b'"').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b'"')
+        .map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 /// The token of an `authorization: Bearer <token>` header (scheme case-insensitive).
@@ -240,24 +313,33 @@ pub fn credentials<'h, 's>(
     header: &'h str,
     mut schemes: impl Iterator<Item = &'s str>,
 ) -> Option<&'h str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
+    let header = trim(header);
+    let space = find_byte(header.as_bytes(), b' ')?;
+    let scheme = header.get(..space)?;
+    let token = header.get(space + 1..)?;
     schemes
         .any(|s| s.eq_ignore_ascii_case(scheme))
-        .then(|| token.trim())
+        .then(|| trim(token))
         .filter(|t| !t.is_empty())
 }
 
 /// The host part of `ip:port`, `[v6]:port` or a bare address.
 pub fn address_host(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+    let bytes = address.as_bytes();
+    if bytes.first() == Some(&b'[') {
+        let rest = address.get(1..).unwrap_or_default();
+        let close = rest.as_bytes().iter().position(|&b| b == b']');
+        return close.and_then(|i| rest.get(..i)).unwrap_or(rest);
     }
-    match address.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            host
-        }
-        _ => address,
+    // `host:port` with exactly one `:` and a port of digits only (or none).
+    let Some(colon) = bytes.iter().position(|&b| b == b':') else {
+        return address;
+    };
+    let port = bytes.get(colon + 1..).unwrap_or_default();
+    if port.iter().all(u8::is_ascii_digit) {
+        return address.get(..colon).unwrap_or(address);
     }
+    address
 }
 
 /// The default sources: a `session` cookie, a bearer token, then the client address.
@@ -372,12 +454,287 @@ mod tests {
         assert_eq!(address_host("[2001:db8::1]:443"), "2001:db8::1");
     }
 
+    /// The byte-level parsers before they were rewritten, to check the new ones against.
+    mod old {
+        use super::super::{jwt_claim, Source};
+        use std::borrow::Cow;
+
+        pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+            header.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            })
+        }
+
+        pub fn bearer_token(header: &str) -> Option<&str> {
+            credentials(header, std::iter::once("bearer"))
+        }
+
+        pub fn credentials<'h, 's>(
+            header: &'h str,
+            mut schemes: impl Iterator<Item = &'s str>,
+        ) -> Option<&'h str> {
+            let (scheme, token) = header.trim().split_once(' ')?;
+            schemes
+                .any(|s| s.eq_ignore_ascii_case(scheme))
+                .then(|| token.trim())
+                .filter(|t| !t.is_empty())
+        }
+
+        pub fn address_host(address: &str) -> &str {
+            if let Some(rest) = address.strip_prefix('[') {
+                return rest.split(']').next().unwrap_or(rest);
+            }
+            match address.rsplit_once(':') {
+                Some((host, port))
+                    if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    host
+                }
+                _ => address,
+            }
+        }
+
+        pub fn derive<'a>(
+            sources: &[Source],
+            header: impl Fn(&str) -> Option<&'a str>,
+            address: Option<&'a str>,
+        ) -> Option<(u8, Cow<'a, str>)> {
+            sources.iter().find_map(|source| {
+                let value: Cow<'a, str> = match source {
+                    Source::Cookie(name) => {
+                        header("cookie").and_then(|c| cookie_value(c, name))?.into()
+                    }
+                    Source::Header(name) => header(name).map(str::trim)?.into(),
+                    Source::Bearer => header("authorization").and_then(bearer_token)?.into(),
+                    Source::Authorization(schemes) => header("authorization")
+                        .and_then(|h| credentials(h, schemes.iter().map(String::as_str)))?
+                        .into(),
+                    Source::JwtClaim(claim) => header("authorization")
+                        .and_then(|h| credentials(h, ["bearer", "token"].into_iter()))
+                        .and_then(|token| jwt_claim(token, claim))?
+                        .into(),
+                    Source::Address => address.map(super::super::address_host)?.into(),
+                };
+                (!value.is_empty() && value.len() <= super::super::MAX_KEY_LEN)
+                    .then_some((source.kind(), value))
+            })
+        }
+    }
+
+    /// Fragments that make the parsers' edge cases: separators, ASCII and Unicode
+    /// whitespace (`\x0b` is whitespace to `str::trim`, not to `u8::is_ascii_whitespace`),
+    /// quotes, names that are prefixes of others, schemes in any case, addresses.
+    const PIECES: &[&str] = &[
+        "",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r",
+        "\x0b",
+        "\x0c",
+        "\u{a0}",
+        "\u{2003}",
+        "\u{3000}",
+        "\u{85}",
+        "\u{1680}",
+        "\u{200b}",
+        "\u{feff}",
+        "é",
+        "日",
+        ";",
+        ";;",
+        "; ",
+        "=",
+        "==",
+        "\"",
+        "\"\"",
+        "session",
+        "sessionx",
+        "sessio",
+        "Session",
+        "x",
+        "abc",
+        "a=1",
+        "session=",
+        "session=abc",
+        " session = \"v\" ",
+        "Bearer",
+        "bearer",
+        "BEARER",
+        "Token",
+        "Basic",
+        "Bearer ",
+        "token ",
+        "eyJ.a.b",
+        "10.0.0.1",
+        ":",
+        "::",
+        ":80",
+        ":0",
+        "[",
+        "]",
+        "[::1]",
+        "[2001:db8::1]:443",
+        "127.0.0.1:5000",
+        "4294967295",
+        ".",
+        "0",
+        "9",
+        "-",
+        "\u{0}",
+    ];
+
+    /// A deterministic xorshift, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn text(&mut self) -> String {
+            let n = self.below(12);
+            (0..n)
+                .map(|_| {
+                    PIECES
+                        .get(self.below(PIECES.len()))
+                        .copied()
+                        .unwrap_or_default()
+                })
+                .collect()
+        }
+    }
+
+    fn all_agree(header: &str, name: &str) {
+        assert_eq!(
+            cookie_value(header, name),
+            old::cookie_value(header, name),
+            "cookie_value({header:?}, {name:?})"
+        );
+        assert_eq!(
+            bearer_token(header),
+            old::bearer_token(header),
+            "{header:?}"
+        );
+        let schemes = [name, "token", "Bearer"];
+        assert_eq!(
+            credentials(header, schemes.into_iter()),
+            old::credentials(header, schemes.into_iter()),
+            "credentials({header:?}, {name:?})"
+        );
+        assert_eq!(
+            address_host(header),
+            old::address_host(header),
+            "{header:?}"
+        );
+        assert_eq!(trim(header), header.trim(), "{header:?}");
+        assert_eq!(trim_quotes(header), header.trim_matches('"'), "{header:?}");
+        let sources = [
+            Source::Header("x-key".into()),
+            Source::Cookie(name.into()),
+            Source::Authorization(vec![name.into(), "Token".into()]),
+            Source::Bearer,
+            Source::Address,
+        ];
+        let h = [
+            ("x-key", name),
+            ("cookie", header),
+            ("authorization", header),
+        ];
+        for n in 0..sources.len() {
+            let sources = sources.get(n..).unwrap_or_default();
+            assert_eq!(
+                derive(sources, headers(&h), Some(header)).map(|k| (k.kind, k.value)),
+                old::derive(sources, headers(&h), Some(header)),
+                "derive({header:?}, {name:?}) from source {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn find_byte_is_position() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            // few distinct bytes, so needles come often, in runs and at every offset
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    b"=; a\x80\xff"
+                        .get(rng.below(6))
+                        .copied()
+                        .unwrap_or_default()
+                })
+                .collect();
+            for needle in [b'=', b';', b' ', b'a', 0x80, 0xff, 0, b'b'] {
+                let start = rng.below(len + 1);
+                let bytes = bytes.get(start..).unwrap_or_default();
+                assert_eq!(
+                    find_byte(bytes, needle),
+                    bytes.iter().position(|&b| b == needle),
+                    "{bytes:?} {needle}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn is_space_is_char_whitespace_on_ascii() {
+        for b in 0..=0x7fu8 {
+            assert_eq!(is_space(b), char::from(b).is_whitespace(), "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn byte_parsers_agree_with_the_char_parsers() {
+        for header in PIECES {
+            for name in PIECES {
+                all_agree(header, name);
+            }
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..100_000 {
+            let header = rng.text();
+            let name = if rng.below(2) == 0 {
+                "session".to_owned()
+            } else {
+                rng.text()
+            };
+            all_agree(&header, &name);
+        }
+        for (header, name) in [
+            ("session=a; session=b", "session"),
+            ("sessionx=1; session=2", "session"),
+            ("x=1; session", "session"),
+            ("session=a=b=c", "session"),
+            (" \u{a0}session\u{2003}=\u{a0}\"v\"\t;", "session"),
+            ("\u{a0}session=v", "\u{a0}session"),
+            (";;;;session=v;;", "session"),
+            ("=v", ""),
+            ("Bearer\t\u{a0}tok\u{a0}", "x"),
+            ("\u{2003}Token  tok ", "token"),
+        ] {
+            all_agree(header, name);
+        }
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_any_header(cookie in ".*", auth in ".*", addr in ".*") {
             let h = [("cookie", cookie.as_str()), ("authorization", auth.as_str())];
             let _ = derive(&default_sources(), headers(&h), Some(addr.as_str()));
             let _ = derive(&[Source::JwtClaim("sub".into())], headers(&h), None);
+        }
+
+        #[test]
+        fn byte_parsers_agree_on_any_text(header in ".*", name in ".{0,8}") {
+            all_agree(&header, &name);
+            all_agree(&format!("{name}={header}"), &name);
         }
 
         #[test]
