@@ -190,14 +190,11 @@ impl ResponseHead {
         for (name, value) in pairs {
             if name == b":status" {
                 head.status = number(value).unwrap_or(0);
-            } else if name.len() == 12 && name.eq_ignore_ascii_case(b"content-type") {
+            } else if named(name, b"content-type") {
                 head.json = value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
-            } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+            } else if named(name, b"content-length") {
                 head.content_length = number(value);
-            } else if reads_cookie
-                && head.cookie_session.is_none()
-                && name.eq_ignore_ascii_case(b"set-cookie")
-            {
+            } else if reads_cookie && head.cookie_session.is_none() && named(name, b"set-cookie") {
                 head.cookie_session = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| handover::from_set_cookie(&settings.session.sources, v))
@@ -241,7 +238,8 @@ pub struct Counts {
     pub fleet: Option<FleetCount>,
 }
 
-/// What the host does with the request.
+/// What the host does with the request. What is rare (a reply, a question, an event, the
+/// registry) is boxed: the step is moved by value through every host's request path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestStep {
     /// Client-sent `x-flowguard-*` headers to remove (names as sent).
@@ -249,7 +247,7 @@ pub struct RequestStep {
     /// Headers to set for the upstream.
     pub set: Upstream,
     /// A local reply instead of the upstream.
-    pub reply: Option<LocalReply>,
+    pub reply: Option<Box<LocalReply>>,
     pub verdict: Option<Verdict>,
     pub decision: Option<Decision>,
     pub counts: Counts,
@@ -258,12 +256,12 @@ pub struct RequestStep {
     pub endpoint: Option<EndpointId>,
     /// Pause the request and ask the fleet this; then [`Exchange::resume`] decides (no
     /// decision yet, nothing written).
-    pub ask: Option<Question>,
+    pub ask: Option<Box<Question>>,
     /// A complete telemetry event to buffer now (a local reply's).
-    pub event: Option<Event>,
+    pub event: Option<Box<Event>>,
     /// The learning registry as shared data holds it, when it was read (for the host's
     /// cache and its learning normaliser).
-    pub registry: Option<Registry>,
+    pub registry: Option<Box<Registry>>,
 }
 
 /// The headers flowguard sets for the upstream ([`SESSION_HEADER`], [`VERDICT_HEADER`]),
@@ -387,6 +385,16 @@ impl<'a> Iterator for PairIter<'a> {
     }
 }
 
+/// Whether header `name` is `lower` (any case; Envoy's names are lower case already).
+fn named(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && (name == lower || name.eq_ignore_ascii_case(lower))
+}
+
+/// A header value as text, if it is UTF-8.
+fn utf8(value: Option<&[u8]>) -> Option<&str> {
+    value.and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// A header's decimal value (surrounding whitespace allowed, as `str::parse` after
 /// `trim`): plain digits are read directly, anything else the slow way.
 fn number<T: std::str::FromStr + From<u16>>(value: &[u8]) -> Option<T> {
@@ -405,7 +413,7 @@ fn known_index(name: &[u8]) -> Option<usize> {
     let i = KNOWN.iter().position(|k| k.len() == name.len())?;
     let known = KNOWN.get(i)?.as_bytes();
     // Envoy's names are lower case already: compare exactly first.
-    (name == known || name.eq_ignore_ascii_case(known)).then_some(i)
+    named(name, known).then_some(i)
 }
 
 /// The request's headers as the host read them.
@@ -435,6 +443,13 @@ impl<'a> Headers<'a> {
             }
         }
         (Headers { pairs, known }, own)
+    }
+
+    /// The first value of known header `name` as sent (not checked for UTF-8 until
+    /// someone reads it).
+    fn raw(&self, name: &str) -> Option<&'a [u8]> {
+        let i = KNOWN.iter().position(|k| *k == name)?;
+        self.known.get(i).copied().flatten()
     }
 
     /// The first header named `name` (any case), if its value is UTF-8.
@@ -591,7 +606,9 @@ impl Exchange {
         let header_key = session::derive(&settings.session.sources, |n| headers.get(n), None);
         let mut template = std::mem::take(&mut self.template);
         let id = normalise(scope, &headers, &mut template);
-        let endpoint = endpoint_id(scope, host, &mut template, &mut step.registry);
+        let mut registry = None;
+        let endpoint = endpoint_id(scope, host, &mut template, &mut registry);
+        step.registry = registry.map(Box::new);
         self.template = template;
         let endpoint = endpoint?;
         let actions = scope.model.map_or(&settings.rules, |m| m.actions(endpoint));
@@ -640,7 +657,7 @@ impl Exchange {
             scope,
             host,
             prepared,
-            headers.get("x-request-id"),
+            headers.raw("x-request-id"),
             serial,
             delta,
             step,
@@ -676,7 +693,7 @@ impl Exchange {
             scope,
             host,
             prepared,
-            request_id.as_deref(),
+            request_id.as_deref().map(str::as_bytes),
             serial,
             delta,
             step,
@@ -692,7 +709,7 @@ impl Exchange {
         scope: &Scope,
         host: &mut H,
         mut p: Prepared,
-        request_id: Option<&str>,
+        request_id: Option<&[u8]>,
         serial: u64,
         delta: &mut LearnStats,
         mut step: RequestStep,
@@ -706,15 +723,15 @@ impl Exchange {
             // A new session's first request skips a step: the host asks the fleet (nothing
             // was written), or, if it cannot, the mid-flow budget decides now.
             if let (true, Some(model), Some(j)) = (self.can_ask, scope.model, &judged) {
-                step.ask = Some(Question {
+                step.ask = Some(Box::new(Question {
                     session: fingerprint,
                     templates: fleet_join::question(model, &j.verdict)
                         .map(str::to_owned)
                         .collect(),
                     object: fleet_join::question_object(model, &p.request).unwrap_or(0),
                     horizon_s: FLEET_HORIZON_S,
-                });
-                p.request_id = request_id.map(str::to_owned);
+                }));
+                p.request_id = utf8(request_id).map(str::to_owned);
                 p.layout = scope.layout();
                 self.asking = Some(Box::new(p));
                 return Ok(step);
@@ -748,7 +765,8 @@ impl Exchange {
         if let (true, Some(e)) = (learns, request.endpoint) {
             let registered = match (scope.model, &step.registry, scope.registry) {
                 (Some(m), _, _) => m.len(),
-                (None, Some(r), _) | (None, None, Some(r)) => r.len(),
+                (None, Some(r), _) => r.len(),
+                (None, None, Some(r)) => r.len(),
                 (None, None, None) => registry_len(host)?,
             };
             let known = settings.learning.absences_to_record(registered);
@@ -767,9 +785,9 @@ impl Exchange {
             step.counts.outcome = Some(verdict.outcome);
         }
         let judged = (&verdict, decision);
-        if let Some(event) = self.event_of(scope, &request, judged, fingerprint, request_id) {
+        if let Some(event) = self.event_of(scope, &request, judged, fingerprint, utf8(request_id)) {
             match decision {
-                Decision::Reply { .. } => step.event = Some(event),
+                Decision::Reply { .. } => step.event = Some(Box::new(event)),
                 _ => self.event = Some(event),
             }
         }
@@ -785,13 +803,13 @@ impl Exchange {
                 retry_after_s,
             } => {
                 self.pending = None;
-                step.reply = Some(local_reply(
+                step.reply = Some(Box::new(local_reply(
                     status,
                     retry_after_s,
-                    request_id.filter(|id| is_safe_id(id)),
+                    utf8(request_id).filter(|id| is_safe_id(id)),
                     fingerprint,
                     serial,
-                ));
+                )));
             }
         }
         Ok(step)
@@ -865,13 +883,13 @@ impl Exchange {
             } => {
                 self.address_watch = None;
                 let fp = judge.address_fingerprint(address).unwrap_or(0);
-                step.reply = Some(local_reply(
+                step.reply = Some(Box::new(local_reply(
                     status,
                     retry_after_s,
                     headers.request_id(),
                     fp,
                     serial,
-                ));
+                )));
             }
             Decision::Annotate => step.set.verdict = Some(verdict_header(&verdict)),
             Decision::Pass | Decision::Session => {}

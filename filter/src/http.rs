@@ -208,7 +208,7 @@ fn judge_request(w: &mut Worker, x: &mut Exchange, asking: &mut Option<u32>) -> 
         host::remove_header(MapType::HttpRequestHeaders, name)?;
     }
     if let Some(registry) = step.registry.take() {
-        w.node.adopt_registry(&w.settings, registry);
+        w.node.adopt_registry(&w.settings, *registry);
     }
     if let Some(question) = &step.ask {
         if let Some(token) = crate::fleet::ask(w, question) {
@@ -244,7 +244,7 @@ fn resume(w: &mut Worker, x: &mut Exchange, reply: &crate::fleet::Reply) -> Host
 fn apply(w: &mut Worker, x: &Exchange, step: RequestStep, now_ms: u64) -> HostResult<Action> {
     count(w, &step);
     if let (Some(event), Some(t)) = (step.event, w.telemetry.as_mut()) {
-        t.record(event, &w.metrics);
+        t.record(*event, &w.metrics);
     }
     if let (Some(e), Some(v)) = (step.endpoint, step.verdict) {
         if !v.fired.contains(Rule::DeprecatedEndpoint) {

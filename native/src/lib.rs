@@ -939,7 +939,7 @@ impl Stream {
         filter.tick_if_due(now_ms);
         let mut step = step;
         if let Some(event) = step.as_mut().ok().and_then(|s| s.event.take()) {
-            filter.record(event); // a local reply's, complete now
+            filter.record(*event); // a local reply's, complete now
         }
         step
     }

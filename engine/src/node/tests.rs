@@ -30,7 +30,7 @@ fn flow(node: &mut Node, settings: &Settings, host: &mut MemoryHost, session: &s
         x.response_head(&scope, host, &head, true, now_ms, delta)
             .unwrap();
         if let Some(registry) = step.registry {
-            node.adopt_registry(settings, registry);
+            node.adopt_registry(settings, *registry);
         }
     }
 }
