@@ -785,7 +785,7 @@ impl Exchange {
             step.counts.outcome = Some(verdict.outcome);
         }
         let judged = (&verdict, decision);
-        if let Some(event) = self.event_of(scope, &request, judged, fingerprint, utf8(request_id)) {
+        if let Some(event) = self.event_of(scope, &request, judged, fingerprint, request_id) {
             match decision {
                 Decision::Reply { .. } => step.event = Some(Box::new(event)),
                 _ => self.event = Some(event),
@@ -823,7 +823,7 @@ impl Exchange {
         request: &Request,
         (verdict, decision): (&Verdict, Decision),
         fingerprint: u64,
-        request_id: Option<&str>,
+        request_id: Option<&[u8]>,
     ) -> Option<Event> {
         let collector = scope.settings.collector.as_ref()?;
         // A step some rule waits for is reported from every session, at once: the fleet
@@ -849,7 +849,7 @@ impl Exchange {
             ids: request.id,
             weak_session: request.weak_session,
             prompt,
-            request_id: request_id
+            request_id: utf8(request_id)
                 .filter(|id| !verdict.fired.is_empty() && is_safe_id(id))
                 .map(str::to_owned),
         })
