@@ -151,7 +151,7 @@ impl Judge<'_> {
             if !learning && !verdict.teaches() {
                 located.slot.unlearned = true;
             }
-            if !host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+            if !host.set_key(located.key, &located.slot.encode(), located.cas)? {
                 continue;
             }
             // A refused request earns its address no share of anonymous requests.
@@ -292,9 +292,9 @@ impl Judge<'_> {
         mut f: impl FnMut(&mut AddressSlot) -> bool,
     ) -> Result<bool, StoreError<H::Error>> {
         let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
-        store::update(host, key.as_str(), |bytes| {
+        store::update_key(host, key, |bytes| {
             let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
-            f(&mut slot).then(|| slot.encode().to_vec())
+            f(&mut slot).then(|| slot.encode())
         })
     }
 
@@ -327,7 +327,7 @@ impl Judge<'_> {
     /// Client address `fp`'s slot as stored (empty when absent or another's record).
     fn read_address<H: Host>(&self, host: &mut H, fp: u64) -> Result<AddressSlot, H::Error> {
         let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
-        host.read(key.as_str(), |bytes, _| {
+        host.read_key(key, |bytes, _| {
             bytes.map(AddressSlot::decode).unwrap_or_default()
         })
     }
@@ -457,7 +457,7 @@ impl Judge<'_> {
     ) -> Result<Option<Recorded>, StoreError<H::Error>> {
         let auth_window_ms = self.settings.limits.auth_window_s.saturating_mul(1000);
         let mut recorded = None;
-        store::update(host, store::slot_key(index).as_str(), |bytes| {
+        store::update_key(host, store::slot_key(index), |bytes| {
             let mut slot = Slot::decode(bytes?).ok()?;
             if slot.fingerprint != fingerprint || slot.layout != layout {
                 recorded = None;
@@ -468,7 +468,7 @@ impl Judge<'_> {
                 peak,
                 unlearned: slot.unlearned,
             });
-            Some(slot.encode().to_vec())
+            Some(slot.encode())
         })?;
         Ok(recorded)
     }
@@ -499,7 +499,7 @@ impl Judge<'_> {
                 return Ok(Some(None)); // another policy's step ids
             }
             located.slot.continue_from(&from);
-            if host.set(located.key.as_str(), &located.slot.encode(), located.cas)? {
+            if host.set_key(located.key, &located.slot.encode(), located.cas)? {
                 if located.placement != Placement::Own {
                     self.carry(host, None, to, now)?;
                 }
@@ -512,7 +512,7 @@ impl Judge<'_> {
 
 /// A slot and its token; an absent or undecodable record reads as `None` (free).
 pub fn read_slot<H: Host>(host: &mut H, key: Key) -> Result<(Option<Slot>, u32), H::Error> {
-    host.read(key.as_str(), |bytes, cas| {
+    host.read_key(key, |bytes, cas| {
         (bytes.and_then(|b| Slot::decode(b).ok()), cas)
     })
 }

@@ -9,8 +9,6 @@
 //!   request reads ([`MODEL_VERSION`]), and `fg/model` its policy JSON ([`MODEL`]);
 //! - `fg/used/<version>` when each endpoint of that model was last used ([`used`]).
 
-use std::fmt::Write;
-
 pub const REGISTRY: &str = "fg/reg";
 pub const STATS: &str = "fg/learn";
 pub const MODEL_VERSION: &str = "fg/model/v";
@@ -23,16 +21,51 @@ pub fn used(version: u64) -> String {
 
 /// A shared-data key of a slot (`fg/s/<n>`, `fg/a/<n>`: at most 15 bytes), on the stack,
 /// passed by value: the request path neither allocates one nor shares a buffer for it.
+/// It also names its slot ([`Key::slot`]), so a host that keeps slots in arrays indexes
+/// them without reading the text (`store::Host::read_key`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     bytes: [u8; 16],
     len: usize,
+    kind: SlotKind,
+    index: u32,
+}
+
+/// The two tables of slots, each of `session.capacity` slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// `fg/s/<n>`: a session's flow state.
+    Session,
+    /// `fg/a/<n>`: a client address's failures and anonymous requests.
+    Address,
+}
+
+impl SlotKind {
+    const fn prefix(self) -> &'static [u8; PREFIX_LEN] {
+        match self {
+            SlotKind::Session => b"fg/s/",
+            SlotKind::Address => b"fg/a/",
+        }
+    }
+
+    /// The slot a shared-data key names, if it is a slot key as [`Key`] writes them.
+    pub fn parse(key: &str) -> Option<(SlotKind, u32)> {
+        let (prefix, digits) = key.split_at_checked(PREFIX_LEN)?;
+        let kind = [SlotKind::Session, SlotKind::Address]
+            .into_iter()
+            .find(|k| k.prefix() == prefix.as_bytes())?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        Some((kind, digits.parse().ok().filter(|_| canonical)?))
+    }
 }
 
 impl Key {
     /// `prefix` then `index` in decimal, written digit by digit: no `fmt` machinery on
     /// the request path.
-    fn new(prefix: &[u8; PREFIX_LEN], index: u32) -> Key {
+    fn new(kind: SlotKind, index: u32) -> Key {
+        let prefix = kind.prefix();
         let mut bytes = [0; 16];
         let digits = index.checked_ilog10().map_or(1, |log| log as usize + 1);
         let len = PREFIX_LEN + digits; // at most 5 + 10 bytes
@@ -48,7 +81,17 @@ impl Key {
             }
             rest /= 10;
         }
-        Key { bytes, len }
+        Key {
+            bytes,
+            len,
+            kind,
+            index,
+        }
+    }
+
+    /// The slot this key names.
+    pub fn slot(&self) -> (SlotKind, u32) {
+        (self.kind, self.index)
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,16 +99,6 @@ impl Key {
             .get(..self.len)
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
-    }
-}
-
-impl Write for Key {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        room.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 
@@ -80,17 +113,39 @@ const PREFIX_LEN: usize = 5;
 
 /// The key of session slot `index`.
 pub fn slot_key(index: u32) -> Key {
-    Key::new(b"fg/s/", index)
+    Key::new(SlotKind::Session, index)
 }
 
 /// The key of client-address slot `index`.
 pub fn address_key(index: u32) -> Key {
-    Key::new(b"fg/a/", index)
+    Key::new(SlotKind::Address, index)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_slot_keys_parse_as_slots() {
+        assert_eq!(SlotKind::parse("fg/s/12"), Some((SlotKind::Session, 12)));
+        assert_eq!(SlotKind::parse("fg/a/0"), Some((SlotKind::Address, 0)));
+        for other in [
+            "fg/s/",
+            "fg/s/012",
+            "fg/s/+1",
+            "fg/s/1x",
+            "fg/s/4294967296",
+            "fg/reg",
+            "fg/learn",
+            "fg/model/v",
+            "fg/used/3",
+            "fg/x/1",
+            "",
+            "fg/s",
+        ] {
+            assert_eq!(SlotKind::parse(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn slot_keys_fit_on_the_stack() {
@@ -99,14 +154,9 @@ mod tests {
         assert_eq!(used(3), "fg/used/3");
     }
 
-    /// The key as `write!` made it before the digits were written by hand.
-    fn old_key(prefix: &str, index: u32) -> Key {
-        let mut key = Key {
-            bytes: [0; 16],
-            len: 0,
-        };
-        let _ = write!(key, "{prefix}{index}");
-        key
+    /// The key's text as `write!` made it before the digits were written by hand.
+    fn old_key(prefix: &str, index: u32) -> String {
+        format!("{prefix}{index}")
     }
 
     #[test]
@@ -123,9 +173,8 @@ mod tests {
         });
         for index in edges.chain(random) {
             for (key, prefix) in [(slot_key(index), "fg/s/"), (address_key(index), "fg/a/")] {
-                let old = old_key(prefix, index);
-                assert_eq!(key, old, "{index}"); // the whole buffer and the length
-                assert_eq!(key.as_str(), format!("{prefix}{index}"));
+                assert_eq!(key.as_str(), old_key(prefix, index), "{index}");
+                assert_eq!(SlotKind::parse(key.as_str()), Some(key.slot()));
             }
         }
     }

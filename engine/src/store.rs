@@ -25,6 +25,19 @@ pub trait Host {
         let (bytes, cas) = self.get(key)?;
         Ok(f(bytes.as_deref(), cas))
     }
+    /// [`Host::read`] of a slot: a host that keeps slots in arrays indexes them
+    /// ([`Key::slot`]) instead of hashing the key's text.
+    fn read_key<R>(
+        &mut self,
+        key: Key,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, Self::Error> {
+        self.read(key.as_str(), f)
+    }
+    /// [`Host::set`] of a slot (see [`Host::read_key`]).
+    fn set_key(&mut self, key: Key, value: &[u8], cas: u32) -> Result<bool, Self::Error> {
+        self.set(key.as_str(), value, cas)
+    }
     /// The downstream client's address (`ip:port`), if the connection has one.
     fn client_address(&mut self) -> Result<Option<Vec<u8>>, Self::Error>;
 }
@@ -61,6 +74,25 @@ pub fn update<H: Host>(
             return Ok(false);
         };
         if host.set(key, &new, cas)? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// [`update`] of a slot, through [`Host::read_key`] and [`Host::set_key`]: nothing is
+/// copied out of the host, and the new value may live on the stack.
+pub fn update_key<H: Host, V: AsRef<[u8]>>(
+    host: &mut H,
+    key: Key,
+    mut f: impl FnMut(Option<&[u8]>) -> Option<V>,
+) -> Result<bool, StoreError<H::Error>> {
+    for _ in 0..CAS_RETRIES {
+        let (new, cas) = host.read_key(key, |bytes, cas| (f(bytes), cas))?;
+        let Some(new) = new else {
+            return Ok(false);
+        };
+        if host.set_key(key, new.as_ref(), cas)? {
             return Ok(true);
         }
     }

@@ -1,11 +1,15 @@
-//! The native host's shared state: a sharded, bounded in-process key-value table with
-//! Envoy shared data's compare-and-swap semantics, behind [`store::Host`].
+//! The native host's shared state: a bounded in-process key-value table with Envoy
+//! shared data's compare-and-swap semantics, behind [`store::Host`].
 //!
 //! Every key carries a version token; a write with a stale token loses (`Ok(false)`), a
-//! write with token 0 is unconditional. The engine bounds the keys it writes (`fg/s/<n>`
-//! and `fg/a/<n>` up to `session.capacity` each, a few others); the table also refuses a
-//! new key beyond its `max_keys`, so its memory is bounded whatever the traffic.
+//! write with token 0 is unconditional. Session and address slots (`fg/s/<n>`,
+//! `fg/a/<n>`, `n` below `session.capacity`) live in two arrays of that many entries, each
+//! behind its own lock and found by index: the request path reads and writes them without
+//! hashing a key or taking a lock another slot shares. Every other key (the learning
+//! registry and counters, the model) is in a small sharded map that refuses a new key
+//! beyond its `max_keys`. So the table's memory is bounded whatever the traffic.
 
+use flowguard_engine::keys::{Key, SlotKind};
 use flowguard_engine::store::Host;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -58,28 +62,88 @@ struct Shard {
     next_cas: u32,
 }
 
+/// One slot: its bytes and token (0: absent).
+#[derive(Default)]
+struct Entry {
+    value: Vec<u8>,
+    cas: u32,
+}
+
 pub struct Table {
     shards: [Mutex<Shard>; SHARDS],
     hasher: Keys,
     /// New keys each shard may still take.
     max_per_shard: usize,
+    /// Session slots, then address slots, by index.
+    sessions: Box<[Mutex<Entry>]>,
+    addresses: Box<[Mutex<Entry>]>,
 }
 
 impl Table {
-    /// A table of at most about `max_keys` keys (rounded up to a multiple of the shards).
+    /// A table of at most about `max_keys` keys (rounded up to a multiple of the shards),
+    /// slots included.
     pub fn new(max_keys: usize) -> Table {
+        Table::with_slots(max_keys, 0)
+    }
+
+    /// The table for `capacity` session slots: as many address slots, and room for the
+    /// learning registry, counters and model keys.
+    pub fn for_capacity(capacity: u32) -> Table {
+        Table::with_slots(64 * SHARDS, usize::try_from(capacity).unwrap_or(usize::MAX))
+    }
+
+    fn with_slots(max_keys: usize, slots: usize) -> Table {
+        let entries = || (0..slots).map(|_| Mutex::new(Entry::default())).collect();
         Table {
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
             hasher: Keys::default(),
             max_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            sessions: entries(),
+            addresses: entries(),
         }
     }
 
-    /// The bound for `capacity` session slots: as many address slots, and room for the
-    /// learning registry, counters and model keys.
-    pub fn for_capacity(capacity: u32) -> Table {
-        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
-        Table::new(capacity.saturating_mul(2).saturating_add(64 * SHARDS))
+    /// The entry of slot `(kind, index)`, locked, if the arrays hold it (else the slot's
+    /// key lives in the map like any other).
+    fn entry(&self, (kind, index): (SlotKind, u32)) -> Option<std::sync::MutexGuard<'_, Entry>> {
+        let slots = match kind {
+            SlotKind::Session => &self.sessions,
+            SlotKind::Address => &self.addresses,
+        };
+        let entry = slots.get(usize::try_from(index).ok()?)?;
+        // A lock poisoned by a panic is taken over: an entry is plain bytes, written whole.
+        Some(
+            entry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// [`Table::read`] of a slot's key.
+    pub fn read_key<R>(
+        &self,
+        key: Key,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, TableError> {
+        match self.entry(key.slot()) {
+            Some(entry) if entry.cas == 0 => Ok(f(None, 0)),
+            Some(entry) => Ok(f(Some(&entry.value), entry.cas)),
+            None => self.read_map(key.as_str(), f),
+        }
+    }
+
+    /// [`Table::set`] of a slot's key.
+    pub fn set_key(&self, key: Key, value: &[u8], cas: u32) -> Result<bool, TableError> {
+        let Some(mut entry) = self.entry(key.slot()) else {
+            return self.set_map(key.as_str(), value, cas);
+        };
+        if cas != 0 && cas != entry.cas {
+            return Ok(false); // a stale token, or the key it named is gone
+        }
+        entry.value.clear();
+        entry.value.extend_from_slice(value);
+        entry.cas = entry.cas.wrapping_add(1).max(1);
+        Ok(true)
     }
 
     /// The shard of `key`, locked. A lock poisoned by a panic is taken over: the
@@ -98,8 +162,19 @@ impl Table {
         self.read(key, |v, cas| (v.map(<[u8]>::to_vec), cas))
     }
 
-    /// Lends `key`'s bytes and token to `f` under the shard's lock (keep `f` short).
+    /// Lends `key`'s bytes and token to `f` under its lock (keep `f` short).
     pub fn read<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, TableError> {
+        match slot_of(key) {
+            Some(slot) => self.read_key(slot, f),
+            None => self.read_map(key, f),
+        }
+    }
+
+    fn read_map<R>(
         &self,
         key: &str,
         f: impl FnOnce(Option<&[u8]>, u32) -> R,
@@ -113,6 +188,13 @@ impl Table {
 
     /// Writes `value` if the key's token is still `cas` (0: unconditionally).
     pub fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, TableError> {
+        match slot_of(key) {
+            Some(slot) => self.set_key(slot, value, cas),
+            None => self.set_map(key, value, cas),
+        }
+    }
+
+    fn set_map(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, TableError> {
         let mut shard = self.shard(key)?;
         let max = self.max_per_shard;
         let shard = &mut *shard;
@@ -138,15 +220,32 @@ impl Table {
 
     /// How many keys hold a value.
     pub fn len(&self) -> usize {
-        self.shards
+        let slots = self
+            .sessions
+            .iter()
+            .chain(self.addresses.iter())
+            .filter(|e| e.lock().is_ok_and(|e| e.cas != 0))
+            .count();
+        let others: usize = self
+            .shards
             .iter()
             .filter_map(|s| s.lock().ok().map(|s| s.values.len()))
-            .sum()
+            .sum();
+        slots + others
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The slot key `key` spells, if it is one (the same slot, whichever way it is named).
+fn slot_of(key: &str) -> Option<Key> {
+    let (kind, index) = SlotKind::parse(key)?;
+    Some(match kind {
+        SlotKind::Session => flowguard_engine::keys::slot_key(index),
+        SlotKind::Address => flowguard_engine::keys::address_key(index),
+    })
 }
 
 /// The table as one request's [`Host`]: the client address comes from `address`, asked
@@ -175,6 +274,18 @@ impl<F: FnMut() -> Option<Vec<u8>>> Host for TableHost<'_, F> {
         self.table.read(key, f)
     }
 
+    fn read_key<R>(
+        &mut self,
+        key: Key,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, TableError> {
+        self.table.read_key(key, f)
+    }
+
+    fn set_key(&mut self, key: Key, value: &[u8], cas: u32) -> Result<bool, TableError> {
+        self.table.set_key(key, value, cas)
+    }
+
     fn client_address(&mut self) -> Result<Option<Vec<u8>>, TableError> {
         Ok((self.address)())
     }
@@ -195,6 +306,37 @@ mod tests {
         assert_eq!(t.get("k").unwrap().0.as_deref(), Some(&b"b"[..]));
         assert_eq!(t.set("absent", b"x", 7), Ok(false));
         assert_eq!(t.get("absent").unwrap(), (None, 0));
+    }
+
+    #[test]
+    fn a_slot_is_one_entry_by_index_or_by_name() {
+        use flowguard_engine::keys::{address_key, slot_key};
+        let t = Table::for_capacity(8);
+        assert_eq!(
+            t.read_key(slot_key(3), |v, cas| (v.is_none(), cas)),
+            Ok((true, 0))
+        );
+        assert_eq!(t.set_key(slot_key(3), b"one", 0), Ok(true));
+        let (v, cas) = t.get("fg/s/3").unwrap();
+        assert_eq!(v.as_deref(), Some(&b"one"[..]));
+        assert_eq!(t.set("fg/s/3", b"two", cas), Ok(true));
+        assert_eq!(
+            t.set_key(slot_key(3), b"three", cas),
+            Ok(false),
+            "token used"
+        );
+        let now = t.read_key(slot_key(3), |v, cas| (v.map(<[u8]>::to_vec), cas));
+        let (v, cas) = now.unwrap();
+        assert_eq!(v.as_deref(), Some(&b"two"[..]));
+        assert_eq!(t.set_key(slot_key(3), b"four", cas), Ok(true));
+        // A token for an absent slot names nothing; another kind is another entry.
+        assert_eq!(t.set_key(slot_key(4), b"x", 7), Ok(false));
+        assert_eq!(t.get("fg/a/3").unwrap(), (None, 0));
+        assert_eq!(t.set_key(address_key(3), b"a", 0), Ok(true));
+        // Beyond the arrays a slot key is a key like any other, in the bounded map.
+        assert_eq!(t.set_key(slot_key(100), b"far", 0), Ok(true));
+        assert_eq!(t.get("fg/s/100").unwrap().0.as_deref(), Some(&b"far"[..]));
+        assert_eq!(t.len(), 3);
     }
 
     #[test]
