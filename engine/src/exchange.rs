@@ -410,7 +410,16 @@ fn number<T: std::str::FromStr + From<u16>>(value: &[u8]) -> Option<T> {
 /// Which of [`KNOWN`] `name` is (any case). The known names' lengths differ, so the
 /// length picks the one candidate.
 fn known_index(name: &[u8]) -> Option<usize> {
-    let i = KNOWN.iter().position(|k| k.len() == name.len())?;
+    // `KNOWN`'s index by length (`known_names_differ_in_length` keeps them in step).
+    let i = match name.len() {
+        7 => 0,
+        5 => 1,
+        6 => 2,
+        13 => 3,
+        12 => 4,
+        22 => 5,
+        _ => return None,
+    };
     let known = KNOWN.get(i)?.as_bytes();
     // Envoy's names are lower case already: compare exactly first.
     named(name, known).then_some(i)

@@ -136,13 +136,25 @@ pub struct Request {
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the
 /// request is only recorded.
+/// The slot's fields as they were before the request was recorded.
+struct Before {
+    completed: EndpointSet,
+    last_endpoint: EndpointId,
+    auth: crate::rate::WindowCounter,
+}
+
 pub fn evaluate(
     model: Option<&Model>,
     settings: &Settings,
     slot: &mut Slot,
     req: &Request,
 ) -> (Visit, Verdict) {
-    let before = *slot;
+    // What the request changes that the rules judge by: copied, not the whole slot.
+    let before = Before {
+        completed: slot.completed,
+        last_endpoint: slot.last_endpoint,
+        auth: slot.auth,
+    };
     let Some(model) = model else {
         let window = settings.learning.window_s.saturating_mul(1000);
         return (

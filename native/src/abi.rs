@@ -39,6 +39,7 @@ use crate::{
 use flowguard_engine::exchange::{AnswerNeeds, Question, RequestStep, ResponseHead, ResponseStep};
 use flowguard_engine::rule::Rule;
 use std::ffi::{c_char, c_void};
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -701,6 +702,28 @@ unsafe fn stream_state<'a>(module: FilterModule) -> Option<&'a mut StreamState> 
     (module as *mut StreamState).as_mut()
 }
 
+/// Streams' boxes each worker thread keeps for its next streams, at most this many.
+const MAX_SPARE_STATES: usize = 64;
+
+thread_local! {
+    /// Memory of ended streams' state, nothing in it (dropped when the stream ended).
+    /// Boxes, not values: each is handed to Envoy as the stream's pointer.
+    #[allow(clippy::vec_box)]
+    static SPARE_STATES: std::cell::RefCell<Vec<Box<MaybeUninit<StreamState>>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps an ended stream's memory for the worker's next stream (or frees it).
+fn spare(room: Box<MaybeUninit<StreamState>>) {
+    let _ = SPARE_STATES.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut() {
+            if spares.len() < MAX_SPARE_STATES {
+                spares.push(room);
+            }
+        }
+    });
+}
+
 // ------------------------------------------------------------------- event hooks
 
 #[no_mangle]
@@ -815,7 +838,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             paused: false,
             body_left: None,
         };
-        Box::into_raw(Box::new(state)) as FilterModule
+        // Room the worker kept from an ended stream: no allocation per stream.
+        let boxed = match SPARE_STATES.try_with(|s| s.borrow_mut().pop()) {
+            Ok(Some(room)) => Box::write(room, state),
+            _ => Box::new(state),
+        };
+        Box::into_raw(boxed) as FilterModule
     })
 }
 
@@ -1132,9 +1160,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 /// `module` is a pointer `on_http_filter_new` returned, destroyed once.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: FilterModule) {
-    if !module.is_null() {
-        let state = Box::from_raw(module as *mut StreamState);
-        guarded((), move || drop(state));
+    let state = module as *mut StreamState;
+    if !state.is_null() {
+        // SAFETY: `state` came from `Box::into_raw` in `on_http_filter_new` and Envoy
+        // destroys a stream once: it is dropped here in place (releasing its filter and
+        // anything paused), then its memory, now uninitialised, is kept or freed.
+        guarded((), || unsafe { std::ptr::drop_in_place(state) });
+        let room = unsafe { Box::from_raw(state.cast::<MaybeUninit<StreamState>>()) };
+        spare(room);
     }
 }
 

@@ -575,3 +575,24 @@ fn header_numbers_read_as_str_parse_reads_them() {
         assert_eq!(super::number::<u16>(v), slow16, "{v:?}");
     }
 }
+
+#[test]
+fn known_names_differ_in_length() {
+    for (i, name) in super::KNOWN.iter().enumerate() {
+        assert_eq!(super::known_index(name.as_bytes()), Some(i), "{name}");
+        assert_eq!(
+            super::known_index(name.to_uppercase().as_bytes()),
+            Some(i),
+            "{name}"
+        );
+    }
+    for other in [
+        &b":scheme"[..],
+        b"x-forwarded-proto",
+        b"host",
+        b":authority",
+        b"cookies",
+    ] {
+        assert_eq!(super::known_index(other), None);
+    }
+}
