@@ -1,6 +1,6 @@
 //! The native module's own work per exchange, without Envoy: `perf.py`'s policy and
 //! request mix through `Stream::request` / `response_head` / `finish`, for
-//! `valgrind --tool=callgrind` (`native/perf/perf.py instr-engine` runs it).
+//! `valgrind --tool=callgrind` (`python3 native/perf/perf.py instr-engine` runs it).
 //!
 //!   cargo run --profile native -p flowguard-native --example exchanges -- [COUNT]
 

@@ -4,6 +4,10 @@
   python3 native/perf/perf.py instr-none | instr-rl | instr-native [MODULE.so]
       callgrind instructions per request, counted as `bench --instructions` counts
       (direct response, --concurrency 1, 3,000 requests uncounted, 1,000 counted)
+  python3 native/perf/perf.py instr-engine
+      the module's own work per exchange without Envoy (native/examples/exchanges: the
+      same policy and mix through the host's request, answer and finish steps), counted
+      by callgrind as the difference of 20,000 exchanges and none after the warm-up
   ROUNDS=5 SECS=5 python3 native/perf/perf.py tp [MODULE.so] [OTHER.so ...]
       wrk -t1 -c16 with bench/mix.lua: no filter, the module, local_ratelimit (and
       other builds), interleaved; medians and ratios to no filter.
@@ -195,6 +199,16 @@ if __name__ == "__main__":
         instructions("none" + tag, "", up)
     elif what == "instr-native":
         instructions("native-" + os.path.basename(mod) + tag, native(mod, fg_config()), up)
+    elif what == "instr-engine":
+        subprocess.run(["cargo", "build", "-q", "--profile", "native", "-p", "flowguard-native",
+                        "--example", "exchanges"], cwd=ROOT, check=True)
+        counts = []
+        for n in (0, 20000):
+            out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                  ROOT + "/target/native/examples/exchanges", str(n)],
+                                 capture_output=True, text=True).stderr
+            counts.append(int(re.search(r"Collected : (\d+)", out).group(1)))
+        print(f"instructions per exchange (engine + native host): {(counts[1] - counts[0]) // 20000}")
     elif what == "instr-rl":
         instructions("ratelimit", RATELIMIT)
     elif what == "tp":
