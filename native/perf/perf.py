@@ -4,13 +4,17 @@
   python3 native/perf/perf.py instr-none | instr-rl | instr-native [MODULE.so]
       callgrind instructions per request, counted as `bench --instructions` counts
       (direct response, --concurrency 1, 3,000 requests uncounted, 1,000 counted)
+  python3 native/perf/perf.py instr-floor
+      the same for the floor probe (`--features floor-probe`: clock, request headers, a
+      slot compare-and-swap in the table, the two upstream headers, the answer's status;
+      no judging): what a native flow-aware module cannot go below
   python3 native/perf/perf.py instr-engine
       the module's own work per exchange without Envoy (native/examples/exchanges: the
       same policy and mix through the host's request, answer and finish steps), counted
       by callgrind as the difference of 20,000 exchanges and none after the warm-up
   ROUNDS=5 SECS=5 python3 native/perf/perf.py tp [MODULE.so] [OTHER.so ...]
-      wrk -t1 -c16 with bench/mix.lua: no filter, the module, local_ratelimit (and
-      other builds), interleaved; medians and ratios to no filter.
+      wrk -t1 -c16 with bench/mix.lua: no filter, the module, local_ratelimit, the floor
+      probe (and other builds), interleaved; medians and ratios to no filter.
   Any of them as `…-proxied` with UPSTREAM=host:port routes to an upstream (the demo
   shop: `target/debug/shop --listen 127.0.0.1:18080`) instead of a direct response.
 Work files go to target/perf/. Needs valgrind and wrk (Debian packages).
@@ -187,6 +191,13 @@ def throughput(variants, rounds, secs, upstream=None):
               f"best rps {top:7.0f} ratio {top/best:.3f} p99 {low:6.0f}us ({low-bestp:+.0f}) | "
               f"all {[round(x[0]) for x in res[name]]}", flush=True)
 
+def floor_probe():
+    """Builds the floor probe; its path."""
+    subprocess.run(["cargo", "build", "-q", "--profile", "native", "-p", "flowguard-native",
+                    "--features", "floor-probe", "--target-dir", ROOT + "/target/floor"],
+                   cwd=ROOT, check=True)
+    return ROOT + "/target/floor/native/libflowguard.so"
+
 if __name__ == "__main__":
     mod = sys.argv[2] if len(sys.argv) > 2 else ROOT + "/target/libflowguard.so"
     what = sys.argv[1]
@@ -199,6 +210,8 @@ if __name__ == "__main__":
         instructions("none" + tag, "", up)
     elif what == "instr-native":
         instructions("native-" + os.path.basename(mod) + tag, native(mod, fg_config()), up)
+    elif what == "instr-floor":
+        instructions("floor" + tag, native(floor_probe(), fg_config()), up)
     elif what == "instr-engine":
         subprocess.run(["cargo", "build", "-q", "--profile", "native", "-p", "flowguard-native",
                         "--example", "exchanges"], cwd=ROOT, check=True)
@@ -213,7 +226,8 @@ if __name__ == "__main__":
         instructions("ratelimit", RATELIMIT)
     elif what == "tp":
         rounds = int(os.environ.get("ROUNDS", "5")); secs = int(os.environ.get("SECS", "5"))
-        vs = [("none", ""), ("native", native(mod, fg_config())), ("local_ratelimit", RATELIMIT)]
+        vs = [("none", ""), ("native", native(mod, fg_config())), ("local_ratelimit", RATELIMIT),
+              ("floor probe", native(floor_probe(), fg_config()))]
         for extra in sys.argv[3:]:
             vs.append(("tp-" + os.path.basename(extra), native(extra, fg_config())))
         throughput(vs, rounds, secs, up)

@@ -702,6 +702,49 @@ unsafe fn stream_state<'a>(module: FilterModule) -> Option<&'a mut StreamState> 
     (module as *mut StreamState).as_mut()
 }
 
+/// The floor probe's hooks: taken only with feature `floor-probe` (`native/perf/perf.py`).
+mod floor {
+    use super::*;
+    use flowguard_engine::keys::slot_key;
+    use flowguard_engine::slot::SLOT_SIZE;
+
+    /// Reads the clock and the headers, finds the cookie, reads and writes back its slot
+    /// (a slot's size, compare-and-swap), adds the two upstream headers.
+    pub fn request(filter: FilterEnvoy, state: &StreamState) -> u32 {
+        let now = crate::now_ms();
+        let hash = with_headers(filter, REQUEST_HEADER, |pairs| {
+            let cookie = pairs.iter().find(|(name, _)| *name == b"cookie");
+            cookie.map_or(0, |(_, v)| {
+                v.iter()
+                    .fold(now, |h, b| h.rotate_left(5) ^ u64::from(*b))
+            })
+        });
+        let table = &state.stream.filter.table;
+        let key = slot_key(u32::try_from(hash % 32_768).unwrap_or(0));
+        let mut slot = [0u8; SLOT_SIZE];
+        if let Ok(cas) = table.read_key(key, |bytes, cas| {
+            if let Some(b) = bytes.filter(|b| b.len() == SLOT_SIZE) {
+                slot.copy_from_slice(b);
+            }
+            cas
+        }) {
+            slot[0] = slot[0].wrapping_add(1);
+            let _ = table.set_key(key, &slot, cas);
+        }
+        add_header(filter, b"x-flowguard-session", b"0123456789abcdef");
+        add_header(filter, b"x-flowguard-verdict", b"allow");
+        CONTINUE
+    }
+
+    /// Reads the answer's status.
+    pub fn response(filter: FilterEnvoy) -> u32 {
+        with_header(filter, RESPONSE_HEADER, b":status", |status| {
+            status.map_or(0, <[u8]>::len)
+        });
+        CONTINUE
+    }
+}
+
 /// Streams' boxes each worker thread keeps for its next streams, at most this many.
 const MAX_SPARE_STATES: usize = 64;
 
@@ -858,6 +901,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     let Some(state) = stream_state(module) else {
         return CONTINUE;
     };
+    if cfg!(feature = "floor-probe") {
+        return floor::request(filter, state);
+    }
     guarded(CONTINUE, || {
         let step = with_headers(filter, REQUEST_HEADER, |pairs| {
             #[cfg(feature = "crash-switch")]
@@ -1013,6 +1059,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     let Some(state) = stream_state(module) else {
         return CONTINUE;
     };
+    if cfg!(feature = "floor-probe") {
+        return floor::response(filter);
+    }
     guarded(CONTINUE, || {
         let settings = &state.stream.filter.settings;
         // Read no more of the answer's head than the exchange needs (often the status
