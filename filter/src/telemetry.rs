@@ -11,7 +11,6 @@ use flowguard_engine::model::Model;
 use flowguard_engine::node::Node;
 use flowguard_engine::policy::Policy;
 use flowguard_engine::telemetry::{Event, EventBuffer};
-use flowguard_engine::verdict::Outcome;
 use flowguard_proto::v1;
 use flowguard_proto::Message;
 use proxy_wasm::types::{BufferType, LogLevel};
@@ -51,15 +50,6 @@ pub struct Telemetry {
     last_flush_ms: u64,
     last_poll_ms: u64,
     logged_failure: bool,
-}
-
-fn verdict(outcome: Option<Outcome>) -> v1::Verdict {
-    match outcome {
-        None => v1::Verdict::Learning,
-        Some(Outcome::Allow) => v1::Verdict::Allow,
-        Some(Outcome::Flag) => v1::Verdict::Flag,
-        Some(Outcome::Block { .. }) => v1::Verdict::Block,
-    }
 }
 
 impl Telemetry {
@@ -151,22 +141,7 @@ impl Telemetry {
             policy_version: self.policy_version,
             mode: self.mode.to_owned(),
             dropped,
-            events: events
-                .into_iter()
-                .map(|e| v1::Event {
-                    time_ms: e.time_ms,
-                    session: e.session,
-                    template: e.template,
-                    status: e.status.into(),
-                    verdict: verdict(e.outcome).into(),
-                    rules: e.rules.iter().map(|r| r.id().to_owned()).collect(),
-                    latency_us: e.latency_us,
-                    summary: e.summary,
-                    ids: e.ids.unwrap_or(0),
-                    weak_session: e.weak_session,
-                    request_id: e.request_id.unwrap_or_default(),
-                })
-                .collect(),
+            events: events.into_iter().map(v1::Event::from).collect(),
         };
         match self.dispatch(
             flowguard_proto::TELEMETRY_SERVICE,

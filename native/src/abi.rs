@@ -715,8 +715,7 @@ mod floor {
         let hash = with_headers(filter, REQUEST_HEADER, |pairs| {
             let cookie = pairs.iter().find(|(name, _)| *name == b"cookie");
             cookie.map_or(0, |(_, v)| {
-                v.iter()
-                    .fold(now, |h, b| h.rotate_left(5) ^ u64::from(*b))
+                v.iter().fold(now, |h, b| h.rotate_left(5) ^ u64::from(*b))
             })
         });
         let table = &state.stream.filter.table;

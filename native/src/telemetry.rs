@@ -44,7 +44,6 @@ use flowguard_engine::exchange;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
 use flowguard_engine::telemetry::Event;
-use flowguard_engine::verdict::Outcome;
 use flowguard_proto::v1;
 use flowguard_proto::v1::policies_client::PoliciesClient;
 use flowguard_proto::v1::sessions_client::SessionsClient;
@@ -439,32 +438,6 @@ enum Done {
     Policy(Result<v1::GetPolicyResponse, String>),
 }
 
-fn verdict(outcome: Option<Outcome>) -> v1::Verdict {
-    match outcome {
-        None => v1::Verdict::Learning,
-        Some(Outcome::Allow) => v1::Verdict::Allow,
-        Some(Outcome::Flag) => v1::Verdict::Flag,
-        Some(Outcome::Block { .. }) => v1::Verdict::Block,
-    }
-}
-
-/// The wire form of an event (the Wasm filter's mapping).
-pub fn wire(e: Event) -> v1::Event {
-    v1::Event {
-        time_ms: e.time_ms,
-        session: e.session,
-        template: e.template,
-        status: e.status.into(),
-        verdict: verdict(e.outcome).into(),
-        rules: e.rules.iter().map(|r| r.id().to_owned()).collect(),
-        latency_us: e.latency_us,
-        summary: e.summary,
-        ids: e.ids.unwrap_or(0),
-        weak_session: e.weak_session,
-        request_id: e.request_id.unwrap_or_default(),
-    }
-}
-
 impl Run {
     fn thread(self, receivers: Receivers, stopped: tokio::sync::oneshot::Receiver<()>) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -649,7 +622,7 @@ impl Run {
             batch_id,
             worker: self.worker,
             dropped,
-            events: events.into_iter().map(wire).collect(),
+            events: events.into_iter().map(v1::Event::from).collect(),
             policy_version: self.sink.version(),
             mode: self.settings.mode.id().to_owned(),
         })

@@ -12,6 +12,33 @@ pub mod v1 {
 
 pub use prost::Message;
 
+/// The wire form of the engine's telemetry event: every host reports it this way.
+#[cfg(feature = "engine")]
+impl From<flowguard_engine::telemetry::Event> for v1::Event {
+    fn from(e: flowguard_engine::telemetry::Event) -> v1::Event {
+        use flowguard_engine::verdict::Outcome;
+        let verdict = match e.outcome {
+            None => v1::Verdict::Learning,
+            Some(Outcome::Allow) => v1::Verdict::Allow,
+            Some(Outcome::Flag) => v1::Verdict::Flag,
+            Some(Outcome::Block { .. }) => v1::Verdict::Block,
+        };
+        v1::Event {
+            time_ms: e.time_ms,
+            session: e.session,
+            template: e.template,
+            status: e.status.into(),
+            verdict: verdict.into(),
+            rules: e.rules.iter().map(|r| r.id().to_owned()).collect(),
+            latency_us: e.latency_us,
+            summary: e.summary,
+            ids: e.ids.unwrap_or(0),
+            weak_session: e.weak_session,
+            request_id: e.request_id.unwrap_or_default(),
+        }
+    }
+}
+
 /// Full gRPC method paths, as Envoy's gRPC callout names them (service, method).
 pub const TELEMETRY_SERVICE: &str = "flowguard.v1.Telemetry";
 pub const REPORT_METHOD: &str = "Report";
@@ -61,6 +88,42 @@ mod tests {
             std::str::from_utf8(&bytes).is_ok(),
             "short names stay ASCII (the SDK takes &str)"
         );
+    }
+
+    #[cfg(feature = "engine")]
+    #[test]
+    fn an_engine_event_keeps_everything_on_the_wire() {
+        use flowguard_engine::rule::{Rule, RuleSet};
+        use flowguard_engine::telemetry::Event;
+        use flowguard_engine::verdict::Outcome;
+        let mut rules = RuleSet::EMPTY;
+        rules.insert(Rule::MissingPrerequisite);
+        let event = Event {
+            time_ms: 1,
+            session: u64::MAX,
+            template: "POST /api/orders/{id}/confirm".into(),
+            status: 403,
+            outcome: Some(Outcome::Block { status: 403 }),
+            rules,
+            latency_us: 12,
+            summary: false,
+            ids: Some(9),
+            weak_session: true,
+            prompt: false,
+            request_id: Some("req-7".into()),
+        };
+        let wire = v1::Event::from(event.clone());
+        assert_eq!(wire.verdict, i32::from(v1::Verdict::Block));
+        assert_eq!(wire.rules, ["order.missing_prerequisite"]);
+        assert_eq!((wire.ids, wire.request_id.as_str()), (9, "req-7"));
+        let learning = v1::Event::from(Event {
+            outcome: None,
+            ids: None,
+            request_id: None,
+            ..event
+        });
+        assert_eq!(learning.verdict, i32::from(v1::Verdict::Learning));
+        assert_eq!((learning.ids, learning.request_id.as_str()), (0, ""));
     }
 
     #[test]
