@@ -301,7 +301,8 @@ fn scheduler(config_envoy: ConfigEnvoy, filter: &Filter) -> Option<(usize, u64, 
 
 #[derive(Default)]
 struct Counters {
-    ids: Vec<(Counter, usize)>,
+    /// Envoy's id of each counter, by `Counter as usize` (found in one step per request).
+    ids: [Option<usize>; COUNTERS.len()],
     rules: Vec<(Rule, usize)>,
     gauges: Vec<(Gauge, usize)>,
     /// The filter's generation the gauges were last reported at.
@@ -443,9 +444,13 @@ fn increment(filter: FilterEnvoy, id: usize) {
 
 impl Counters {
     fn count(&self, filter: FilterEnvoy, counter: Counter) {
-        if let Some((_, id)) = self.ids.iter().find(|(c, _)| *c == counter) {
-            increment(filter, *id);
+        if let Some(id) = self.id(counter) {
+            increment(filter, id);
         }
+    }
+
+    fn id(&self, counter: Counter) -> Option<usize> {
+        self.ids.get(counter as usize).copied().flatten()
     }
 
     /// Reports the gauges if the filter's state changed since they were last reported.
@@ -795,10 +800,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             }
         };
         let counters = Counters {
-            ids: COUNTERS
-                .iter()
-                .filter_map(|(c, name)| Some((*c, define_counter(config_envoy, name)?)))
-                .collect(),
+            ids: std::array::from_fn(|i| {
+                let (counter, name) = COUNTERS.get(i)?;
+                // `COUNTERS` lists the counters in their declaration order.
+                (*counter as usize == i).then(|| define_counter(config_envoy, name))?
+            }),
             rules: Rule::ALL
                 .iter()
                 .filter_map(|r| Some((*r, define_counter(config_envoy, &rule_counter(*r))?)))
@@ -1357,12 +1363,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             .map(|p| p.take())
             .unwrap_or_default();
         for (counter, n) in telemetry_counts(counts) {
-            if let (Some((_, id)), true) = (ids.ids.iter().find(|(c, _)| *c == counter), n > 0) {
+            if let (Some(id), true) = (ids.id(counter), n > 0) {
                 // SAFETY: `config_envoy` is valid during the hook.
                 unsafe {
                     envoy_dynamic_module_callback_http_filter_config_increment_counter(
                         config_envoy,
-                        *id,
+                        id,
                         std::ptr::null_mut(),
                         0,
                         n,

@@ -399,3 +399,11 @@ fn questions_to_the_fleet_are_bounded_per_filter_and_answered_on_resume() {
     assert!(filter.can_ask());
     assert!(skip(&filter, "after").1.ask.is_some());
 }
+
+#[test]
+fn counters_are_listed_in_declaration_order() {
+    // The module finds a counter's Envoy id at `Counter as usize`.
+    for (i, (counter, _)) in COUNTERS.iter().enumerate() {
+        assert_eq!(*counter as usize, i, "{counter:?}");
+    }
+}
