@@ -123,6 +123,9 @@ bench: build venv ## engine micro-benchmarks and Envoy throughput/latency -> ben
 	command -v wrk >/dev/null && command -v valgrind >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk valgrind)
 	$(VENV)/bin/pip install --quiet matplotlib
 	cargo build --release -q -p flowguard-bench-noop -p flowguard-bench-probe --target $(WASM_TARGET)
+	$(MAKE) native
+	cargo build -q -p flowguard-native --profile native --features floor-probe --target-dir target/floor
+	cp target/floor/native/libflowguard.so target/libflowguard-floor.so
 	cargo bench -q -p flowguard-engine --bench engine 2>&1 | grep -E 'slot:|time:|^[a-z]' | tee bench/results/engine.txt
 	cargo run --release -q -p flowguard-integration --bin bench
 	$(VENV)/bin/python bench/plot.py bench/results/results.json bench/results/results.png

@@ -48,6 +48,17 @@ pub fn crash_switch_path() -> Result<PathBuf, String> {
     }
 }
 
+/// The floor probe (`--features floor-probe`, built by `make bench`): the calls any
+/// flow-aware module makes, no judging.
+pub fn floor_probe_path() -> Result<PathBuf, String> {
+    let path = repo_root().join("target/libflowguard-floor.so");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("no module at {}: run `make bench`", path.display()))
+    }
+}
+
 /// The dynamic-module filter entry carrying `filter_json` (also the benchmark's).
 pub fn native_filter(filter_json: &str, module: &Path) -> String {
     // A JSON string is a valid YAML double-quoted scalar.

@@ -566,11 +566,16 @@ fn run() -> Result<(), String> {
     }
     let (noop, fg) = (noop.display().to_string(), fg.display().to_string());
     let module = native_envoy::module_path()?;
+    let floor = native_envoy::floor_probe_path()?;
     let shop = ShopServer::start().map_err(|e| e.to_string())?;
     let variants: Vec<(&str, String)> = vec![
         ("no Wasm filter", String::new()),
         ("empty Wasm filter", wasm_filter(&noop, "")),
         ("native local_ratelimit", RATELIMIT.to_owned()),
+        (
+            "native floor probe",
+            native_envoy::native_filter(&flowguard_config("enforce"), &floor),
+        ),
         (
             "flowguard learn",
             wasm_filter(&fg, &flowguard_config("learn")),
@@ -633,7 +638,7 @@ fn run() -> Result<(), String> {
     let header = format!(
         "# flowguard benchmark\n\nCommit `{commit}`; Envoy 1.40.0 `--concurrency 1`; `wrk -t1 -c{CONNECTIONS} -d{}s`, {} interleaved rounds, median shown. \
          Request mix: {ENDPOINTS} endpoint templates × 1000 ids, {SESSIONS} rotating session cookies (`bench/mix.lua`); flowguard runs an inline policy of {ENDPOINTS} endpoints and {} transitions, with {SESSIONS} live sessions in its slot table. \
-         `flowguard native enforce` is the dynamic module (`make native`) with the same filter JSON as the Wasm `enforce`; `native local_ratelimit` is Envoy's own token bucket, sized never to refuse. \
+         `flowguard native enforce` is the dynamic module (`make native`) with the same filter JSON as the Wasm `enforce`; `native local_ratelimit` is Envoy's own token bucket, sized never to refuse; `native floor probe` is the module built with `--features floor-probe`: the calls any flow-aware module makes (clock, request headers, a slot compare-and-swap, the two upstream headers, the answer's status), judging nothing. \
          `direct`: Envoy answers itself (only filter cost shows); `proxied`: Envoy forwards to the demo shop on the same 2 cores.\n\n",
         seconds(),
         rounds(),
