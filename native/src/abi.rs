@@ -720,7 +720,7 @@ mod floor {
         let hash = with_headers(filter, REQUEST_HEADER, |pairs| {
             let cookie = pairs.iter().find(|(name, _)| *name == b"cookie");
             cookie.map_or(0, |(_, v)| {
-                v.iter().fold(now, |h, b| h.rotate_left(5) ^ u64::from(*b))
+                v.iter().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(*b))
             })
         });
         let table = &state.stream.filter.table;
@@ -733,6 +733,7 @@ mod floor {
             cas
         }) {
             slot[0] = slot[0].wrapping_add(1);
+            slot[1] = now.to_le_bytes()[0];
             let _ = table.set_key(key, &slot, cas);
         }
         add_header(filter, b"x-flowguard-session", b"0123456789abcdef");
