@@ -921,15 +921,13 @@ mod tests {
     /// The implementation before it was made cheaper, kept verbatim as the oracle for
     /// the differential tests below: the two must agree byte for byte, hash for hash.
     mod reference {
-        use super::super::{DeclaredTemplate, Normaliser, ID, MAX_PATH_LEN, MAX_SEGMENTS};
-        use percent_encoding::percent_decode_str;
-        use std::borrow::Cow;
+        // What the rewrite left as it was is called, not copied.
+        use super::super::{
+            canonical_segments, is_uuid, is_wildcard, DeclaredTemplate, Normaliser, ID,
+            MAX_PATH_LEN, MAX_SEGMENTS,
+        };
 
         const MAX_LITERAL_LEN: usize = 64;
-
-        fn is_wildcard(segment: &str) -> bool {
-            segment.len() >= 2 && segment.starts_with('{') && segment.ends_with('}')
-        }
 
         fn matches<S: AsRef<str>>(t: &DeclaredTemplate, method: &str, segments: &[S]) -> bool {
             t.method.as_deref().is_none_or(|m| m == method)
@@ -1073,30 +1071,6 @@ mod tests {
                 .unwrap_or("OTHER")
         }
 
-        fn canonical_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
-            if path.len() > MAX_PATH_LEN {
-                return None;
-            }
-            let mut out: Vec<Cow<'_, str>> = Vec::new();
-            for raw in path.split('/') {
-                let raw = raw.split(';').next().unwrap_or("");
-                let segment = percent_decode_str(raw).decode_utf8_lossy();
-                match segment.as_ref() {
-                    "" | "." => {}
-                    ".." => {
-                        out.pop();
-                    }
-                    _ => {
-                        if out.len() == MAX_SEGMENTS {
-                            return None;
-                        }
-                        out.push(segment);
-                    }
-                }
-            }
-            Some(out)
-        }
-
         pub fn is_identifier(segment: &str) -> bool {
             let bytes = segment.as_bytes();
             let (mut digits, mut letters) = (0usize, 0usize);
@@ -1148,14 +1122,6 @@ mod tests {
                 && domain.len() >= 3
                 && domain.contains(&b'.')
                 && !domain.contains(&b'@')
-        }
-
-        fn is_uuid(b: &[u8]) -> bool {
-            b.len() == 36
-                && b.iter().enumerate().all(|(i, c)| match i {
-                    8 | 13 | 18 | 23 => *c == b'-',
-                    _ => c.is_ascii_hexdigit(),
-                })
         }
     }
     const PIECES: &[&str] = &[

@@ -772,10 +772,9 @@ impl Exchange {
         step.counts.new_session = located.placement != Placement::Own;
         step.counts.eviction = located.placement == Placement::Evict;
         if let (true, Some(e)) = (learns, request.endpoint) {
-            let registered = match (scope.model, &step.registry, scope.registry) {
+            let registered = match (scope.model, step.registry.as_deref(), scope.registry) {
                 (Some(m), _, _) => m.len(),
-                (None, Some(r), _) => r.len(),
-                (None, None, Some(r)) => r.len(),
+                (None, Some(r), _) | (None, None, Some(r)) => r.len(),
                 (None, None, None) => registry_len(host)?,
             };
             let known = settings.learning.absences_to_record(registered);
@@ -806,7 +805,7 @@ impl Exchange {
         step.set.session = Some(hex(fingerprint));
         match decision {
             Decision::Pass | Decision::Session => {}
-            Decision::Annotate => step.set.verdict = Some(verdict_header(&verdict)),
+            Decision::Annotate => step.set.verdict = Some(verdict.header()),
             Decision::Reply {
                 status,
                 retry_after_s,
@@ -900,7 +899,7 @@ impl Exchange {
                     serial,
                 )));
             }
-            Decision::Annotate => step.set.verdict = Some(verdict_header(&verdict)),
+            Decision::Annotate => step.set.verdict = Some(verdict.header()),
             Decision::Pass | Decision::Session => {}
         }
         Ok(())
@@ -1351,10 +1350,6 @@ impl<E> Now<'_, E> {
         self.ms = Some(ms);
         Ok(ms)
     }
-}
-
-fn verdict_header(verdict: &Verdict) -> Cow<'static, str> {
-    verdict.header()
 }
 
 fn registry_len<H: Host>(host: &mut H) -> Result<usize, StoreError<H::Error>> {

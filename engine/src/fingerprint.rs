@@ -26,120 +26,23 @@ impl Fingerprinter {
     }
 
     /// Fingerprint of `value` from source `kind`; never 0, which marks an empty slot.
-    ///
-    /// SipHash-1-3 of the message `kind` then `value`, as `SipHasher13` computes it after
-    /// `write_u8(kind)` and `write(value)` (the tests check it against `siphasher`), but
-    /// in straight-line words without the hasher's tail buffering: with `kind` first,
-    /// each of the message's words is the top byte of `value`'s previous word (or `kind`)
-    /// and the low seven bytes of its next.
     pub fn fingerprint(&self, kind: u8, value: &[u8]) -> u64 {
-        let mut sip = Sip13::new(self.k0, self.k1);
-        let length = value.len().wrapping_add(1) as u64; // the message's, `kind` included
-        let mut carry = u64::from(kind);
-        let mut words = value.chunks_exact(8);
-        for word in &mut words {
-            let word = word.try_into().map_or(0, u64::from_le_bytes);
-            sip.compress(carry | word << 8);
-            carry = word >> 56;
-        }
-        let tail = words.remainder();
-        let mut last = carry | load_le(tail) << 8;
-        if tail.len() == 7 {
-            // `carry` and seven bytes: a whole word, and the length alone in the last
-            sip.compress(last);
-            last = 0;
-        }
-        sip.finish(last | (length & 0xff) << 56).max(1)
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u8(kind);
+        h.write(value);
+        h.finish().max(1)
     }
-}
-
-/// SipHash-1-3's state: one round per message word, three to finish.
-struct Sip13 {
-    v0: u64,
-    v1: u64,
-    v2: u64,
-    v3: u64,
-}
-
-impl Sip13 {
-    fn new(k0: u64, k1: u64) -> Self {
-        Sip13 {
-            v0: k0 ^ 0x736f_6d65_7073_6575,
-            v1: k1 ^ 0x646f_7261_6e64_6f6d,
-            v2: k0 ^ 0x6c79_6765_6e65_7261,
-            v3: k1 ^ 0x7465_6462_7974_6573,
-        }
-    }
-
-    #[inline(always)]
-    fn round(&mut self) {
-        self.v0 = self.v0.wrapping_add(self.v1);
-        self.v1 = self.v1.rotate_left(13) ^ self.v0;
-        self.v0 = self.v0.rotate_left(32);
-        self.v2 = self.v2.wrapping_add(self.v3);
-        self.v3 = self.v3.rotate_left(16) ^ self.v2;
-        self.v0 = self.v0.wrapping_add(self.v3);
-        self.v3 = self.v3.rotate_left(21) ^ self.v0;
-        self.v2 = self.v2.wrapping_add(self.v1);
-        self.v1 = self.v1.rotate_left(17) ^ self.v2;
-        self.v2 = self.v2.rotate_left(32);
-    }
-
-    #[inline(always)]
-    fn compress(&mut self, word: u64) {
-        self.v3 ^= word;
-        self.round();
-        self.v0 ^= word;
-    }
-
-    #[inline(always)]
-    fn finish(mut self, last: u64) -> u64 {
-        self.compress(last);
-        self.v2 ^= 0xff;
-        self.round();
-        self.round();
-        self.round();
-        self.v0 ^ self.v1 ^ self.v2 ^ self.v3
-    }
-}
-
-/// Up to 7 bytes as a little-endian integer (4-, 2- and 1-byte loads, no loop).
-#[inline(always)]
-fn load_le(bytes: &[u8]) -> u64 {
-    let mut out = 0;
-    let mut at = 0;
-    if let Some(four) = bytes.first_chunk::<4>() {
-        out = u64::from(u32::from_le_bytes(*four));
-        at = 4;
-    }
-    if let Some(two) = bytes.get(at..).and_then(<[u8]>::first_chunk::<2>) {
-        out |= u64::from(u16::from_le_bytes(*two)) << (8 * at);
-        at += 2;
-    }
-    if let Some(&one) = bytes.get(at) {
-        out |= u64::from(one) << (8 * at);
-    }
-    out
 }
 
 /// A fingerprint as the 16 lowercase hex digits of `x-flowguard-session`, on the stack.
-///
-/// All sixteen digits at once in a `u128`, one byte per nibble: the nibbles are spread
-/// apart by halves (32, 16, 8, 4 bits), then each byte `n` becomes `b'0' + n`, plus
-/// `b'a' - b'0' - 10` where `n > 9` (`n + 6` carries into bit 4 exactly then; no byte
-/// overflows into the next).
 pub fn hex(fingerprint: u64) -> [u8; 16] {
-    let x = u128::from(fingerprint);
-    let x = (x & 0xffff_ffff) | (x & 0xffff_ffff_0000_0000) << 32;
-    let x = (x & 0x0000_0000_0000_ffff_0000_0000_0000_ffff)
-        | (x & 0x0000_0000_ffff_0000_0000_0000_ffff_0000) << 16;
-    let x = (x & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff)
-        | (x & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8;
-    let x = (x & 0x000f_000f_000f_000f_000f_000f_000f_000f)
-        | (x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4;
-    const ONES: u128 = u128::MAX / 0xff; // 0x0101...01
-    let letters = ((x + 6 * ONES) >> 4) & ONES;
-    (x + u128::from(b'0') * ONES + letters * u128::from(b'a' - b'0' - 10)).to_be_bytes()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        let nibble = (fingerprint >> (60 - 4 * i)) & 0xf;
+        *digit = DIGITS.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    out
 }
 
 #[cfg(test)]

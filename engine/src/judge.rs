@@ -292,7 +292,7 @@ impl Judge<'_> {
         mut f: impl FnMut(&mut AddressSlot) -> bool,
     ) -> Result<bool, StoreError<H::Error>> {
         let key = store::address_key(AddressSlot::index(fp, self.settings.session.capacity));
-        store::update_key(host, key, |bytes| {
+        store::update(host, key, |bytes| {
             let mut slot = bytes.map(AddressSlot::decode).unwrap_or_default();
             f(&mut slot).then(|| slot.encode())
         })
@@ -457,7 +457,7 @@ impl Judge<'_> {
     ) -> Result<Option<Recorded>, StoreError<H::Error>> {
         let auth_window_ms = self.settings.limits.auth_window_s.saturating_mul(1000);
         let mut recorded = None;
-        store::update_key(host, store::slot_key(index), |bytes| {
+        store::update(host, store::slot_key(index), |bytes| {
             let mut slot = Slot::decode(bytes?).ok()?;
             if slot.fingerprint != fingerprint || slot.layout != layout {
                 recorded = None;

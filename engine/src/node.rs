@@ -439,7 +439,7 @@ impl Node {
         }
         let mine = &self.last_used;
         let mut merged = mine.clone();
-        store::update(host, &keys::used(model.version), |bytes| {
+        store::update(host, keys::used(model.version).as_str(), |bytes| {
             merged = mine.clone();
             for (i, chunk) in bytes.unwrap_or_default().chunks_exact(4).enumerate() {
                 let theirs = chunk.try_into().map_or(0, u32::from_le_bytes);
@@ -447,7 +447,12 @@ impl Node {
                     *m = (*m).max(theirs);
                 }
             }
-            Some(merged.iter().flat_map(|t| t.to_le_bytes()).collect())
+            Some(
+                merged
+                    .iter()
+                    .flat_map(|t| t.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )
         })?;
         let mut retired = EndpointSet::EMPTY;
         for (i, last) in merged.iter().enumerate() {

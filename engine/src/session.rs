@@ -242,26 +242,9 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
-/// The index of the first `needle` in `bytes`, eight bytes at a time: a byte of
-/// `word ^ needle…` is zero exactly where `needle` is, and the lowest byte flagged by
-/// `(x - 0x01…) & !x & 0x80…` is the first zero byte (a borrow can flag only bytes above
-/// a zero one).
+/// Where `needle` first is in `bytes` (the `memchr` crate: a word at a time).
 fn find_byte(bytes: &[u8], needle: u8) -> Option<usize> {
-    const ONES: u64 = u64::MAX / 0xff;
-    const HIGHS: u64 = ONES << 7;
-    let spread = ONES * u64::from(needle);
-    let mut words = bytes.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let x = word.try_into().map_or(0, u64::from_le_bytes) ^ spread;
-        let found = x.wrapping_sub(ONES) & !x & HIGHS;
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let tail = words.remainder().iter().position(|&b| b == needle)?;
-    Some(at + tail)
+    memchr::memchr(needle, bytes)
 }
 
 /// `s.trim()`, exactly, cheaper on ASCII: ASCII whitespace (what `char::is_whitespace`

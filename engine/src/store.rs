@@ -60,39 +60,59 @@ impl<E> From<E> for StoreError<E> {
 // Every key lives in `crate::keys`; these are what the request path names most.
 pub use crate::keys::{address_key, slot_key, Key};
 
-/// Read-modify-write of `key` under compare-and-swap: `f` gets the current bytes and
-/// returns the new ones (or `None` to leave the key alone). Returns whether a write
-/// happened.
-pub fn update<H: Host>(
-    host: &mut H,
-    key: &str,
-    mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
-) -> Result<bool, StoreError<H::Error>> {
-    for _ in 0..CAS_RETRIES {
-        let (bytes, cas) = host.get(key)?;
-        let Some(new) = f(bytes.as_deref()) else {
-            return Ok(false);
-        };
-        if host.set(key, &new, cas)? {
-            return Ok(true);
-        }
-    }
-    Err(StoreError::Contended)
+/// A key [`update`] reads and writes: any key's text, or a slot's [`Key`] (which a host
+/// may find by index: [`Host::read_key`]).
+pub trait StoreKey: Copy {
+    fn read<H: Host, R>(
+        self,
+        host: &mut H,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, H::Error>;
+    fn set<H: Host>(self, host: &mut H, value: &[u8], cas: u32) -> Result<bool, H::Error>;
 }
 
-/// [`update`] of a slot, through [`Host::read_key`] and [`Host::set_key`]: nothing is
-/// copied out of the host, and the new value may live on the stack.
-pub fn update_key<H: Host, V: AsRef<[u8]>>(
+impl StoreKey for &str {
+    fn read<H: Host, R>(
+        self,
+        host: &mut H,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, H::Error> {
+        host.read(self, f)
+    }
+
+    fn set<H: Host>(self, host: &mut H, value: &[u8], cas: u32) -> Result<bool, H::Error> {
+        host.set(self, value, cas)
+    }
+}
+
+impl StoreKey for Key {
+    fn read<H: Host, R>(
+        self,
+        host: &mut H,
+        f: impl FnOnce(Option<&[u8]>, u32) -> R,
+    ) -> Result<R, H::Error> {
+        host.read_key(self, f)
+    }
+
+    fn set<H: Host>(self, host: &mut H, value: &[u8], cas: u32) -> Result<bool, H::Error> {
+        host.set_key(self, value, cas)
+    }
+}
+
+/// Read-modify-write of `key` under compare-and-swap: `f` gets the current bytes (lent by
+/// the host, not copied) and returns the new ones (or `None` to leave the key alone).
+/// Returns whether a write happened.
+pub fn update<H: Host, V: AsRef<[u8]>>(
     host: &mut H,
-    key: Key,
+    key: impl StoreKey,
     mut f: impl FnMut(Option<&[u8]>) -> Option<V>,
 ) -> Result<bool, StoreError<H::Error>> {
     for _ in 0..CAS_RETRIES {
-        let (new, cas) = host.read_key(key, |bytes, cas| (f(bytes), cas))?;
+        let (new, cas) = key.read(host, |bytes, cas| (f(bytes), cas))?;
         let Some(new) = new else {
             return Ok(false);
         };
-        if host.set_key(key, new.as_ref(), cas)? {
+        if key.set(host, new.as_ref(), cas)? {
             return Ok(true);
         }
     }
@@ -173,7 +193,7 @@ mod tests {
             update(&mut host, "k", |_| Some(vec![2])),
             Err(StoreError::Contended)
         );
-        assert_eq!(update(&mut host, "k", |_| None), Ok(false));
+        assert_eq!(update(&mut host, "k", |_| None::<Vec<u8>>), Ok(false));
     }
 
     #[test]

@@ -80,7 +80,6 @@ impl Verdict {
         order_blocks: false,
     };
 
-    /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
     /// The `x-flowguard-verdict` value: a static string unless a rule fired, so an
     /// allowed request allocates none.
     pub fn header(&self) -> Cow<'static, str> {
@@ -92,6 +91,7 @@ impl Verdict {
         Cow::Owned(out)
     }
 
+    /// The `x-flowguard-verdict` value: `allow`, `flag; rules=a,b` or `block; rules=a`.
     pub fn write_header(&self, out: &mut String) {
         out.clear();
         out.push_str(self.outcome.name());
@@ -136,25 +136,13 @@ pub struct Request {
 
 /// Records `req` in `slot` and decides on it. Without a model (still learning) the
 /// request is only recorded.
-/// The slot's fields as they were before the request was recorded.
-struct Before {
-    completed: EndpointSet,
-    last_endpoint: EndpointId,
-    auth: crate::rate::WindowCounter,
-}
-
 pub fn evaluate(
     model: Option<&Model>,
     settings: &Settings,
     slot: &mut Slot,
     req: &Request,
 ) -> (Visit, Verdict) {
-    // What the request changes that the rules judge by: copied, not the whole slot.
-    let before = Before {
-        completed: slot.completed,
-        last_endpoint: slot.last_endpoint,
-        auth: slot.auth,
-    };
+    let before = *slot;
     let Some(model) = model else {
         let window = settings.learning.window_s.saturating_mul(1000);
         return (
