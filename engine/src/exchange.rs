@@ -342,6 +342,12 @@ pub struct Exchange {
     scanned: Option<Pending>,
 }
 
+/// Indices in [`KNOWN`] of the headers the step reads by name.
+const METHOD: usize = 0;
+const PATH: usize = 1;
+const REQUEST_ID: usize = 4;
+const METHOD_OVERRIDE: usize = 5;
+
 /// The headers every request's step reads (by lower-case name), found in one pass.
 const KNOWN: [&str; 6] = [
     ":method",
@@ -454,17 +460,21 @@ impl<'a> Headers<'a> {
         (Headers { pairs, known }, own)
     }
 
-    /// The first value of known header `name` as sent (not checked for UTF-8 until
+    /// The first value of known header `KNOWN[i]` as sent (not checked for UTF-8 until
     /// someone reads it).
-    fn raw(&self, name: &str) -> Option<&'a [u8]> {
-        let i = KNOWN.iter().position(|k| *k == name)?;
+    fn raw(&self, i: usize) -> Option<&'a [u8]> {
         self.known.get(i).copied().flatten()
+    }
+
+    /// The first value of known header `KNOWN[i]`, if it is UTF-8.
+    fn known(&self, i: usize) -> Option<&'a str> {
+        utf8(self.raw(i))
     }
 
     /// The first header named `name` (any case), if its value is UTF-8.
     fn get(&self, name: &str) -> Option<&'a str> {
-        let value = match KNOWN.iter().position(|k| *k == name) {
-            Some(i) => self.known.get(i).copied().flatten(),
+        let value = match known_index(name.as_bytes()) {
+            Some(i) => self.raw(i),
             None => self
                 .pairs
                 .iter()
@@ -476,7 +486,7 @@ impl<'a> Headers<'a> {
 
     /// `x-request-id`, when plain enough to echo in a JSON body.
     fn request_id(&self) -> Option<&'a str> {
-        self.get("x-request-id").filter(|id| is_safe_id(id))
+        self.known(REQUEST_ID).filter(|id| is_safe_id(id))
     }
 }
 
@@ -666,7 +676,7 @@ impl Exchange {
             scope,
             host,
             prepared,
-            headers.raw("x-request-id"),
+            headers.raw(REQUEST_ID),
             serial,
             delta,
             step,
@@ -1360,8 +1370,8 @@ fn registry_len<H: Host>(host: &mut H) -> Result<usize, StoreError<H::Error>> {
 /// Normalises the request into `out`; returns its object's identifier hash.
 fn normalise(scope: &Scope, headers: &Headers, out: &mut String) -> Option<u64> {
     let normaliser = scope.model.map_or(scope.base_normaliser, |m| &m.normaliser);
-    let method = headers.get(":method").unwrap_or("GET");
-    let method = match headers.get("x-http-method-override") {
+    let method = headers.known(METHOD).unwrap_or("GET");
+    let method = match headers.known(METHOD_OVERRIDE) {
         Some(m)
             if scope.settings.endpoints.method_override && method.eq_ignore_ascii_case("POST") =>
         {
@@ -1369,7 +1379,7 @@ fn normalise(scope: &Scope, headers: &Headers, out: &mut String) -> Option<u64> 
         }
         _ => method,
     };
-    let path = headers.get(":path").unwrap_or("/");
+    let path = headers.known(PATH).unwrap_or("/");
     normaliser.normalise(method, path, out)
 }
 
@@ -1411,13 +1421,21 @@ mod tests;
 
 #[cfg(test)]
 mod headers_tests {
-    use super::{Headers, RequestPairs, KNOWN};
+    use super::{
+        known_index, Headers, RequestPairs, KNOWN, METHOD, METHOD_OVERRIDE, PATH, REQUEST_ID,
+    };
 
     #[test]
     fn known_names_differ_in_length_and_are_found_in_any_case() {
         for (i, a) in KNOWN.iter().enumerate() {
             assert!(KNOWN.iter().skip(i + 1).all(|b| b.len() != a.len()), "{a}");
+            assert_eq!(known_index(a.as_bytes()), Some(i));
         }
+        let named = [METHOD, PATH, REQUEST_ID, METHOD_OVERRIDE].map(|i| KNOWN[i]);
+        assert_eq!(
+            named,
+            [":method", ":path", "x-request-id", "x-http-method-override"]
+        );
         let pairs: [(&[u8], &[u8]); 5] = [
             (b"Cookie", b"session=1"),
             (b"cookie", b"session=2"),

@@ -95,7 +95,10 @@ impl Judge<'_> {
                 located.slot.address_bit = bit;
                 located.slot.unlearned = unlearned;
             }
-            let fresh = located.slot;
+            // The slot before this request, for the paths below that judge it again: only
+            // a new session's first request (or a resumed one) takes them.
+            let fresh = (!located.slot.seen || matches!(request.fleet, Fleet::Answered(_)))
+                .then_some(located.slot);
             let (mut visit, mut verdict) =
                 verdict::evaluate(self.model, self.settings, &mut located.slot, request);
             // A new session whose first request here misses a step may have taken it at
@@ -108,7 +111,7 @@ impl Judge<'_> {
             match request.fleet {
                 _ if !order_block => {}
                 Fleet::Answered(seed) => {
-                    located.slot = fresh;
+                    located.slot = fresh.unwrap_or(located.slot);
                     seed.apply(&mut located.slot, request.id);
                     (visit, verdict) =
                         verdict::evaluate(self.model, self.settings, &mut located.slot, request);
@@ -121,7 +124,7 @@ impl Judge<'_> {
                         visit,
                         // Nothing written: counted as a new session when judged again.
                         located: Located {
-                            slot: fresh,
+                            slot: fresh.unwrap_or(located.slot),
                             placement: Placement::Own,
                             ..located
                         },
@@ -134,7 +137,7 @@ impl Judge<'_> {
                         None => *midflow.insert(self.may_join_midflow(host, address, now)?),
                     };
                     if granted {
-                        located.slot = fresh;
+                        located.slot = fresh.unwrap_or(located.slot);
                         request.midflow_ok = true;
                         (visit, verdict) = verdict::evaluate(
                             self.model,

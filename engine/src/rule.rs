@@ -116,9 +116,15 @@ impl RuleSet {
         self.0 == 0
     }
 
-    /// The rules in the set, in the contract's order.
+    /// The rules in the set, in the contract's order (bit `i` is `Rule::ALL[i]`): one
+    /// step per member, none for an empty set (the common case).
     pub fn iter(self) -> impl Iterator<Item = Rule> {
-        Rule::ALL.into_iter().filter(move |r| self.contains(*r))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            let i = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            Rule::ALL.get(usize::try_from(i).ok()?).copied()
+        })
     }
 }
 
@@ -145,5 +151,16 @@ mod tests {
             ["order.missing_prerequisite", "inventory.unknown_endpoint"]
         );
         assert!(!set.contains(Rule::RateSession));
+        assert_eq!(RuleSet::EMPTY.iter().count(), 0);
+    }
+
+    #[test]
+    fn every_rule_is_its_own_bit_in_contract_order() {
+        for (i, rule) in Rule::ALL.into_iter().enumerate() {
+            assert_eq!(rule.bit(), 1 << i);
+        }
+        let mut all = RuleSet::EMPTY;
+        Rule::ALL.into_iter().for_each(|r| all.insert(r));
+        assert!(all.iter().eq(Rule::ALL));
     }
 }

@@ -319,6 +319,12 @@ fn clamp16(v: u32) -> u16 {
 
 /// [`outcome`] of `fired`, where the rules in `soft` may only flag.
 fn decide(actions: &RuleActions, fired: RuleSet, soft: RuleSet, missing: EndpointSet) -> Verdict {
+    if fired.is_empty() {
+        return Verdict {
+            missing,
+            ..Verdict::ALLOW
+        };
+    }
     let mut verdict = outcome(actions, fired.difference(soft), missing);
     let flagged = outcome(actions, fired.intersection(soft), missing);
     for rule in flagged.fired.iter() {

@@ -15,6 +15,8 @@
   ROUNDS=5 SECS=5 python3 native/perf/perf.py tp [MODULE.so] [OTHER.so ...]
       wrk -t1 -c16 with bench/mix.lua: no filter, the module, local_ratelimit, the floor
       probe (and other builds), interleaved; medians and ratios to no filter.
+  CACHE=1 with any instr-* adds callgrind's simulated caches: misses per request by level
+      (I1mr: first-level instruction cache misses; D1mr/D1mw: data reads/writes).
   Any of them as `…-proxied` with UPSTREAM=host:port routes to an upstream (the demo
   shop: `target/debug/shop --listen 127.0.0.1:18080`) instead of a direct response.
 Work files go to target/perf/. Needs valgrind and wrk (Debian packages).
@@ -132,6 +134,8 @@ def instructions(name, filters, upstream=None):
     d = f"{OUT}/{name}"
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
                "--smc-check=all-non-file", "--callgrind-out-file=callgrind.out"]
+    if os.environ.get("CACHE"):
+        wrapper.append("--cache-sim=yes")
     p = start(name, bootstrap(port, admin, filters, upstream), port, admin, wrapper)
     try:
         for f in os.listdir(d):
@@ -148,6 +152,10 @@ def instructions(name, filters, upstream=None):
             if os.path.exists(dump):
                 t = open(dump).read()
                 m = re.search(r"\n(?:summary|totals):\s*(\d+)", t)
+                if m and os.environ.get("CACHE"):
+                    events = re.search(r"\nevents:\s*(.*)", t).group(1).split()
+                    values = re.search(r"\n(?:summary|totals):\s*(.*)", t).group(1).split()
+                    print("per request:", {e: int(v) // 1000 for e, v in zip(events, values)}, flush=True)
                 if m: 
                     print(f"instructions {name}: {int(m.group(1))//1000}", flush=True)
                     return int(m.group(1)) // 1000
