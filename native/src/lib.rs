@@ -981,7 +981,7 @@ impl Stream {
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<ResponseStep, TableError> {
         self.respond(address, |x, scope, host, delta| {
-            x.response_head(scope, host, head, end_of_stream, now_ms(), delta)
+            x.response_head_clocked(scope, host, head, end_of_stream, || Ok(now_ms()), delta)
         })
     }
 
@@ -998,7 +998,7 @@ impl Stream {
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<ResponseStep, TableError> {
         self.respond(address, |x, scope, host, delta| {
-            x.response_body(scope, host, chunk, end_of_stream, now_ms(), delta)
+            x.response_body_clocked(scope, host, chunk, end_of_stream, || Ok(now_ms()), delta)
         })
     }
 
@@ -1008,7 +1008,7 @@ impl Stream {
         address: impl FnMut() -> Option<Vec<u8>>,
     ) -> Result<ResponseStep, TableError> {
         let step = self.respond(address, |x, scope, host, delta| {
-            x.finish(scope, host, now_ms(), delta)
+            x.finish_clocked(scope, host, || Ok(now_ms()), delta)
         });
         self.installed = None;
         step
