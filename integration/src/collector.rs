@@ -1,7 +1,7 @@
 //! The real collector (`flowguard serve`) as a child process on a loopback port, with a
 //! real SQLite file; killable, restartable on the same port and database.
 
-use crate::envoy::repo_root;
+use crate::envoy::{repo_root, EnvoyConfig};
 use crate::patience::eventually;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -48,6 +48,16 @@ pub fn scratch_db(name: &str) -> Result<PathBuf, String> {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     Ok(db)
+}
+
+/// A filter's `collector` member reporting every session (sample 1.0) as `node` and
+/// flushing often; `extra` adds members (`,"token":"…"`). For the native module the
+/// harness adds `address` ([`crate::native_envoy::with_address`]).
+pub fn reporting_section(node: &str, extra: &str) -> String {
+    format!(
+        r#""collector":{{"cluster":"flowguard_collector","node":"{node}","sample_rate":1.0,
+            "flush_interval_ms":100,"timeout_ms":1000,"policy_interval_ms":300{extra}}}"#
+    )
 }
 
 pub struct Collector {
@@ -98,6 +108,13 @@ impl Collector {
             db: db.to_owned(),
             args,
         })
+    }
+
+    /// An Envoy with filter `json` in front of `upstream`, reporting here.
+    pub fn envoy_config(&self, json: &str, upstream: SocketAddr) -> EnvoyConfig {
+        let mut cfg = EnvoyConfig::new(json, upstream);
+        cfg.collector = Some(self.addr);
+        cfg
     }
 
     /// Whether the process is still running.

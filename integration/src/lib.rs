@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod collector;
 pub mod envoy;
+pub mod lds;
 pub mod library;
 pub mod library_traffic;
 pub mod native_envoy;

@@ -1,6 +1,7 @@
 //! The traffic generator: normal shop sessions and attack sessions, over real HTTP.
 
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use ureq::Agent;
 
@@ -311,6 +312,17 @@ pub fn play_normal_from(client: &Client, n: usize, header: &'static str, first: 
     play_normal_as(n, |i| {
         Session::from_address(client, header, &numbered_address(first + i))
     });
+}
+
+/// When dropped, raises the flag a background traffic thread polls: the traffic in a
+/// thread scope stops however the scope ends (a failed assertion included: the scope
+/// waits for its threads before the panic goes on).
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The `i`th customer address, `10.x.y.z`.

@@ -4,85 +4,15 @@
 //! JSON starts fresh.
 
 use flowguard_integration::collector::{scratch_db, Collector};
-use flowguard_integration::envoy::{repo_root, Envoy, EnvoyConfig};
+use flowguard_integration::envoy::Envoy;
+use flowguard_integration::lds::{wait_for_update, LdsListener};
 use flowguard_integration::native_envoy::{self, counter};
 use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
-use flowguard_integration::traffic::{self, Client, Session, GOOD_CARD};
+use flowguard_integration::traffic::{self, Client, Session, StopOnDrop, GOOD_CARD};
 use flowguard_integration::world::quick_learning;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-/// The native bootstrap, split: the listener goes to an LDS file Envoy watches.
-struct Dynamic {
-    bootstrap: String,
-    listener: Value,
-    lds: PathBuf,
-}
-
-impl Dynamic {
-    fn new(cfg: &EnvoyConfig, dir: &Path, port: u16) -> Dynamic {
-        let module = native_envoy::module_path().expect("make native");
-        let yaml = native_envoy::native_yaml(cfg, &module).expect("native bootstrap");
-        let mut boot: Value = serde_norway::from_str(&yaml).expect("bootstrap YAML");
-        let mut listener = boot["static_resources"]["listeners"][0].take();
-        boot["static_resources"]
-            .as_object_mut()
-            .expect("static_resources")
-            .remove("listeners");
-        listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-        listener["address"]["socket_address"]["port_value"] = json!(port);
-        let lds = dir.join("lds.json");
-        boot["node"] = json!({"id": "native-reload-test", "cluster": "flowguard"});
-        boot["dynamic_resources"] = json!({
-            "lds_config": {"path_config_source": {"path": lds.display().to_string()}}
-        });
-        let d = Dynamic {
-            bootstrap: serde_json::to_string(&boot).expect("JSON"),
-            listener,
-            lds,
-        };
-        d.publish();
-        d
-    }
-
-    fn connection_manager(&mut self) -> &mut Value {
-        &mut self.listener["filter_chains"][0]["filters"][0]["typed_config"]
-    }
-
-    fn filter_json(&mut self) -> &mut Value {
-        &mut self.connection_manager()["http_filters"][0]["typed_config"]["filter_config"]["value"]
-    }
-
-    /// Writes the listener where Envoy watches, atomically (a rename), as LDS expects.
-    fn publish(&self) {
-        let tmp = self.lds.with_extension("tmp");
-        let doc = json!({"resources": [self.listener]});
-        std::fs::write(&tmp, doc.to_string()).expect("write LDS");
-        std::fs::rename(&tmp, &self.lds).expect("rename LDS");
-    }
-}
-
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn wait_for_update(envoy: &Envoy, after: u64) {
-    eventually("the listener update", || {
-        (envoy.stat("listener_manager.lds.update_success") > after).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
-}
 
 /// The module's telemetry threads in Envoy's process (`flowguard-telemetry`, as Linux
 /// truncates a thread's name).
@@ -111,10 +41,6 @@ const LEARNED: &str = "flowguard: learned policy version 1 ";
 #[test]
 fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_starts_fresh() {
     let shop = ShopServer::start().expect("shop");
-    let dir = repo_root()
-        .join("target/envoy-runs")
-        .join(format!("native-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     // One test host is one client address: address-wide stuffing detection only flags.
     // With a collector: the telemetry thread (and its buffer) carries on too.
     const RULES: &str = r#""rules":{"auth.failures":"flag"},
@@ -125,9 +51,10 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
     )
     .expect("collector");
     let json = quick_learning("enforce", RULES);
-    let mut cfg = EnvoyConfig::new(&json, shop.addr);
-    cfg.collector = Some(collector.addr);
-    let mut dynamic = Dynamic::new(&cfg, &dir, free_port());
+    let cfg = collector.envoy_config(&json, shop.addr);
+    let module = native_envoy::module_path().expect("make native");
+    let yaml = native_envoy::native_yaml(&cfg, &module).expect("native bootstrap");
+    let mut dynamic = LdsListener::new(&yaml, "native-reload-test");
     let envoy = Envoy::start_yaml(&dynamic.bootstrap, 2, "info").expect("Envoy with LDS");
     let client = Client::fresh_connections(&envoy.url);
     traffic::play_normal(&client, 80);
@@ -163,8 +90,7 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
             }
         });
 
-        // The traffic stops however this ends (a failed assertion included: the scope
-        // waits for its threads before the panic goes on).
+        // The traffic stops however this ends.
         let _stop = StopOnDrop(&stop);
 
         // 1. The listener changes, the filter JSON does not: a new filter configuration
@@ -217,11 +143,11 @@ fn a_native_reload_with_the_same_json_keeps_model_and_sessions_and_another_start
     // 2. Another JSON (a larger slot table): fresh state, learning from the start.
     let updates = envoy.stat("listener_manager.lds.update_success");
     let current = dynamic
-        .filter_json()
+        .module_json()
         .as_str()
         .expect("filter JSON")
         .to_owned();
-    *dynamic.filter_json() = json!(current.replace(r#""capacity":4096"#, r#""capacity":8192"#));
+    *dynamic.module_json() = json!(current.replace(r#""capacity":4096"#, r#""capacity":8192"#));
     dynamic.publish();
     wait_for_update(&envoy, updates);
     eventually("the new configuration loaded", || {

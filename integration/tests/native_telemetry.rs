@@ -4,8 +4,8 @@
 //! telemetry counters reported without further traffic, drops counted when the collector
 //! stalls, and a fleet policy learned by the collector installed by the module.
 
-use flowguard_integration::collector::Collector;
-use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::collector::{reporting_section, scratch_db, Collector};
+use flowguard_integration::envoy::Envoy;
 use flowguard_integration::native_envoy::{self, counter};
 use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
@@ -27,23 +27,9 @@ const POLICY: &str = r#""policy":{"version":3,"window_s":10,"endpoints":[
                    {"from":"POST /api/orders/{id}/pay","to":"POST /api/orders/{id}/confirm","count":1},
                    {"from":"POST /api/orders/{id}/confirm","to":"GET /api/orders/{id}","count":1}]}"#;
 
-fn scratch_db(name: &str) -> std::path::PathBuf {
-    flowguard_integration::collector::scratch_db(name).expect("scratch database")
-}
-
-/// A `collector` section reporting every session, flushing often (the harness adds the
-/// native-only `address`: `native_envoy::with_address`).
-fn collector_section(extra: &str) -> String {
-    format!(
-        r#""collector":{{"cluster":"flowguard_collector","node":"edge-native","sample_rate":1.0,
-            "flush_interval_ms":100,"timeout_ms":1000,"policy_interval_ms":300{extra}}}"#
-    )
-}
-
 fn native(json: &str, shop: &ShopServer, collector: &Collector) -> Envoy {
-    let mut cfg = EnvoyConfig::new(json, shop.addr);
+    let mut cfg = collector.envoy_config(json, shop.addr);
     cfg.concurrency = 2;
-    cfg.collector = Some(collector.addr);
     native_envoy::start(&cfg).unwrap_or_else(|e| panic!("Envoy starts with the module: {e}"))
 }
 
@@ -61,12 +47,17 @@ fn stored(db: &std::path::Path) -> Vec<(String, u32, i32, String)> {
 
 #[test]
 fn native_events_are_stored_by_the_collector_and_blocks_carry_the_rule() {
-    let mut collector =
-        Collector::start(&scratch_db("native-events"), &["--learn-interval-s", "0"])
-            .expect("collector");
+    let mut collector = Collector::start(
+        &scratch_db("native-events").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let shop = ShopServer::start().expect("shop");
     let envoy = native(
-        &format!(r#"{{"mode":"enforce",{},{POLICY}}}"#, collector_section("")),
+        &format!(
+            r#"{{"mode":"enforce",{},{POLICY}}}"#,
+            reporting_section("edge-native", "")
+        ),
         &shop,
         &collector,
     );
@@ -137,13 +128,16 @@ fn native_events_are_stored_by_the_collector_and_blocks_carry_the_rule() {
 
 #[test]
 fn a_stalled_collector_costs_requests_nothing_and_drops_are_counted() {
-    let collector = Collector::start(&scratch_db("native-stall"), &["--learn-interval-s", "0"])
-        .expect("collector");
+    let collector = Collector::start(
+        &scratch_db("native-stall").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let shop = ShopServer::start().expect("shop");
     let envoy = native(
         &format!(
             r#"{{"mode":"enforce",{},{POLICY}}}"#,
-            collector_section(r#","buffer_events":10,"batch_events":5"#)
+            reporting_section("edge-native", r#","buffer_events":10,"batch_events":5"#)
         ),
         &shop,
         &collector,
@@ -197,14 +191,16 @@ fn a_stalled_collector_costs_requests_nothing_and_drops_are_counted() {
 
 #[test]
 fn the_native_module_installs_the_fleet_policy_the_collector_learned() {
-    let config = scratch_db("native-fleet-config").with_extension("json");
+    let config = scratch_db("native-fleet-config")
+        .expect("scratch database")
+        .with_extension("json");
     std::fs::write(
         &config,
         r#"{"learning":{"min_sessions":40,"min_requests":200,"min_support":5,"prerequisite_ratio":0.9,"confidence":0.9}}"#,
     )
     .expect("config");
     let collector = Collector::start(
-        &scratch_db("native-fleet"),
+        &scratch_db("native-fleet").expect("scratch database"),
         &[
             "--learn-interval-s",
             "1",
@@ -217,7 +213,7 @@ fn the_native_module_installs_the_fleet_policy_the_collector_learned() {
     // Thresholds the module never reaches: only the fleet can give it a model.
     let json = format!(
         r#"{{"mode":"enforce","learning":{{"min_sessions":1000000,"min_requests":1000000}},{}}}"#,
-        collector_section("")
+        reporting_section("edge-native", "")
     );
     let envoy = native(&json, &shop, &collector);
     let client = Client::new(&envoy.url);

@@ -4,84 +4,23 @@
 //! progress survive, because they live in Envoy's shared data rather than in a VM.
 
 use flowguard_integration::envoy::{bootstrap_yaml, wasm_path, Envoy, EnvoyConfig};
+use flowguard_integration::lds::{wait_for_update, LdsListener};
 use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
-use flowguard_integration::traffic::{self, Client, Session, GOOD_CARD};
+use flowguard_integration::traffic::{self, Client, Session, StopOnDrop, GOOD_CARD};
 use flowguard_integration::world::quick_learning;
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-/// The harness's bootstrap, split: the listener goes to an LDS file Envoy watches.
-struct Dynamic {
-    bootstrap: String,
-    listener: Value,
-    lds: PathBuf,
-}
-
-impl Dynamic {
-    fn new(cfg: &EnvoyConfig, dir: &Path, port: u16) -> Dynamic {
-        let yaml = bootstrap_yaml(cfg, &wasm_path().expect("filter built"));
-        let mut boot: Value = serde_norway::from_str(&yaml).expect("bootstrap YAML");
-        let mut listener = boot["static_resources"]["listeners"][0].take();
-        boot["static_resources"]
-            .as_object_mut()
-            .expect("static_resources")
-            .remove("listeners");
-        listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-        listener["address"]["socket_address"]["port_value"] = json!(port);
-        let lds = dir.join("lds.json");
-        boot["node"] = json!({"id": "reload-test", "cluster": "flowguard"});
-        boot["dynamic_resources"] = json!({
-            "lds_config": {"path_config_source": {"path": lds.display().to_string()}}
-        });
-        let d = Dynamic {
-            bootstrap: serde_json::to_string(&boot).expect("JSON"),
-            listener,
-            lds,
-        };
-        d.publish();
-        d
-    }
-
-    fn wasm_config(&mut self) -> &mut Value {
-        &mut self.listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
-            ["typed_config"]["config"]
-    }
-
-    /// Writes the listener where Envoy watches, atomically (a rename), as LDS expects.
-    fn publish(&self) {
-        let tmp = self.lds.with_extension("tmp");
-        let doc = json!({"resources": [self.listener]});
-        std::fs::write(&tmp, doc.to_string()).expect("write LDS");
-        std::fs::rename(&tmp, &self.lds).expect("rename LDS");
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn wait_for_update(envoy: &Envoy, after: u64) {
-    eventually("the listener update", || {
-        (envoy.stat("listener_manager.lds.update_success") > after).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
-}
 
 #[test]
 fn listener_updates_under_traffic_keep_serving_and_keep_model_and_sessions() {
     let shop = ShopServer::start().expect("shop");
-    let dir = flowguard_integration::envoy::repo_root()
-        .join("target/envoy-runs")
-        .join(format!("reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     // One test host is one client address: its customers' mistyped passwords add up, so
     // address-wide stuffing detection only flags here, and any block is the flow rules'.
     const RULES: &str = r#""rules":{"auth.failures":"flag"}"#;
     let cfg = EnvoyConfig::new(&quick_learning("monitor", RULES), shop.addr);
-    let mut dynamic = Dynamic::new(&cfg, &dir, free_port());
+    let yaml = bootstrap_yaml(&cfg, &wasm_path().expect("filter built"));
+    let mut dynamic = LdsListener::new(&yaml, "reload-test");
     let envoy = Envoy::start_yaml(&dynamic.bootstrap, 2, "info").expect("Envoy with LDS");
     let client = Client::fresh_connections(&envoy.url);
     traffic::play_normal(&client, 80);
@@ -113,6 +52,9 @@ fn listener_updates_under_traffic_keep_serving_and_keep_model_and_sessions() {
                 }
             }
         });
+
+        // The traffic stops however this ends.
+        let _stop = StopOnDrop(&stop);
 
         // 1. The plugin configuration changes (monitor -> enforce): same VM.
         let updates = envoy.stat("listener_manager.lds.update_success");
@@ -155,7 +97,6 @@ fn listener_updates_under_traffic_keep_serving_and_keep_model_and_sessions() {
             "the new VM enforces the model at once, without learning again"
         );
         assert_eq!(second.confirm(order).status, 200);
-        stop.store(true, Ordering::Relaxed);
     });
     let (served, failed, blocked) = (
         served.into_inner(),

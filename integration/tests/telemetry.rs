@@ -1,24 +1,18 @@
 //! Telemetry over Envoy's gRPC callout to the real collector (tonic + SQLite), fleet
 //! learning, and what happens when the collector fails.
 
-use flowguard_integration::collector::Collector;
-use flowguard_integration::envoy::{Envoy, EnvoyConfig};
+use flowguard_integration::collector::{reporting_section, scratch_db, Collector};
+use flowguard_integration::envoy::Envoy;
 use flowguard_integration::patience::eventually;
 use flowguard_integration::shop_server::ShopServer;
 use flowguard_integration::traffic::{self, Client, Session};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn scratch_db(name: &str) -> PathBuf {
-    flowguard_integration::collector::scratch_db(name).expect("scratch database")
-}
 
 /// A filter that reports every session (sample 1.0) and flushes often.
 fn reporting(mode: &str, learning: &str, extra: &str) -> String {
     format!(
-        r#"{{"mode":"{mode}","learning":{learning},
-            "collector":{{"cluster":"flowguard_collector","node":"edge","sample_rate":1.0,
-                         "flush_interval_ms":100,"timeout_ms":1000,"policy_interval_ms":300{extra}}}}}"#
+        r#"{{"mode":"{mode}","learning":{learning},{}}}"#,
+        reporting_section("edge", extra)
     )
 }
 
@@ -27,15 +21,17 @@ const QUICK: &str = r#"{"min_sessions":40,"min_requests":200,"min_support":5,"pr
 const NEVER: &str = r#"{"min_sessions":1000000,"min_requests":1000000,"tick_ms":100}"#;
 
 fn envoy_with(json: &str, shop: &ShopServer, collector: &Collector) -> Envoy {
-    let mut cfg = EnvoyConfig::new(json, shop.addr);
-    cfg.collector = Some(collector.addr);
-    Envoy::start(&cfg).unwrap_or_else(|e| panic!("Envoy starts: {e}"))
+    Envoy::start(&collector.envoy_config(json, shop.addr))
+        .unwrap_or_else(|e| panic!("Envoy starts: {e}"))
 }
 
 #[test]
 fn events_arrive_in_the_collector_and_are_queryable() {
-    let collector =
-        Collector::start(&scratch_db("arrive"), &["--learn-interval-s", "0"]).expect("collector");
+    let collector = Collector::start(
+        &scratch_db("arrive").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let shop = ShopServer::start().expect("shop");
     let envoy = envoy_with(&reporting("monitor", QUICK, ""), &shop, &collector);
     let client = Client::new(&envoy.url);
@@ -59,10 +55,12 @@ fn events_arrive_in_the_collector_and_are_queryable() {
 
 #[test]
 fn two_proxies_learn_one_fleet_policy_and_block_the_same_attack() {
-    let config = scratch_db("fleet-config").with_extension("json");
+    let config = scratch_db("fleet-config")
+        .expect("scratch database")
+        .with_extension("json");
     std::fs::write(&config, format!(r#"{{"learning":{QUICK}}}"#)).expect("config");
     let collector = Collector::start(
-        &scratch_db("fleet"),
+        &scratch_db("fleet").expect("scratch database"),
         &[
             "--learn-interval-s",
             "1",
@@ -148,8 +146,11 @@ fn timed(client: &Client, n: usize) -> (Vec<u16>, Duration) {
 
 #[test]
 fn a_dead_collector_costs_requests_nothing_and_reporting_resumes() {
-    let mut collector =
-        Collector::start(&scratch_db("outage"), &["--learn-interval-s", "0"]).expect("collector");
+    let mut collector = Collector::start(
+        &scratch_db("outage").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let shop = ShopServer::start().expect("shop");
     let envoy = envoy_with(&reporting("monitor", QUICK, ""), &shop, &collector);
     let client = Client::new(&envoy.url);
@@ -184,8 +185,11 @@ fn a_dead_collector_costs_requests_nothing_and_reporting_resumes() {
 
 #[test]
 fn no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_write() {
-    let mut collector =
-        Collector::start(&scratch_db("kill"), &["--learn-interval-s", "0"]).expect("collector");
+    let mut collector = Collector::start(
+        &scratch_db("kill").expect("scratch database"),
+        &["--learn-interval-s", "0"],
+    )
+    .expect("collector");
     let shop = ShopServer::start().expect("shop");
     let envoy = envoy_with(
         &reporting("monitor", QUICK, r#","batch_events":20"#),
@@ -225,7 +229,7 @@ fn no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_write() {
 fn the_collector_takes_telemetry_only_from_filters_with_its_token() {
     let token = "s3cret-token-for-the-fleet";
     let collector = Collector::start(
-        &scratch_db("token"),
+        &scratch_db("token").expect("scratch database"),
         &["--learn-interval-s", "0", "--token", token],
     )
     .expect("collector");
