@@ -2,17 +2,27 @@
 //! `decisions` (rule actions globally or per endpoint, a prerequisite pinned or
 //! forgotten, an endpoint's rate limit loosened). The learned fields stay what learning
 //! found; the engine applies `decisions` when it compiles the model, and learning carries
-//! them into every later version. Edited as JSON here so that the console writes exactly
-//! the contract's shape; the engine's `Policy::from_json` has the last word.
+//! them into every later version. Edited as the engine's typed `Decisions`, so that the
+//! console can only write keys and values the contract has; the engine's validation has
+//! the last word.
 
 use crate::store::Decided;
-use flowguard_engine::policy::Policy;
-use flowguard_engine::rule::Rule;
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use flowguard_engine::policy::{Decisions, EndpointDecisions, Policy};
+use flowguard_engine::rule::{Action, Rule};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
-/// The actions a rule can be set to.
-pub const ACTIONS: [&str; 3] = ["off", "flag", "block"];
+/// The actions a rule can be set to, in the forms' order.
+pub const ACTIONS: [Action; 3] = [Action::Off, Action::Flag, Action::Block];
+
+/// An action as the contract spells it (its serde name).
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Off => "off",
+        Action::Flag => "flag",
+        Action::Block => "block",
+    }
+}
 
 /// One decision, as a form asks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,8 +30,8 @@ pub enum Change {
     /// A rule's action, for every endpoint or one; `None`: back to the configuration's.
     Rule {
         endpoint: Option<String>,
-        rule: String,
-        action: Option<String>,
+        rule: Rule,
+        action: Option<Action>,
     },
     /// Enforce (`on`) or stop pinning a prerequisite of `endpoint`.
     Pin {
@@ -42,6 +52,18 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The endpoint the decision is about (`None`: every endpoint).
+    fn endpoint(&self) -> Option<&str> {
+        match self {
+            Change::Rule { endpoint, .. } => endpoint.as_deref(),
+            Change::Pin { endpoint, .. }
+            | Change::Forget { endpoint, .. }
+            | Change::RateLimit { endpoint, .. } => Some(endpoint),
+        }
+    }
+}
+
 fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     form.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
 }
@@ -50,12 +72,8 @@ fn need<'a>(form: &'a HashMap<String, String>, name: &str) -> Result<&'a str, St
     field(form, name).ok_or_else(|| format!("the form lacks `{name}`"))
 }
 
-fn rule_id(id: &str) -> Result<String, String> {
-    Rule::ALL
-        .iter()
-        .find(|r| r.id() == id)
-        .map(|r| r.id().to_owned())
-        .ok_or_else(|| format!("unknown rule {id:?}"))
+fn rule_id(id: &str) -> Result<Rule, String> {
+    Decisions::rule(id).ok_or_else(|| format!("unknown rule {id:?}"))
 }
 
 /// The decision a form asks for: `kind` = rule | pin | unpin | forget | unforget | limit.
@@ -64,8 +82,14 @@ pub fn parse(form: &HashMap<String, String>) -> Result<Change, String> {
         "rule" => {
             let action = match need(form, "action")? {
                 "default" => None,
-                a if ACTIONS.contains(&a) => Some(a.to_owned()),
-                a => return Err(format!("unknown action {a:?}: off, flag, block or default")),
+                a => Some(
+                    ACTIONS
+                        .into_iter()
+                        .find(|x| action_name(*x) == a)
+                        .ok_or_else(|| {
+                            format!("unknown action {a:?}: off, flag, block or default")
+                        })?,
+                ),
             };
             Ok(Change::Rule {
                 endpoint: field(form, "endpoint").map(str::to_owned),
@@ -118,15 +142,15 @@ pub fn describe(c: &Change) -> String {
             rule,
             action,
         } => format!(
-            "{rule} {} {}",
+            "{} {} {}",
+            rule.id(),
             endpoint
                 .as_deref()
                 .map_or("everywhere".to_owned(), |e| format!("on {e}")),
-            action
-                .as_deref()
-                .map_or("back to the configuration".to_owned(), |a| format!(
-                    "set to {a}"
-                ))
+            action.map_or("back to the configuration".to_owned(), |a| format!(
+                "set to {}",
+                action_name(a)
+            ))
         ),
         Change::Pin {
             endpoint,
@@ -155,65 +179,31 @@ pub fn describe(c: &Change) -> String {
     }
 }
 
-fn object<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Value>, String> {
-    let map = v.as_object_mut().ok_or("the policy is not a JSON object")?;
-    let entry = map.entry(key).or_insert_with(|| json!({}));
-    if !entry.is_object() {
-        *entry = json!({});
-    }
-    entry
-        .as_object_mut()
-        .ok_or_else(|| format!("`{key}` is not an object"))
-}
-
-fn list_set(map: &mut Map<String, Value>, key: &str, item: &str, on: bool) {
-    let mut items: Vec<String> = map
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    items.retain(|i| i != item);
+/// Puts `item` in `list` (last) or takes it out.
+fn list_set(list: &mut Vec<String>, item: &str, on: bool) {
+    list.retain(|i| i != item);
     if on {
-        items.push(item.to_owned());
-    }
-    if items.is_empty() {
-        map.remove(key);
-    } else {
-        map.insert(key.to_owned(), json!(items));
+        list.push(item.to_owned());
     }
 }
 
-fn templates(policy: &Value) -> Vec<String> {
-    policy
-        .get("endpoints")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.get("template")?.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+fn rule_set(rules: &mut BTreeMap<String, Action>, rule: Rule, action: Option<Action>) {
+    match action {
+        Some(a) => {
+            rules.insert(rule.id().to_owned(), a);
+        }
+        None => {
+            rules.remove(rule.id());
+        }
+    }
 }
 
-/// Applies `change` to the policy JSON `policy` (decisions only; nothing learned moves).
-pub fn apply_to(policy: &mut Value, change: &Change) -> Result<(), String> {
-    let known = templates(policy);
-    let endpoint_of = |c: &Change| -> Option<String> {
-        match c {
-            Change::Rule { endpoint, .. } => endpoint.clone(),
-            Change::Pin { endpoint, .. }
-            | Change::Forget { endpoint, .. }
-            | Change::RateLimit { endpoint, .. } => Some(endpoint.clone()),
-        }
-    };
-    if let Some(e) = endpoint_of(change) {
-        if !known.contains(&e) {
-            return Err(format!("{e:?} is not an endpoint of the policy"));
-        }
+/// Applies `change` to `policy`'s decisions (nothing learned moves). An endpoint left
+/// with no decision is dropped, so undoing every decision leaves none stored.
+pub fn apply_to(policy: &mut Policy, change: &Change) -> Result<(), String> {
+    let known = |t: &str| policy.endpoint(t).is_some();
+    if let Some(e) = change.endpoint().filter(|e| !known(e)) {
+        return Err(format!("{e:?} is not an endpoint of the policy"));
     }
     if let Change::Pin {
         endpoint,
@@ -226,127 +216,47 @@ pub fn apply_to(policy: &mut Value, change: &Change) -> Result<(), String> {
         ..
     } = change
     {
-        if !known.contains(prerequisite) || prerequisite == endpoint {
+        if !known(prerequisite) || prerequisite == endpoint {
             return Err(format!(
                 "{prerequisite:?} is not another endpoint of the policy"
             ));
         }
     }
-    let decisions = object(policy, "decisions")?;
-    let mut decisions_value = Value::Object(std::mem::take(decisions));
+    let Some(template) = change.endpoint() else {
+        if let Change::Rule { rule, action, .. } = change {
+            rule_set(&mut policy.decisions.rules, *rule, *action);
+        }
+        return Ok(());
+    };
+    let e = policy
+        .decisions
+        .endpoints
+        .entry(template.to_owned())
+        .or_default();
     match change {
-        Change::Rule {
-            endpoint: None,
-            rule,
-            action,
+        Change::Rule { rule, action, .. } => rule_set(&mut e.rules, *rule, *action),
+        Change::Pin {
+            prerequisite, on, ..
         } => {
-            let rules = object(&mut decisions_value, "rules")?;
-            match action {
-                Some(a) => {
-                    rules.insert(rule.clone(), json!(a));
-                }
-                None => {
-                    rules.remove(rule);
-                }
+            list_set(&mut e.pin, prerequisite, *on);
+            if *on {
+                list_set(&mut e.forget, prerequisite, false);
             }
         }
-        _ => {
-            let endpoint = endpoint_of(change).unwrap_or_default();
-            let endpoints = object(&mut decisions_value, "endpoints")?;
-            let entry = endpoints
-                .entry(endpoint.clone())
-                .or_insert_with(|| json!({}));
-            if !entry.is_object() {
-                *entry = json!({});
+        Change::Forget {
+            prerequisite, on, ..
+        } => {
+            list_set(&mut e.forget, prerequisite, *on);
+            if *on {
+                list_set(&mut e.pin, prerequisite, false);
             }
-            match change {
-                Change::Rule { rule, action, .. } => {
-                    let rules = object(entry, "rules")?;
-                    match action {
-                        Some(a) => {
-                            rules.insert(rule.clone(), json!(a));
-                        }
-                        None => {
-                            rules.remove(rule);
-                        }
-                    }
-                }
-                Change::Pin {
-                    prerequisite, on, ..
-                } => {
-                    let e = entry.as_object_mut().ok_or("not an object")?;
-                    list_set(e, "pin", prerequisite, *on);
-                    if *on {
-                        list_set(e, "forget", prerequisite, false);
-                    }
-                }
-                Change::Forget {
-                    prerequisite, on, ..
-                } => {
-                    let e = entry.as_object_mut().ok_or("not an object")?;
-                    list_set(e, "forget", prerequisite, *on);
-                    if *on {
-                        list_set(e, "pin", prerequisite, false);
-                    }
-                }
-                Change::RateLimit { limit, .. } => {
-                    let e = entry.as_object_mut().ok_or("not an object")?;
-                    match limit {
-                        Some(l) => {
-                            e.insert("rate_limit".into(), json!(l));
-                        }
-                        None => {
-                            e.remove("rate_limit");
-                        }
-                    }
-                }
-            }
-            prune_endpoint(endpoints, &endpoint);
         }
+        Change::RateLimit { limit, .. } => e.rate_limit = *limit,
     }
-    prune(&mut decisions_value);
-    let map = policy
-        .as_object_mut()
-        .ok_or("the policy is not a JSON object")?;
-    match decisions_value {
-        Value::Object(d) if !d.is_empty() => {
-            map.insert("decisions".into(), Value::Object(d));
-        }
-        _ => {
-            map.remove("decisions");
-        }
+    if *e == EndpointDecisions::default() {
+        policy.decisions.endpoints.remove(template);
     }
     Ok(())
-}
-
-fn empty(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => true,
-        Some(Value::Object(m)) => m.is_empty(),
-        Some(Value::Array(a)) => a.is_empty(),
-        _ => false,
-    }
-}
-
-fn prune_endpoint(endpoints: &mut Map<String, Value>, endpoint: &str) {
-    if let Some(Value::Object(e)) = endpoints.get_mut(endpoint) {
-        if empty(e.get("rules")) {
-            e.remove("rules");
-        }
-        if e.is_empty() {
-            endpoints.remove(endpoint);
-        }
-    }
-}
-
-fn prune(decisions: &mut Value) {
-    if let Value::Object(d) = decisions {
-        for key in ["rules", "endpoints"] {
-            if empty(d.get(key)) {
-                d.remove(key);
-            }
-        }
-    }
 }
 
 /// The next policy version from the newest stored row with `change` applied, checked by
@@ -355,39 +265,57 @@ pub fn decide(latest: Option<(u64, String)>, change: &Change) -> Result<Decided,
     let (version, json) = latest.ok_or(
         "no policy has been learned yet: there is nothing to decide on (let traffic flow until the collector learns one)",
     )?;
-    let mut value: Value = serde_json::from_str(&json)
-        .map_err(|e| format!("the stored policy version {version} is not JSON: {e}"))?;
-    apply_to(&mut value, change)?;
-    let next = version + 1;
-    if let Some(map) = value.as_object_mut() {
-        map.insert("version".into(), json!(next));
-    }
-    let policy = checked(&value)?;
+    let mut policy: Policy = serde_json::from_str(&json)
+        .map_err(|e| format!("the stored policy version {version} is not a policy: {e}"))?;
+    apply_to(&mut policy, change)?;
+    policy.version = version + 1;
+    let policy = checked(policy)?;
     Ok(Decided {
-        version: next,
+        version: policy.version,
         json: policy.to_json(),
         summary: describe(change),
     })
 }
 
-/// The engine's reading of a policy JSON value.
-pub fn checked(value: &Value) -> Result<Policy, String> {
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    Policy::from_json(&bytes).map_err(|e| format!("the engine refuses this policy: {e}"))
+/// `policy` if the engine accepts it (decisions name known rules and endpoints, no pin
+/// closes a cycle, ...).
+pub fn checked(policy: Policy) -> Result<Policy, String> {
+    policy
+        .validate()
+        .map_err(|e| format!("the engine refuses this policy: {e}"))?;
+    Ok(policy)
 }
 
-/// The `decisions` object of a policy JSON (empty when it has none).
-pub fn of(policy_json: &str) -> Value {
-    serde_json::from_str::<Value>(policy_json)
-        .ok()
-        .and_then(|v| v.get("decisions").cloned())
-        .filter(|d| d.is_object())
-        .unwrap_or_else(|| json!({}))
+/// The part of a stored policy the audit trail reads: whatever else an older version
+/// holds, its decisions are read strictly (an unknown key is an error, not dropped).
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(default)]
+    decisions: Decisions,
+}
+
+/// The decisions of a stored policy JSON (none in an empty one: the audit's `before` of
+/// the first version).
+pub fn of(policy_json: &str) -> Result<Decisions, String> {
+    if policy_json.trim().is_empty() {
+        return Ok(Decisions::default());
+    }
+    serde_json::from_str::<Stored>(policy_json)
+        .map(|s| s.decisions)
+        .map_err(|e| format!("unreadable decisions: {e}"))
+}
+
+/// Decisions (or one endpoint's) as the pages show them: compact JSON with its keys
+/// sorted (through a JSON value), as the console has always shown them, whatever order
+/// the engine's structs declare their fields in.
+pub fn shown(d: &impl Serialize) -> String {
+    serde_json::to_value(d).map_or_else(|e| e.to_string(), |v| v.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -396,10 +324,21 @@ mod tests {
             .collect()
     }
 
-    fn policy() -> Value {
+    fn policy_json() -> Value {
         json!({"version": 7, "endpoints": [
             {"template": "POST /pay"}, {"template": "POST /confirm", "prerequisites": ["POST /pay"]},
             {"template": "GET /cart"}]})
+    }
+
+    fn policy() -> Policy {
+        Policy::from_json(policy_json().to_string().as_bytes()).unwrap()
+    }
+
+    /// The decisions `changes_write_the_contracts_shape_and_undo_cleanly` writes, as the
+    /// policy JSON has stored them since the console first wrote them.
+    fn stored_decisions() -> Value {
+        json!({"rules": {"rate.session": "block"}, "endpoints": {"POST /confirm": {
+            "rules": {"rate.session": "off"}, "pin": ["GET /cart"], "rate_limit": 40}}})
     }
 
     #[test]
@@ -412,8 +351,8 @@ mod tests {
             ])),
             Ok(Change::Rule {
                 endpoint: None,
-                rule: "order.missing_prerequisite".into(),
-                action: Some("block".into())
+                rule: Rule::MissingPrerequisite,
+                action: Some(Action::Block)
             })
         );
         let e = |f: &[(&str, &str)]| parse(&form(f)).unwrap_err();
@@ -444,15 +383,34 @@ mod tests {
     }
 
     #[test]
+    fn every_action_parses_under_its_contract_name() {
+        for a in ACTIONS {
+            assert_eq!(json!(a), json!(action_name(a)));
+            assert_eq!(
+                parse(&form(&[
+                    ("kind", "rule"),
+                    ("rule", "rate.session"),
+                    ("action", action_name(a))
+                ])),
+                Ok(Change::Rule {
+                    endpoint: None,
+                    rule: Rule::RateSession,
+                    action: Some(a)
+                })
+            );
+        }
+    }
+
+    #[test]
     fn changes_write_the_contracts_shape_and_undo_cleanly() {
         let mut p = policy();
-        let rule = |endpoint: Option<&str>, action: Option<&str>| Change::Rule {
+        let rule = |endpoint: Option<&str>, action: Option<Action>| Change::Rule {
             endpoint: endpoint.map(str::to_owned),
-            rule: "rate.session".into(),
-            action: action.map(str::to_owned),
+            rule: Rule::RateSession,
+            action,
         };
-        apply_to(&mut p, &rule(None, Some("block"))).unwrap();
-        apply_to(&mut p, &rule(Some("POST /confirm"), Some("off"))).unwrap();
+        apply_to(&mut p, &rule(None, Some(Action::Block))).unwrap();
+        apply_to(&mut p, &rule(Some("POST /confirm"), Some(Action::Off))).unwrap();
         let pin = Change::Pin {
             endpoint: "POST /confirm".into(),
             prerequisite: "GET /cart".into(),
@@ -467,27 +425,17 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            p["decisions"],
-            json!({"rules": {"rate.session": "block"}, "endpoints": {"POST /confirm": {
-                "rules": {"rate.session": "off"}, "pin": ["GET /cart"], "rate_limit": 40}}})
-        );
+        let written: Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(written["decisions"], stored_decisions());
         let forget = Change::Forget {
             endpoint: "POST /confirm".into(),
             prerequisite: "GET /cart".into(),
             on: true,
         };
         apply_to(&mut p, &forget).unwrap();
-        assert_eq!(
-            p["decisions"]["endpoints"]["POST /confirm"]["forget"],
-            json!(["GET /cart"])
-        );
-        assert!(
-            p["decisions"]["endpoints"]["POST /confirm"]
-                .get("pin")
-                .is_none(),
-            "forgetting unpins"
-        );
+        let confirm = p.decisions.endpoint("POST /confirm").unwrap();
+        assert_eq!(confirm.forget, ["GET /cart"]);
+        assert!(confirm.pin.is_empty(), "forgetting unpins");
         // Undo everything: no `decisions` left.
         apply_to(&mut p, &rule(None, None)).unwrap();
         apply_to(&mut p, &rule(Some("POST /confirm"), None)).unwrap();
@@ -505,12 +453,73 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(p.get("decisions").is_none(), "{p}");
+        assert!(p.decisions.is_empty(), "{:?}", p.decisions);
+        assert!(!p.to_json().contains("decisions"), "{}", p.to_json());
+        assert_eq!(p.endpoints, policy().endpoints, "nothing learned moved");
+    }
+
+    #[test]
+    fn a_stored_decision_document_round_trips_through_the_typed_form() {
+        let mut with_forget = stored_decisions();
+        with_forget["endpoints"]["GET /cart"] = json!({"forget": ["POST /pay"]});
+        for stored in [stored_decisions(), with_forget] {
+            let typed: Decisions = serde_json::from_value(stored.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&typed).unwrap(), stored);
+            // In a whole stored policy, through the engine and a decision's reading.
+            let mut doc = policy_json();
+            doc["decisions"] = stored.clone();
+            let text = doc.to_string();
+            let p = Policy::from_json(text.as_bytes()).unwrap();
+            assert_eq!(p.decisions, typed);
+            let again: Value = serde_json::from_str(&p.to_json()).unwrap();
+            assert_eq!(again["decisions"], stored);
+            assert_eq!(again["endpoints"][1]["prerequisites"], json!(["POST /pay"]));
+            assert_eq!(of(&text), Ok(typed.clone()));
+            let next = decide(
+                Some((7, text)),
+                &Change::RateLimit {
+                    endpoint: "POST /pay".into(),
+                    limit: None,
+                },
+            )
+            .unwrap();
+            let next: Value = serde_json::from_str(&next.json).unwrap();
+            assert_eq!(next["decisions"], stored, "an unrelated undo keeps them");
+            assert_eq!(next["version"], json!(8));
+        }
+        assert_eq!(of(""), Ok(Decisions::default()));
+        assert_eq!(shown(&Decisions::default()), "{}");
         assert_eq!(
-            p["endpoints"],
-            policy()["endpoints"],
-            "nothing learned moved"
+            shown(&serde_json::from_value::<Decisions>(stored_decisions()).unwrap()),
+            stored_decisions().to_string(),
+            "shown as the JSON value prints"
         );
+    }
+
+    #[test]
+    fn a_misspelt_key_or_a_wrong_type_is_an_error_not_dropped() {
+        let bad = [
+            json!({"endpoints": {"POST /confirm": {"pinned": ["GET /cart"]}}}),
+            json!({"endpoints": {"POST /confirm": {"rate_limit": "40"}}}),
+            json!({"rules": {"rate.session": "drop"}}),
+            json!({"rule": {"rate.session": "off"}}),
+        ];
+        for d in bad {
+            let mut doc = policy_json();
+            doc["decisions"] = d.clone();
+            let text = doc.to_string();
+            assert!(of(&text).is_err(), "{d}");
+            let e = decide(
+                Some((7, text)),
+                &Change::RateLimit {
+                    endpoint: "POST /pay".into(),
+                    limit: None,
+                },
+            )
+            .map(|d| d.json)
+            .unwrap_err();
+            assert!(e.contains("is not a policy"), "{d}: {e}");
+        }
     }
 
     #[test]

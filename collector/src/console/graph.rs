@@ -6,7 +6,6 @@
 
 use super::render::esc;
 use flowguard_engine::policy::{Policy, START};
-use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 
@@ -29,22 +28,17 @@ pub struct Drawn {
     pub labels: Vec<LabelBox>,
 }
 
-fn list(v: &Value, endpoint: &str, key: &str) -> Vec<String> {
-    v.get("endpoints")
-        .and_then(|e| e.get(endpoint))
-        .and_then(|e| e.get(key))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The prerequisites an operator pinned on `template`, and those they forgot.
+fn pinned_forgotten<'a>(policy: &'a Policy, template: &str) -> (&'a [String], &'a [String]) {
+    policy
+        .decisions
+        .endpoint(template)
+        .map_or((&[], &[]), |d| (&d.pin, &d.forget))
 }
 
-/// Draws `policy` with its operator `decisions` (pins drawn as prerequisites, forgotten
+/// Draws `policy` with its operator's decisions (pins drawn as prerequisites, forgotten
 /// ones left out).
-pub fn draw(policy: &Policy, decisions: &Value) -> Drawn {
+pub fn draw(policy: &Policy) -> Drawn {
     let names: Vec<&str> = std::iter::once(START)
         .chain(policy.endpoints.iter().map(|e| e.template.as_str()))
         .collect();
@@ -120,8 +114,7 @@ pub fn draw(policy: &Policy, decisions: &Value) -> Drawn {
     let mut guarded = HashSet::new();
     let endpoint = |t: &str| policy.endpoints.iter().find(|e| e.template == t);
     for (k, e) in policy.endpoints.iter().enumerate() {
-        let forgotten = list(decisions, &e.template, "forget");
-        let pinned = list(decisions, &e.template, "pin");
+        let (pinned, forgotten) = pinned_forgotten(policy, &e.template);
         // Only direct prerequisites: "confirm needs pay" says enough when pay needs the
         // order (the learned API page lists them all).
         let implied = |p: &String| {
@@ -137,7 +130,7 @@ pub fn draw(policy: &Policy, decisions: &Value) -> Drawn {
                     .collect::<Vec<_>>(),
                 "req",
             ),
-            (pinned, "pin"),
+            (pinned.to_vec(), "pin"),
             (
                 e.flag_prerequisites
                     .iter()
@@ -266,7 +259,7 @@ pub fn intersect(a: &LabelBox, b: &LabelBox) -> bool {
 }
 
 /// The graph in Graphviz DOT: prerequisites red, flag tier amber, counts as labels.
-pub fn dot(policy: &Policy, decisions: &Value) -> String {
+pub fn dot(policy: &Policy) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     let mut out = String::from(
         "digraph flowguard {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
@@ -278,7 +271,7 @@ pub fn dot(policy: &Policy, decisions: &Value) -> String {
     );
     for e in &policy.endpoints {
         let guarded = e.all_prerequisites().next().is_some()
-            || !list(decisions, &e.template, "pin").is_empty();
+            || !pinned_forgotten(policy, &e.template).0.is_empty();
         let _ = writeln!(
             out,
             "  {}{};",
@@ -300,7 +293,7 @@ pub fn dot(policy: &Policy, decisions: &Value) -> String {
         );
     }
     for e in &policy.endpoints {
-        let forgotten = list(decisions, &e.template, "forget");
+        let (pinned, forgotten) = pinned_forgotten(policy, &e.template);
         for p in e.all_prerequisites().filter(|p| !forgotten.contains(p)) {
             let _ = writeln!(
                 out,
@@ -309,11 +302,11 @@ pub fn dot(policy: &Policy, decisions: &Value) -> String {
                 q(&e.template)
             );
         }
-        for p in list(decisions, &e.template, "pin") {
+        for p in pinned {
             let _ = writeln!(
                 out,
                 "  {} -> {} [color=\"#c0392b\", style=dotted, penwidth=2, label=\"pinned\"];",
-                q(&p),
+                q(p),
                 q(&e.template)
             );
         }
@@ -338,8 +331,7 @@ pub fn dot(policy: &Policy, decisions: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowguard_engine::policy::{EndpointPolicy, Limit, Transition};
-    use serde_json::json;
+    use flowguard_engine::policy::{EndpointDecisions, EndpointPolicy, Limit, Transition};
 
     /// 40 endpoints: a login, 13 three-step flows of growing path length, deep and wide.
     pub fn forty() -> Policy {
@@ -415,7 +407,7 @@ mod tests {
     fn forty_endpoints_are_drawn_with_no_label_over_another() {
         let p = forty();
         assert_eq!(p.endpoints.len(), 40);
-        let drawn = draw(&p, &json!({}));
+        let drawn = draw(&p);
         assert_eq!(drawn.svg.matches("<rect").count(), 41);
         assert_eq!(
             drawn.labels.len(),
@@ -436,17 +428,28 @@ mod tests {
         let mut p = forty();
         p.endpoints[0].template = "POST /api/<login>".into();
         p.transitions[0].to = "POST /api/<login>".into();
-        let d = json!({"endpoints": {"POST /api/login": {}}});
-        let svg = draw(&p, &d).svg;
+        // A decision on a template the policy no longer has is drawn as nothing.
+        p.decisions
+            .endpoints
+            .insert("POST /api/login".into(), Default::default());
+        let svg = draw(&p).svg;
         assert!(svg.contains("POST /api/&lt;login&gt;") && !svg.contains("<login>"));
         let a = p.endpoints[1].template.clone();
         let b = p.endpoints[2].template.clone();
         let c = p.endpoints[3].template.clone();
-        let d = json!({"endpoints": {(b.clone()): {"forget": [a.clone()]}, (c.clone()): {"pin": [a.clone()]}}});
-        let drawn = draw(&p, &d).svg;
+        let forget = EndpointDecisions {
+            forget: vec![a.clone()],
+            ..Default::default()
+        };
+        let pin = EndpointDecisions {
+            pin: vec![a],
+            ..Default::default()
+        };
+        p.decisions.endpoints = [(b, forget), (c, pin)].into();
+        let drawn = draw(&p).svg;
         assert_eq!(drawn.matches(r#"class="req""#).count(), 25, "one forgotten");
         assert_eq!(drawn.matches(r#"class="pin""#).count(), 1, "one pinned");
-        let dot = dot(&p, &d);
+        let dot = dot(&p);
         assert!(dot.starts_with("digraph") && dot.contains("pinned") && dot.contains("\"^\""));
     }
 }

@@ -1,6 +1,6 @@
 //! The pages' bodies, from data the routes read: pure functions, tested without a server.
 
-use super::decisions::ACTIONS;
+use super::decisions::{self, action_name, ACTIONS};
 use super::graph;
 use super::render::{ago, esc, table, time, url_part, verdict, Viewer};
 use crate::replay::Report;
@@ -10,7 +10,6 @@ use crate::store::{AuditRow, EventRow, NodeRow, TemplateSeen};
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::{Limit, Policy};
 use flowguard_engine::rule::Rule;
-use serde_json::Value;
 use std::fmt::Write;
 
 /// A node is called silent after this long without a batch.
@@ -181,22 +180,16 @@ fn names(list: &[String]) -> String {
     }
 }
 
-fn endpoint_decisions(decisions: &Value, template: &str) -> String {
-    match decisions.get("endpoints").and_then(|e| e.get(template)) {
-        Some(d) => format!("<code>{}</code>", esc(&d.to_string())),
+fn endpoint_decisions(policy: &Policy, template: &str) -> String {
+    match policy.decisions.endpoint(template) {
+        Some(d) => format!("<code>{}</code>", esc(&decisions::shown(d))),
         None => "-".into(),
     }
 }
 
 /// The learned API: endpoints with their evidence, order rules, limits and decisions;
 /// then what stored traffic shows beyond the policy.
-pub fn api(
-    policy: &Policy,
-    decisions: &Value,
-    model: Option<&Model>,
-    seen: &[TemplateSeen],
-    now_ms: u64,
-) -> String {
+pub fn api(policy: &Policy, model: Option<&Model>, seen: &[TemplateSeen], now_ms: u64) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -257,7 +250,7 @@ pub fn api(
                 limit(e.rate, policy.window_s, "sessions"),
                 limit(e.distinct_ids, policy.window_s, "sessions"),
                 address,
-                endpoint_decisions(decisions, &e.template),
+                endpoint_decisions(policy, &e.template),
             ]
         })
         .collect();
@@ -338,8 +331,8 @@ pub fn api(
 }
 
 /// The flow graph page.
-pub fn graph_page(policy: &Policy, decisions: &Value) -> String {
-    let drawn = graph::draw(policy, decisions);
+pub fn graph_page(policy: &Policy) -> String {
+    let drawn = graph::draw(policy);
     format!(
         r#"<p>Policy version {} · {} endpoints. <span class="block">Red</span>: prerequisites that block (dotted: pinned by an operator); <span class="flag">amber dashed</span>: the flag tier; grey: learned transitions (hover for counts). <a href="/graph.dot" download="flowguard.dot">DOT for Graphviz</a> · <a href="/policy.json">policy JSON</a></p><div class="graph">{}</div>"#,
         policy.version,
@@ -569,7 +562,7 @@ pub fn whatif_form(viewer: &Viewer, window: &str, pasted: &str) -> String {
             r#"<select name="rule:{}"><option value="">as decided now</option>"#,
             r.id()
         );
-        for a in ACTIONS {
+        for a in ACTIONS.map(action_name) {
             let _ = write!(sel, r#"<option value="{a}">{a}</option>"#);
         }
         sel.push_str("</select>");
@@ -647,7 +640,6 @@ pub fn whatif_result(
 /// The decisions page: what is decided, the forms, and the audit trail.
 pub fn decisions(
     policy: &Policy,
-    decided: &Value,
     configured: &flowguard_engine::config::RuleActions,
     viewer: &Viewer,
     audit: &[AuditRow],
@@ -670,36 +662,29 @@ pub fn decisions(
         out,
         r#"<p>Policy version <b id="version">{}</b>. Each decision stores a new version with the policy's <code>decisions</code> updated (nothing learned changes); learning carries decisions into every later version. Decided now: <code id="decided">{}</code></p>"#,
         policy.version,
-        esc(&decided.to_string())
+        esc(&decisions::shown(&policy.decisions))
     );
     let csrf = viewer.csrf_field();
-    let global = |rule: &str| {
-        decided
-            .get("rules")
-            .and_then(|r| r.get(rule))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
     out.push_str("<h2>Rules, for every endpoint</h2><p class=note>\"As configured\": the collector's <code>--config</code>; a proxy's own plugin configuration may say otherwise, and a decision overrides both.</p>");
     let mut rows = Vec::new();
     for r in Rule::ALL {
-        let now = global(r.id());
+        let now = policy.decisions.rules.get(r.id()).copied();
         let mut form = format!(
             r#"<form method="post" action="/decisions" class="inline" data-rule="{0}">{csrf}<input type="hidden" name="kind" value="rule"><input type="hidden" name="rule" value="{0}"><select name="action"><option value="default">as configured</option>"#,
             r.id()
         );
         for a in ACTIONS {
-            let sel = if now.as_deref() == Some(a) {
-                " selected"
-            } else {
-                ""
-            };
+            let sel = if now == Some(a) { " selected" } else { "" };
+            let a = action_name(a);
             let _ = write!(form, r#"<option value="{a}"{sel}>{a}</option>"#);
         }
         form.push_str("</select> <button>Decide</button></form>");
         rows.push(vec![
             format!("<code>{}</code>", r.id()),
-            now.unwrap_or_else(|| format!("as configured: {:?}", configured.get(r)).to_lowercase()),
+            now.map_or_else(
+                || format!("as configured: {}", action_name(configured.get(r))),
+                |a| action_name(a).to_owned(),
+            ),
             form,
         ]);
     }
@@ -738,8 +723,8 @@ pub fn decisions(
                 esc(&a.summary),
                 format!(
                     "before: <code>{}</code><br>after: <code>{}</code><details><summary>whole policies</summary><pre>{}</pre><pre>{}</pre></details>",
-                    esc(&super::decisions::of(&a.before).to_string()),
-                    esc(&super::decisions::of(&a.after).to_string()),
+                    esc(&audited(&a.before)),
+                    esc(&audited(&a.after)),
                     esc(&a.before),
                     esc(&a.after)
                 ),
@@ -757,6 +742,11 @@ pub fn decisions(
         &rows,
     ));
     out
+}
+
+/// The decisions of an audited policy as shown, or why they cannot be read.
+fn audited(policy_json: &str) -> String {
+    decisions::of(policy_json).map_or_else(|e| e, |d| decisions::shown(&d))
 }
 
 /// The login form.
@@ -778,7 +768,7 @@ pub fn events_link(template: &str) -> String {
 mod tests {
     use super::*;
     use flowguard_engine::policy::EndpointPolicy;
-    use serde_json::json;
+    use flowguard_engine::rule::Action;
 
     fn row(t: u64, template: &str, status: u16, verdict: i32) -> EventRow {
         EventRow {
@@ -880,7 +870,7 @@ mod tests {
 
     #[test]
     fn the_api_lists_unknown_templates_seen_and_the_decisions_form_escapes() {
-        let p = Policy {
+        let mut p = Policy {
             version: 4,
             window_s: 10,
             endpoints: vec![EndpointPolicy {
@@ -890,7 +880,7 @@ mod tests {
             ..Default::default()
         };
         let seen = vec![("GET /a".to_owned(), 5, 0), ("GET /<x>".to_owned(), 2, 0)];
-        let html = api(&p, &json!({}), None, &seen, 0);
+        let html = api(&p, None, &seen, 0);
         assert!(html.contains(r#"<code class="unknown">GET /&lt;x&gt;</code>"#));
         assert!(html.contains("Unknown endpoints seen in stored traffic (1)"));
         let v = Viewer {
@@ -898,14 +888,10 @@ mod tests {
             csrf: None,
             token_configured: false,
         };
-        let d = decisions(
-            &p,
-            &json!({"rules": {"rate.session": "off"}}),
-            &Default::default(),
-            &v,
-            &[],
-            None,
-        );
+        p.decisions
+            .rules
+            .insert(Rule::RateSession.id().into(), Action::Off);
+        let d = decisions(&p, &Default::default(), &v, &[], None);
         assert!(d.contains("no console token is configured"));
         assert!(d.contains(r#"<option value="off" selected>off</option>"#));
     }

@@ -17,7 +17,6 @@ use axum::Router;
 use flowguard_engine::config::Settings;
 use flowguard_engine::model::Model;
 use flowguard_engine::policy::Policy;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -116,18 +115,17 @@ fn failed(v: &Viewer, what: &str, e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// The newest policy: parsed, its JSON, its decisions; `Ok(None)` before any.
-async fn latest(c: &Console) -> Result<Option<(Policy, String, Value)>, String> {
+/// The newest policy (its decisions included); `Ok(None)` before any.
+async fn latest(c: &Console) -> Result<Option<Policy>, String> {
     let Some((_, json)) = c.backend.latest_row().await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let policy =
-        Policy::from_json(json.as_bytes()).map_err(|e| format!("the stored policy: {e}"))?;
-    let decided = decisions::of(&json);
-    Ok(Some((policy, json, decided)))
+    Policy::from_json(json.as_bytes())
+        .map(Some)
+        .map_err(|e| format!("the stored policy: {e}"))
 }
 
-async fn with_policy(c: &Console, v: &Viewer) -> Result<(Policy, String, Value), Box<Response>> {
+async fn with_policy(c: &Console, v: &Viewer) -> Result<Policy, Box<Response>> {
     match latest(c).await {
         Ok(Some(p)) => Ok(p),
         Ok(None) => Err(Box::new(html(
@@ -176,7 +174,7 @@ async fn api(State(c): State<Shared>, headers: HeaderMap) -> Response {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let (policy, _, decided) = match with_policy(&c, &v).await {
+    let policy = match with_policy(&c, &v).await {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -191,7 +189,7 @@ async fn api(State(c): State<Shared>, headers: HeaderMap) -> Response {
             "Learned API",
             "/api",
             &v,
-            &pages::api(&policy, &decided, model.as_ref(), &seen, now_ms()),
+            &pages::api(&policy, model.as_ref(), &seen, now_ms()),
         ),
     )
 }
@@ -202,14 +200,9 @@ async fn graph(State(c): State<Shared>, headers: HeaderMap) -> Response {
         Err(r) => return *r,
     };
     match with_policy(&c, &v).await {
-        Ok((policy, _, decided)) => html(
+        Ok(policy) => html(
             StatusCode::OK,
-            page(
-                "Flow graph",
-                "/graph",
-                &v,
-                &pages::graph_page(&policy, &decided),
-            ),
+            page("Flow graph", "/graph", &v, &pages::graph_page(&policy)),
         ),
         Err(r) => *r,
     }
@@ -221,7 +214,7 @@ async fn graph_dot(State(c): State<Shared>, headers: HeaderMap) -> Response {
         Err(r) => return *r,
     };
     match with_policy(&c, &v).await {
-        Ok((policy, _, decided)) => secure(
+        Ok(policy) => secure(
             (
                 [
                     (header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8"),
@@ -230,7 +223,7 @@ async fn graph_dot(State(c): State<Shared>, headers: HeaderMap) -> Response {
                         "attachment; filename=\"flowguard.dot\"",
                     ),
                 ],
-                super::graph::dot(&policy, &decided),
+                super::graph::dot(&policy),
             )
                 .into_response(),
         ),
@@ -244,7 +237,7 @@ async fn policy_json(State(c): State<Shared>, headers: HeaderMap) -> Response {
         Err(r) => return *r,
     };
     match with_policy(&c, &v).await {
-        Ok((policy, _, _)) => secure(
+        Ok(policy) => secure(
             (
                 [(header::CONTENT_TYPE, "application/json")],
                 policy.to_json_pretty(),
@@ -448,13 +441,10 @@ async fn whatif_run(
         Err(e) => return failed(&v, "reading the policy", e),
     };
     let candidate = if pasted.is_empty() {
-        let Some((_, json, _)) = &latest else {
+        let Some(stored) = &latest else {
             return show_error("no policy has been learned yet: paste one to replay".into());
         };
-        let mut value: Value = match serde_json::from_str(json) {
-            Ok(v) => v,
-            Err(e) => return show_error(format!("the stored policy: {e}")),
-        };
+        let mut policy = stored.clone();
         for (key, action) in &form {
             let (Some(rule), false) = (key.strip_prefix("rule:"), action.is_empty()) else {
                 continue;
@@ -469,11 +459,11 @@ async fn whatif_run(
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             );
-            if let Err(m) = change.and_then(|ch| decisions::apply_to(&mut value, &ch)) {
+            if let Err(m) = change.and_then(|ch| decisions::apply_to(&mut policy, &ch)) {
                 return show_error(m);
             }
         }
-        match decisions::checked(&value) {
+        match decisions::checked(policy) {
             Ok(p) => p,
             Err(m) => return show_error(m),
         }
@@ -491,7 +481,7 @@ async fn whatif_run(
         Err(e) => return failed(&v, "reading the store", e),
     };
     let settings = c.settings.clone();
-    let in_force = latest.map(|(p, _, _)| p);
+    let in_force = latest;
     let outcome = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let report = replay_with(&candidate, &settings, &events)?;
         let current = match &in_force {
@@ -525,7 +515,7 @@ async fn decisions_page(State(c): State<Shared>, headers: HeaderMap, Query(q): P
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let (policy, _, decided) = match with_policy(&c, &v).await {
+    let policy = match with_policy(&c, &v).await {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -544,7 +534,6 @@ async fn decisions_page(State(c): State<Shared>, headers: HeaderMap, Query(q): P
             &v,
             &pages::decisions(
                 &policy,
-                &decided,
                 &c.settings.rules,
                 &v,
                 &audit,
