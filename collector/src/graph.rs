@@ -1,11 +1,126 @@
-//! `flowguard policy graph`: the learned call graph as SVG. Endpoints are laid out in
-//! columns by their distance from the session start; transitions are grey arrows labelled
-//! with their counts; prerequisites are red dashed arrows.
+//! A policy's flow graph: its layout, which the console's page (`console::graph`) and
+//! `flowguard policy graph` both draw on, and the latter's standalone SVG. Endpoints sit
+//! in columns by their distance from the session start over learned transitions, one row
+//! each, every column as wide as its widest box, so no two boxes overlap.
 
 use flowguard_engine::policy::{Policy, START};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 
+/// The spacing of a layout, in px.
+#[derive(Clone, Copy, Debug)]
+pub struct Spacing {
+    /// The first column's left edge.
+    pub left: f64,
+    /// The first row's top edge.
+    pub top: f64,
+    /// Between a column's right edge and the next one's left.
+    pub gap: f64,
+    /// From one row's top edge to the next one's.
+    pub row: f64,
+}
+
+/// Where each node of a policy's graph sits. Node 0 is the session start, node `i` the
+/// endpoint `i - 1` of the policy.
+pub struct Layout<'p> {
+    /// Each node's name: `^`, then the templates.
+    pub names: Vec<&'p str>,
+    index: HashMap<&'p str, usize>,
+    /// Each node's column.
+    pub depth: Vec<usize>,
+    /// The deepest column the transitions reach from the start: the endpoints they never
+    /// reach are in the column after it.
+    pub reached: usize,
+    /// Each column's width (its widest node).
+    pub col_w: Vec<f64>,
+    /// Each column's left edge.
+    pub col_x: Vec<f64>,
+    /// Each node's top-left corner.
+    pub pos: Vec<(f64, f64)>,
+    /// The most nodes in one column.
+    pub rows: usize,
+}
+
+impl<'p> Layout<'p> {
+    /// Lays `policy` out with node `i` `width(i)` wide.
+    pub fn new(policy: &'p Policy, width: impl Fn(usize) -> f64, spacing: Spacing) -> Self {
+        let names: Vec<&str> = std::iter::once(START)
+            .chain(policy.endpoints.iter().map(|e| e.template.as_str()))
+            .collect();
+        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        // Columns: breadth-first distance from the start over learned transitions.
+        let mut depth = vec![usize::MAX; names.len()];
+        depth[0] = 0;
+        let mut queue = VecDeque::from([0usize]);
+        while let Some(n) = queue.pop_front() {
+            for t in policy
+                .transitions
+                .iter()
+                .filter(|t| index.get(t.from.as_str()) == Some(&n))
+            {
+                if let Some(&to) = index.get(t.to.as_str()) {
+                    if depth[to] == usize::MAX {
+                        depth[to] = depth[n] + 1;
+                        queue.push_back(to);
+                    }
+                }
+            }
+        }
+        let reached = depth
+            .iter()
+            .filter(|d| **d != usize::MAX)
+            .max()
+            .copied()
+            .unwrap_or(0);
+        for d in depth.iter_mut().filter(|d| **d == usize::MAX) {
+            *d = reached + 1;
+        }
+        let columns = depth.iter().max().copied().unwrap_or(0) + 1;
+        let mut col_w = vec![0.0f64; columns];
+        let mut rows = vec![0usize; columns];
+        let mut row_of = vec![0usize; names.len()];
+        for i in 0..names.len() {
+            col_w[depth[i]] = col_w[depth[i]].max(width(i));
+            row_of[i] = rows[depth[i]];
+            rows[depth[i]] += 1;
+        }
+        let mut col_x = vec![spacing.left; columns];
+        for c in 1..columns {
+            col_x[c] = col_x[c - 1] + col_w[c - 1] + spacing.gap;
+        }
+        let pos = (0..names.len())
+            .map(|i| {
+                (
+                    col_x[depth[i]],
+                    spacing.top + row_of[i] as f64 * spacing.row,
+                )
+            })
+            .collect();
+        Layout {
+            names,
+            index,
+            depth,
+            reached,
+            col_w,
+            col_x,
+            pos,
+            rows: rows.iter().max().copied().unwrap_or(1),
+        }
+    }
+
+    /// The node of `name` (`^` or a template).
+    pub fn node(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The last column's right edge.
+    pub fn right(&self) -> f64 {
+        self.col_x.last().copied().unwrap_or(0.0) + self.col_w.last().copied().unwrap_or(0.0)
+    }
+}
+
+/// `flowguard policy graph` draws every box one size, a column every `COL` px (the
+/// console sizes each box to its label).
 const COL: f64 = 300.0;
 const ROW: f64 = 70.0;
 const BOX_W: f64 = 240.0;
@@ -18,50 +133,22 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Renders `policy` as a standalone SVG document.
+/// Renders `policy` as a standalone SVG document (`flowguard policy graph`).
 pub fn render(policy: &Policy) -> String {
-    let names: Vec<&str> = std::iter::once(START)
-        .chain(policy.endpoints.iter().map(|e| e.template.as_str()))
-        .collect();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    // Columns: breadth-first distance from the start over learned transitions.
-    let mut depth = vec![usize::MAX; names.len()];
-    depth[0] = 0;
-    let mut queue = VecDeque::from([0usize]);
-    while let Some(n) = queue.pop_front() {
-        for t in policy
-            .transitions
-            .iter()
-            .filter(|t| index.get(t.from.as_str()) == Some(&n))
-        {
-            if let Some(&to) = index.get(t.to.as_str()) {
-                if depth[to] == usize::MAX {
-                    depth[to] = depth[n] + 1;
-                    queue.push_back(to);
-                }
-            }
-        }
-    }
-    let max_depth = depth
-        .iter()
-        .filter(|d| **d != usize::MAX)
-        .max()
-        .copied()
-        .unwrap_or(0);
-    for d in depth.iter_mut().filter(|d| **d == usize::MAX) {
-        *d = max_depth + 1; // never reached from the start
-    }
-    let mut rows = vec![0usize; max_depth + 2];
-    let pos: Vec<(f64, f64)> = depth
-        .iter()
-        .map(|d| {
-            let r = rows[*d];
-            rows[*d] += 1;
-            (40.0 + *d as f64 * COL, 60.0 + r as f64 * ROW)
-        })
-        .collect();
-    let width = 80.0 + (max_depth + 2) as f64 * COL;
-    let height = 120.0 + rows.iter().max().copied().unwrap_or(1) as f64 * ROW;
+    let layout = Layout::new(
+        policy,
+        |_| BOX_W,
+        Spacing {
+            left: 40.0,
+            top: 60.0,
+            gap: COL - BOX_W,
+            row: ROW,
+        },
+    );
+    let pos = &layout.pos;
+    // A spare column on the right (the title and the legend need the room).
+    let width = 80.0 + (layout.reached + 2) as f64 * COL;
+    let height = 120.0 + layout.rows as f64 * ROW;
 
     let mut svg = String::new();
     let _ = writeln!(
@@ -97,7 +184,7 @@ pub fn render(policy: &Policy) -> String {
         }
     };
     for t in &policy.transitions {
-        if let (Some(&a), Some(&b)) = (index.get(t.from.as_str()), index.get(t.to.as_str())) {
+        if let (Some(a), Some(b)) = (layout.node(&t.from), layout.node(&t.to)) {
             edge(
                 &mut svg,
                 a,
@@ -116,7 +203,7 @@ pub fn render(policy: &Policy) -> String {
             })
         };
         for p in e.all_prerequisites().filter(|p| !implied(p)) {
-            if let (Some(&a), Some(&b)) = (index.get(p.as_str()), index.get(e.template.as_str())) {
+            if let (Some(a), Some(b)) = (layout.node(p), layout.node(&e.template)) {
                 edge(
                     &mut svg,
                     a,
@@ -127,7 +214,7 @@ pub fn render(policy: &Policy) -> String {
             }
         }
     }
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in layout.names.iter().enumerate() {
         let (x, y) = pos[i];
         let endpoint = policy.endpoints.iter().find(|e| e.template == *name);
         let guarded = endpoint.is_some_and(|e| e.all_prerequisites().next().is_some());
@@ -173,6 +260,60 @@ pub fn render(policy: &Policy) -> String {
 mod tests {
     use super::*;
     use flowguard_engine::policy::{EndpointPolicy, Transition};
+
+    #[test]
+    fn columns_follow_the_distance_from_the_start_and_fit_their_widest_box() {
+        let endpoint = |t: &str| EndpointPolicy {
+            template: t.into(),
+            ..Default::default()
+        };
+        let step = |from: &str, to: &str| Transition {
+            from: from.into(),
+            to: to.into(),
+            count: 1,
+        };
+        let p = Policy {
+            version: 1,
+            window_s: 10,
+            endpoints: ["GET /a", "GET /b", "GET /never", "GET /d"]
+                .map(endpoint)
+                .into(),
+            transitions: vec![
+                step(START, "GET /a"),
+                step("GET /a", "GET /b"),
+                step("GET /b", "GET /a"),
+                step(START, "GET /d"),
+            ],
+            ..Default::default()
+        };
+        let spacing = Spacing {
+            left: 5.0,
+            top: 7.0,
+            gap: 3.0,
+            row: 11.0,
+        };
+        let l = Layout::new(&p, |i| 10.0 * (i + 1) as f64, spacing);
+        assert_eq!(l.depth, [0, 1, 2, 3, 1], "unreached: after the deepest");
+        assert_eq!(l.reached, 2);
+        assert_eq!(l.col_w, [10.0, 50.0, 30.0, 40.0], "the widest in each");
+        assert_eq!(l.col_x, [5.0, 18.0, 71.0, 104.0]);
+        assert_eq!(
+            l.pos,
+            [
+                (5.0, 7.0),
+                (18.0, 7.0),
+                (71.0, 7.0),
+                (104.0, 7.0),
+                (18.0, 18.0)
+            ],
+            "one row per node in its column"
+        );
+        assert_eq!((l.rows, l.right()), (2, 144.0));
+        assert_eq!(
+            (l.node(START), l.node("GET /d"), l.node("GET /x")),
+            (Some(0), Some(4), None)
+        );
+    }
 
     #[test]
     fn draws_every_endpoint_transition_and_prerequisite() {

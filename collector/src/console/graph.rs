@@ -1,12 +1,13 @@
-//! The flow graph drawn in the page: endpoints in columns by their distance from the
-//! session start, each column as wide as its longest label (in a monospace font, so a
-//! label's width is known here), one row per endpoint, so no two labels overlap however
-//! many endpoints there are. Transition counts are in each arrow's tooltip, not on the
-//! canvas. Prerequisites (learned, pinned by an operator) are red; the flag tier amber.
+//! The flow graph drawn in the page, on the collector's one layout (`crate::graph`): each
+//! box as wide as its label (in a monospace font, so a label's width is known here), so
+//! no two labels overlap however many endpoints there are. Transition counts are in each
+//! arrow's tooltip, not on the canvas. Prerequisites (learned, pinned by an operator) are
+//! red; the flag tier amber.
 
 use super::render::esc;
+use crate::graph::{Layout, Spacing};
 use flowguard_engine::policy::{Policy, START};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fmt::Write;
 
 /// Width of one character of the 12 px monospace labels, with a margin (DejaVu Sans
@@ -39,42 +40,10 @@ fn pinned_forgotten<'a>(policy: &'a Policy, template: &str) -> (&'a [String], &'
 /// Draws `policy` with its operator's decisions (pins drawn as prerequisites, forgotten
 /// ones left out).
 pub fn draw(policy: &Policy) -> Drawn {
-    let names: Vec<&str> = std::iter::once(START)
-        .chain(policy.endpoints.iter().map(|e| e.template.as_str()))
-        .collect();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut depth = vec![usize::MAX; names.len()];
-    depth[0] = 0;
-    let mut queue = VecDeque::from([0usize]);
-    while let Some(n) = queue.pop_front() {
-        for t in policy
-            .transitions
-            .iter()
-            .filter(|t| index.get(t.from.as_str()) == Some(&n))
-        {
-            if let Some(&to) = index.get(t.to.as_str()) {
-                if depth[to] == usize::MAX {
-                    depth[to] = depth[n] + 1;
-                    queue.push_back(to);
-                }
-            }
-        }
-    }
-    let reached = depth
-        .iter()
-        .filter(|d| **d != usize::MAX)
-        .max()
-        .copied()
-        .unwrap_or(0);
-    for d in depth.iter_mut().filter(|d| **d == usize::MAX) {
-        *d = reached + 1;
-    }
-    let columns = depth.iter().max().copied().unwrap_or(0) + 1;
     let label = |i: usize| -> String {
-        if i == 0 {
-            "session start".to_owned()
-        } else {
-            names[i].to_owned()
+        match i.checked_sub(1).and_then(|k| policy.endpoints.get(k)) {
+            Some(e) => e.template.clone(),
+            None => "session start".to_owned(),
         }
     };
     let sub = |i: usize| -> Option<String> {
@@ -91,23 +60,19 @@ pub fn draw(policy: &Policy) -> Drawn {
         let small = sub(i).map_or(0.0, |s| s.chars().count() as f64 * SUB_CHAR_W);
         main.max(small) + 2.0 * PAD
     };
-    let mut col_w = vec![0.0f64; columns];
-    let mut rows = vec![0usize; columns];
-    let mut row_of = vec![0usize; names.len()];
-    for i in 0..names.len() {
-        col_w[depth[i]] = col_w[depth[i]].max(width_of(i));
-        row_of[i] = rows[depth[i]];
-        rows[depth[i]] += 1;
-    }
-    let mut col_x = vec![20.0f64; columns];
-    for c in 1..columns {
-        col_x[c] = col_x[c - 1] + col_w[c - 1] + GAP;
-    }
-    let pos: Vec<(f64, f64)> = (0..names.len())
-        .map(|i| (col_x[depth[i]], TOP + row_of[i] as f64 * ROW))
-        .collect();
-    let width = col_x[columns - 1] + col_w[columns - 1] + 20.0;
-    let height = TOP + rows.iter().max().copied().unwrap_or(1) as f64 * ROW + 10.0;
+    let layout = Layout::new(
+        policy,
+        width_of,
+        Spacing {
+            left: 20.0,
+            top: TOP,
+            gap: GAP,
+            row: ROW,
+        },
+    );
+    let (depth, col_w, pos) = (&layout.depth, &layout.col_w, &layout.pos);
+    let width = layout.right() + 20.0;
+    let height = TOP + layout.rows as f64 * ROW + 10.0;
 
     // Prerequisites as enforced: learned ones not forgotten, and pinned ones.
     let mut required: Vec<(usize, usize, &'static str)> = Vec::new();
@@ -142,7 +107,7 @@ pub fn draw(policy: &Policy) -> Drawn {
         ];
         for (prereqs, class) in tiers {
             for p in prereqs.iter().filter(|p| !forgotten.contains(p)) {
-                if let Some(&a) = index.get(p.as_str()) {
+                if let Some(a) = layout.node(p) {
                     required.push((a, k + 1, class));
                     if class != "flagreq" {
                         guarded.insert(k + 1);
@@ -172,7 +137,7 @@ pub fn draw(policy: &Policy) -> Drawn {
         (x1, y1, x2, y2)
     };
     for t in &policy.transitions {
-        if let (Some(&a), Some(&b)) = (index.get(t.from.as_str()), index.get(t.to.as_str())) {
+        if let (Some(a), Some(b)) = (layout.node(&t.from), layout.node(&t.to)) {
             let (x1, y1, x2, y2) = anchor(a, b);
             let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 16.0);
             let _ = write!(
