@@ -446,15 +446,74 @@ fn instructions() -> Result<(), String> {
     let header = format!(
         "# Instructions per request\n\nEnvoy 1.40.0 `--concurrency 1`, direct response, under `valgrind --tool=callgrind`: {WARM_REQUESTS} requests of the benchmark's mix uncounted (JIT, sessions: each its own), then {COUNTED_REQUESTS} counted on one keep-alive connection, from sessions seen in the warm-up (one row: from new sessions only). Every instruction of the process counts: Envoy, V8 (its wrappers and the filter's compiled code) and libc. `make bench` writes this file.\n\n"
     );
+    let native = if only.is_empty() || only.contains("native") {
+        native_instructions()?
+    } else {
+        String::new()
+    };
     // A partial run (some variants, or other builds) prints its table and keeps the file.
     if only.is_empty() && builds.is_empty() {
         let dir = root.join("bench/results");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("instructions.md"), format!("{header}{table}"))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join("instructions.md"),
+            format!("{header}{table}{native}"),
+        )
+        .map_err(|e| e.to_string())?;
     }
-    println!("{header}{table}");
+    println!("{header}{table}{native}");
     Ok(())
+}
+
+/// The native rows of `bench --instructions`: no filter, Envoy's `local_ratelimit`, the
+/// native floor probe and flowguard native `enforce`, each over no filter and over the
+/// floor probe (the measure the Wasm build's target uses: what judging costs beyond the
+/// calls any flow-aware module makes).
+fn native_instructions() -> Result<String, String> {
+    let module = native_envoy::module_path()?;
+    let floor = native_envoy::floor_probe_path()?;
+    let enforce = flowguard_config("enforce");
+    let variants = [
+        ("no filter", String::new()),
+        ("native local_ratelimit", RATELIMIT.to_owned()),
+        (
+            "native floor probe",
+            native_envoy::native_filter(&enforce, &floor),
+        ),
+        (
+            "flowguard native enforce",
+            native_envoy::native_filter(&enforce, &module),
+        ),
+    ];
+    let mut counted = Vec::new();
+    for (name, filter) in &variants {
+        let per_request = count_instructions(&bootstrap(filter, None), Mix::Returning, name)?;
+        eprintln!("instructions {name:<60} {per_request:>9}");
+        counted.push((*name, per_request));
+    }
+    let of = |n: &str| counted.iter().find(|(v, _)| *v == n).map_or(0, |(_, c)| *c);
+    let (none, floor) = (of("no filter"), of("native floor probe"));
+    let pct = |c: u64, base: u64| match base {
+        0 => String::new(),
+        b => format!("{:+.1} %", (c as f64 / b as f64 - 1.0) * 100.0),
+    };
+    let mut table = String::from(
+        "\n## Native builds\n\nThe same count for the dynamic module (`make native`) and its floor probe (`--features floor-probe`: clock, request headers, a slot compare-and-swap, the two upstream headers, the answer's status; judging nothing).\n\n| variant | instructions per request | over no filter | over the native floor probe |\n|---|---:|---:|---:|\n",
+    );
+    for (name, c) in &counted {
+        let over_floor = if *name == "flowguard native enforce" {
+            pct(*c, floor)
+        } else {
+            String::new()
+        };
+        let over_none = if *name == "no filter" {
+            String::new()
+        } else {
+            pct(*c, none)
+        };
+        table += &format!("| {name} | {c} | {over_none} | {over_floor} |\n");
+    }
+    Ok(table)
 }
 
 /// Which sessions the counted requests come from.
