@@ -23,7 +23,8 @@ Work files go to target/perf/. Needs valgrind and wrk (Debian packages).
 """
 import json, os, subprocess, sys, time, http.client, re, signal
 
-ROOT = "/work/main"
+# The repository (this file is native/perf/perf.py in it).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENVOY = ROOT + "/.venv/bin/envoy"
 OUT = ROOT + "/target/perf"
 
@@ -207,7 +208,8 @@ def floor_probe():
     return ROOT + "/target/floor/native/libflowguard.so"
 
 if __name__ == "__main__":
-    mod = sys.argv[2] if len(sys.argv) > 2 else ROOT + "/target/libflowguard.so"
+    # Envoy runs in its work directory: module paths are made absolute.
+    mod = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else ROOT + "/target/libflowguard.so"
     what = sys.argv[1]
     up = None
     if what.endswith("-proxied"):
@@ -236,6 +238,6 @@ if __name__ == "__main__":
         rounds = int(os.environ.get("ROUNDS", "5")); secs = int(os.environ.get("SECS", "5"))
         vs = [("none", ""), ("native", native(mod, fg_config())), ("local_ratelimit", RATELIMIT),
               ("floor probe", native(floor_probe(), fg_config()))]
-        for extra in sys.argv[3:]:
+        for extra in map(os.path.abspath, sys.argv[3:]):
             vs.append(("tp-" + os.path.basename(extra), native(extra, fg_config())))
         throughput(vs, rounds, secs, up)
