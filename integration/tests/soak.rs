@@ -77,11 +77,10 @@ fn attack_as(client: &Client, s: &mut Session, kind: usize) -> (&'static str, bo
             "confirm after a declined card",
             refused(traffic::confirm_after_failed_payment(s).status),
         ),
-        // Caught when refused: 429 for the rate, or 403 if a newcomer displaced the
-        // session from the table (two-choice hashing under this churn: rare) and it came
-        // back past the restart grace as a new session that skipped the login. One CI
-        // run in several missed one flood of ~250 with 429 alone; a miss prints what the
-        // session saw.
+        // Caught when refused (429 for the rate; 403 if another rule refuses first). One
+        // clean-clone CI run missed one flood of ~250 by the old test (429 only), which
+        // 3,000 floods here never reproduced, not even with a table a tenth the size (ten
+        // thousand live sessions displaced): a miss now prints what the session saw.
         2 => ("flood", traffic::flood(s, 150).into_iter().any(refused)),
         3 => (
             "enumeration",
