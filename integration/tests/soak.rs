@@ -199,10 +199,12 @@ fn minutes_of_load_with_attacks_mixed_in() {
     let peak = rss.iter().copied().max().unwrap_or(0);
     eprintln!(
         "soak {elapsed:.0} s: {served} customer requests ({:.0}/s) in {sessions} sessions, \
-         {attacks} attacks; {} live sessions displaced; Envoy RSS {first} KiB -> {last} KiB \
-         (peak {peak} KiB)",
+         {attacks} attacks; {} live sessions displaced, {} requests unjudged for lost slot \
+         races, {} host errors; Envoy RSS {first} KiB -> {last} KiB (peak {peak} KiB)",
         served as f64 / elapsed,
         envoy.counter("flowguard.slots.evictions"),
+        envoy.metric("flowguard.slots.conflicts"),
+        envoy.metric("flowguard.host_errors"),
     );
     let wronged = wronged.into_inner().unwrap_or_default();
     assert!(
