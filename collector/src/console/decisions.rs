@@ -179,10 +179,12 @@ pub fn describe(c: &Change) -> String {
     }
 }
 
-/// Puts `item` in `list` (last) or takes it out.
-fn list_set(list: &mut Vec<String>, item: &str, on: bool) {
+/// Puts `item` in `list` (last), taking it out of `opposite` (a prerequisite is pinned or
+/// forgotten, never both), or takes it out of `list`.
+fn list_set(list: &mut Vec<String>, opposite: &mut Vec<String>, item: &str, on: bool) {
     list.retain(|i| i != item);
     if on {
+        opposite.retain(|i| i != item);
         list.push(item.to_owned());
     }
 }
@@ -237,20 +239,10 @@ pub fn apply_to(policy: &mut Policy, change: &Change) -> Result<(), String> {
         Change::Rule { rule, action, .. } => rule_set(&mut e.rules, *rule, *action),
         Change::Pin {
             prerequisite, on, ..
-        } => {
-            list_set(&mut e.pin, prerequisite, *on);
-            if *on {
-                list_set(&mut e.forget, prerequisite, false);
-            }
-        }
+        } => list_set(&mut e.pin, &mut e.forget, prerequisite, *on),
         Change::Forget {
             prerequisite, on, ..
-        } => {
-            list_set(&mut e.forget, prerequisite, *on);
-            if *on {
-                list_set(&mut e.pin, prerequisite, false);
-            }
-        }
+        } => list_set(&mut e.forget, &mut e.pin, prerequisite, *on),
         Change::RateLimit { limit, .. } => e.rate_limit = *limit,
     }
     if *e == EndpointDecisions::default() {
